@@ -1,0 +1,199 @@
+/* sf_ring: a bounded multi-producer, multi-consumer ring of pointers.
+ *
+ * Why this algorithm. Producers are arbitrary user threads (on free-threaded CPython they
+ * really run in parallel), so the ring must be multi-producer; the consumer is one worker,
+ * plus, rarely, a thief or the shutdown path, so the consumer side must tolerate a second
+ * consumer but should cost the owner almost nothing. Per-producer SPSC rings would need
+ * thread registration and a scan over producers on every drain; Vyukov's per-slot
+ * sequence numbers cost a store per item to publish. Instead:
+ *
+ *   producers  claim a range [t, t+k) with one CAS on `tail`, fill the slots, then publish
+ *              the range with ONE release store to `commit`, in claim order (a producer
+ *              waits for earlier claimers to publish first; the window between claim and
+ *              publish is a copy of k pointers, never a lock, a syscall or the GIL).
+ *   consumers  copy up to `max` published slots, then take them with one CAS on `head`
+ *              (copy-then-commit, as Go's runqsteal does). A consumer that loses the CAS
+ *              discards its copy, which costs nothing because the copy holds raw pointers
+ *              whose references the ring still owns.
+ *
+ * Indices are free-running 64-bit counters (no ABA, no wrap in practice); bit 63 of
+ * `tail` is the "closed" flag, so closing and claiming are ordered by the same CAS.
+ *
+ * Invariants: head <= commit <= tail_index(tail); tail_index - head <= capacity.
+ *
+ * Caches. Producers read `head` only when their cached copy (`head_cache`, shared by all
+ * producers) says the ring is full. Consumers drain in batches, so reading `commit` once
+ * per drain is the cache: a drain of k items costs one acquire load and one CAS.
+ *
+ * Memory orders:
+ *   - slot writes are ordered before the release store of `commit`; consumers load
+ *     `commit` with acquire before reading slots;
+ *   - slot reads are ordered before the (acq_rel) CAS of `head`; producers load `head`
+ *     (or `head_cache`, which is stored with release after an acquire of `head`) with
+ *     acquire before overwriting a slot;
+ *   - a producer waiting for its turn loads `commit` with acquire so that its own release
+ *     store also carries the earlier producers' slot writes to the consumer.
+ */
+#ifndef SF_RING_H
+#define SF_RING_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include "shardflow/_atomic.h"
+#include "shardflow/_park.h"
+
+#define SF_RING_CLOSED ((uint64_t)1 << 63)
+#define SF_RING_MAX_CAPACITY ((uint64_t)1 << 30)
+
+typedef struct sf_ring {
+    SF_PAD(_pad0);
+    sf_atomic_u64 tail;       /* next index to claim | SF_RING_CLOSED */
+    sf_atomic_u64 head_cache; /* a recent value of head, refreshed by producers when full */
+    SF_PAD(_pad1);
+    sf_atomic_u64 commit;     /* every index below this is published */
+    SF_PAD(_pad2);
+    sf_atomic_u64 head;       /* next index to consume */
+    SF_PAD(_pad3);
+    uint64_t capacity;        /* a power of two */
+    uint64_t mask;
+    sf_atomic_ptr *slots;
+    SF_PAD(_pad4);
+} sf_ring;
+
+/* Round up to a power of two; 0 if out of range. */
+static inline uint64_t sf_ring_round_capacity(uint64_t want) {
+    uint64_t c = 1;
+    if (want == 0 || want > SF_RING_MAX_CAPACITY) return 0;
+    while (c < want) c <<= 1;
+    return c;
+}
+
+/* capacity must be a power of two in [1, SF_RING_MAX_CAPACITY]. Returns 0 or -1 (ENOMEM). */
+static inline int sf_ring_init(sf_ring *r, uint64_t capacity) {
+    atomic_init(&r->tail, 0);
+    atomic_init(&r->head_cache, 0);
+    atomic_init(&r->commit, 0);
+    atomic_init(&r->head, 0);
+    r->capacity = capacity;
+    r->mask = capacity - 1;
+    r->slots = (sf_atomic_ptr *)calloc((size_t)capacity, sizeof(sf_atomic_ptr));
+    if (!r->slots) return -1;
+    for (uint64_t i = 0; i < capacity; i++) atomic_init(&r->slots[i], NULL);
+    return 0;
+}
+
+/* The caller has already taken every item out (the ring does not know what they are). */
+static inline void sf_ring_destroy(sf_ring *r) {
+    free(r->slots);
+    r->slots = NULL;
+}
+
+static inline uint64_t sf_ring_tail_index(sf_ring *r) {
+    return sf_load_acquire_u64(&r->tail) & ~SF_RING_CLOSED;
+}
+
+static inline int sf_ring_is_closed(sf_ring *r) {
+    return (sf_load_acquire_u64(&r->tail) & SF_RING_CLOSED) != 0;
+}
+
+/* Items claimed and not yet consumed (includes ranges still being published). */
+static inline uint64_t sf_ring_depth(sf_ring *r) {
+    uint64_t h = sf_load_acquire_u64(&r->head);
+    uint64_t t = sf_ring_tail_index(r);
+    return t > h ? t - h : 0;
+}
+
+/* Published items are waiting. */
+static inline int sf_ring_has_items(sf_ring *r) {
+    return sf_load_acquire_u64(&r->commit) != sf_load_acquire_u64(&r->head);
+}
+
+/* A producer could claim at least one slot (or the ring is closed, which also ends a
+ * producer's wait). */
+static inline int sf_ring_has_space_or_closed(sf_ring *r) {
+    uint64_t t = sf_load_acquire_u64(&r->tail);
+    if (t & SF_RING_CLOSED) return 1;
+    return t - sf_load_acquire_u64(&r->head) < r->capacity;
+}
+
+/* Closed, and every claimed item has been consumed: nothing will ever arrive again. */
+static inline int sf_ring_finished(sf_ring *r) {
+    uint64_t t = sf_load_acquire_u64(&r->tail);
+    return (t & SF_RING_CLOSED) && (t & ~SF_RING_CLOSED) == sf_load_acquire_u64(&r->head);
+}
+
+/* Refuse all further claims. Ranges already claimed are still published and consumed.
+ * Returns 1 if this call closed it, 0 if it was closed already. */
+static inline int sf_ring_close(sf_ring *r) {
+    return (sf_fetch_or_seqcst_u64(&r->tail, SF_RING_CLOSED) & SF_RING_CLOSED) == 0;
+}
+
+/* Wait until every claimed range is published (after close: until producers that won a
+ * claim before the close have finished copying). */
+static inline void sf_ring_wait_published(sf_ring *r) {
+    unsigned spins = 0;
+    while (sf_load_acquire_u64(&r->commit) != sf_ring_tail_index(r)) {
+        if (++spins < 64) sf_cpu_relax();
+        else sf_thread_yield();
+    }
+}
+
+/* Push up to n items. Returns how many were pushed (0 when full), or -1 when closed.
+ * Never blocks, except for the short wait for earlier claimers to publish. */
+static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
+    uint64_t t = sf_load_relaxed_u64(&r->tail);
+    uint64_t k;
+    for (;;) {
+        uint64_t h, used, room;
+        if (t & SF_RING_CLOSED) return -1;
+        h = sf_load_acquire_u64(&r->head_cache);
+        used = t - h;
+        room = used >= r->capacity ? 0 : r->capacity - used;
+        if (room < n) {
+            h = sf_load_acquire_u64(&r->head);
+            sf_store_release_u64(&r->head_cache, h);
+            used = t - h;
+            room = used >= r->capacity ? 0 : r->capacity - used;
+            if (room == 0) {
+                /* Re-read tail: report "closed" rather than "full" once closed. */
+                t = sf_load_relaxed_u64(&r->tail);
+                if (t & SF_RING_CLOSED) return -1;
+                return 0;
+            }
+        }
+        k = n < room ? n : room;
+        if (sf_cas_weak_relaxed_u64(&r->tail, &t, t + k)) break;
+    }
+    for (uint64_t i = 0; i < k; i++) sf_store_relaxed_ptr(&r->slots[(t + i) & r->mask], items[i]);
+    {
+        unsigned spins = 0;
+        while (sf_load_acquire_u64(&r->commit) != t) {
+            if (++spins < 64) sf_cpu_relax();
+            else sf_thread_yield();
+        }
+    }
+    sf_store_release_u64(&r->commit, t + k);
+    return (int64_t)k;
+}
+
+/* Take up to `max` items, oldest first. With `divisor` > 1 take at most ceil(avail/divisor)
+ * (a thief takes half). Returns how many were taken. Safe against concurrent consumers. */
+static inline uint64_t sf_ring_pop_part(sf_ring *r, void **out, uint64_t max, uint64_t divisor) {
+    uint64_t h = sf_load_acquire_u64(&r->head);
+    for (;;) {
+        uint64_t c = sf_load_acquire_u64(&r->commit);
+        uint64_t n = c - h;
+        if (c <= h) return 0;
+        if (divisor > 1) n = (n + divisor - 1) / divisor;
+        if (n > max) n = max;
+        for (uint64_t i = 0; i < n; i++) out[i] = sf_load_relaxed_ptr(&r->slots[(h + i) & r->mask]);
+        if (sf_cas_strong_acqrel_u64(&r->head, &h, h + n)) return n;
+        /* Another consumer won: h now holds the current head; the copy is discarded. */
+    }
+}
+
+static inline uint64_t sf_ring_pop(sf_ring *r, void **out, uint64_t max) {
+    return sf_ring_pop_part(r, out, max, 1);
+}
+
+#endif /* SF_RING_H */

@@ -1,0 +1,142 @@
+/* sf_shard: one worker's queue, its two wait points and its counters, and the waits the
+ * worker and blocked producers perform on them.
+ *
+ *   data_ev   the worker sleeps here when its ring is empty; producers notify after each
+ *             publish (a fence and a load unless the worker sleeps).
+ *   space_ev  producers sleep here when the ring is full (on_full="block"); the worker
+ *             notifies after each drain.
+ *
+ * Close and cancel notify both events, so every sleeper re-checks and sees them.
+ */
+#ifndef SF_SHARD_H
+#define SF_SHARD_H
+
+#include "shardflow/_atomic.h"
+#include "shardflow/_counters.h"
+#include "shardflow/_park.h"
+#include "shardflow/_ring.h"
+
+/* How long an idle worker polls before it sleeps. Short: on 2 cores a spinning worker
+ * takes the CPU its producer needs. */
+#define SF_IDLE_SPINS 200
+
+#define SF_WAIT_FINISHED (-1) /* ring closed and fully consumed */
+#define SF_WAIT_TIMEOUT 0     /* deadline passed, or the stop flag is set */
+
+typedef struct sf_shard {
+    sf_ring ring;
+    sf_counters ctr;
+    sf_event data_ev;
+    SF_PAD(_pad0);
+    sf_event space_ev;
+    SF_PAD(_pad1);
+} sf_shard;
+
+static inline int sf_shard_init(sf_shard *s, uint64_t capacity) {
+    sf_counters_init(&s->ctr);
+    if (sf_ring_init(&s->ring, capacity)) return -1;
+    if (sf_event_init(&s->data_ev)) {
+        sf_ring_destroy(&s->ring);
+        return -1;
+    }
+    if (sf_event_init(&s->space_ev)) {
+        sf_event_destroy(&s->data_ev);
+        sf_ring_destroy(&s->ring);
+        return -1;
+    }
+    return 0;
+}
+
+static inline void sf_shard_destroy(sf_shard *s) {
+    sf_event_destroy(&s->space_ev);
+    sf_event_destroy(&s->data_ev);
+    sf_ring_destroy(&s->ring);
+}
+
+/* Publish-side helper: push and wake the worker if it sleeps. */
+static inline int64_t sf_shard_push(sf_shard *s, void *const *items, uint64_t n) {
+    int64_t k = sf_ring_push(&s->ring, items, n);
+    if (k > 0) sf_event_notify(&s->data_ev);
+    return k;
+}
+
+/* Consumer-side helper: drain, record the depth seen, and wake blocked producers. */
+static inline uint64_t sf_shard_pop(sf_shard *s, void **out, uint64_t max) {
+    uint64_t depth = sf_ring_depth(&s->ring);
+    uint64_t n = sf_ring_pop(&s->ring, out, max);
+    if (n) {
+        sf_counter_max(&s->ctr.high_water, depth);
+        sf_event_notify(&s->space_ev);
+    }
+    return n;
+}
+
+/* The worker's wait: drain what is there; if nothing, spin briefly, then sleep until items
+ * arrive, the ring finishes, *stop becomes non-zero, or the deadline (monotonic ns, < 0:
+ * none) passes. Returns the number drained (> 0), SF_WAIT_TIMEOUT or SF_WAIT_FINISHED.
+ * Call without the GIL. */
+static inline int64_t sf_shard_wait_pop(sf_shard *s, void **out, uint64_t max,
+                                        int64_t deadline_ns, sf_atomic_int *stop) {
+    for (;;) {
+        uint64_t n;
+        uint32_t key;
+        int spins;
+        if (sf_load_acquire_int(stop)) return SF_WAIT_TIMEOUT;
+        n = sf_shard_pop(s, out, max);
+        if (n) return (int64_t)n;
+        if (sf_ring_finished(&s->ring)) return SF_WAIT_FINISHED;
+        if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return SF_WAIT_TIMEOUT;
+        for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_items(&s->ring); spins++)
+            sf_cpu_relax();
+        if (spins < SF_IDLE_SPINS) continue;
+        key = sf_event_prepare(&s->data_ev);
+        if (sf_ring_has_items(&s->ring) || sf_ring_finished(&s->ring) ||
+            sf_load_acquire_int(stop)) {
+            sf_event_cancel(&s->data_ev);
+            continue;
+        }
+        sf_event_wait(&s->data_ev, key, deadline_ns);
+    }
+}
+
+/* A blocked producer's wait: until the ring has room or is closed, or the deadline passes.
+ * Returns 1 when it should retry the push, 0 on timeout. Call without the GIL. */
+static inline int sf_shard_wait_space(sf_shard *s, int64_t deadline_ns) {
+    uint32_t key;
+    if (sf_ring_has_space_or_closed(&s->ring)) return 1;
+    key = sf_event_prepare(&s->space_ev);
+    if (sf_ring_has_space_or_closed(&s->ring)) {
+        sf_event_cancel(&s->space_ev);
+        return 1;
+    }
+    sf_event_wait(&s->space_ev, key, deadline_ns);
+    return sf_ring_has_space_or_closed(&s->ring);
+}
+
+/* Wake everybody parked on this shard (close, cancel, fork). */
+static inline void sf_shard_wake_all(sf_shard *s) {
+    sf_event_notify(&s->data_ev);
+    sf_event_notify(&s->space_ev);
+}
+
+/* Shards are an array of cache-line-padded structs; allocate them on a cache-line boundary
+ * so the padding lines up with real lines. */
+static inline sf_shard *sf_shards_alloc(size_t n) {
+    void *p = NULL;
+#if defined(_WIN32)
+    p = _aligned_malloc(n * sizeof(sf_shard), SF_CACHELINE);
+#else
+    if (posix_memalign(&p, SF_CACHELINE, n * sizeof(sf_shard))) p = NULL;
+#endif
+    return (sf_shard *)p;
+}
+
+static inline void sf_shards_free(sf_shard *p) {
+#if defined(_WIN32)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+#endif /* SF_SHARD_H */

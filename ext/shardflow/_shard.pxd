@@ -1,0 +1,59 @@
+# Declarations of shardflow/_counters.h, _shard.h and _pool.h: a worker's shard (ring, wait
+# points, counters) and the pool-wide state.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from shardflow._atomic cimport sf_atomic_int, sf_atomic_u32, sf_atomic_u64
+from shardflow._park cimport sf_event
+from shardflow._ring cimport sf_ring
+
+
+cdef extern from "shardflow/_counters.h" nogil:
+    ctypedef struct sf_counters:
+        sf_atomic_u64 processed
+        sf_atomic_u64 failed
+        sf_atomic_u64 batches
+        sf_atomic_u64 high_water
+        sf_atomic_u64 stolen_in
+        sf_atomic_u64 stolen_out
+        sf_atomic_u64 dropped
+        sf_atomic_u64 returned
+
+
+cdef extern from "shardflow/_shard.h" nogil:
+    int64_t SF_WAIT_FINISHED
+    int64_t SF_WAIT_TIMEOUT
+
+    ctypedef struct sf_shard:
+        sf_ring ring
+        sf_counters ctr
+        sf_event data_ev
+        sf_event space_ev
+
+    int sf_shard_init(sf_shard *s, uint64_t capacity)
+    void sf_shard_destroy(sf_shard *s)
+    int64_t sf_shard_push(sf_shard *s, void **items, uint64_t n)
+    uint64_t sf_shard_pop(sf_shard *s, void **out, uint64_t max)
+    int64_t sf_shard_wait_pop(sf_shard *s, void **out, uint64_t max, int64_t deadline_ns,
+                              sf_atomic_int *stop)
+    int sf_shard_wait_space(sf_shard *s, int64_t deadline_ns)
+    void sf_shard_wake_all(sf_shard *s)
+    sf_shard *sf_shards_alloc(size_t n)
+    void sf_shards_free(sf_shard *p)
+
+
+cdef extern from "shardflow/_pool.h" nogil:
+    int SF_STOP_NONE
+    int SF_STOP_FINISH_TAKEN
+    int SF_STOP_HAND_BACK
+
+    ctypedef struct sf_pool:
+        sf_atomic_int stop
+        sf_atomic_int forked
+        sf_atomic_u32 live
+
+    int sf_pool_init(sf_pool *p)
+    void sf_pool_destroy(sf_pool *p)
+    uint64_t sf_pool_next_shard(sf_pool *p, uint64_t nshards)
+    void sf_pool_worker_started(sf_pool *p)
+    void sf_pool_worker_exited(sf_pool *p)
+    int sf_pool_wait_idle(sf_pool *p, int64_t deadline_ns)

@@ -1,0 +1,683 @@
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True, cdivision=True
+"""The compiled core of ``ShardedPool``: routing, the submit paths and the worker loop.
+
+Per item, nothing here allocates a Python object, takes a lock or makes a system call:
+``submit`` is one CAS and one release store on the shard's ring plus a fence to look for a
+sleeping worker; the worker drains whole runs of items with one CAS and calls the handler
+for each while holding the GIL once. Everything that touches Python objects on a rare path
+(errors, hand-back on cancel, metrics) lives in plain Python-object code below.
+
+GIL strategy (why throughput is decided here, not in the ring): under the GIL a hand-off
+between threads costs microseconds, up to the 5 ms switch interval. So a worker that got
+the GIL keeps it while there is work in its ring (it re-drains with the GIL held, a C call
+with no Python in it), a producer that finds its shard full sleeps without the GIL so that
+the worker runs, and nobody is woken unless it sleeps.
+"""
+
+cimport cython
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memmove
+
+from shardflow._atomic cimport (
+    sf_counter_add,
+    sf_fetch_add_relaxed_u64,
+    sf_load_acquire_int,
+    sf_load_acquire_u32,
+    sf_load_relaxed_int,
+    sf_load_relaxed_u64,
+    sf_store_seqcst_int,
+)
+from shardflow._park cimport sf_now_ns
+from shardflow._ring cimport (
+    SF_RING_MAX_CAPACITY,
+    sf_ring_close,
+    sf_ring_depth,
+    sf_ring_pop,
+    sf_ring_round_capacity,
+    sf_ring_tail_index,
+    sf_ring_wait_published,
+)
+from shardflow._shard cimport (
+    SF_STOP_FINISH_TAKEN,
+    SF_STOP_HAND_BACK,
+    SF_STOP_NONE,
+    SF_WAIT_FINISHED,
+    sf_pool,
+    sf_pool_destroy,
+    sf_pool_init,
+    sf_pool_next_shard,
+    sf_pool_wait_idle,
+    sf_pool_worker_exited,
+    sf_pool_worker_started,
+    sf_shard,
+    sf_shard_destroy,
+    sf_shard_init,
+    sf_shard_pop,
+    sf_shard_push,
+    sf_shard_wait_pop,
+    sf_shard_wait_space,
+    sf_shard_wake_all,
+    sf_shards_alloc,
+    sf_shards_free,
+)
+
+import logging
+import threading
+
+from shardflow.errors import Closed, Full
+
+
+cdef extern from "Python.h":
+    # Raw-pointer forms: the worker loop manages references itself, so it must not let
+    # Cython add INCREF/DECREF pairs around every item.
+    PyObject *PyObject_CallOneArg(PyObject *callable, PyObject *arg)
+    void Py_DECREF_p "Py_DECREF"(PyObject *o)
+    void PyList_SET_ITEM_steal "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject *o)
+    object PyList_New(Py_ssize_t n)
+    int PyErr_CheckSignals() except -1
+    Py_hash_t PyObject_Hash(object o) except -1
+
+
+cdef extern from "shardflow/_pycompat.h":
+    object sf_take_exception()
+
+
+cdef extern from "shardflow/_pool.h" nogil:
+    size_t sizeof_sf_pool "sizeof(sf_pool)"
+
+
+cdef extern from *:
+    """
+    #include "shardflow/_pool.h"
+    static inline sf_pool *sf_pool_alloc(void) {
+        void *p = NULL;
+    #if defined(_WIN32)
+        p = _aligned_malloc(sizeof(sf_pool), SF_CACHELINE);
+    #else
+        if (posix_memalign(&p, SF_CACHELINE, sizeof(sf_pool))) p = NULL;
+    #endif
+        return (sf_pool *)p;
+    }
+    static inline void sf_pool_free(sf_pool *p) {
+    #if defined(_WIN32)
+        _aligned_free(p);
+    #else
+        free(p);
+    #endif
+    }
+    """
+    sf_pool *sf_pool_alloc() nogil
+    void sf_pool_free(sf_pool *p) nogil
+
+
+_log = logging.getLogger("shardflow")
+
+cdef enum:
+    # Items a worker takes from its ring in one drain (in addition to a batch it is
+    # filling). Large enough that a drain, its CAS and the GIL acquisition are amortized
+    # over many items; small enough (32 KiB of pointers) to stay in L1/L2.
+    DRAIN_CHUNK = 4096
+    # Drains a worker may do while holding the GIL once. Bounds how long other threads
+    # wait for the GIL when the ring never runs dry (free-threaded builds).
+    MAX_TOPUPS = 64
+    # Items staged per shard by submit_many before one push.
+    SUBMIT_CHUNK = 256
+    # Blocking waits wake this often (ns) to run signal handlers (Ctrl-C), check deadlines.
+    WAIT_SLICE_NS = 50000000
+
+ON_FULL_BLOCK = 0
+ON_FULL_RAISE = 1
+ON_FULL_DROP = 2
+
+
+cdef int _check_timeout(object timeout) except -1:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"timeout must be None or a number of seconds >= 0, got {type(timeout).__name__}")
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return 0
+
+
+cdef inline int64_t _deadline(object timeout) except -2:
+    """Monotonic deadline in ns for a timeout in seconds; -1 for None."""
+    if timeout is None:
+        return -1
+    return sf_now_ns() + <int64_t>(timeout * 1e9)
+
+
+cdef inline int64_t _slice_deadline(int64_t deadline) nogil:
+    cdef int64_t s = sf_now_ns() + WAIT_SLICE_NS
+    if deadline >= 0 and deadline < s:
+        return deadline
+    return s
+
+
+cdef class PoolCore:
+    """Compiled state and hot paths of ``shardflow.ShardedPool`` (use that class)."""
+
+    cdef sf_shard *shards
+    cdef sf_pool *st
+    cdef readonly Py_ssize_t workers
+    cdef readonly uint64_t capacity
+    cdef readonly Py_ssize_t batch_size
+    cdef int64_t batch_timeout_ns
+    cdef int on_full_code
+    cdef object handler
+    cdef object key_fn
+    cdef object on_error_fn
+    cdef object _lock
+    cdef list _returned
+    cdef object _fatal
+    cdef bint _ready
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self.shards = NULL
+        self.st = NULL
+        self.workers = 0
+        self._ready = False
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        cdef void *item
+        if self.shards != NULL:
+            for i in range(self.workers):
+                # Only reachable when no worker runs (workers hold a reference to us).
+                while sf_ring_pop(&self.shards[i].ring, &item, 1) == 1:
+                    Py_DECREF_p(<PyObject *>item)
+                sf_shard_destroy(&self.shards[i])
+            sf_shards_free(self.shards)
+        if self.st != NULL:
+            sf_pool_destroy(self.st)
+            sf_pool_free(self.st)
+
+    def _core_init(self, handler, Py_ssize_t workers, key, uint64_t capacity,
+                   Py_ssize_t batch_size, batch_timeout, int on_full, on_error):
+        """Allocate the shards. Arguments are validated by the Python layer."""
+        cdef Py_ssize_t i, j
+        if self._ready:
+            raise RuntimeError("pool core initialised twice")
+        self.handler = handler
+        self.key_fn = key
+        self.on_error_fn = on_error
+        self.batch_size = batch_size
+        self.batch_timeout_ns = -1 if batch_timeout is None else <int64_t>(batch_timeout * 1e9)
+        self.on_full_code = on_full
+        self._lock = threading.Lock()
+        self._returned = []
+        self._fatal = None
+        self.capacity = sf_ring_round_capacity(capacity)
+        self.st = sf_pool_alloc()
+        if self.st == NULL:
+            raise MemoryError()
+        if sf_pool_init(self.st) != 0:
+            sf_pool_free(self.st)
+            self.st = NULL
+            raise MemoryError()
+        self.shards = sf_shards_alloc(workers)
+        if self.shards == NULL:
+            raise MemoryError()
+        for i in range(workers):
+            if sf_shard_init(&self.shards[i], self.capacity) != 0:
+                for j in range(i):
+                    sf_shard_destroy(&self.shards[j])
+                sf_shards_free(self.shards)
+                self.shards = NULL
+                raise MemoryError(f"cannot allocate a ring of {self.capacity} slots")
+            self.workers = i + 1
+        self._ready = True
+
+    # ------------------------------------------------------------------ routing
+
+    cdef inline Py_ssize_t _route(self, object item) except -1:
+        cdef Py_hash_t h
+        if self.key_fn is None:
+            return <Py_ssize_t>sf_pool_next_shard(self.st, <uint64_t>self.workers)
+        h = PyObject_Hash(self.key_fn(item))
+        # Python's modulo: hash(key) % workers, non-negative for negative hashes.
+        h = h % self.workers
+        if h < 0:
+            h += self.workers
+        return <Py_ssize_t>h
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, item, timeout=None):
+        """Queue ``item`` for its shard's worker. Returns True when queued, False when the
+        shard was full and ``on_full="drop"``; raises ``Full`` (``on_full="raise"``, or a
+        blocking wait that timed out) and ``Closed`` after ``close()``."""
+        cdef Py_ssize_t s = self._route(item)
+        cdef sf_shard *sh = &self.shards[s]
+        cdef void *p = <void *><PyObject *>item
+        cdef int64_t r
+        if timeout is not None:
+            _check_timeout(timeout)
+        Py_INCREF(item)
+        r = sf_shard_push(sh, &p, 1)
+        if r == 1:
+            return True
+        Py_DECREF(item)
+        return self._submit_slow(sh, item, timeout, r)
+
+    cdef object _submit_slow(self, sf_shard *sh, object item, object timeout, int64_t r):
+        cdef void *p = <void *><PyObject *>item
+        cdef int64_t deadline
+        cdef int64_t slice_deadline
+        if r < 0:
+            self._raise_closed()
+        if self.on_full_code == ON_FULL_DROP:
+            sf_fetch_add_relaxed_u64(&sh.ctr.dropped, 1)
+            return False
+        if self.on_full_code == ON_FULL_RAISE or (timeout is not None and timeout <= 0):
+            raise Full(f"shard is full ({self.capacity} items queued)")
+        deadline = _deadline(timeout)
+        while True:
+            with nogil:
+                sf_shard_wait_space(sh, _slice_deadline(deadline))
+            Py_INCREF(item)
+            r = sf_shard_push(sh, &p, 1)
+            if r == 1:
+                return True
+            Py_DECREF(item)
+            if r < 0:
+                self._raise_closed()
+            PyErr_CheckSignals()
+            if deadline >= 0 and sf_now_ns() >= deadline:
+                raise Full(f"shard stayed full ({self.capacity} items) for {timeout} s")
+
+    cdef int _raise_closed(self) except -1:
+        if sf_load_relaxed_int(&self.st.forked):
+            raise RuntimeError(
+                "this ShardedPool was created in a parent process and cannot be used after "
+                "fork(); create a new pool in the child")
+        raise Closed("pool is closed: submit() after close() or shutdown()")
+
+    def submit_many(self, items, timeout=None):
+        """Queue every item of the iterable, pushing staged chunks with one C call each.
+
+        Returns how many items were queued (items refused by ``on_full="drop"`` are not
+        counted). If an exception escapes (``Full``, ``Closed``, ``KeyboardInterrupt``, an
+        error from the iterable or the key function), it carries ``submitted`` (items
+        queued before it) and ``unsent`` (items taken from the iterable but not queued).
+        """
+        cdef Py_ssize_t nsh = self.workers
+        cdef void **stage = <void **>malloc(nsh * SUBMIT_CHUNK * sizeof(void *))
+        cdef Py_ssize_t *fill = <Py_ssize_t *>calloc(nsh, sizeof(Py_ssize_t))
+        cdef Py_ssize_t s, i, j
+        cdef Py_ssize_t submitted = 0
+        cdef int64_t deadline = _deadline(timeout)
+        cdef bint keyed = self.key_fn is not None
+        cdef Py_ssize_t rr_shard = -1
+        if timeout is not None:
+            _check_timeout(timeout)
+        if stage == NULL or fill == NULL:
+            free(stage)
+            free(fill)
+            raise MemoryError()
+        try:
+            for item in items:
+                if keyed:
+                    s = self._route(item)
+                else:
+                    if rr_shard < 0:
+                        rr_shard = self._route(item)
+                    s = rr_shard
+                Py_INCREF(item)
+                stage[s * SUBMIT_CHUNK + fill[s]] = <void *><PyObject *>item
+                fill[s] += 1
+                if fill[s] == SUBMIT_CHUNK:
+                    submitted += self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s],
+                                                   deadline, timeout)
+                    rr_shard = -1
+            for s in range(nsh):
+                if fill[s]:
+                    submitted += self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s],
+                                                   deadline, timeout)
+        except BaseException as exc:
+            unsent = []
+            for s in range(nsh):
+                for j in range(fill[s]):
+                    unsent.append(<object>stage[s * SUBMIT_CHUNK + j])
+                    Py_DECREF_p(<PyObject *>stage[s * SUBMIT_CHUNK + j])
+                fill[s] = 0
+            try:
+                exc.submitted = submitted
+                exc.unsent = unsent
+            except AttributeError:
+                pass
+            raise
+        finally:
+            free(stage)
+            free(fill)
+        return submitted
+
+    cdef Py_ssize_t _push_staged(self, Py_ssize_t s, void **items, Py_ssize_t *fill,
+                                 int64_t deadline, object timeout) except -1:
+        """Push items[0:*fill] to shard s. On an exception *fill counts what is left,
+        moved to the front, still owned. Returns how many were queued."""
+        cdef sf_shard *sh = &self.shards[s]
+        cdef Py_ssize_t done = 0, total = fill[0], k
+        cdef int64_t r
+        try:
+            while done < total:
+                r = sf_shard_push(sh, items + done, total - done)
+                if r > 0:
+                    done += r
+                    continue
+                if r < 0:
+                    self._raise_closed()
+                if self.on_full_code == ON_FULL_DROP:
+                    for k in range(done, total):
+                        Py_DECREF_p(<PyObject *>items[k])
+                    sf_fetch_add_relaxed_u64(&sh.ctr.dropped, total - done)
+                    fill[0] = 0
+                    return done
+                if self.on_full_code == ON_FULL_RAISE or (timeout is not None and timeout <= 0):
+                    raise Full(f"shard is full ({self.capacity} items queued)")
+                if deadline >= 0 and sf_now_ns() >= deadline:
+                    raise Full(f"shard stayed full ({self.capacity} items) for {timeout} s")
+                with nogil:
+                    sf_shard_wait_space(sh, _slice_deadline(deadline))
+                PyErr_CheckSignals()
+        except BaseException:
+            if done:
+                memmove(items, items + done, (total - done) * sizeof(void *))
+            fill[0] = total - done
+            raise
+        fill[0] = 0
+        return done
+
+    # ------------------------------------------------------------------ workers
+
+    def _run_worker(self, Py_ssize_t index):
+        """Thread target: serve shard ``index`` until it is closed and drained, or stopped."""
+        cdef _Worker w
+        try:
+            w = _Worker(self, index)
+            w.run()
+        finally:
+            sf_pool_worker_exited(self.st)
+
+    def _worker_starting(self):
+        """Count a worker before its thread starts, so that join() cannot miss it."""
+        sf_pool_worker_started(self.st)
+
+    def _worker_start_failed(self):
+        sf_pool_worker_exited(self.st)
+
+    cdef int _run_items(self, sf_shard *sh, void **buf, Py_ssize_t n) except -1:
+        """Call the handler once per item, in order. Consumes the references."""
+        cdef PyObject *handler = <PyObject *>self.handler
+        cdef PyObject *item
+        cdef PyObject *res
+        cdef Py_ssize_t i
+        for i in range(n):
+            if sf_load_relaxed_int(&self.st.stop) == SF_STOP_HAND_BACK:
+                self._hand_back(sh, buf + i, n - i)
+                break
+            item = <PyObject *>buf[i]
+            res = PyObject_CallOneArg(handler, item)
+            if res == NULL:
+                self._failed(sh, item, 1)
+            else:
+                Py_DECREF_p(res)
+                sf_counter_add(&sh.ctr.processed, 1)
+            sf_counter_add(&sh.ctr.batches, 1)
+            Py_DECREF_p(item)
+        return 0
+
+    cdef int _run_batch(self, sf_shard *sh, void **buf, Py_ssize_t n) except -1:
+        """Call the handler with a list of n items. Consumes the references."""
+        cdef Py_ssize_t i
+        cdef PyObject *res
+        batch = PyList_New(n)
+        for i in range(n):
+            PyList_SET_ITEM_steal(batch, i, <PyObject *>buf[i])
+        res = PyObject_CallOneArg(<PyObject *>self.handler, <PyObject *>batch)
+        if res == NULL:
+            self._failed(sh, <PyObject *>batch, n)
+        else:
+            Py_DECREF_p(res)
+            sf_counter_add(&sh.ctr.processed, n)
+        sf_counter_add(&sh.ctr.batches, 1)
+        return 0
+
+    cdef void _failed(self, sf_shard *sh, PyObject *what, Py_ssize_t count) noexcept:
+        """Route the exception the handler just raised; never lets anything escape."""
+        exc = sf_take_exception()
+        sf_counter_add(&sh.ctr.failed, count)
+        try:
+            if not isinstance(exc, Exception):
+                # KeyboardInterrupt, SystemExit & co: remembered and re-raised by the next
+                # join()/shutdown() in the owning thread; the worker itself goes on.
+                with self._lock:
+                    if self._fatal is None:
+                        self._fatal = exc
+            if self.on_error_fn is not None:
+                self.on_error_fn(<object>what, exc)
+            else:
+                _log.error("shardflow handler failed on %r", <object>what, exc_info=exc)
+        except BaseException:
+            try:
+                _log.exception("shardflow on_error callback failed")
+            except BaseException:
+                pass
+
+    cdef int _hand_back(self, sf_shard *sh, void **buf, Py_ssize_t n) except -1:
+        """Give n unstarted items back to shutdown(cancel=True). Consumes the references."""
+        cdef Py_ssize_t i
+        if n <= 0:
+            return 0
+        with self._lock:
+            for i in range(n):
+                self._returned.append(<object>buf[i])
+                Py_DECREF_p(<PyObject *>buf[i])
+        sf_fetch_add_relaxed_u64(&sh.ctr.returned, n)
+        return 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _check_fork(self):
+        if sf_load_relaxed_int(&self.st.forked):
+            self._raise_closed()
+
+    def _close(self):
+        """Refuse new items; workers drain what is queued, then exit."""
+        cdef Py_ssize_t i
+        for i in range(self.workers):
+            sf_ring_close(&self.shards[i].ring)
+            sf_shard_wake_all(&self.shards[i])
+
+    def _stop(self, bint hand_back):
+        """Tell workers to stop taking items (see SF_STOP_*) and wake them."""
+        cdef Py_ssize_t i
+        sf_store_seqcst_int(&self.st.stop, SF_STOP_HAND_BACK if hand_back else SF_STOP_FINISH_TAKEN)
+        self._close()
+
+    def _mark_forked(self):
+        """Called in a forked child: every later use raises instead of deadlocking."""
+        cdef Py_ssize_t i
+        sf_store_seqcst_int(&self.st.forked, 1)
+        for i in range(self.workers):
+            sf_ring_close(&self.shards[i].ring)
+
+    def _wait_workers(self, timeout=None):
+        """Wait (GIL released, Ctrl-C honoured) until every worker exited. Returns bool."""
+        cdef int64_t deadline
+        if timeout is not None:
+            _check_timeout(timeout)
+        deadline = _deadline(timeout)
+        cdef int done = 0
+        while True:
+            with nogil:
+                done = sf_pool_wait_idle(self.st, _slice_deadline(deadline))
+            if done:
+                return True
+            PyErr_CheckSignals()
+            if deadline >= 0 and sf_now_ns() >= deadline:
+                return False
+
+    def _take_leftovers(self):
+        """After stop: every item still queued, plus what workers handed back, in a list."""
+        cdef Py_ssize_t i
+        cdef uint64_t n, k, j
+        cdef void *buf[256]
+        out = []
+        for i in range(self.workers):
+            with nogil:
+                sf_ring_wait_published(&self.shards[i].ring)
+            n = 0
+            while True:
+                k = sf_ring_pop(&self.shards[i].ring, buf, 256)
+                if k == 0:
+                    break
+                for j in range(k):
+                    out.append(<object>buf[j])
+                    Py_DECREF_p(<PyObject *>buf[j])
+                n += k
+            if n:
+                sf_fetch_add_relaxed_u64(&self.shards[i].ctr.returned, n)
+        with self._lock:
+            out.extend(self._returned)
+            self._returned.clear()
+        return out
+
+    def _take_fatal(self):
+        with self._lock:
+            exc, self._fatal = self._fatal, None
+        return exc
+
+    def _shard_stats(self):
+        """One tuple per shard: (submitted, processed, failed, dropped, returned, depth,
+        high_water, batches, stolen_in, stolen_out)."""
+        cdef Py_ssize_t i
+        cdef sf_shard *sh
+        cdef uint64_t dropped
+        out = []
+        for i in range(self.workers):
+            sh = &self.shards[i]
+            dropped = sf_load_relaxed_u64(&sh.ctr.dropped)
+            out.append((
+                sf_ring_tail_index(&sh.ring) + dropped,
+                sf_load_relaxed_u64(&sh.ctr.processed),
+                sf_load_relaxed_u64(&sh.ctr.failed),
+                dropped,
+                sf_load_relaxed_u64(&sh.ctr.returned),
+                sf_ring_depth(&sh.ring),
+                sf_load_relaxed_u64(&sh.ctr.high_water),
+                sf_load_relaxed_u64(&sh.ctr.batches),
+                sf_load_relaxed_u64(&sh.ctr.stolen_in),
+                sf_load_relaxed_u64(&sh.ctr.stolen_out),
+            ))
+        return out
+
+    @property
+    def live_workers(self):
+        return sf_load_acquire_u32(&self.st.live)
+
+
+@cython.final
+cdef class _Worker:
+    """One worker's private state: its drain buffer and the partial batch it is filling."""
+
+    cdef PoolCore core
+    cdef sf_shard *shard
+    cdef Py_ssize_t index
+    cdef void **buf
+    cdef Py_ssize_t n           # items in buf[0:n], oldest first, all owned references
+    cdef Py_ssize_t cap
+    cdef int64_t first_ns       # when the oldest buffered item was drained (timed batches)
+    cdef int64_t pop_ns         # when the last drain happened (timed batches)
+
+    def __cinit__(self, PoolCore core, Py_ssize_t index):
+        self.core = core
+        self.index = index
+        self.shard = &core.shards[index]
+        self.cap = core.batch_size + DRAIN_CHUNK
+        self.buf = <void **>malloc(self.cap * sizeof(void *))
+        if self.buf == NULL:
+            raise MemoryError()
+        self.n = 0
+        self.first_ns = -1
+        self.pop_ns = -1
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    cdef int run(self) except -1:
+        cdef PoolCore core = self.core
+        cdef int64_t got, deadline
+        cdef bint timed = core.batch_timeout_ns >= 0 and core.batch_size > 1
+        cdef int stop
+        while True:
+            deadline = self.first_ns + core.batch_timeout_ns if (timed and self.n > 0) else -1
+            with nogil:
+                got = sf_shard_wait_pop(self.shard, self.buf + self.n, self.cap - self.n,
+                                        deadline, &core.st.stop)
+            if got > 0:
+                self._took(got, timed)
+                self.process(False)
+                continue
+            if got == SF_WAIT_FINISHED:
+                self.process(True)
+                return 0
+            stop = sf_load_acquire_int(&core.st.stop)
+            if stop != SF_STOP_NONE:
+                if stop == SF_STOP_HAND_BACK:
+                    core._hand_back(self.shard, self.buf, self.n)
+                    self.n = 0
+                else:
+                    self.process(True)
+                return 0
+            self.process(True)  # the partial batch's deadline passed
+
+    cdef inline void _took(self, int64_t got, bint timed) noexcept:
+        if timed:
+            self.pop_ns = sf_now_ns()
+            if self.n == 0:
+                self.first_ns = self.pop_ns
+        self.n += got
+
+    cdef int process(self, bint flush) except -1:
+        """Handle what is buffered, re-draining with the GIL held while items keep coming.
+        With ``flush`` (deadline passed, ring finished) a partial batch goes out too."""
+        cdef PoolCore core = self.core
+        cdef Py_ssize_t bs = core.batch_size
+        cdef Py_ssize_t off, got
+        cdef int topups = 0
+        cdef bint timed = core.batch_timeout_ns >= 0 and bs > 1
+        while True:
+            if sf_load_relaxed_int(&core.st.stop) == SF_STOP_HAND_BACK:
+                return 0  # run() hands the buffer back
+            if bs == 1:
+                core._run_items(self.shard, self.buf, self.n)
+                self.n = 0
+            elif self.n >= bs:
+                off = 0
+                while self.n - off >= bs:
+                    if sf_load_relaxed_int(&core.st.stop) == SF_STOP_HAND_BACK:
+                        break
+                    core._run_batch(self.shard, self.buf + off, bs)
+                    off += bs
+                self.n -= off
+                if self.n:
+                    memmove(self.buf, self.buf + off, self.n * sizeof(void *))
+                    # Batches are cut from the front and the old remainder was shorter than
+                    # a batch, so what remains came from the latest drain.
+                    self.first_ns = self.pop_ns
+            if topups >= MAX_TOPUPS or sf_load_relaxed_int(&core.st.stop) != SF_STOP_NONE:
+                break
+            got = sf_shard_pop(self.shard, self.buf + self.n, self.cap - self.n)
+            if got == 0:
+                break
+            self._took(got, timed)
+            topups += 1
+        if self.n and (flush or not timed or sf_now_ns() >= self.first_ns + core.batch_timeout_ns):
+            if sf_load_relaxed_int(&core.st.stop) != SF_STOP_HAND_BACK:
+                core._run_batch(self.shard, self.buf, self.n)
+                self.n = 0
+        return 0

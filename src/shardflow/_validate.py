@@ -1,0 +1,57 @@
+"""Argument checks shared by the public constructors.
+
+Every message names the parameter, the value given and what is accepted, so that a bad
+call fails at construction with an error that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+from typing import Any
+
+
+def check_callable(name: str, value: Any, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not callable(value):
+        what = "None or a callable" if optional else "a callable"
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+
+def check_int(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return value
+
+
+def check_seconds(name: str, value: Any, *, optional: bool = True, positive: bool = False) -> None:
+    if value is None and optional:
+        return
+    accepted = ("None or " if optional else "") + (
+        "a number of seconds > 0" if positive else "a number of seconds >= 0"
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__})")
+    if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Collection[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        accepted = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {accepted}, got {value!r}")
+    return value
+
+
+def check_str(name: str, value: Any, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be None or a str, got {value!r} ({type(value).__name__})")
+
+
+Handler = Callable[[Any], Any]

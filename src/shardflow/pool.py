@@ -1,0 +1,266 @@
+"""``ShardedPool``: a worker per shard, a bounded lock-free queue per worker.
+
+The hot paths (``submit``, ``submit_many`` and the worker loop) are compiled, in
+``shardflow._worker``; this module adds validation, lifecycle and the process-level
+hooks (fork, interpreter exit).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, Literal, TypeVar
+
+from shardflow._validate import check_callable, check_choice, check_int, check_seconds, check_str
+from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCore
+from shardflow.metrics import PoolMetrics, ShardMetrics
+
+__all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "ShardedPool"]
+
+T = TypeVar("T")
+
+#: Per-shard queue bound when ``capacity=None``. Under the GIL throughput is set by how
+#: many items move per thread hand-off, and a hand-off happens when a producer fills a
+#: shard; 65,536 slots (512 KiB of pointers per shard) measured 1.4-1.6x the throughput of
+#: 8,192 slots with per-item submits (see benchmarks/README.md), and more bought little.
+DEFAULT_CAPACITY = 65536
+MAX_CAPACITY = 1 << 30
+
+_ON_FULL = {"block": ON_FULL_BLOCK, "raise": ON_FULL_RAISE, "drop": ON_FULL_DROP}
+_names = itertools.count(1)
+_live: weakref.WeakSet[ShardedPool[Any]] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+class ShardedPool(PoolCore, Generic[T]):
+    """A pool of worker threads, each draining its own bounded queue (shard).
+
+    ``handler(item)`` is called once for every submitted item (``handler(list_of_items)``
+    when ``batch_size > 1``). Items are routed round-robin, or by ``key``: an item goes to
+    shard ``hash(key(item)) % workers`` and items with the same key are handled in the
+    order one thread submitted them.
+
+    Args:
+        handler: called by the workers with one item, or a list of items when
+            ``batch_size > 1``. Its return value is ignored.
+        workers: number of shards and worker threads; default ``os.cpu_count()``.
+        key: ``key(item)`` gives a hashable routing key; None routes round-robin.
+        capacity: per-shard queue bound, rounded up to a power of two; default
+            ``DEFAULT_CAPACITY``. Memory per slot is one pointer.
+        batch_size: with ``> 1`` the handler gets lists of up to this many items.
+        batch_timeout: with batches, how long (seconds) a partial batch may wait for more
+            items, counted from its first item. None: hand over what is queued without
+            waiting (batches are then as full as the backlog allows).
+        on_full: what ``submit`` does when the shard is full: ``"block"`` waits (GIL
+            released, Ctrl-C works), ``"raise"`` raises ``shardflow.Full``, ``"drop"``
+            drops the item, counts it and returns False.
+        on_error: ``on_error(item_or_batch, exc)`` for handler exceptions; None logs them
+            to the ``"shardflow"`` logger. Either way they are counted and the worker
+            goes on.
+        name: prefix of the worker threads' names.
+
+    Exceptions that are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) raised
+    by the handler are counted and routed like the others, the worker goes on, and the
+    first one is re-raised in the caller by the next ``join()`` / ``shutdown()`` (or the
+    ``with`` block's exit), so that a handler can still stop the program.
+
+    Lifecycle: ``close()`` refuses new items and lets workers drain; ``join()`` waits;
+    ``shutdown(cancel=True)`` hands back what was not started; the context manager closes
+    and joins. At interpreter exit live pools are closed and drained, as
+    ``ThreadPoolExecutor`` does, except those shut down with ``wait=False``. A pool
+    inherited through ``fork()`` raises ``RuntimeError`` in the child.
+
+    Under the GIL, more workers speed up handlers that release it (I/O, hashing large
+    buffers, numpy, compiled code); pure-Python handlers are serialized by the GIL
+    whatever the pool, and shardflow's gain there is the low cost per item.
+
+    Example:
+        >>> import shardflow
+        >>> seen = []
+        >>> with shardflow.ShardedPool(seen.append, workers=2, key=lambda x: x % 10) as pool:
+        ...     pool.submit_many(range(1000))
+        1000
+        >>> len(seen)
+        1000
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Any], object],
+        *,
+        workers: int | None = None,
+        key: Callable[[T], Hashable] | None = None,
+        capacity: int | None = None,
+        batch_size: int = 1,
+        batch_timeout: float | None = None,
+        on_full: Literal["block", "raise", "drop"] = "block",
+        on_error: Callable[[Any, BaseException], object] | None = None,
+        name: str | None = None,
+    ) -> None:
+        check_callable("handler", handler)
+        if workers is None:
+            workers = os.cpu_count() or 1
+        check_int("workers", workers, lo=1, hi=4096)
+        check_callable("key", key, optional=True)
+        if capacity is None:
+            capacity = DEFAULT_CAPACITY
+        check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
+        check_int("batch_size", batch_size, lo=1, hi=1 << 20)
+        check_seconds("batch_timeout", batch_timeout)
+        check_choice("on_full", on_full, _ON_FULL)
+        check_callable("on_error", on_error, optional=True)
+        check_str("name", name)
+
+        self._core_init(
+            handler, workers, key, capacity, batch_size, batch_timeout, _ON_FULL[on_full], on_error
+        )
+        self.name: str = name or f"ShardedPool-{next(_names)}"
+        self.on_full: str = on_full
+        self.batch_timeout: float | None = batch_timeout
+        self._lifecycle = threading.Lock()
+        self._closed = False
+        self._exit_wait = True
+        self._threads: list[threading.Thread] = []
+        with _live_lock:
+            _live.add(self)
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(
+                target=self._run_worker, args=(i,), name=f"{self.name}-worker-{i}", daemon=True
+            )
+            self._worker_starting()
+            try:
+                t.start()
+            except BaseException:
+                self._worker_start_failed()
+                self.shutdown(wait=True)
+                raise
+            self._threads.append(t)
+
+    # submit(item, timeout=None) -> bool and submit_many(iterable, timeout=None) -> int
+    # are inherited from the compiled core.
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` or ``shutdown()`` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Refuse new items (``submit`` raises ``Closed``); workers finish what is queued.
+        Idempotent."""
+        self._check_fork()
+        with self._lifecycle:
+            self._closed = True
+            self._close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every worker has finished; returns False if ``timeout`` ran out.
+
+        Only meaningful after ``close()``/``shutdown()`` (before, workers never finish and
+        this raises ``RuntimeError``). The wait releases the GIL and is interrupted by
+        Ctrl-C. Re-raises the first ``KeyboardInterrupt``/``SystemExit`` a handler raised.
+        """
+        self._check_fork()
+        if not self._closed:
+            raise RuntimeError(
+                f"{self.name}: join() before close() would wait forever; call close() or "
+                "shutdown() first"
+            )
+        check_seconds("timeout", timeout)
+        if not self._wait_workers(timeout):
+            return False
+        for t in self._threads:
+            t.join()
+        fatal = self._take_fatal()
+        if fatal is not None:
+            raise fatal
+        return True
+
+    def shutdown(self, wait: bool = True, *, cancel: bool = False) -> list[Any]:
+        """Stop the pool.
+
+        ``cancel=False``: close, and with ``wait`` join (queued items are all handled).
+        ``cancel=True``: stop taking items and return every item that was not started, in
+        a list (nothing is lost: each item is either handled once or returned once). With
+        ``wait=True`` workers stop after the handler call in progress; with
+        ``wait=False`` items a worker already took from its queue are still handled and
+        the list holds what was still queued.
+
+        If a handler raised ``KeyboardInterrupt``/``SystemExit`` it is re-raised here
+        (with ``wait``); the returned items are then on the exception as ``returned``.
+        """
+        self._check_fork()
+        with self._lifecycle:
+            self._closed = True
+            if cancel:
+                self._stop(wait)
+            else:
+                self._close()
+            if not wait:
+                self._exit_wait = False
+        returned: list[Any] = []
+        if wait:
+            self._wait_workers(None)
+            for t in self._threads:
+                t.join()
+        if cancel:
+            returned = self._take_leftovers()
+        if wait:
+            fatal = self._take_fatal()
+            if fatal is not None:
+                fatal.returned = returned
+                raise fatal
+        return returned
+
+    def metrics(self) -> PoolMetrics:
+        """A snapshot of the counters: totals and one ``ShardMetrics`` per shard."""
+        shards = tuple(ShardMetrics(i, *row) for i, row in enumerate(self._shard_stats()))
+        return PoolMetrics.from_shards(shards)
+
+    def __enter__(self) -> ShardedPool[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Like ThreadPoolExecutor: whatever happened in the block, what was submitted is
+        # handled (nothing is lost). A second Ctrl-C interrupts the wait.
+        self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return (
+            f"<ShardedPool {self.name!r} {state} workers={self.workers} "
+            f"capacity={self.capacity} batch_size={self.batch_size}>"
+        )
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live):
+        pool._mark_forked()
+    # The parent's lock may have been held by another thread at fork time.
+    global _live_lock
+    _live_lock = threading.Lock()
+
+
+def _at_exit() -> None:
+    for pool in list(_live):
+        if not pool._exit_wait:
+            continue
+        try:
+            pool._check_fork()
+        except RuntimeError:
+            continue
+        pool._close()
+        pool._closed = True
+        pool._wait_workers(None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)
+
