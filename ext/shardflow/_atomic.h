@@ -41,13 +41,16 @@ static inline uint64_t sf_fetch_add_relaxed_u64(sf_atomic_u64 *p, uint64_t v) {
 static inline uint64_t sf_fetch_or_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
     return atomic_fetch_or_explicit(p, v, memory_order_seq_cst);
 }
-/* Weak CAS: callers loop anyway. On failure *expected holds the current value. */
-static inline int sf_cas_weak_relaxed_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
-    return atomic_compare_exchange_weak_explicit(p, expected, desired, memory_order_relaxed,
+/* Weak CAS: callers loop anyway. On failure *expected holds the current value.
+ * seq_cst on success: the ring's claim and take CASes double as the store half of the
+ * park protocol's Dekker pair (see _park.h), and on x86 a locked instruction costs the
+ * same whatever the order. */
+static inline int sf_cas_weak_seqcst_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
+    return atomic_compare_exchange_weak_explicit(p, expected, desired, memory_order_seq_cst,
                                                  memory_order_relaxed);
 }
-static inline int sf_cas_strong_acqrel_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
-    return atomic_compare_exchange_strong_explicit(p, expected, desired, memory_order_acq_rel,
+static inline int sf_cas_strong_seqcst_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
+    return atomic_compare_exchange_strong_explicit(p, expected, desired, memory_order_seq_cst,
                                                    memory_order_acquire);
 }
 /* Single-writer counter bump: the owner is the only writer, so load+store (no RMW, no
@@ -68,6 +71,9 @@ static inline uint32_t sf_load_relaxed_u32(sf_atomic_u32 *p) {
 }
 static inline uint32_t sf_load_acquire_u32(sf_atomic_u32 *p) {
     return atomic_load_explicit(p, memory_order_acquire);
+}
+static inline uint32_t sf_load_seqcst_u32(sf_atomic_u32 *p) {
+    return atomic_load_explicit(p, memory_order_seq_cst);
 }
 static inline void sf_store_release_u32(sf_atomic_u32 *p, uint32_t v) {
     atomic_store_explicit(p, v, memory_order_release);

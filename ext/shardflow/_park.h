@@ -17,7 +17,15 @@
  * A notify between W1 and W3 is harmless: W3 then reads the bumped epoch with acquire,
  * which makes N1's data visible to W4.
  *
- * Cost when nobody sleeps: one fence and one relaxed load per notify, no syscall, no lock.
+ * Cheaper notifier (sf_event_notify_after_rmw). When the publication itself is a seq_cst
+ * read-modify-write of the very variable the waiter re-checks at W4 (the ring's claim CAS
+ * on `tail`, the drain CAS on `head`), N1-N2 collapse into that RMW and N3 becomes a
+ * seq_cst load: the Dekker pair is then (that variable, waiters), ordered by the total
+ * order over seq_cst operations, and the fast path has no fence at all (on x86 a plain
+ * load). The waiter side is unchanged: W2's fence precedes its load of the variable.
+ *
+ * Cost when nobody sleeps: one load per notify (plus a fence for the generic notify);
+ * no syscall, no lock.
  * Spurious wake-ups are allowed (a broadcast wakes every waiter; each re-checks).
  * The protocol is model-checked in tools/model/park.pml.
  *
@@ -225,6 +233,13 @@ static inline void sf_event_notify_slow(sf_event *e) {
 static inline void sf_event_notify(sf_event *e) {
     sf_fence_seqcst();
     if (sf_load_relaxed_u32(&e->waiters) != 0) sf_event_notify_slow(e);
+}
+
+/* N3-N4 for a publisher whose publication was a seq_cst RMW of the variable the waiter
+ * re-checks (see above). Call after that RMW (and after any release store that makes the
+ * data itself visible). */
+static inline void sf_event_notify_after_rmw(sf_event *e) {
+    if (sf_load_seqcst_u32(&e->waiters) != 0) sf_event_notify_slow(e);
 }
 
 #endif /* SF_PARK_H */

@@ -25,6 +25,10 @@
  * producers) says the ring is full. Consumers drain in batches, so reading `commit` once
  * per drain is the cache: a drain of k items costs one acquire load and one CAS.
  *
+ * Park protocol (see _park.h): both CASes are seq_cst, so a producer's claim is the store
+ * half of the Dekker pair against a sleeping consumer (which re-checks `tail`), and a
+ * consumer's take is the store half against a sleeping producer (which re-checks `head`).
+ *
  * Memory orders:
  *   - slot writes are ordered before the release store of `commit`; consumers load
  *     `commit` with acquire before reading slots;
@@ -108,6 +112,14 @@ static inline int sf_ring_has_items(sf_ring *r) {
     return sf_load_acquire_u64(&r->commit) != sf_load_acquire_u64(&r->head);
 }
 
+/* Items are claimed and not consumed, published or not. This, not has_items, is what a
+ * consumer re-checks before it sleeps: the claim CAS is the producer's side of the park
+ * protocol (a claimed range is published within a bounded copy, so the consumer spins for
+ * it instead of sleeping). */
+static inline int sf_ring_has_claims(sf_ring *r) {
+    return sf_ring_tail_index(r) != sf_load_acquire_u64(&r->head);
+}
+
 /* A producer could claim at least one slot (or the ring is closed, which also ends a
  * producer's wait). */
 static inline int sf_ring_has_space_or_closed(sf_ring *r) {
@@ -162,7 +174,7 @@ static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
             }
         }
         k = n < room ? n : room;
-        if (sf_cas_weak_relaxed_u64(&r->tail, &t, t + k)) break;
+        if (sf_cas_weak_seqcst_u64(&r->tail, &t, t + k)) break;
     }
     for (uint64_t i = 0; i < k; i++) sf_store_relaxed_ptr(&r->slots[(t + i) & r->mask], items[i]);
     {
@@ -187,7 +199,7 @@ static inline uint64_t sf_ring_pop_part(sf_ring *r, void **out, uint64_t max, ui
         if (divisor > 1) n = (n + divisor - 1) / divisor;
         if (n > max) n = max;
         for (uint64_t i = 0; i < n; i++) out[i] = sf_load_relaxed_ptr(&r->slots[(h + i) & r->mask]);
-        if (sf_cas_strong_acqrel_u64(&r->head, &h, h + n)) return n;
+        if (sf_cas_strong_seqcst_u64(&r->head, &h, h + n)) return n;
         /* Another consumer won: h now holds the current head; the copy is discarded. */
     }
 }

@@ -53,10 +53,11 @@ static inline void sf_shard_destroy(sf_shard *s) {
     sf_ring_destroy(&s->ring);
 }
 
-/* Publish-side helper: push and wake the worker if it sleeps. */
+/* Publish-side helper: push and wake the worker if it sleeps. The push's claim CAS is
+ * the seq_cst RMW that sf_event_notify_after_rmw pairs with. */
 static inline int64_t sf_shard_push(sf_shard *s, void *const *items, uint64_t n) {
     int64_t k = sf_ring_push(&s->ring, items, n);
-    if (k > 0) sf_event_notify(&s->data_ev);
+    if (k > 0) sf_event_notify_after_rmw(&s->data_ev);
     return k;
 }
 
@@ -66,7 +67,7 @@ static inline uint64_t sf_shard_pop(sf_shard *s, void **out, uint64_t max) {
     uint64_t n = sf_ring_pop(&s->ring, out, max);
     if (n) {
         sf_counter_max(&s->ctr.high_water, depth);
-        sf_event_notify(&s->space_ev);
+        sf_event_notify_after_rmw(&s->space_ev); /* pairs with the take CAS on head */
     }
     return n;
 }
@@ -86,11 +87,12 @@ static inline int64_t sf_shard_wait_pop(sf_shard *s, void **out, uint64_t max,
         if (n) return (int64_t)n;
         if (sf_ring_finished(&s->ring)) return SF_WAIT_FINISHED;
         if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return SF_WAIT_TIMEOUT;
-        for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_items(&s->ring); spins++)
+        for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_claims(&s->ring); spins++)
             sf_cpu_relax();
         if (spins < SF_IDLE_SPINS) continue;
         key = sf_event_prepare(&s->data_ev);
-        if (sf_ring_has_items(&s->ring) || sf_ring_finished(&s->ring) ||
+        /* Claims, not published items: see sf_ring_has_claims. */
+        if (sf_ring_has_claims(&s->ring) || sf_ring_finished(&s->ring) ||
             sf_load_acquire_int(stop)) {
             sf_event_cancel(&s->data_ev);
             continue;

@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True, cdivision=True
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True, cdivision=True, binding=False
 """The compiled core of ``ShardedPool``: routing, the submit paths and the worker loop.
 
 Per item, nothing here allocates a Python object, takes a lock or makes a system call:
