@@ -167,10 +167,14 @@ static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
             used = t - h;
             room = used >= r->capacity ? 0 : r->capacity - used;
             if (room == 0) {
-                /* Re-read tail: report "closed" rather than "full" once closed. */
-                t = sf_load_relaxed_u64(&r->tail);
-                if (t & SF_RING_CLOSED) return -1;
-                return 0;
+                /* Full as seen from `t`; but `t` may be stale (other producers claimed
+                 * and the consumer took since we read it, so head may even be past it).
+                 * Report full only if tail has not moved; otherwise retry with the new
+                 * value (this also reports "closed" rather than "full" once closed). */
+                uint64_t t2 = sf_load_relaxed_u64(&r->tail);
+                if (t2 == t) return 0;
+                t = t2;
+                continue;
             }
         }
         k = n < room ? n : room;
