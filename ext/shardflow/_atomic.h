@@ -38,6 +38,12 @@ static inline void sf_store_release_u64(sf_atomic_u64 *p, uint64_t v) {
 static inline uint64_t sf_fetch_add_relaxed_u64(sf_atomic_u64 *p, uint64_t v) {
     return atomic_fetch_add_explicit(p, v, memory_order_relaxed);
 }
+static inline uint64_t sf_load_seqcst_u64(sf_atomic_u64 *p) {
+    return atomic_load_explicit(p, memory_order_seq_cst);
+}
+static inline uint64_t sf_fetch_add_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
+    return atomic_fetch_add_explicit(p, v, memory_order_seq_cst);
+}
 static inline uint64_t sf_fetch_or_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
     return atomic_fetch_or_explicit(p, v, memory_order_seq_cst);
 }

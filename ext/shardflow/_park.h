@@ -1,33 +1,41 @@
 /* sf_event: park/unpark without lost wake-ups and without a system call when nobody sleeps.
  *
- * It is an eventcount. A waiter announces itself, re-checks its condition, and only then
- * sleeps; a notifier publishes its data and looks for announced waiters:
+ * It is an eventcount (the design of folly's EventCount): one 64-bit word holds the epoch
+ * (high 32 bits) and the number of announced waiters (low 32 bits), so announcing and
+ * reading the epoch is one atomic step, and a notify consumes every announcement at once:
  *
- *   waiter                                   notifier
- *   ------                                   --------
- *   W1 waiters += 1            (seq_cst)     N1 publish data          (release store)
- *   W2 fence                   (seq_cst)     N2 fence                 (seq_cst)
- *   W3 key = epoch             (acquire)     N3 if waiters == 0: return   (relaxed)
- *   W4 if condition(): waiters -= 1; return  N4 lock; epoch += 1; broadcast; unlock
- *   W5 lock; while epoch == key: cond_wait; unlock; waiters -= 1
+ *   waiter                                        notifier
+ *   ------                                        --------
+ *   W1 key = epoch(word += 1)        (seq_cst)    N1 publish data          (release store)
+ *   W2 fence                         (seq_cst)    N2 fence                 (seq_cst)
+ *   W3 if condition(): cancel(key); return        N3 if waiters(word) == 0: return
+ *   W4 lock; while epoch(word) == key:            N4 CAS word -> (epoch+1, waiters 0)
+ *          cond_wait; unlock                      N5 lock; broadcast; unlock
  *
- * No lost wake-up: the two seq_cst fences order W1 against N3. Either N3 sees the waiter
- * (it then bumps epoch under the mutex: W5 either sees the new epoch before sleeping or is
- * already inside cond_wait and gets the broadcast), or W4 sees the data published by N1.
- * A notify between W1 and W3 is harmless: W3 then reads the bumped epoch with acquire,
- * which makes N1's data visible to W4.
+ *   cancel(key) / timeout: CAS word -> waiters - 1, but only while epoch(word) == key; once
+ *   the epoch moved, a notifier already consumed this waiter's announcement.
+ *
+ * No lost wake-up: the two seq_cst fences order W1 against N3. Either N3 sees the
+ * announcement (N4 then moves the epoch; W4 either sees the new epoch before sleeping, or is
+ * inside cond_wait when N5's broadcast comes, since N5 takes the mutex W4 holds while it
+ * checks), or W3 sees the data published by N1. An announcement made after N4 carries the
+ * new epoch as its key, so it is never consumed by a notify that came before it.
+ *
+ * Consuming announcements matters for throughput: after one notify the word shows no waiter,
+ * so the pushes that follow stay on the fast path until the worker sleeps again (with a
+ * plain waiter count, every push until the woken worker retired its count would take the
+ * mutex and broadcast).
  *
  * Cheaper notifier (sf_event_notify_after_rmw). When the publication itself is a seq_cst
- * read-modify-write of the very variable the waiter re-checks at W4 (the ring's claim CAS
+ * read-modify-write of the very variable the waiter re-checks at W3 (the ring's claim CAS
  * on `tail`, the drain CAS on `head`), N1-N2 collapse into that RMW and N3 becomes a
- * seq_cst load: the Dekker pair is then (that variable, waiters), ordered by the total
- * order over seq_cst operations, and the fast path has no fence at all (on x86 a plain
- * load). The waiter side is unchanged: W2's fence precedes its load of the variable.
+ * seq_cst load: the Dekker pair is then (that variable, word), ordered by the total order
+ * over seq_cst operations, and the fast path has no fence at all (on x86 a plain load).
+ * The waiter side is unchanged: W2's fence precedes its load of the variable.
  *
- * Cost when nobody sleeps: one load per notify (plus a fence for the generic notify);
- * no syscall, no lock.
- * Spurious wake-ups are allowed (a broadcast wakes every waiter; each re-checks).
- * The protocol is model-checked in tools/model/park.pml.
+ * Cost when nobody sleeps: one load per notify (plus a fence for the generic notify); no
+ * syscall, no lock. Spurious wake-ups are allowed (a broadcast wakes every waiter; each
+ * re-checks its condition). The protocol is model-checked in tools/model/park.pml.
  *
  * The OS layer below (mutex, condition variable with a monotonic deadline, clock) is the
  * only platform-specific code in the core.
@@ -171,16 +179,19 @@ static inline void sf_cond_wait_until(sf_cond *c, sf_mutex *m, int64_t deadline_
 
 /* ---------------- the eventcount ---------------- */
 
+#define SF_EV_WAITER ((uint64_t)1)
+#define SF_EV_EPOCH ((uint64_t)1 << 32)
+#define SF_EV_WAITERS(w) ((uint32_t)((w) & 0xffffffffu))
+#define SF_EV_EPOCH_OF(w) ((uint32_t)((w) >> 32))
+
 typedef struct sf_event {
-    sf_atomic_u32 waiters;
-    sf_atomic_u32 epoch;
+    sf_atomic_u64 word; /* epoch << 32 | announced waiters */
     sf_mutex mu;
     sf_cond cv;
 } sf_event;
 
 static inline int sf_event_init(sf_event *e) {
-    atomic_init(&e->waiters, 0);
-    atomic_init(&e->epoch, 0);
+    atomic_init(&e->word, 0);
     if (sf_mutex_init(&e->mu)) return -1;
     if (sf_cond_init(&e->cv)) {
         sf_mutex_destroy(&e->mu);
@@ -194,23 +205,29 @@ static inline void sf_event_destroy(sf_event *e) {
     sf_mutex_destroy(&e->mu);
 }
 
-/* W1-W3: announce, then return the key to pass to sf_event_wait. The caller must re-check
- * its condition after this and call sf_event_cancel if it no longer needs to wait. */
+/* W1-W2: announce, then return the key to pass to sf_event_wait. The caller must re-check
+ * its condition after this and call sf_event_cancel(e, key) if it no longer needs to wait. */
 static inline uint32_t sf_event_prepare(sf_event *e) {
-    sf_fetch_add_seqcst_u32(&e->waiters, 1);
+    uint64_t w = sf_fetch_add_seqcst_u64(&e->word, SF_EV_WAITER);
     sf_fence_seqcst();
-    return sf_load_acquire_u32(&e->epoch);
+    return SF_EV_EPOCH_OF(w);
 }
 
-static inline void sf_event_cancel(sf_event *e) { sf_fetch_sub_relaxed_u32(&e->waiters, 1); }
+/* Retire an announcement unless a notify already consumed it. */
+static inline void sf_event_cancel(sf_event *e, uint32_t key) {
+    uint64_t w = sf_load_relaxed_u64(&e->word);
+    while (SF_EV_EPOCH_OF(w) == key && SF_EV_WAITERS(w) != 0) {
+        if (sf_cas_weak_seqcst_u64(&e->word, &w, w - SF_EV_WAITER)) return;
+    }
+}
 
-/* W5: sleep until a notify after `key`, or the deadline (ns, monotonic; < 0: none).
- * Returns 1 when woken by a notify, 0 on timeout. Always retires the announcement. */
+/* W4: sleep until a notify after `key`, or the deadline (ns, monotonic; < 0: none).
+ * Returns 1 when notified, 0 on timeout (the announcement is then retired). */
 static inline int sf_event_wait(sf_event *e, uint32_t key, int64_t deadline_ns) {
     int notified = 0;
     sf_mutex_lock(&e->mu);
     for (;;) {
-        if (sf_load_relaxed_u32(&e->epoch) != key) {
+        if (SF_EV_EPOCH_OF(sf_load_acquire_u64(&e->word)) != key) {
             notified = 1;
             break;
         }
@@ -218,28 +235,34 @@ static inline int sf_event_wait(sf_event *e, uint32_t key, int64_t deadline_ns) 
         sf_cond_wait_until(&e->cv, &e->mu, deadline_ns);
     }
     sf_mutex_unlock(&e->mu);
-    sf_fetch_sub_relaxed_u32(&e->waiters, 1);
+    if (!notified) sf_event_cancel(e, key);
     return notified;
 }
 
+/* N4-N5: consume every announcement and move the epoch; wake the sleepers. */
 static inline void sf_event_notify_slow(sf_event *e) {
+    uint64_t w = sf_load_relaxed_u64(&e->word);
+    for (;;) {
+        if (SF_EV_WAITERS(w) == 0) return; /* another notifier consumed them */
+        if (sf_cas_weak_seqcst_u64(&e->word, &w, (w & ~(uint64_t)0xffffffffu) + SF_EV_EPOCH))
+            break;
+    }
     sf_mutex_lock(&e->mu);
-    sf_store_release_u32(&e->epoch, sf_load_relaxed_u32(&e->epoch) + 1);
     sf_cond_broadcast(&e->cv);
     sf_mutex_unlock(&e->mu);
 }
 
-/* N2-N4: call after publishing. A fence and a load unless somebody sleeps. */
+/* N2-N5: call after publishing. A fence and a load unless somebody sleeps. */
 static inline void sf_event_notify(sf_event *e) {
     sf_fence_seqcst();
-    if (sf_load_relaxed_u32(&e->waiters) != 0) sf_event_notify_slow(e);
+    if (SF_EV_WAITERS(sf_load_relaxed_u64(&e->word)) != 0) sf_event_notify_slow(e);
 }
 
-/* N3-N4 for a publisher whose publication was a seq_cst RMW of the variable the waiter
+/* N3-N5 for a publisher whose publication was a seq_cst RMW of the variable the waiter
  * re-checks (see above). Call after that RMW (and after any release store that makes the
  * data itself visible). */
 static inline void sf_event_notify_after_rmw(sf_event *e) {
-    if (sf_load_seqcst_u32(&e->waiters) != 0) sf_event_notify_slow(e);
+    if (SF_EV_WAITERS(sf_load_seqcst_u64(&e->word)) != 0) sf_event_notify_slow(e);
 }
 
 #endif /* SF_PARK_H */

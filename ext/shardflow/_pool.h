@@ -59,7 +59,7 @@ static inline int sf_pool_wait_idle(sf_pool *p, int64_t deadline_ns) {
         if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return 0;
         key = sf_event_prepare(&p->done_ev);
         if (sf_load_acquire_u32(&p->live) == 0) {
-            sf_event_cancel(&p->done_ev);
+            sf_event_cancel(&p->done_ev, key);
             return 1;
         }
         sf_event_wait(&p->done_ev, key, deadline_ns);

@@ -94,7 +94,7 @@ static inline int64_t sf_shard_wait_pop(sf_shard *s, void **out, uint64_t max,
         /* Claims, not published items: see sf_ring_has_claims. */
         if (sf_ring_has_claims(&s->ring) || sf_ring_finished(&s->ring) ||
             sf_load_acquire_int(stop)) {
-            sf_event_cancel(&s->data_ev);
+            sf_event_cancel(&s->data_ev, key);
             continue;
         }
         sf_event_wait(&s->data_ev, key, deadline_ns);
@@ -108,7 +108,7 @@ static inline int sf_shard_wait_space(sf_shard *s, int64_t deadline_ns) {
     if (sf_ring_has_space_or_closed(&s->ring)) return 1;
     key = sf_event_prepare(&s->space_ev);
     if (sf_ring_has_space_or_closed(&s->ring)) {
-        sf_event_cancel(&s->space_ev);
+        sf_event_cancel(&s->space_ev, key);
         return 1;
     }
     sf_event_wait(&s->space_ev, key, deadline_ns);

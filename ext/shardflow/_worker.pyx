@@ -143,10 +143,15 @@ cdef int _check_timeout(object timeout) except -1:
 
 
 cdef inline int64_t _deadline(object timeout) except -2:
-    """Monotonic deadline in ns for a timeout in seconds; -1 for None."""
+    """Monotonic deadline in ns for a (validated) timeout in seconds; -1 for None, and for
+    timeouts too long to represent (float('inf') included), which mean "no deadline"."""
+    cdef double secs
     if timeout is None:
         return -1
-    return sf_now_ns() + <int64_t>(timeout * 1e9)
+    secs = timeout
+    if secs > 1e9:  # ~31 years: beyond that (and inf), int64 ns would overflow
+        return -1
+    return sf_now_ns() + <int64_t>(secs * 1e9)
 
 
 cdef inline int64_t _slice_deadline(int64_t deadline) nogil:
@@ -305,15 +310,19 @@ cdef class PoolCore:
         queued before it) and ``unsent`` (items taken from the iterable but not queued).
         """
         cdef Py_ssize_t nsh = self.workers
-        cdef void **stage = <void **>malloc(nsh * SUBMIT_CHUNK * sizeof(void *))
-        cdef Py_ssize_t *fill = <Py_ssize_t *>calloc(nsh, sizeof(Py_ssize_t))
+        cdef void **stage
+        cdef Py_ssize_t *fill
         cdef Py_ssize_t s, i, j
         cdef Py_ssize_t submitted = 0
-        cdef int64_t deadline = _deadline(timeout)
+        cdef int64_t deadline
         cdef bint keyed = self.key_fn is not None
         cdef Py_ssize_t rr_shard = -1
         if timeout is not None:
             _check_timeout(timeout)
+        deadline = _deadline(timeout)
+        # Allocated after validation and freed in the finally below: nothing can leak.
+        stage = <void **>malloc(nsh * SUBMIT_CHUNK * sizeof(void *))
+        fill = <Py_ssize_t *>calloc(nsh, sizeof(Py_ssize_t))
         if stage == NULL or fill == NULL:
             free(stage)
             free(fill)
