@@ -80,9 +80,12 @@ static inline int sf_ring_init(sf_ring *r, uint64_t capacity) {
     atomic_init(&r->head, 0);
     r->capacity = capacity;
     r->mask = capacity - 1;
+    /* calloc, and no atomic_init per slot: on every platform we build for, a lock-free
+     * atomic pointer holding NULL is all-zero bits, so the zeroed pages are valid slots; and
+     * untouched pages stay unallocated until the ring first fills that far (a huge capacity
+     * costs address space, not memory, until used). */
     r->slots = (sf_atomic_ptr *)calloc((size_t)capacity, sizeof(sf_atomic_ptr));
     if (!r->slots) return -1;
-    for (uint64_t i = 0; i < capacity; i++) atomic_init(&r->slots[i], NULL);
     return 0;
 }
 

@@ -327,8 +327,10 @@ cdef class PoolCore:
             free(stage)
             free(fill)
             raise MemoryError()
+        cdef bint routing = False  # `item` was taken from the iterable, not yet staged
         try:
             for item in items:
+                routing = True
                 if keyed:
                     s = self._route(item)
                 else:
@@ -338,16 +340,17 @@ cdef class PoolCore:
                 Py_INCREF(item)
                 stage[s * SUBMIT_CHUNK + fill[s]] = <void *><PyObject *>item
                 fill[s] += 1
+                routing = False
                 if fill[s] == SUBMIT_CHUNK:
-                    submitted += self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s],
-                                                   deadline, timeout)
+                    self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s], deadline, timeout,
+                                      &submitted)
                     rr_shard = -1
             for s in range(nsh):
                 if fill[s]:
-                    submitted += self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s],
-                                                   deadline, timeout)
+                    self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s], deadline, timeout,
+                                      &submitted)
         except BaseException as exc:
-            unsent = []
+            unsent = [item] if routing else []
             for s in range(nsh):
                 for j in range(fill[s]):
                     unsent.append(<object>stage[s * SUBMIT_CHUNK + j])
@@ -364,10 +367,11 @@ cdef class PoolCore:
             free(fill)
         return submitted
 
-    cdef Py_ssize_t _push_staged(self, Py_ssize_t s, void **items, Py_ssize_t *fill,
-                                 int64_t deadline, object timeout) except -1:
-        """Push items[0:*fill] to shard s. On an exception *fill counts what is left,
-        moved to the front, still owned. Returns how many were queued."""
+    cdef int _push_staged(self, Py_ssize_t s, void **items, Py_ssize_t *fill,
+                          int64_t deadline, object timeout, Py_ssize_t *submitted) except -1:
+        """Push items[0:*fill] to shard s, adding what was queued to *submitted as it goes
+        (so an exception leaves it exact). On an exception *fill counts what is left, moved
+        to the front, still owned."""
         cdef sf_shard *sh = &self.shards[s]
         cdef Py_ssize_t done = 0, total = fill[0], k
         cdef int64_t r
@@ -376,6 +380,7 @@ cdef class PoolCore:
                 r = sf_shard_push(sh, items + done, total - done)
                 if r > 0:
                     done += r
+                    submitted[0] += r
                     continue
                 if r < 0:
                     self._raise_closed()
@@ -384,7 +389,7 @@ cdef class PoolCore:
                         Py_DECREF_p(<PyObject *>items[k])
                     sf_fetch_add_relaxed_u64(&sh.ctr.dropped, total - done)
                     fill[0] = 0
-                    return done
+                    return 0
                 if self.on_full_code == ON_FULL_RAISE or (timeout is not None and timeout <= 0):
                     raise Full(f"shard is full ({self.capacity} items queued)")
                 if deadline >= 0 and sf_now_ns() >= deadline:
@@ -398,7 +403,7 @@ cdef class PoolCore:
             fill[0] = total - done
             raise
         fill[0] = 0
-        return done
+        return 0
 
     # ------------------------------------------------------------------ workers
 
