@@ -896,3 +896,53 @@ def test_default_capacity_and_workers(make_pool: Any) -> None:
     assert pool.workers == (os.cpu_count() or 1)
     assert pool.batch_size == 1
     pool.shutdown()
+
+
+# --------------------------------------------------------------------------- key errors
+
+
+def test_a_key_function_error_propagates_from_submit_and_queues_nothing(make_pool: Any) -> None:
+    pool = make_pool(lambda item: None, workers=2, key=lambda item: item["k"])
+    with pytest.raises(TypeError):
+        pool.submit(5)  # int is not subscriptable
+    with pytest.raises(TypeError, match="unhashable"):
+        pool.submit({"k": []})
+    assert pool.metrics().submitted == 0
+    pool.close()
+    assert pool.join(WAIT)
+
+
+def test_a_key_function_error_in_submit_many_carries_submitted_and_unsent(
+    make_pool: Any,
+) -> None:
+    seen: list[int] = []
+    pool = make_pool(seen.append, workers=2, key=lambda item: 1 // (item - 700))
+    source = CountingIterable(1000)
+    with pytest.raises(ZeroDivisionError) as info:
+        pool.submit_many(source)
+    pool.close()
+    assert pool.join(WAIT)
+    # Item 700 was taken from the iterable and not queued: it belongs in ``unsent``.
+    assert_submit_many_accounts(info.value, source, seen)
+    assert 700 in info.value.unsent  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- idle
+
+
+def test_an_idle_pool_sleeps_instead_of_spinning(make_pool: Any) -> None:
+    import resource
+
+    pool = make_pool(lambda item: None, workers=2)
+    pool.submit_many(range(10_000))  # let the workers run, then run dry
+    assert wait_until(lambda: pool.metrics().processed == 10_000)
+    pool_threads = [t for t in threading.enumerate() if t.name.startswith(pool.name)]
+    assert len(pool_threads) == 2
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    threading.Event().wait(1.0)  # one second of idleness
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # Two spinning workers would burn ~2 s of CPU here; sleeping ones burn ~0.
+    assert cpu < 0.5, f"idle pool used {cpu:.2f} s of CPU in 1 s"
+    pool.close()
+    assert pool.join(WAIT)
