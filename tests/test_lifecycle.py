@@ -1,0 +1,227 @@
+"""Process-level lifecycle (GUIDE.md §2.5): interpreter exit, fork, Ctrl-C.
+
+Each test runs a small script in a fresh interpreter, because what is tested is how that
+interpreter ends. Every child gets a generous timeout: reaching it means a hang, which is
+the bug these tests look for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CHILD_TIMEOUT = 60
+
+
+def run_script(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+
+
+# Preamble of scripts whose handler blocks on ``gate``. The gate is opened by an atexit
+# hook registered after shardflow's own, so it runs first (atexit is LIFO): items are still
+# queued when the interpreter starts to exit, and shardflow's exit drain can then finish.
+GATED = """
+import atexit, sys, threading
+import shardflow
+
+gate = threading.Event()
+entered = threading.Event()
+
+def handler(item):
+    entered.set()
+    gate.wait()
+
+atexit.register(gate.set)
+"""
+
+
+def test_exit_with_a_live_unclosed_pool_drains_queued_items(tmp_path: Path) -> None:
+    result = run_script(
+        """
+        import atexit, sys, threading
+
+        handled = []
+        # Registered before shardflow is imported, so it runs after shardflow's exit hook.
+        atexit.register(lambda: print("handled", len(handled), flush=True))
+
+        import shardflow
+
+        gate = threading.Event()
+        atexit.register(gate.set)  # runs first: opens the gate once exit has begun
+
+        def handler(item):
+            gate.wait()
+            handled.append(item)
+
+        pool = shardflow.ShardedPool(handler, workers=2)
+        pool.submit_many(range(1000))
+        print("queued", pool.metrics().depth, flush=True)
+        # no close(), no join(): the script just ends
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    queued = int(lines[lines.index("queued") + 1])
+    assert queued > 0  # items really were waiting when the interpreter began to exit
+    assert "handled 1000" in result.stdout, result.stdout
+
+
+def test_exit_with_an_idle_unclosed_pool_completes(tmp_path: Path) -> None:
+    result = run_script(
+        """
+        import shardflow
+        pool = shardflow.ShardedPool(print, workers=2)
+        print("made", pool.name)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "made ShardedPool-" in result.stdout
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_exit_after_shutdown_without_wait_does_not_wait_for_a_handler_that_never_returns(
+    tmp_path: Path, cancel: bool
+) -> None:
+    result = run_script(
+        f"""
+        import threading
+        import shardflow
+
+        entered = threading.Event()
+
+        def handler(item):
+            entered.set()
+            threading.Event().wait()  # never returns
+
+        pool = shardflow.ShardedPool(handler, workers=1)
+        pool.submit(0)
+        assert entered.wait(30)
+        pool.submit_many(range(1, 10))  # queued behind the stuck handler
+        back = pool.shutdown(wait=False, cancel={cancel})
+        print("returned", len(back), flush=True)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"returned {9 if cancel else 0}" in result.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_forked_child_gets_a_runtime_error_mentioning_fork_and_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    result = run_script(
+        """
+        import os, sys, warnings
+        import shardflow
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads
+        seen = []
+        pool = shardflow.ShardedPool(seen.append, workers=2, capacity=16)
+        pool.submit_many(range(100))
+
+        pid = os.fork()
+        if pid == 0:
+            errors = []
+            for name, call in [
+                ("submit", lambda: pool.submit(1)),
+                ("submit_many", lambda: pool.submit_many([1, 2])),
+                ("close", pool.close),
+                ("shutdown", pool.shutdown),
+            ]:
+                try:
+                    call()
+                except RuntimeError as exc:
+                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                else:
+                    errors.append(f"{name}: no error")
+            print("\\n".join(errors), flush=True)
+            sys.exit(0)  # a normal exit: atexit hooks run in the child too
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+        pool.close()
+        assert pool.join(30)
+        print("parent handled", len(seen), flush=True)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    submit_line = next(line for line in lines if line.startswith("submit: "))
+    assert "RuntimeError" in submit_line and "fork" in submit_line
+    assert "Closed" not in submit_line.split(":")[1]  # the fork error, not a plain "closed"
+    for call in ("submit_many", "close", "shutdown"):
+        line = next(line for line in lines if line.startswith(f"{call}: "))
+        assert "fork" in line, line
+    assert "child exit 0" in lines
+    assert "parent handled 100" in lines  # the parent's pool is unaffected
+
+
+BLOCKING_CALLS = {
+    "submit": """
+pool = shardflow.ShardedPool(handler, workers=1, capacity=2, on_full="block")
+pool.submit(0)
+assert entered.wait(30)
+pool.submit_many([1, 2])
+print("ready", flush=True)
+pool.submit(3)
+""",
+    "submit_many": """
+pool = shardflow.ShardedPool(handler, workers=1, capacity=2, on_full="block")
+pool.submit(0)
+assert entered.wait(30)
+print("ready", flush=True)
+pool.submit_many(range(1, 100))
+""",
+    "join": """
+pool = shardflow.ShardedPool(handler, workers=1)
+pool.submit_many(range(5))
+assert entered.wait(30)
+pool.close()
+print("ready", flush=True)
+pool.join()
+""",
+}
+
+
+@pytest.mark.parametrize("call", sorted(BLOCKING_CALLS))
+def test_ctrl_c_interrupts_a_blocked_call_promptly(tmp_path: Path, call: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GATED + BLOCKING_CALLS[call] + 'print("not interrupted")\n'],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        # Give the child time to enter the wait, so that the signal interrupts the wait
+        # itself (sent earlier it would be honoured as well, just less interestingly).
+        try:
+            proc.wait(0.3)
+        except subprocess.TimeoutExpired:
+            pass
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "not interrupted" not in out
+    assert "KeyboardInterrupt" in err, err
+    assert proc.returncode != 0
