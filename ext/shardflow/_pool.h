@@ -12,9 +12,8 @@
 
 typedef struct sf_pool {
     SF_PAD(_pad0);
-    /* shard << 32 | items left in its run. Written by every producer with a relaxed load +
-     * store, not an RMW: a lost update under a race only skews the rotation, and the reader
-     * clamps the shard into range. */
+    /* Written by every producer with a relaxed load + store, not an RMW: a lost update
+     * under a race only skews the rotation, and every stored value is a valid shard. */
     sf_atomic_u64 rr;
     SF_PAD(_pad1);
     sf_atomic_int stop;
@@ -34,22 +33,13 @@ static inline int sf_pool_init(sf_pool *p) {
 
 static inline void sf_pool_destroy(sf_pool *p) { sf_event_destroy(&p->done_ev); }
 
-/* Round-robin in runs: consecutive items go to the same shard SF_RR_RUN at a time, so a
- * producer keeps one ring's lines hot instead of alternating between shards per item; the
- * rotation is still even over any window of nshards * SF_RR_RUN items. */
-#ifndef SF_RR_RUN
-#define SF_RR_RUN 64
-#endif
 static inline uint64_t sf_pool_next_shard(sf_pool *p, uint64_t nshards) {
-    uint64_t w = sf_load_relaxed_u64(&p->rr);
-    uint64_t shard = w >> 32, left = w & 0xffffffffu;
-    if (left == 0) {
-        shard = shard + 1;
-        left = SF_RR_RUN;
-    }
-    if (shard >= nshards) shard = 0;
-    sf_store_relaxed_u64(&p->rr, (shard << 32) | (left - 1));
-    return shard;
+    uint64_t i = sf_load_relaxed_u64(&p->rr);
+    uint64_t next = i + 1;
+    if (i >= nshards) i = 0; /* only after a racing store; keep the result in range */
+    if (next >= nshards) next = 0;
+    sf_store_relaxed_u64(&p->rr, next);
+    return i;
 }
 
 static inline void sf_pool_worker_started(sf_pool *p) { sf_fetch_add_seqcst_u32(&p->live, 1); }
