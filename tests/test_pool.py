@@ -826,10 +826,17 @@ def test_metrics_totals_are_sums_of_shards_and_account_for_every_item(make_pool:
     assert m.failed > 0
     assert m.depth == 0
     assert m.batches == calls["n"]
+    assert sum(s.stolen_in for s in m.shards) == sum(s.stolen_out for s in m.shards)
     for s in m.shards:
-        assert s.submitted == s.processed + s.failed + s.dropped + s.returned
-        assert 0 < s.high_water <= pool.capacity
+        # With stealing a shard's worker also handles items routed to other shards.
+        assert (
+            s.submitted + s.stolen_in - s.stolen_out
+            == s.processed + s.failed + s.dropped + s.returned
+        )
+        # A shard whose items were all stolen may never have been drained by its owner.
+        assert 0 <= s.high_water <= pool.capacity
         assert s.depth == 0
+    assert max(s.high_water for s in m.shards) > 0
 
 
 def test_metrics_report_queued_items_as_depth(make_pool: Any, gates: Any) -> None:
@@ -856,7 +863,9 @@ def test_batches_counts_handler_calls_for_single_items(make_pool: Any) -> None:
 
 def test_repr_names_the_pool_its_state_and_its_shape(make_pool: Any) -> None:
     pool = make_pool(lambda item: None, workers=2, capacity=5, batch_size=3, name="orders")
-    assert repr(pool) == "<ShardedPool 'orders' running workers=2 capacity=8 batch_size=3>"
+    assert repr(pool) == (
+        "<ShardedPool 'orders' running workers=2 capacity=8 batch_size=3 steal=True>"
+    )
     pool.close()
     assert "closed" in repr(pool)
     assert pool.join(WAIT)

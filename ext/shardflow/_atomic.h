@@ -44,6 +44,9 @@ static inline uint64_t sf_load_seqcst_u64(sf_atomic_u64 *p) {
 static inline uint64_t sf_fetch_add_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
     return atomic_fetch_add_explicit(p, v, memory_order_seq_cst);
 }
+static inline uint64_t sf_fetch_and_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
+    return atomic_fetch_and_explicit(p, v, memory_order_seq_cst);
+}
 static inline uint64_t sf_fetch_or_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
     return atomic_fetch_or_explicit(p, v, memory_order_seq_cst);
 }

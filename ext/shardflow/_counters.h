@@ -23,11 +23,12 @@ typedef struct sf_counters {
     sf_atomic_u64 batches;    /* handler calls */
     sf_atomic_u64 high_water; /* deepest queue the worker saw when it drained */
     sf_atomic_u64 stolen_in;  /* items this worker took from other shards */
-    sf_atomic_u64 stolen_out; /* items other workers took from this shard (written by thieves) */
+    sf_atomic_u64 flushed;    /* the last flush request this worker completed */
     SF_PAD(_pad1);
     /* written by any thread, on rare paths */
     sf_atomic_u64 dropped;    /* refused by on_full="drop" */
     sf_atomic_u64 returned;   /* handed back by shutdown(cancel=True) */
+    sf_atomic_u64 stolen_out; /* items thieves took from this shard (once per theft) */
     SF_PAD(_pad2);
 } sf_counters;
 
@@ -38,6 +39,7 @@ static inline void sf_counters_init(sf_counters *c) {
     atomic_init(&c->high_water, 0);
     atomic_init(&c->stolen_in, 0);
     atomic_init(&c->stolen_out, 0);
+    atomic_init(&c->flushed, 0);
     atomic_init(&c->dropped, 0);
     atomic_init(&c->returned, 0);
 }

@@ -19,6 +19,15 @@ typedef struct sf_pool {
     sf_atomic_int stop;
     sf_atomic_int forked;
     sf_atomic_u32 live; /* running workers */
+    int steal;          /* set once before the workers start */
+    SF_PAD(_pad3);
+    /* Bit i: worker i (i < 64) is idle and may be woken to steal. Written by workers when
+     * they park and wake; read by producers after each push in stealing pools. */
+    sf_atomic_u64 idle_mask;
+    SF_PAD(_pad4);
+    /* Incremented by flush(); a worker that sees it change hands over its partial batch
+     * and stores the value in its counters' `flushed`. */
+    sf_atomic_u64 flush_seq;
     sf_event done_ev;   /* notified each time a worker exits */
     SF_PAD(_pad2);
 } sf_pool;
@@ -28,6 +37,9 @@ static inline int sf_pool_init(sf_pool *p) {
     atomic_init(&p->stop, SF_STOP_NONE);
     atomic_init(&p->forked, 0);
     atomic_init(&p->live, 0);
+    atomic_init(&p->idle_mask, 0);
+    atomic_init(&p->flush_seq, 0);
+    p->steal = 0;
     return sf_event_init(&p->done_ev);
 }
 

@@ -22,6 +22,7 @@
 
 #define SF_WAIT_FINISHED (-1) /* ring closed and fully consumed */
 #define SF_WAIT_TIMEOUT 0     /* deadline passed, or the stop flag is set */
+#define SF_WAIT_FLUSH (-2)    /* a flush was requested */
 
 typedef struct sf_shard {
     sf_ring ring;

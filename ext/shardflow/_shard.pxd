@@ -17,11 +17,13 @@ cdef extern from "shardflow/_counters.h" nogil:
         sf_atomic_u64 stolen_out
         sf_atomic_u64 dropped
         sf_atomic_u64 returned
+        sf_atomic_u64 flushed
 
 
 cdef extern from "shardflow/_shard.h" nogil:
     int64_t SF_WAIT_FINISHED
     int64_t SF_WAIT_TIMEOUT
+    int64_t SF_WAIT_FLUSH
 
     ctypedef struct sf_shard:
         sf_ring ring
@@ -50,6 +52,8 @@ cdef extern from "shardflow/_pool.h" nogil:
         sf_atomic_int stop
         sf_atomic_int forked
         sf_atomic_u32 live
+        int steal
+        sf_atomic_u64 flush_seq
 
     int sf_pool_init(sf_pool *p)
     void sf_pool_destroy(sf_pool *p)
@@ -57,3 +61,14 @@ cdef extern from "shardflow/_pool.h" nogil:
     void sf_pool_worker_started(sf_pool *p)
     void sf_pool_worker_exited(sf_pool *p)
     int sf_pool_wait_idle(sf_pool *p, int64_t deadline_ns)
+
+
+cdef extern from "shardflow/_sched.h" nogil:
+    uint64_t SF_STEAL_MAX
+    int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s, void **items, uint64_t n)
+    int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshards, uint64_t self,
+                          void **out, uint64_t max, int64_t deadline_ns, uint64_t flush_seen)
+    uint64_t sf_sched_request_flush(sf_pool *p, sf_shard *shards, uint64_t nshards)
+    void sf_sched_flushed(sf_pool *p, sf_shard *s, uint64_t seq)
+    int sf_sched_wait_flushed(sf_pool *p, sf_shard *shards, uint64_t nshards, uint64_t seq,
+                              int64_t deadline_ns)

@@ -23,6 +23,7 @@ from libc.string cimport memmove
 
 from shardflow._atomic cimport (
     sf_counter_add,
+    sf_load_acquire_u64,
     sf_fetch_add_relaxed_u64,
     sf_load_acquire_int,
     sf_load_acquire_u32,
@@ -41,6 +42,12 @@ from shardflow._ring cimport (
     sf_ring_wait_published,
 )
 from shardflow._shard cimport (
+    SF_WAIT_FLUSH,
+    sf_sched_flushed,
+    sf_sched_push,
+    sf_sched_request_flush,
+    sf_sched_wait,
+    sf_sched_wait_flushed,
     SF_STOP_FINISH_TAKEN,
     SF_STOP_HAND_BACK,
     SF_STOP_NONE,
@@ -56,8 +63,6 @@ from shardflow._shard cimport (
     sf_shard_destroy,
     sf_shard_init,
     sf_shard_pop,
-    sf_shard_push,
-    sf_shard_wait_pop,
     sf_shard_wait_space,
     sf_shard_wake_all,
     sf_shards_alloc,
@@ -79,6 +84,13 @@ cdef extern from "Python.h":
     object PyList_New(Py_ssize_t n)
     int PyErr_CheckSignals() except -1
     Py_hash_t PyObject_Hash(object o) except -1
+    # For recycling batch lists: a list nobody else references is refilled in place.
+    ctypedef struct PyListObject:
+        PyObject **ob_item
+        Py_ssize_t allocated
+    Py_ssize_t Py_REFCNT(object o)
+    Py_ssize_t Py_SIZE(object o)
+    void Py_SET_SIZE(object o, Py_ssize_t n)
 
 
 cdef extern from "shardflow/_pycompat.h":
@@ -171,6 +183,8 @@ cdef class PoolCore:
     cdef readonly Py_ssize_t batch_size
     cdef int64_t batch_timeout_ns
     cdef int on_full_code
+    cdef readonly bint steal
+    cdef readonly bint reuse_batches
     cdef object handler
     cdef object key_fn
     cdef object on_error_fn
@@ -201,7 +215,8 @@ cdef class PoolCore:
             sf_pool_free(self.st)
 
     def _core_init(self, handler, Py_ssize_t workers, key, uint64_t capacity,
-                   Py_ssize_t batch_size, batch_timeout, int on_full, on_error):
+                   Py_ssize_t batch_size, batch_timeout, int on_full, on_error,
+                   bint steal=False, bint reuse_batches=True):
         """Allocate the shards. Arguments are validated by the Python layer."""
         cdef Py_ssize_t i, j
         if self._ready:
@@ -212,6 +227,8 @@ cdef class PoolCore:
         self.batch_size = batch_size
         self.batch_timeout_ns = -1 if batch_timeout is None else <int64_t>(batch_timeout * 1e9)
         self.on_full_code = on_full
+        self.steal = steal
+        self.reuse_batches = reuse_batches
         self._lock = threading.Lock()
         self._returned = []
         self._fatal = None
@@ -223,6 +240,7 @@ cdef class PoolCore:
             sf_pool_free(self.st)
             self.st = NULL
             raise MemoryError()
+        self.st.steal = steal
         self.shards = sf_shards_alloc(workers)
         if self.shards == NULL:
             raise MemoryError()
@@ -262,13 +280,14 @@ cdef class PoolCore:
         if timeout is not None:
             _check_timeout(timeout)
         Py_INCREF(item)
-        r = sf_shard_push(sh, &p, 1)
+        r = sf_sched_push(self.st, self.shards, s, &p, 1)
         if r == 1:
             return True
         Py_DECREF(item)
-        return self._submit_slow(sh, item, timeout, r)
+        return self._submit_slow(s, item, timeout, r)
 
-    cdef object _submit_slow(self, sf_shard *sh, object item, object timeout, int64_t r):
+    cdef object _submit_slow(self, Py_ssize_t s, object item, object timeout, int64_t r):
+        cdef sf_shard *sh = &self.shards[s]
         cdef void *p = <void *><PyObject *>item
         cdef int64_t deadline
         cdef int64_t slice_deadline
@@ -284,7 +303,7 @@ cdef class PoolCore:
             with nogil:
                 sf_shard_wait_space(sh, _slice_deadline(deadline))
             Py_INCREF(item)
-            r = sf_shard_push(sh, &p, 1)
+            r = sf_sched_push(self.st, self.shards, s, &p, 1)
             if r == 1:
                 return True
             Py_DECREF(item)
@@ -377,7 +396,7 @@ cdef class PoolCore:
         cdef int64_t r
         try:
             while done < total:
-                r = sf_shard_push(sh, items + done, total - done)
+                r = sf_sched_push(self.st, self.shards, s, items + done, total - done)
                 if r > 0:
                     done += r
                     submitted[0] += r
@@ -414,6 +433,7 @@ cdef class PoolCore:
             w = _Worker(self, index)
             w.run()
         finally:
+            sf_sched_flushed(self.st, &self.shards[index], <uint64_t>-1)
             sf_pool_worker_exited(self.st)
 
     def _worker_starting(self):
@@ -442,22 +462,6 @@ cdef class PoolCore:
                 sf_counter_add(&sh.ctr.processed, 1)
             sf_counter_add(&sh.ctr.batches, 1)
             Py_DECREF_p(item)
-        return 0
-
-    cdef int _run_batch(self, sf_shard *sh, void **buf, Py_ssize_t n) except -1:
-        """Call the handler with a list of n items. Consumes the references."""
-        cdef Py_ssize_t i
-        cdef PyObject *res
-        batch = PyList_New(n)
-        for i in range(n):
-            PyList_SET_ITEM_steal(batch, i, <PyObject *>buf[i])
-        res = PyObject_CallOneArg(<PyObject *>self.handler, <PyObject *>batch)
-        if res == NULL:
-            self._failed(sh, <PyObject *>batch, n)
-        else:
-            Py_DECREF_p(res)
-            sf_counter_add(&sh.ctr.processed, n)
-        sf_counter_add(&sh.ctr.batches, 1)
         return 0
 
     cdef void _failed(self, sf_shard *sh, PyObject *what, Py_ssize_t count) noexcept:
@@ -535,6 +539,26 @@ cdef class PoolCore:
             if deadline >= 0 and sf_now_ns() >= deadline:
                 return False
 
+    def _flush(self, timeout=None):
+        """Ask every worker to hand over its partial batch now; wait (GIL released, Ctrl-C
+        honoured) until each did, after draining what was queued. Returns bool."""
+        cdef int64_t deadline
+        cdef uint64_t seq
+        cdef int done = 0
+        if timeout is not None:
+            _check_timeout(timeout)
+        deadline = _deadline(timeout)
+        seq = sf_sched_request_flush(self.st, self.shards, <uint64_t>self.workers)
+        while True:
+            with nogil:
+                done = sf_sched_wait_flushed(self.st, self.shards, <uint64_t>self.workers, seq,
+                                             _slice_deadline(deadline))
+            if done:
+                return True
+            PyErr_CheckSignals()
+            if deadline >= 0 and sf_now_ns() >= deadline:
+                return False
+
     def _take_leftovers(self):
         """After stop: every item still queued, plus what workers handed back, in a list."""
         cdef Py_ssize_t i
@@ -596,7 +620,8 @@ cdef class PoolCore:
 
 @cython.final
 cdef class _Worker:
-    """One worker's private state: its drain buffer and the partial batch it is filling."""
+    """One worker's private state: its drain buffer, the partial batch it is filling and a
+    spare batch list to recycle."""
 
     cdef PoolCore core
     cdef sf_shard *shard
@@ -606,6 +631,8 @@ cdef class _Worker:
     cdef Py_ssize_t cap
     cdef int64_t first_ns       # when the oldest buffered item was drained (timed batches)
     cdef int64_t pop_ns         # when the last drain happened (timed batches)
+    cdef uint64_t flush_seen    # the last flush request handled
+    cdef object spare           # an empty list kept for the next batch (reuse_batches)
 
     def __cinit__(self, PoolCore core, Py_ssize_t index):
         self.core = core
@@ -618,6 +645,8 @@ cdef class _Worker:
         self.n = 0
         self.first_ns = -1
         self.pop_ns = -1
+        self.flush_seen = sf_load_relaxed_u64(&core.st.flush_seq)
+        self.spare = None
 
     def __dealloc__(self):
         free(self.buf)
@@ -627,11 +656,13 @@ cdef class _Worker:
         cdef int64_t got, deadline
         cdef bint timed = core.batch_timeout_ns >= 0 and core.batch_size > 1
         cdef int stop
+        cdef uint64_t seq
         while True:
             deadline = self.first_ns + core.batch_timeout_ns if (timed and self.n > 0) else -1
             with nogil:
-                got = sf_shard_wait_pop(self.shard, self.buf + self.n, self.cap - self.n,
-                                        deadline, &core.st.stop)
+                got = sf_sched_wait(core.st, core.shards, <uint64_t>core.workers,
+                                    <uint64_t>self.index, self.buf + self.n,
+                                    self.cap - self.n, deadline, self.flush_seen)
             if got > 0:
                 self._took(got, timed)
                 self.process(False)
@@ -639,6 +670,13 @@ cdef class _Worker:
             if got == SF_WAIT_FINISHED:
                 self.process(True)
                 return 0
+            if got == SF_WAIT_FLUSH:
+                # Requests made while this one is handled are seen on the next wait.
+                seq = sf_load_acquire_u64(&core.st.flush_seq)
+                self.process(True)
+                self.flush_seen = seq
+                sf_sched_flushed(core.st, self.shard, seq)
+                continue
             stop = sf_load_acquire_int(&core.st.stop)
             if stop != SF_STOP_NONE:
                 if stop == SF_STOP_HAND_BACK:
@@ -658,7 +696,8 @@ cdef class _Worker:
 
     cdef int process(self, bint flush) except -1:
         """Handle what is buffered, re-draining with the GIL held while items keep coming.
-        With ``flush`` (deadline passed, ring finished) a partial batch goes out too."""
+        With ``flush`` (deadline passed, flush request, ring finished) a partial batch goes
+        out too."""
         cdef PoolCore core = self.core
         cdef Py_ssize_t bs = core.batch_size
         cdef Py_ssize_t off, got
@@ -675,7 +714,7 @@ cdef class _Worker:
                 while self.n - off >= bs:
                     if sf_load_relaxed_int(&core.st.stop) == SF_STOP_HAND_BACK:
                         break
-                    core._run_batch(self.shard, self.buf + off, bs)
+                    self.run_batch(self.buf + off, bs)
                     off += bs
                 self.n -= off
                 if self.n:
@@ -692,6 +731,47 @@ cdef class _Worker:
             topups += 1
         if self.n and (flush or not timed or sf_now_ns() >= self.first_ns + core.batch_timeout_ns):
             if sf_load_relaxed_int(&core.st.stop) != SF_STOP_HAND_BACK:
-                core._run_batch(self.shard, self.buf, self.n)
+                self.run_batch(self.buf, self.n)
                 self.n = 0
+        return 0
+
+    cdef int run_batch(self, void **buf, Py_ssize_t n) except -1:
+        """Call the handler with a list of n items. Consumes the references.
+
+        With ``reuse_batches`` the list is recycled: if, once the handler returned, nobody
+        but this worker references it, it is emptied (its items released now) and refilled
+        for the next batch, saving an allocation and a free per batch. A handler that keeps
+        the list (stores it, or an iterator over it) keeps a reference, so it is never
+        reused under it."""
+        cdef PoolCore core = self.core
+        cdef Py_ssize_t i, k
+        cdef PyObject *res
+        cdef PyObject **slots
+        batch = self.spare
+        self.spare = None
+        if batch is not None and (<PyListObject *>batch).allocated >= n:
+            slots = (<PyListObject *>batch).ob_item
+            for i in range(n):
+                slots[i] = <PyObject *>buf[i]
+            Py_SET_SIZE(batch, n)
+        else:
+            batch = PyList_New(n)
+            for i in range(n):
+                PyList_SET_ITEM_steal(batch, i, <PyObject *>buf[i])
+        res = PyObject_CallOneArg(<PyObject *>core.handler, <PyObject *>batch)
+        if res == NULL:
+            core._failed(self.shard, <PyObject *>batch, n)
+        else:
+            Py_DECREF_p(res)
+            sf_counter_add(&self.shard.ctr.processed, n)
+        sf_counter_add(&self.shard.ctr.batches, 1)
+        if core.reuse_batches and Py_REFCNT(batch) == 1:
+            # Empty it before releasing the items, so that code run by their finalizers
+            # sees an empty list; then keep it.
+            k = Py_SIZE(batch)
+            slots = (<PyListObject *>batch).ob_item
+            Py_SET_SIZE(batch, 0)
+            for i in range(k):
+                Py_DECREF_p(slots[i])
+            self.spare = batch
         return 0

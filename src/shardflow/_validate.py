@@ -47,6 +47,14 @@ def check_choice(name: str, value: Any, choices: Collection[str]) -> str:
     return value
 
 
+def check_bool(name: str, value: Any, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, bool):
+        what = "None, True or False" if optional else "True or False"
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+
 def check_str(name: str, value: Any, *, optional: bool = True) -> None:
     if value is None and optional:
         return

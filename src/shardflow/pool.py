@@ -15,8 +15,16 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
-from shardflow._validate import check_callable, check_choice, check_int, check_seconds, check_str
+from shardflow._validate import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_int,
+    check_seconds,
+    check_str,
+)
 from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCore
+from shardflow.errors import Closed
 from shardflow.metrics import PoolMetrics, ShardMetrics
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "ShardedPool"]
@@ -62,6 +70,17 @@ class ShardedPool(PoolCore, Generic[T]):
             to the ``"shardflow"`` logger. Either way they are counted and the worker
             goes on.
         name: prefix of the worker threads' names.
+        ordered: with a ``key``, keep items of one key in submission order (default).
+            ``ordered=False`` gives that up so that keyed items may be stolen too.
+        steal: let an idle worker take half of a loaded shard's queue (steal-half). The
+            default is True wherever it is safe: for pools without ``key`` (no order is
+            promised) and for ``ordered=False``. Keyed, ordered pools never steal, because
+            a stolen item could overtake an earlier item of the same key; asking for
+            ``steal=True`` there raises ``ValueError``.
+        reuse_batches: recycle the lists handed to a batch handler. A list the handler
+            does not keep (no reference left once it returns) is emptied and refilled for
+            the next batch; a list it keeps is left alone. Pass False for handlers that
+            rely on the list's identity after returning.
 
     Exceptions that are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) raised
     by the handler are counted and routed like the others, the worker goes on, and the
@@ -100,6 +119,9 @@ class ShardedPool(PoolCore, Generic[T]):
         on_full: Literal["block", "raise", "drop"] = "block",
         on_error: Callable[[Any, BaseException], object] | None = None,
         name: str | None = None,
+        ordered: bool = True,
+        steal: bool | None = None,
+        reuse_batches: bool = True,
     ) -> None:
         check_callable("handler", handler)
         if workers is None:
@@ -114,10 +136,31 @@ class ShardedPool(PoolCore, Generic[T]):
         check_choice("on_full", on_full, _ON_FULL)
         check_callable("on_error", on_error, optional=True)
         check_str("name", name)
+        check_bool("ordered", ordered)
+        check_bool("steal", steal, optional=True)
+        check_bool("reuse_batches", reuse_batches)
+        keeps_order = key is not None and ordered
+        if steal is None:
+            steal = not keeps_order
+        elif steal and keeps_order:
+            raise ValueError(
+                "steal=True would let a stolen item overtake an earlier item of the same key; "
+                "pass ordered=False to allow stealing keyed items, or leave steal=None"
+            )
 
         self._core_init(
-            handler, workers, key, capacity, batch_size, batch_timeout, _ON_FULL[on_full], on_error
+            handler,
+            workers,
+            key,
+            capacity,
+            batch_size,
+            batch_timeout,
+            _ON_FULL[on_full],
+            on_error,
+            steal,
+            reuse_batches,
         )
+        self.ordered: bool = ordered
         self.name: str = name or f"ShardedPool-{next(_names)}"
         self.on_full: str = on_full
         self.batch_timeout: float | None = batch_timeout
@@ -218,6 +261,17 @@ class ShardedPool(PoolCore, Generic[T]):
                 raise fatal
         return returned
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Hand every partial batch to the handler now, without waiting for it to fill or
+        for its deadline; items submitted before the call are included. Waits until each
+        worker did (returns False if ``timeout`` ran out). Raises ``Closed`` after
+        ``close()`` (closing flushes anyway)."""
+        self._check_fork()
+        if self._closed:
+            raise Closed(f"{self.name}: flush() after close(); closing already flushes")
+        check_seconds("timeout", timeout)
+        return bool(self._flush(timeout))
+
     def metrics(self) -> PoolMetrics:
         """A snapshot of the counters: totals and one ``ShardMetrics`` per shard."""
         shards = tuple(ShardMetrics(i, *row) for i, row in enumerate(self._shard_stats()))
@@ -235,7 +289,7 @@ class ShardedPool(PoolCore, Generic[T]):
         state = "closed" if self._closed else "running"
         return (
             f"<ShardedPool {self.name!r} {state} workers={self.workers} "
-            f"capacity={self.capacity} batch_size={self.batch_size}>"
+            f"capacity={self.capacity} batch_size={self.batch_size} steal={self.steal}>"
         )
 
 

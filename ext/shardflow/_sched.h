@@ -1,0 +1,174 @@
+/* sf_sched: how a worker finds work (its own shard first, then half of a loaded shard's
+ * backlog) and how a producer wakes somebody to do it.
+ *
+ * Work stealing (steal-half, as in Go's and tokio's schedulers). A worker whose own ring
+ * is empty makes one pass over the other shards, starting after its own, and takes
+ * ceil(published / 2) items (at most `max`) from the first one with published items, with
+ * the ring's multi-consumer take (copy, then one CAS on the victim's head): an item is
+ * taken by exactly one consumer, whoever wins the CAS. It then notifies the victim's
+ * blocked producers, since the theft freed space. A worker that found nothing parks.
+ *
+ * Who may steal is policy, decided by the Python layer (stealing reorders items, so a pool
+ * with per-key order never sets `steal`).
+ *
+ * Waking a thief. An idle worker only sleeps on its own shard's event, so a producer that
+ * pushes into the ring of a BUSY owner must wake an idle worker itself, or the backlog
+ * waits for the owner while another core idles. Protocol (all four accesses seq_cst):
+ *
+ *   idle worker i                               producer pushing to shard s
+ *   -------------                               ---------------------------
+ *   T1 idle_mask |= 1 << i                      P1 claim CAS on ring s's tail (in push)
+ *   T2 prepare(own data_ev)  (RMW + fence)      P2 if owner of s sleeps: wake it; done
+ *   T3 if any shard has claims: cancel, steal   P3 m = idle_mask without bit s
+ *   T4 sleep on own data_ev                     P4 if m and ring s held only our items
+ *   T5 idle_mask &= ~(1 << i)                      (head >= our claim): wake lowest bit
+ *
+ * If P3 misses T1, then T1 < P3 in the seq_cst order, so P1 < T3 and T3 sees the claim:
+ * the worker steals instead of sleeping. If P3 sees T1 but P4 decides not to wake because
+ * older items were still queued, those older items were claimed before T3 or after it; if
+ * before, T3 saw them; if after, their producer ran P3/P4 first with head >= its claim (the
+ * ring was empty at T3) and woke a worker. Extra wake-ups are harmless (a woken worker
+ * re-checks). Only the first 64 workers take part in thief wake-ups; the others still
+ * steal whenever they run dry.
+ */
+#ifndef SF_SCHED_H
+#define SF_SCHED_H
+
+#include "shardflow/_pool.h"
+#include "shardflow/_shard.h"
+
+/* A theft takes at most this many items, so that the thief starts handling them soon. */
+#define SF_STEAL_MAX 1024
+
+/* Producer side: push to shard s, then wake its owner, or a thief (see above). */
+static inline int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s,
+                                    void *const *items, uint64_t n) {
+    sf_shard *sh = &shards[s];
+    uint64_t t = sf_ring_tail_index(&sh->ring);
+    int64_t k = sf_ring_push(&sh->ring, items, n);
+    if (k <= 0) return k;
+    if (SF_EV_WAITERS(sf_load_seqcst_u64(&sh->data_ev.word)) != 0) {
+        sf_event_notify_slow(&sh->data_ev);
+        return k;
+    }
+    if (p->steal) {
+        uint64_t m = sf_load_seqcst_u64(&p->idle_mask);
+        if (s < 64) m &= ~((uint64_t)1 << s);
+        /* `t` was read before our claim, so head >= t means nothing older than our items
+         * was left in the ring: it went from empty to non-empty while its owner was busy. */
+        if (m && sf_load_acquire_u64(&sh->ring.head) >= t) {
+            unsigned j = 0;
+            while (!((m >> j) & 1)) j++;
+            sf_event_notify(&shards[j].data_ev);
+        }
+    }
+    return k;
+}
+
+/* Take half of the first other shard's published items. Returns how many (0: none). */
+static inline uint64_t sf_sched_steal(sf_shard *shards, uint64_t nshards, uint64_t self,
+                                      void **out, uint64_t max) {
+    if (max > SF_STEAL_MAX) max = SF_STEAL_MAX;
+    for (uint64_t d = 1; d < nshards; d++) {
+        sf_shard *v = &shards[(self + d) % nshards];
+        uint64_t n;
+        if (!sf_ring_has_items(&v->ring)) continue;
+        n = sf_ring_pop_part(&v->ring, out, max, 2);
+        if (n) {
+            sf_fetch_add_relaxed_u64(&v->ctr.stolen_out, n);
+            sf_counter_add(&shards[self].ctr.stolen_in, n);
+            sf_event_notify_after_rmw(&v->space_ev); /* pairs with the take CAS on head */
+            return n;
+        }
+    }
+    return 0;
+}
+
+static inline int sf_sched_any_claims(sf_shard *shards, uint64_t nshards) {
+    for (uint64_t i = 0; i < nshards; i++)
+        if (sf_ring_has_claims(&shards[i].ring)) return 1;
+    return 0;
+}
+
+/* The worker's wait: own ring first; if empty, spin briefly, then (stealing pools) steal;
+ * then sleep until items arrive, a producer wakes it to steal, its ring finishes, *stop is
+ * set, a flush is requested (flush_seq != flush_seen), or the deadline (monotonic ns, < 0:
+ * none) passes. Returns the number of items put in `out` (> 0), SF_WAIT_TIMEOUT,
+ * SF_WAIT_FLUSH or SF_WAIT_FINISHED. Call without the GIL. */
+static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshards,
+                                    uint64_t self, void **out, uint64_t max,
+                                    int64_t deadline_ns, uint64_t flush_seen) {
+    sf_shard *s = &shards[self];
+    const uint64_t bit = self < 64 ? (uint64_t)1 << self : 0;
+    for (;;) {
+        uint64_t n;
+        uint32_t key;
+        int spins;
+        if (sf_load_acquire_int(&p->stop)) return SF_WAIT_TIMEOUT;
+        n = sf_shard_pop(s, out, max);
+        if (n) return (int64_t)n;
+        if (p->steal) {
+            n = sf_sched_steal(shards, nshards, self, out, max);
+            if (n) return (int64_t)n;
+        }
+        if (sf_ring_finished(&s->ring)) return SF_WAIT_FINISHED;
+        if (sf_load_acquire_u64(&p->flush_seq) != flush_seen) return SF_WAIT_FLUSH;
+        if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return SF_WAIT_TIMEOUT;
+        for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_claims(&s->ring); spins++)
+            sf_cpu_relax();
+        if (spins < SF_IDLE_SPINS) continue;
+        if (p->steal && bit) sf_fetch_or_seqcst_u64(&p->idle_mask, bit);
+        key = sf_event_prepare(&s->data_ev);
+        /* Claims, not published items: see sf_ring_has_claims. */
+        if (sf_ring_has_claims(&s->ring) || sf_ring_finished(&s->ring) ||
+            sf_load_acquire_int(&p->stop) || sf_load_acquire_u64(&p->flush_seq) != flush_seen ||
+            (p->steal && sf_sched_any_claims(shards, nshards))) {
+            sf_event_cancel(&s->data_ev, key);
+        } else {
+            sf_event_wait(&s->data_ev, key, deadline_ns);
+        }
+        if (p->steal && bit) sf_fetch_and_seqcst_u64(&p->idle_mask, ~bit);
+    }
+}
+
+/* flush(): ask every worker to hand over its partial batch. Returns the request number to
+ * wait for. Workers are woken through their own events (a fence-paired notify: the request
+ * is a seq_cst RMW, but on flush_seq, not on what the workers re-check first). */
+static inline uint64_t sf_sched_request_flush(sf_pool *p, sf_shard *shards, uint64_t nshards) {
+    uint64_t seq = sf_fetch_add_seqcst_u64(&p->flush_seq, 1) + 1;
+    for (uint64_t i = 0; i < nshards; i++) sf_event_notify(&shards[i].data_ev);
+    return seq;
+}
+
+/* A worker completed flush request `seq` (UINT64_MAX when it exits: it holds nothing). */
+static inline void sf_sched_flushed(sf_pool *p, sf_shard *s, uint64_t seq) {
+    sf_store_release_u64(&s->ctr.flushed, seq);
+    sf_event_notify(&p->done_ev);
+}
+
+static inline int sf_sched_all_flushed(sf_pool *p, sf_shard *shards, uint64_t nshards,
+                                       uint64_t seq) {
+    if (sf_load_acquire_u32(&p->live) == 0) return 1; /* nobody left holding a batch */
+    for (uint64_t i = 0; i < nshards; i++)
+        if (sf_load_acquire_u64(&shards[i].ctr.flushed) < seq) return 0;
+    return 1;
+}
+
+/* Wait until every worker completed flush request `seq` (or exited), or the deadline.
+ * Returns 1 when done. */
+static inline int sf_sched_wait_flushed(sf_pool *p, sf_shard *shards, uint64_t nshards,
+                                        uint64_t seq, int64_t deadline_ns) {
+    for (;;) {
+        uint32_t key;
+        if (sf_sched_all_flushed(p, shards, nshards, seq)) return 1;
+        if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return 0;
+        key = sf_event_prepare(&p->done_ev);
+        if (sf_sched_all_flushed(p, shards, nshards, seq)) {
+            sf_event_cancel(&p->done_ev, key);
+            return 1;
+        }
+        sf_event_wait(&p->done_ev, key, deadline_ns);
+    }
+}
+
+#endif /* SF_SCHED_H */
