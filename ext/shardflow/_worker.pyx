@@ -132,9 +132,12 @@ cdef enum:
     # filling). Large enough that a drain, its CAS and the GIL acquisition are amortized
     # over many items; small enough (32 KiB of pointers) to stay in L1/L2.
     DRAIN_CHUNK = 4096
-    # Drains a worker may do while holding the GIL once. Bounds how long other threads
+    # In stealing pools a worker takes at most this many items (or one batch) per drain:
+    # what it holds privately cannot be stolen, so it holds little; re-draining is one CAS.
+    STEAL_DRAIN = 64
+    # Items a worker may handle while holding the GIL once. Bounds how long other threads
     # wait for the GIL when the ring never runs dry (free-threaded builds).
-    MAX_TOPUPS = 64
+    MAX_ITEMS_PER_HOLD = 65536
     # Items staged per shard by submit_many before one push.
     SUBMIT_CHUNK = 256
     # Blocking waits wake this often (ns) to run signal handlers (Ctrl-C), check deadlines.
@@ -633,6 +636,7 @@ cdef class _Worker:
     cdef int64_t pop_ns         # when the last drain happened (timed batches)
     cdef uint64_t flush_seen    # the last flush request handled
     cdef object spare           # an empty list kept for the next batch (reuse_batches)
+    cdef Py_ssize_t drain_max   # items taken per drain
 
     def __cinit__(self, PoolCore core, Py_ssize_t index):
         self.core = core
@@ -647,6 +651,14 @@ cdef class _Worker:
         self.pop_ns = -1
         self.flush_seen = sf_load_relaxed_u64(&core.st.flush_seq)
         self.spare = None
+        if core.steal:
+            self.drain_max = core.batch_size if core.batch_size > STEAL_DRAIN else STEAL_DRAIN
+        else:
+            self.drain_max = DRAIN_CHUNK
+
+    cdef inline Py_ssize_t room(self) noexcept nogil:
+        cdef Py_ssize_t r = self.cap - self.n
+        return r if r < self.drain_max else self.drain_max
 
     def __dealloc__(self):
         free(self.buf)
@@ -662,7 +674,7 @@ cdef class _Worker:
             with nogil:
                 got = sf_sched_wait(core.st, core.shards, <uint64_t>core.workers,
                                     <uint64_t>self.index, self.buf + self.n,
-                                    self.cap - self.n, deadline, self.flush_seen)
+                                    self.room(), deadline, self.flush_seen)
             if got > 0:
                 self._took(got, timed)
                 self.process(False)
@@ -701,13 +713,14 @@ cdef class _Worker:
         cdef PoolCore core = self.core
         cdef Py_ssize_t bs = core.batch_size
         cdef Py_ssize_t off, got
-        cdef int topups = 0
+        cdef Py_ssize_t handled = 0
         cdef bint timed = core.batch_timeout_ns >= 0 and bs > 1
         while True:
             if sf_load_relaxed_int(&core.st.stop) == SF_STOP_HAND_BACK:
                 return 0  # run() hands the buffer back
             if bs == 1:
                 core._run_items(self.shard, self.buf, self.n)
+                handled += self.n
                 self.n = 0
             elif self.n >= bs:
                 off = 0
@@ -717,18 +730,18 @@ cdef class _Worker:
                     self.run_batch(self.buf + off, bs)
                     off += bs
                 self.n -= off
+                handled += off
                 if self.n:
                     memmove(self.buf, self.buf + off, self.n * sizeof(void *))
                     # Batches are cut from the front and the old remainder was shorter than
                     # a batch, so what remains came from the latest drain.
                     self.first_ns = self.pop_ns
-            if topups >= MAX_TOPUPS or sf_load_relaxed_int(&core.st.stop) != SF_STOP_NONE:
+            if handled >= MAX_ITEMS_PER_HOLD or sf_load_relaxed_int(&core.st.stop) != SF_STOP_NONE:
                 break
-            got = sf_shard_pop(self.shard, self.buf + self.n, self.cap - self.n)
+            got = sf_shard_pop(self.shard, self.buf + self.n, self.room())
             if got == 0:
                 break
             self._took(got, timed)
-            topups += 1
         if self.n and (flush or not timed or sf_now_ns() >= self.first_ns + core.batch_timeout_ns):
             if sf_load_relaxed_int(&core.st.stop) != SF_STOP_HAND_BACK:
                 self.run_batch(self.buf, self.n)
