@@ -44,7 +44,7 @@
 static inline int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s,
                                     void *const *items, uint64_t n) {
     sf_shard *sh = &shards[s];
-    uint64_t t = sf_ring_tail_index(&sh->ring);
+    uint64_t t = p->steal ? sf_ring_tail_index(&sh->ring) : 0;
     int64_t k = sf_ring_push(&sh->ring, items, n);
     if (k <= 0) return k;
     if (SF_EV_WAITERS(sf_load_seqcst_u64(&sh->data_ev.word)) != 0) {
