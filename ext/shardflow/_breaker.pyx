@@ -1,0 +1,228 @@
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True, cdivision=True, binding=False
+"""The compiled core of ``shardflow.CircuitBreaker``: admission and outcome recording.
+
+The state machine itself is C (``_breaker.h``); this module turns it into calls around a
+Python callable. In the closed state a call costs one atomic load before and one relaxed
+fetch_add after (plus the window's two atomics when a sliding window is configured); the
+clock is read only when the configuration needs it (slow-call policy, time window), when
+the breaker is not closed, or when a call failed (the breaker may open).
+
+With an injected Python clock, ``now`` is always taken from it (seconds -> ns) and passed
+into the C functions, so that tests drive the state machine with a fake clock.
+"""
+
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free, malloc
+
+from shardflow._atomic cimport sf_load_acquire_u64, sf_load_relaxed_u64
+from shardflow._breaker cimport (
+    SF_BR_ALLOW,
+    SF_BR_CLOSED,
+    SF_BR_DISABLED,
+    SF_BR_FAIL,
+    SF_BR_FORCED_OPEN,
+    SF_BR_HALF_OPEN,
+    SF_BR_IGNORE,
+    SF_BR_OK,
+    SF_BR_OPEN,
+    SF_BR_REJECT,
+    SF_BR_SLOW,
+    SF_WIN_COUNT,
+    SF_WIN_NONE,
+    SF_WIN_TIME,
+    sf_br_window_totals,
+    sf_breaker,
+    sf_breaker_acquire,
+    sf_breaker_alloc_window,
+    sf_breaker_force,
+    sf_breaker_free,
+    sf_breaker_record,
+    sf_breaker_zero,
+)
+from shardflow._park cimport sf_now_ns
+
+from shardflow.errors import CircuitOpen
+
+STATE_CLOSED = SF_BR_CLOSED
+STATE_OPEN = SF_BR_OPEN
+STATE_HALF_OPEN = SF_BR_HALF_OPEN
+STATE_FORCED_OPEN = SF_BR_FORCED_OPEN
+STATE_DISABLED = SF_BR_DISABLED
+WINDOW_NONE = SF_WIN_NONE
+WINDOW_COUNT = SF_WIN_COUNT
+WINDOW_TIME = SF_WIN_TIME
+
+
+cdef class BreakerCore:
+    """Compiled state and hot paths of ``shardflow.CircuitBreaker`` (use that class)."""
+
+    cdef sf_breaker *b
+    cdef object _clock          # None: the C monotonic clock
+    cdef tuple _exclude_types   # exceptions that do not count
+    cdef object _exclude_pred   # None or predicate(exc) -> bool: True = does not count
+    cdef int64_t _slow_ns       # -1: no slow-call policy
+    cdef bint _time_window
+    cdef bint _ready
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self.b = NULL
+        self._ready = False
+        self._slow_ns = -1
+        self._exclude_types = ()
+
+    def __dealloc__(self):
+        if self.b != NULL:
+            sf_breaker_free(self.b)
+            free(self.b)
+            self.b = NULL
+
+    def _core_init(self, clock, tuple exclude_types, exclude_pred, uint64_t max_failures,
+                   double failure_rate, double slow_rate, int64_t slow_ns,
+                   uint64_t minimum_calls, int win_kind, uint64_t win_size, int64_t width_ns,
+                   int64_t reset_ns, unsigned int ho_max, unsigned int success_threshold):
+        """Set up the C state. Arguments are validated by the Python layer."""
+        if self._ready:
+            raise RuntimeError("breaker core initialised twice")
+        self.b = <sf_breaker *>malloc(sizeof(sf_breaker))
+        if self.b == NULL:
+            raise MemoryError()
+        sf_breaker_zero(self.b)
+        self.b.max_failures = max_failures
+        self.b.failure_rate = failure_rate
+        self.b.slow_rate = slow_rate
+        self.b.minimum_calls = minimum_calls
+        self.b.reset_ns = reset_ns
+        self.b.ho_max = ho_max
+        self.b.success_threshold = success_threshold
+        if sf_breaker_alloc_window(self.b, win_kind, win_size, width_ns) != 0:
+            raise MemoryError("cannot allocate the breaker's window")
+        self._clock = clock
+        self._exclude_types = exclude_types
+        self._exclude_pred = exclude_pred
+        self._slow_ns = slow_ns
+        self._time_window = win_kind == SF_WIN_TIME
+        self._ready = True
+
+    # ------------------------------------------------------------------ internals
+
+    cdef inline int64_t _now(self) except? -1:
+        if self._clock is None:
+            return sf_now_ns()
+        return <int64_t>(self._clock() * 1e9)
+
+    cdef int _fire(self, int trans) except -1:
+        cdef int old = trans >> 4, new = trans & 15
+        if trans >= 0 and old != new:
+            self._on_transition(old, new)
+        return 0
+
+    def _on_transition(self, int old, int new):
+        """Overridden by CircuitBreaker: notify the listeners."""
+
+    cdef int _enter(self, uint64_t *token) except -1:
+        """Admit a call or raise CircuitOpen. Returns SF_BR_ALLOW or SF_BR_TRIAL."""
+        cdef uint64_t w = sf_load_acquire_u64(&self.b.state)
+        cdef int st = <int>(w & 7)
+        cdef int64_t remaining = 0
+        cdef int trans = -1, r
+        if st == SF_BR_CLOSED or st == SF_BR_DISABLED:
+            token[0] = w
+            return SF_BR_ALLOW
+        r = sf_breaker_acquire(self.b, self._now(), token, &remaining, &trans)
+        if trans >= 0:
+            self._fire(trans)
+        if r == SF_BR_REJECT:
+            raise CircuitOpen(
+                "circuit breaker is " + ("forced open" if remaining < 0 else
+                                         "half-open and all trial calls are taken"
+                                         if remaining == 0 else "open"),
+                remaining=float("inf") if remaining < 0 else remaining / 1e9,
+            )
+        return r
+
+    cdef inline int64_t _start(self) except? -1:
+        if self._slow_ns >= 0:
+            return self._now()
+        return 0
+
+    cdef int _ok(self, uint64_t token, int64_t start) except -1:
+        cdef int flags = SF_BR_OK
+        cdef int64_t now = 0
+        cdef int trans
+        if self._slow_ns >= 0 or self._time_window:
+            now = self._now()
+            if self._slow_ns >= 0 and now - start >= self._slow_ns:
+                flags = SF_BR_SLOW
+        trans = sf_breaker_record(self.b, token, flags, now)
+        if trans >= 0:
+            self._fire(trans)
+        return 0
+
+    cdef int _error(self, uint64_t token, int64_t start, object exc) except -1:
+        cdef int flags = SF_BR_FAIL
+        cdef int64_t now
+        cdef int trans
+        if not isinstance(exc, Exception) or isinstance(exc, self._exclude_types) or (
+                self._exclude_pred is not None and self._exclude_pred(exc)):
+            flags = SF_BR_IGNORE
+        now = self._now()
+        if flags == SF_BR_FAIL and self._slow_ns >= 0 and now - start >= self._slow_ns:
+            flags |= SF_BR_SLOW
+        trans = sf_breaker_record(self.b, token, flags, now)
+        if trans >= 0:
+            self._fire(trans)
+        return 0
+
+    # ------------------------------------------------------------------ public core
+
+    def call(self, fn, *args, **kwargs):
+        """Call ``fn(*args, **kwargs)`` through the breaker (see ``CircuitBreaker``)."""
+        cdef uint64_t token
+        cdef int64_t start
+        self._enter(&token)
+        start = self._start()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._error(token, start, exc)
+            raise
+        self._ok(token, start)
+        return result
+
+    def _begin(self):
+        """Admit a call (raise CircuitOpen if not); return the opaque (token, start)."""
+        cdef uint64_t token
+        self._enter(&token)
+        return (token, self._start())
+
+    def _finish(self, uint64_t token, int64_t start, exc=None):
+        """Record the outcome of a call admitted by ``_begin``; exc None = success."""
+        if exc is None:
+            self._ok(token, start)
+        else:
+            self._error(token, start, exc)
+
+    def _force(self, int target):
+        cdef int trans = sf_breaker_force(self.b, target, self._now())
+        if trans >= 0:
+            self._fire(trans)
+
+    @property
+    def _state_code(self):
+        return <int>(sf_load_acquire_u64(&self.b.state) & 7)
+
+    def _counters(self):
+        """(calls, failures, slow_calls, rejections, consecutive, window_calls,
+        window_failures, window_slow)."""
+        cdef int64_t wc = 0, wf = 0, ws = 0
+        if self.b.win_kind != SF_WIN_NONE:
+            sf_br_window_totals(self.b, self._now() if self._time_window else 0, &wc, &wf, &ws)
+        return (
+            sf_load_relaxed_u64(&self.b.calls),
+            sf_load_relaxed_u64(&self.b.failures),
+            sf_load_relaxed_u64(&self.b.slow_calls),
+            sf_load_relaxed_u64(&self.b.rejections),
+            sf_load_relaxed_u64(&self.b.consecutive),
+            wc, wf, ws,
+        )
