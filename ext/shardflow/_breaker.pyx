@@ -209,6 +209,11 @@ cdef class BreakerCore:
             self._fire(trans)
 
     @property
+    def _generation(self):
+        """Transitions made so far (the state word's generation; tests use it)."""
+        return sf_load_acquire_u64(&self.b.state) >> 3
+
+    @property
     def _state_code(self):
         return <int>(sf_load_acquire_u64(&self.b.state) & 7)
 
