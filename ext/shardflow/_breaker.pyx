@@ -12,6 +12,7 @@ into the C functions, so that tests drive the state machine with a fake clock.
 """
 
 from libc.stdint cimport int64_t, uint64_t
+from libc.math cimport llround
 from libc.stdlib cimport free, malloc
 
 from shardflow._atomic cimport sf_load_acquire_u64, sf_load_relaxed_u64
@@ -109,7 +110,9 @@ cdef class BreakerCore:
     cdef inline int64_t _now(self) except? -1:
         if self._clock is None:
             return sf_now_ns()
-        return <int64_t>(self._clock() * 1e9)
+        # Nearest ns: seconds like 50.1 are not exact in binary, and truncating would
+        # make a fake clock's step look 1 ns short.
+        return <int64_t>llround(<double>self._clock() * 1e9)
 
     cdef int _fire(self, int trans) except -1:
         cdef int old = trans >> 4, new = trans & 15

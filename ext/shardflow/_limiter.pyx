@@ -7,6 +7,7 @@ handlers (Ctrl-C raises ``KeyboardInterrupt`` promptly) and checks its deadline.
 """
 
 from libc.stdint cimport int64_t, uint64_t
+from libc.math cimport llround
 from libc.stdlib cimport free, malloc
 
 from shardflow._atomic cimport (
@@ -281,7 +282,9 @@ cdef class RateLimiterCore:
     cdef inline int64_t _now(self) except? -1:
         if self._clock is None:
             return sf_now_ns()
-        return <int64_t>(self._clock() * 1e9)
+        # Nearest ns: seconds like 50.1 are not exact in binary, and truncating would
+        # make a fake clock's step look 1 ns short.
+        return <int64_t>llround(<double>self._clock() * 1e9)
 
     cdef int _check_tokens(self, object tokens) except -1:
         if isinstance(tokens, bool) or not isinstance(tokens, int):
