@@ -602,3 +602,28 @@ def test_repr_and_metrics_snapshot_is_frozen():
     m = b.metrics()
     with pytest.raises(AttributeError):
         m.calls = 3  # type: ignore[misc]
+
+
+def test_call_forwards_positional_and_keyword_arguments_untouched():
+    b = CircuitBreaker(clock=FakeClock())
+    assert b.call(dict, [("a", 1)], b=2) == {"a": 1, "b": 2}
+    assert b.call(max, 3, 9, key=lambda v: -v) == 3
+    with pytest.raises(TypeError, match="fn"):
+        b.call()
+
+
+def test_exclude_predicate_error_propagates_with_the_call_error_as_context():
+    def pred(exc):
+        raise RuntimeError("predicate bug")
+
+    b = CircuitBreaker(exclude=pred, clock=FakeClock())
+    with pytest.raises(RuntimeError, match="predicate bug") as info:
+        b.call(boom, ValueError("original"))
+    assert isinstance(info.value.__context__, ValueError)
+
+
+def test_traceback_of_the_call_error_is_kept():
+    b = CircuitBreaker(clock=FakeClock())
+    with pytest.raises(ValueError) as info:
+        b.call(boom, ValueError("deep"))
+    assert info.traceback[-1].name == "boom"
