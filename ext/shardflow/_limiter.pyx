@@ -65,6 +65,14 @@ cdef int _check_timeout(object timeout) except -1:
     return 0
 
 
+cdef inline int64_t _timeout_ns(object timeout) except -1:
+    """A checked timeout in ns, saturated at ~146 years (no int64 overflow)."""
+    cdef double t = timeout
+    if t > 4.6e9:
+        return <int64_t>1 << 62
+    return <int64_t>(t * 1e9)
+
+
 cdef void _hammer_loop(sf_limiter *l, Py_ssize_t n, bint blocking) noexcept nogil:
     cdef Py_ssize_t i
     cdef unsigned int spins
@@ -144,7 +152,7 @@ cdef class LimiterCore:
             if timeout <= 0:
                 sf_fetch_add_relaxed_u64(&self.l.timeouts, 1)
                 return False
-            deadline = sf_now_ns() + <int64_t>(timeout * 1e9)
+            deadline = sf_now_ns() + _timeout_ns(timeout)
         return self._wait(deadline)
 
     cdef bint _wait(self, int64_t deadline) except -1:
@@ -316,7 +324,7 @@ cdef class RateLimiterCore:
             max_wait = 1 << 62
         else:
             _check_timeout(timeout)
-            max_wait = <int64_t>(timeout * 1e9)
+            max_wait = _timeout_ns(timeout)
         wait = sf_rate_take(self.r, tokens, self._now(), max_wait, &ok)
         if not ok:
             sf_fetch_add_relaxed_u64(&self.r.rejected, 1)

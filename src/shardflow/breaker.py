@@ -117,6 +117,11 @@ def _split_exclude(
     return tuple(types), pred
 
 
+def _ns(seconds: float) -> int:
+    """Seconds to ns, saturated at ~146 years so that the C side never overflows."""
+    return min(round(seconds * 1e9), 1 << 62)
+
+
 def _check_rate(name: str, value: Any) -> None:
     if value is None:
         return
@@ -262,7 +267,7 @@ class CircuitBreaker(BreakerCore):
             win_kind, win_size, width_ns = WINDOW_COUNT, int(window), 1
         else:
             win_kind, win_size = WINDOW_TIME, window_buckets
-            width_ns = max(1, int(window * 1e9 / window_buckets))
+            width_ns = max(1, _ns(window) // window_buckets)
 
         self.name = name
         self._listeners = listeners
@@ -286,12 +291,12 @@ class CircuitBreaker(BreakerCore):
             max_failures or 0,
             failure_rate or 0.0,
             slow_call_rate or 0.0,
-            -1 if slow_call_duration is None else int(slow_call_duration * 1e9),
+            -1 if slow_call_duration is None else _ns(slow_call_duration),
             minimum_calls,
             win_kind,
             win_size,
             width_ns,
-            int(reset_timeout * 1e9),
+            _ns(reset_timeout),
             half_open_max_calls,
             success_threshold,
         )
