@@ -86,12 +86,12 @@ class Model:
                     self.rejections += 1
                     return ("reject", left)
                 if self.ho[0] < self.gen + 1:
-                    self.ho = (self.gen + 1, 0, 0)
+                    self.ho = (self.gen + 1, 0, self.ho[2])  # trials in flight carry over
                 self._move(HALF, now)
                 continue
             g, succ, inflight = self.ho
             assert g == self.gen
-            if inflight >= self.cfg["half_open_max_calls"]:
+            if inflight >= self.cfg["half_open_max_calls"]:  # counted across periods
                 self.rejections += 1
                 return ("reject", 0)
             self.ho = (g, succ, inflight + 1)
@@ -127,18 +127,17 @@ class Model:
             if trip and (self.gen, self.state) == (tgen, tstate):
                 self._move(OPEN, now)
         elif tstate == HALF:
+            # The permit always comes back, whichever period is current.
+            g, succ, inflight = self.ho
             failed = is_fail or (slow and self.cfg["slow_call_rate"] is not None)
+            counts = not ignore and not failed
+            if counts and g == tgen:
+                succ = min(succ + 1, 0xFFFF)
+            self.ho = (g, succ, max(inflight - 1, 0))
             if failed:
                 if (self.gen, self.state) == (tgen, tstate):
                     self._move(OPEN, now)
-                return
-            g, succ, inflight = self.ho
-            if g != tgen:
-                return
-            if not ignore:
-                succ = min(succ + 1, 0xFFFF)
-            self.ho = (g, succ, max(inflight - 1, 0))
-            if not ignore and succ == self.cfg["success_threshold"]:
+            elif counts and g == tgen and succ == self.cfg["success_threshold"]:
                 self._clear()
                 if (self.gen, self.state) == (tgen, tstate):
                     self._move(CLOSED, now)
@@ -627,3 +626,31 @@ def test_traceback_of_the_call_error_is_kept():
     with pytest.raises(ValueError) as info:
         b.call(boom, ValueError("deep"))
     assert info.traceback[-1].name == "boom"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("half_open_max_calls", [1, 2, 3])
+def test_c_hammer_half_open_trials_bounded_and_transitions_counted_once(half_open_max_calls):
+    """Two threads in C with the GIL released (real parallelism even under the GIL)."""
+    b = CircuitBreaker(
+        max_failures=1,
+        reset_timeout=0.0,
+        half_open_max_calls=half_open_max_calls,
+        success_threshold=3,
+    )
+    barrier = threading.Barrier(2)
+    out = []
+
+    def run():
+        barrier.wait()
+        out.append(b._hammer(300_000, 5))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    most, transitions = max(out)
+    assert 1 <= most <= half_open_max_calls
+    # every CAS-won transition was reported exactly once, by the thread that made it
+    assert transitions == b._generation > 0

@@ -19,11 +19,14 @@
  *
  * Half-open permits. `ho` packs (low 32 bits of gen) << 32 | successes << 16 | in-flight
  * trials. Admission is a CAS that increments in-flight only while it is below
- * half_open_max_calls and the generation matches, so no more than that many trials ever
- * run at once. The opener initialises `ho` for the new generation before its state CAS
- * (release), with a CAS that only moves `ho` forward, so a slow contender cannot clobber
- * a newer generation. The success that brings successes to exactly success_threshold
- * clears the closed-state statistics and then closes (CAS); one failure reopens (CAS).
+ * half_open_max_calls and the generation matches. In-flight trials are counted across
+ * generations: every trial gives its permit back when it ends, even after the state moved
+ * on (a trial still running from an earlier half-open period keeps its slot), so no more
+ * than half_open_max_calls trials ever run at once, full stop. The opener starts the new
+ * generation in `ho` (successes 0) before its state CAS (release), with a CAS that only
+ * moves `ho` forward, so a slow contender cannot clobber a newer generation. The success
+ * that brings this generation's successes to exactly success_threshold clears the
+ * closed-state statistics and then closes (CAS); one failure reopens (CAS).
  *
  * Open time. The opener publishes opened_ns then opened_gen (release). A reader in OPEN of
  * generation g that does not yet see opened_gen == g treats the breaker as just opened.
@@ -271,12 +274,13 @@ static inline int sf_br_open_from(sf_breaker *b, uint64_t from, int64_t now) {
     return SF_BR_TRANS(SF_BR_STATE(from), SF_BR_OPEN);
 }
 
-/* Initialise the half-open word for generation ng, never moving it backwards. */
+/* Start the half-open word's generation ng (successes 0), never moving it backwards.
+ * In-flight trials are kept: they are counted across generations. */
 static inline void sf_br_ho_init(sf_breaker *b, uint64_t ng) {
     uint32_t g = (uint32_t)ng;
     uint64_t p = sf_load_acquire_u64(&b->ho);
     while ((int32_t)(SF_HO_GEN(p) - g) < 0) {
-        if (sf_cas_acqrel_u64(&b->ho, &p, SF_HO_WORD(g, 0, 0))) break;
+        if (sf_cas_acqrel_u64(&b->ho, &p, SF_HO_WORD(g, 0, SF_HO_INFLIGHT(p)))) break;
     }
 }
 
@@ -371,28 +375,29 @@ static inline int sf_breaker_record(sf_breaker *b, uint64_t token, int flags, in
     }
     if (st == SF_BR_HALF_OPEN) {
         uint32_t g = (uint32_t)SF_BR_GEN(token);
-        int failed = (flags & SF_BR_FAIL) || ((flags & SF_BR_SLOW) && b->slow_rate > 0);
+        int failed = !(flags & SF_BR_IGNORE) &&
+                     ((flags & SF_BR_FAIL) || ((flags & SF_BR_SLOW) && b->slow_rate > 0));
+        int counts = !(flags & SF_BR_IGNORE) && !failed;
         uint64_t p = sf_load_acquire_u64(&b->ho);
-        if (flags & SF_BR_IGNORE) failed = 0;
-        if (failed && !(flags & SF_BR_IGNORE)) return sf_br_open_from(b, token, now);
+        uint32_t succ;
+        /* Give the permit back (whatever generation is current: in-flight trials are
+         * counted across generations) and count a success of this generation. */
         for (;;) {
-            uint64_t np;
-            uint32_t succ;
-            if (SF_HO_GEN(p) != g) return -1; /* a later generation: nothing to release */
+            uint32_t inflight = SF_HO_INFLIGHT(p);
             succ = SF_HO_SUCC(p);
-            if (!(flags & SF_BR_IGNORE) && succ < 0xffffu) succ += 1;
-            np = SF_HO_WORD(g, succ, SF_HO_INFLIGHT(p) ? SF_HO_INFLIGHT(p) - 1 : 0);
-            if (sf_cas_acqrel_u64(&b->ho, &p, np)) {
-                if (!(flags & SF_BR_IGNORE) && succ == b->success_threshold) {
-                    uint64_t w = token;
-                    sf_br_clear_stats(b);
-                    if (sf_cas_acqrel_u64(&b->state, &w, SF_BR_WORD(SF_BR_GEN(token) + 1,
-                                                                   SF_BR_CLOSED)))
-                        return SF_BR_TRANS(SF_BR_HALF_OPEN, SF_BR_CLOSED);
-                }
-                return -1;
-            }
+            if (counts && SF_HO_GEN(p) == g && succ < 0xffffu) succ += 1;
+            if (sf_cas_acqrel_u64(&b->ho, &p,
+                                  SF_HO_WORD(SF_HO_GEN(p), succ, inflight ? inflight - 1 : 0)))
+                break;
         }
+        if (failed) return sf_br_open_from(b, token, now);
+        if (counts && SF_HO_GEN(p) == g && succ == b->success_threshold) {
+            uint64_t w = token;
+            sf_br_clear_stats(b);
+            if (sf_cas_acqrel_u64(&b->state, &w, SF_BR_WORD(SF_BR_GEN(token) + 1, SF_BR_CLOSED)))
+                return SF_BR_TRANS(SF_BR_HALF_OPEN, SF_BR_CLOSED);
+        }
+        return -1;
     }
     return -1; /* disabled, or a token of a state that admits nobody */
 }

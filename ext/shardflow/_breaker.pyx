@@ -15,7 +15,16 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.math cimport llround
 from libc.stdlib cimport free, malloc
 
-from shardflow._atomic cimport sf_load_acquire_u64, sf_load_relaxed_u64
+from shardflow._atomic cimport (
+    sf_atomic_u64,
+    sf_cas_acqrel_u64,
+    sf_cpu_relax,
+    sf_fetch_add_acqrel_u64,
+    sf_fetch_add_relaxed_u64,
+    sf_fetch_sub_relaxed_u64,
+    sf_load_acquire_u64,
+    sf_load_relaxed_u64,
+)
 from shardflow._breaker cimport (
     SF_BR_ALLOW,
     SF_BR_CLOSED,
@@ -139,6 +148,41 @@ WINDOW_COUNT = SF_WIN_COUNT
 WINDOW_TIME = SF_WIN_TIME
 
 
+cdef void _hammer_loop(sf_breaker *b, Py_ssize_t n, unsigned int fail_every,
+                       sf_atomic_u64 *inside, sf_atomic_u64 *most,
+                       sf_atomic_u64 *trans) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint64_t w, token = 0, x, m
+    cdef int64_t remaining
+    cdef int r, t, k, st, flags
+    for i in range(n):
+        w = sf_load_acquire_u64(&b.state)
+        st = <int>(w & 7)
+        t = -1
+        if st == SF_BR_CLOSED or st == SF_BR_DISABLED:
+            token = w
+            r = SF_BR_ALLOW
+        else:
+            r = sf_breaker_acquire(b, sf_now_ns(), &token, &remaining, &t)
+        if t >= 0 and (t >> 4) != (t & 15):
+            sf_fetch_add_relaxed_u64(trans, 1)
+        if r == SF_BR_REJECT:
+            continue
+        if r == SF_BR_TRIAL:
+            x = sf_fetch_add_acqrel_u64(inside, 1) + 1
+            m = sf_load_relaxed_u64(most)
+            while x > m:
+                if sf_cas_acqrel_u64(most, &m, x):
+                    break
+            for k in range(32):
+                sf_cpu_relax()
+            sf_fetch_sub_relaxed_u64(inside, 1)
+        flags = SF_BR_FAIL if (fail_every and i % fail_every == 0) else SF_BR_OK
+        t = sf_breaker_record(b, token, flags, sf_now_ns())
+        if t >= 0 and (t >> 4) != (t & 15):
+            sf_fetch_add_relaxed_u64(trans, 1)
+
+
 cdef class BreakerCore:
     """Compiled state and hot paths of ``shardflow.CircuitBreaker`` (use that class)."""
 
@@ -149,6 +193,10 @@ cdef class BreakerCore:
     cdef int64_t _slow_ns       # -1: no slow-call policy
     cdef bint _time_window
     cdef bint _ready
+    # test-only probes of _hammer (zeroed by the type's allocator)
+    cdef sf_atomic_u64 _probe_inside
+    cdef sf_atomic_u64 _probe_max
+    cdef sf_atomic_u64 _probe_trans
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -281,6 +329,16 @@ cdef class BreakerCore:
         cdef int trans = sf_breaker_force(self.b, target, self._now())
         if trans >= 0:
             self._fire(trans)
+
+    def _hammer(self, Py_ssize_t n, unsigned int fail_every=0):
+        """Test helper: ``n`` admissions + records in C with the GIL released (real
+        monotonic clock, whatever ``clock`` was given; no listeners). Every
+        ``fail_every``-th call fails. Returns (most half-open trials ever in flight at
+        once, transitions made by all hammering calls so far)."""
+        with nogil:
+            _hammer_loop(self.b, n, fail_every, &self._probe_inside, &self._probe_max,
+                         &self._probe_trans)
+        return (sf_load_relaxed_u64(&self._probe_max), sf_load_relaxed_u64(&self._probe_trans))
 
     @property
     def _generation(self):

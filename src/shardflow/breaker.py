@@ -176,7 +176,8 @@ class CircuitBreaker(BreakerCore):
         window: calls (count) or seconds (time) in the sliding window.
         window_buckets: buckets of a time window.
         minimum_calls: calls the window must hold before a rate can open the breaker.
-        half_open_max_calls: trial calls allowed at once in half-open state.
+        half_open_max_calls: trial calls allowed at once in half-open state (a trial
+            still running from an earlier half-open period keeps its slot until it ends).
         success_threshold: trial successes that close the breaker.
         exclude: errors that must not count (see above).
         listeners: callables ``(breaker, old, new)`` called on each state change.
