@@ -27,8 +27,8 @@ class FakeClock:
         return self.t
 
 
-def boom(exc: BaseException = ValueError("boom")):
-    raise exc
+def boom(exc: BaseException | None = None):
+    raise exc if exc is not None else ValueError("boom")
 
 
 def fail(breaker: CircuitBreaker, exc: BaseException | None = None) -> None:

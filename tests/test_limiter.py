@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import sys
+import sysconfig
 import threading
 import time
 
@@ -129,7 +131,7 @@ def test_fair_mode_serves_blocked_threads_in_arrival_order():
         t = threading.Thread(target=waiter, args=(name,))
         t.start()
         threads.append(t)
-        wait_for(lambda: lim.metrics().waiting == i + 1)
+        wait_for(lambda n=i + 1: lim.metrics().waiting == n)
     # A newcomer may not barge past the queue, even when a permit is momentarily free.
     assert lim.try_acquire() is False
     lim.release()
@@ -256,3 +258,13 @@ def test_bad_timeout(timeout, exc):
     lim.acquire()
     with pytest.raises(exc, match="timeout"):
         lim.acquire(timeout=timeout)
+
+
+@pytest.mark.skipif(
+    not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="free-threaded builds only"
+)
+def test_compiled_modules_keep_the_gil_off():
+    import shardflow._breaker  # noqa: F401
+    import shardflow._limiter  # noqa: F401
+
+    assert not sys._is_gil_enabled()

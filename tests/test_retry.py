@@ -71,7 +71,7 @@ def test_max_delay_caps_and_jitter_scales():
 
 
 def test_gives_up_after_attempts_and_reraises_last_error():
-    retry, ft = make(attempts=3)
+    retry, _ = make(attempts=3)
     fn = Flaky(10)
     with pytest.raises(ConnectionError):
         retry.call(fn)
@@ -133,7 +133,6 @@ def test_budget_caps_retries_to_a_fraction_of_calls():
     assert m.retries <= 0.1 * 20
     assert m.retries >= 1 and m.budget_exhausted > 0
     ft.t += 100  # the window slides: old calls and retries are forgotten
-    ok = Retry  # noqa: F841 - the same instance keeps its budget state
     with pytest.raises(ConnectionError):
         retry.call(Flaky(100))
     assert retry.metrics().retries == m.retries  # 0.1 * 1 call < 1 retry

@@ -125,7 +125,7 @@ cdef extern from *:
 
     static PyMethodDef sf_breaker_call_def = {
         "call", (PyCFunction)(void (*)(void))sf_breaker_call, METH_FASTCALL | METH_KEYWORDS,
-        "call(fn, /, *args, **kwargs)\\n--\\n\\n"
+        "call($self, fn, /, *args, **kwargs)\\n--\\n\\n"
         "Call fn(*args, **kwargs) through the breaker: raise shardflow.CircuitOpen without\\n"
         "calling it when the breaker refuses, else return its result (or re-raise its\\n"
         "exception) after recording the outcome."

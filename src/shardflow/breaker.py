@@ -17,6 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from types import TracebackType
 from typing import Any, TypeVar
 
 from shardflow._breaker import (
@@ -109,12 +110,15 @@ def _split_exclude(
             preds.append(item)
         else:
             raise TypeError(f"exclude must be {accepted}, got {item!r} in {exclude!r}")
-    pred = None
+    if not preds:
+        return tuple(types), None
     if len(preds) == 1:
-        pred = preds[0]
-    elif preds:
-        pred = lambda exc: any(p(exc) for p in preds)  # noqa: E731
-    return tuple(types), pred
+        return tuple(types), preds[0]
+    return tuple(types), functools.partial(_any_of, tuple(preds))
+
+
+def _any_of(preds: tuple[Callable[[BaseException], bool], ...], exc: BaseException) -> bool:
+    return any(p(exc) for p in preds)
 
 
 def _ns(seconds: float) -> int:
@@ -399,7 +403,12 @@ class CircuitBreaker(BreakerCore):
         _active.set((self, token, start, _active.get()))
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         top = _active.get()
         if top is None or top[0] is not self:
             raise RuntimeError("breaker context exited out of order (not the innermost `with`)")

@@ -53,7 +53,7 @@ class CircuitOpen(ShardflowError):
         super().__init__(message)
         self.remaining = remaining
 
-    def __reduce__(self):  # keep ``remaining`` through pickling
+    def __reduce__(self) -> tuple[object, tuple[str, float]]:  # keep ``remaining``
         return (_rebuild_circuit_open, (self.args[0] if self.args else "", self.remaining))
 
 

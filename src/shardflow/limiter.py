@@ -13,6 +13,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from shardflow._limiter import LimiterCore
@@ -124,7 +125,12 @@ class Limiter(LimiterCore):
         await self.aacquire()
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.release()
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:

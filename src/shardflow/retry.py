@@ -89,7 +89,8 @@ def _retry_predicate(retry_on: Any) -> Callable[[BaseException], bool]:
         types = retry_on
         return lambda exc: isinstance(exc, types)
     if callable(retry_on):
-        return retry_on
+        pred: Callable[[BaseException], bool] = retry_on
+        return pred
     raise TypeError(f"retry_on must be {accepted}, got {retry_on!r} ({type(retry_on).__name__})")
 
 
