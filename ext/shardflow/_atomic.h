@@ -139,4 +139,39 @@ static inline void sf_cpu_relax(void) { __asm__ __volatile__("yield"); }
 static inline void sf_cpu_relax(void) {}
 #endif
 
+/* ---- additions for the breaker, limiter and rate limiter (_breaker.h, _limiter.h) ----
+ * Shared read-modify-write on genuinely shared state. CAS wrappers are strong (callers
+ * that loop could use weak, but a spurious failure in a state-machine CAS would be
+ * misread as "someone else transitioned") and name their success order; failure order
+ * is acquire so that the refreshed *expected can be acted upon. */
+static inline uint64_t sf_load_seqcst_u64(sf_atomic_u64 *p) {
+    return atomic_load_explicit(p, memory_order_seq_cst);
+}
+static inline uint64_t sf_fetch_add_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
+    return atomic_fetch_add_explicit(p, v, memory_order_seq_cst);
+}
+static inline uint64_t sf_fetch_add_acqrel_u64(sf_atomic_u64 *p, uint64_t v) {
+    return atomic_fetch_add_explicit(p, v, memory_order_acq_rel);
+}
+static inline uint64_t sf_fetch_sub_relaxed_u64(sf_atomic_u64 *p, uint64_t v) {
+    return atomic_fetch_sub_explicit(p, v, memory_order_relaxed);
+}
+static inline uint64_t sf_exchange_acqrel_u64(sf_atomic_u64 *p, uint64_t v) {
+    return atomic_exchange_explicit(p, v, memory_order_acq_rel);
+}
+static inline int sf_cas_acqrel_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
+    return atomic_compare_exchange_strong_explicit(p, expected, desired, memory_order_acq_rel,
+                                                   memory_order_acquire);
+}
+static inline int sf_cas_seqcst_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
+    return atomic_compare_exchange_strong_explicit(p, expected, desired, memory_order_seq_cst,
+                                                   memory_order_acquire);
+}
+static inline uint32_t sf_exchange_acqrel_u32(sf_atomic_u32 *p, uint32_t v) {
+    return atomic_exchange_explicit(p, v, memory_order_acq_rel);
+}
+static inline void sf_store_relaxed_u32(sf_atomic_u32 *p, uint32_t v) {
+    atomic_store_explicit(p, v, memory_order_relaxed);
+}
+
 #endif /* SF_ATOMIC_H */

@@ -20,3 +20,13 @@ cdef extern from "shardflow/_atomic.h" nogil:
     void sf_store_release_int(sf_atomic_int *p, int v)
     void sf_store_seqcst_int(sf_atomic_int *p, int v)
     void sf_cpu_relax()
+
+    # Additions for the breaker, limiter and rate limiter.
+    uint64_t sf_load_seqcst_u64(sf_atomic_u64 *p)
+    void sf_store_release_u64(sf_atomic_u64 *p, uint64_t v)
+    uint64_t sf_fetch_add_seqcst_u64(sf_atomic_u64 *p, uint64_t v)
+    uint64_t sf_fetch_add_acqrel_u64(sf_atomic_u64 *p, uint64_t v)
+    uint64_t sf_fetch_sub_relaxed_u64(sf_atomic_u64 *p, uint64_t v)
+    uint64_t sf_exchange_acqrel_u64(sf_atomic_u64 *p, uint64_t v)
+    int sf_cas_acqrel_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired)
+    int sf_cas_seqcst_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired)
