@@ -144,12 +144,6 @@ static inline void sf_cpu_relax(void) {}
  * that loop could use weak, but a spurious failure in a state-machine CAS would be
  * misread as "someone else transitioned") and name their success order; failure order
  * is acquire so that the refreshed *expected can be acted upon. */
-static inline uint64_t sf_load_seqcst_u64(sf_atomic_u64 *p) {
-    return atomic_load_explicit(p, memory_order_seq_cst);
-}
-static inline uint64_t sf_fetch_add_seqcst_u64(sf_atomic_u64 *p, uint64_t v) {
-    return atomic_fetch_add_explicit(p, v, memory_order_seq_cst);
-}
 static inline uint64_t sf_fetch_add_acqrel_u64(sf_atomic_u64 *p, uint64_t v) {
     return atomic_fetch_add_explicit(p, v, memory_order_acq_rel);
 }
@@ -161,10 +155,6 @@ static inline uint64_t sf_exchange_acqrel_u64(sf_atomic_u64 *p, uint64_t v) {
 }
 static inline int sf_cas_acqrel_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
     return atomic_compare_exchange_strong_explicit(p, expected, desired, memory_order_acq_rel,
-                                                   memory_order_acquire);
-}
-static inline int sf_cas_seqcst_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired) {
-    return atomic_compare_exchange_strong_explicit(p, expected, desired, memory_order_seq_cst,
                                                    memory_order_acquire);
 }
 static inline uint32_t sf_exchange_acqrel_u32(sf_atomic_u32 *p, uint32_t v) {

@@ -29,4 +29,4 @@ cdef extern from "shardflow/_atomic.h" nogil:
     uint64_t sf_fetch_sub_relaxed_u64(sf_atomic_u64 *p, uint64_t v)
     uint64_t sf_exchange_acqrel_u64(sf_atomic_u64 *p, uint64_t v)
     int sf_cas_acqrel_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired)
-    int sf_cas_seqcst_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired)
+    int sf_cas_strong_seqcst_u64(sf_atomic_u64 *p, uint64_t *expected, uint64_t desired)

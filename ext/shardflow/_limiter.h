@@ -89,7 +89,7 @@ static inline void sf_limiter_destroy(sf_limiter *l) {
 static inline int sf_limiter_take(sf_limiter *l) {
     uint64_t c = sf_load_relaxed_u64(&l->count);
     while (c < l->limit) {
-        if (sf_cas_seqcst_u64(&l->count, &c, c + 1)) return 1;
+        if (sf_cas_strong_seqcst_u64(&l->count, &c, c + 1)) return 1;
     }
     return 0;
 }
@@ -121,7 +121,7 @@ static inline int sf_limiter_release(sf_limiter *l) {
     uint64_t c = sf_load_relaxed_u64(&l->count);
     for (;;) {
         if (c == 0) return -1;
-        if (sf_cas_seqcst_u64(&l->count, &c, c - 1)) break;
+        if (sf_cas_strong_seqcst_u64(&l->count, &c, c - 1)) break;
     }
     if (l->fair) {
         if (sf_load_seqcst_u64(&l->qlen) != 0) sf_limiter_grant(l);
@@ -136,7 +136,7 @@ static inline int sf_limiter_release(sf_limiter *l) {
 static inline int sf_limiter_wait_unfair(sf_limiter *l, int64_t deadline_ns) {
     uint32_t key = sf_event_prepare(&l->ev);
     if (sf_limiter_take(l)) {
-        sf_event_cancel(&l->ev);
+        sf_event_cancel(&l->ev, key);
         return 1;
     }
     sf_event_wait(&l->ev, key, deadline_ns);
@@ -166,7 +166,7 @@ static inline int sf_limiter_enqueue(sf_limiter *l, sf_lim_waiter *w) {
 static inline int sf_limiter_wait_fair(sf_limiter *l, sf_lim_waiter *w, int64_t deadline_ns) {
     uint32_t key = sf_event_prepare(&l->ev);
     if (sf_load_acquire_int(&w->granted)) {
-        sf_event_cancel(&l->ev);
+        sf_event_cancel(&l->ev, key);
         return 1;
     }
     sf_event_wait(&l->ev, key, deadline_ns);

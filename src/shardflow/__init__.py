@@ -6,18 +6,32 @@ The public API is re-exported here; modules starting with ``_`` are private.
 from __future__ import annotations
 
 from shardflow.batching import BatchProcessor
-from shardflow.errors import Closed, Full, ShardflowError
+from shardflow.breaker import BreakerMetrics, BreakerState, CircuitBreaker
+from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
+from shardflow.limiter import Limiter, LimiterMetrics
 from shardflow.metrics import PoolMetrics, ShardMetrics
 from shardflow.pool import DEFAULT_CAPACITY, ShardedPool
+from shardflow.ratelimiter import RateLimiter, RateLimiterMetrics
+from shardflow.retry import Retry, RetryMetrics
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEFAULT_CAPACITY",
     "BatchProcessor",
+    "BreakerMetrics",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpen",
     "Closed",
     "Full",
+    "Limiter",
+    "LimiterMetrics",
     "PoolMetrics",
+    "RateLimiter",
+    "RateLimiterMetrics",
+    "Retry",
+    "RetryMetrics",
     "ShardMetrics",
     "ShardedPool",
     "ShardflowError",
