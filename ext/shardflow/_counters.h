@@ -19,7 +19,8 @@ typedef struct sf_counters {
     SF_PAD(_pad0);
     /* written by the owning worker only */
     sf_atomic_u64 processed;  /* items whose handler call returned */
-    sf_atomic_u64 failed;     /* items whose handler call raised */
+    sf_atomic_u64 failed;     /* items whose handler call raised (and were not dead-lettered) */
+    sf_atomic_u64 dead_lettered; /* failed items handed to the dead letter */
     sf_atomic_u64 batches;    /* handler calls */
     sf_atomic_u64 high_water; /* deepest queue the worker saw when it drained */
     sf_atomic_u64 stolen_in;  /* items this worker took from other shards */
@@ -35,6 +36,7 @@ typedef struct sf_counters {
 static inline void sf_counters_init(sf_counters *c) {
     atomic_init(&c->processed, 0);
     atomic_init(&c->failed, 0);
+    atomic_init(&c->dead_lettered, 0);
     atomic_init(&c->batches, 0);
     atomic_init(&c->high_water, 0);
     atomic_init(&c->stolen_in, 0);

@@ -11,6 +11,7 @@ cdef extern from "shardflow/_counters.h" nogil:
     ctypedef struct sf_counters:
         sf_atomic_u64 processed
         sf_atomic_u64 failed
+        sf_atomic_u64 dead_lettered
         sf_atomic_u64 batches
         sf_atomic_u64 high_water
         sf_atomic_u64 stolen_in

@@ -191,6 +191,7 @@ cdef class PoolCore:
     cdef object handler
     cdef object key_fn
     cdef object on_error_fn
+    cdef object dead_letter_fn
     cdef object _lock
     cdef list _returned
     cdef object _fatal
@@ -219,7 +220,7 @@ cdef class PoolCore:
 
     def _core_init(self, handler, Py_ssize_t workers, key, uint64_t capacity,
                    Py_ssize_t batch_size, batch_timeout, int on_full, on_error,
-                   bint steal=False, bint reuse_batches=True):
+                   bint steal=False, bint reuse_batches=True, dead_letter=None):
         """Allocate the shards. Arguments are validated by the Python layer."""
         cdef Py_ssize_t i, j
         if self._ready:
@@ -227,6 +228,7 @@ cdef class PoolCore:
         self.handler = handler
         self.key_fn = key
         self.on_error_fn = on_error
+        self.dead_letter_fn = dead_letter
         self.batch_size = batch_size
         self.batch_timeout_ns = -1 if batch_timeout is None else <int64_t>(batch_timeout * 1e9)
         self.on_full_code = on_full
@@ -468,9 +470,12 @@ cdef class PoolCore:
         return 0
 
     cdef void _failed(self, sf_shard *sh, PyObject *what, Py_ssize_t count) noexcept:
-        """Route the exception the handler just raised; never lets anything escape."""
+        """Route the exception the handler just raised; never lets anything escape.
+
+        With a dead letter, the item (or batch) goes there and counts as dead-lettered; if
+        the dead letter refuses it (raises, e.g. a full queue), it counts as failed and is
+        reported like any failure, so nothing vanishes."""
         exc = sf_take_exception()
-        sf_counter_add(&sh.ctr.failed, count)
         try:
             if not isinstance(exc, Exception):
                 # KeyboardInterrupt, SystemExit & co: remembered and re-raised by the next
@@ -478,6 +483,16 @@ cdef class PoolCore:
                 with self._lock:
                     if self._fatal is None:
                         self._fatal = exc
+            elif self.dead_letter_fn is not None:
+                try:
+                    self.dead_letter_fn(<object>what, exc)
+                except BaseException as refused:
+                    # Reported once, below, as an ordinary failure; say why it is one.
+                    _log.warning("shardflow dead letter refused %r: %r", <object>what, refused)
+                else:
+                    sf_counter_add(&sh.ctr.dead_lettered, count)
+                    return
+            sf_counter_add(&sh.ctr.failed, count)
             if self.on_error_fn is not None:
                 self.on_error_fn(<object>what, exc)
             else:
@@ -594,7 +609,7 @@ cdef class PoolCore:
 
     def _shard_stats(self):
         """One tuple per shard: (submitted, processed, failed, dropped, returned, depth,
-        high_water, batches, stolen_in, stolen_out)."""
+        high_water, batches, stolen_in, stolen_out, dead_lettered)."""
         cdef Py_ssize_t i
         cdef sf_shard *sh
         cdef uint64_t dropped
@@ -613,6 +628,7 @@ cdef class PoolCore:
                 sf_load_relaxed_u64(&sh.ctr.batches),
                 sf_load_relaxed_u64(&sh.ctr.stolen_in),
                 sf_load_relaxed_u64(&sh.ctr.stolen_out),
+                sf_load_relaxed_u64(&sh.ctr.dead_lettered),
             ))
         return out
 

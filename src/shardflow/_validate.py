@@ -55,6 +55,15 @@ def check_bool(name: str, value: Any, *, optional: bool = False) -> None:
         raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
 
 
+def check_instance(name: str, value: Any, cls: type) -> None:
+    """None or an instance of ``cls``."""
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(
+            f"{name} must be None or a shardflow.{cls.__name__}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+
+
 def check_str(name: str, value: Any, *, optional: bool = True) -> None:
     if value is None and optional:
         return

@@ -27,13 +27,15 @@ class ShardMetrics:
     batches: int  #: handler calls
     stolen_in: int = 0
     stolen_out: int = 0
+    dead_lettered: int = 0
 
 
 @dataclass(frozen=True)
 class PoolMetrics:
     """Totals over all shards plus the per-shard detail.
 
-    Once the pool is joined: ``submitted == processed + failed + dropped + returned``.
+    Once the pool is joined:
+    ``submitted == processed + failed + dead_lettered + dropped + returned``.
     """
 
     submitted: int
@@ -44,6 +46,7 @@ class PoolMetrics:
     depth: int
     batches: int
     shards: tuple[ShardMetrics, ...]
+    dead_lettered: int = 0
 
     @classmethod
     def from_shards(cls, shards: tuple[ShardMetrics, ...]) -> PoolMetrics:
@@ -56,9 +59,17 @@ class PoolMetrics:
             depth=sum(s.depth for s in shards),
             batches=sum(s.batches for s in shards),
             shards=shards,
+            dead_lettered=sum(s.dead_lettered for s in shards),
         )
 
     @property
     def unfinished(self) -> int:
         """Items submitted and not yet accounted for (queued or being handled)."""
-        return self.submitted - self.processed - self.failed - self.dropped - self.returned
+        return (
+            self.submitted
+            - self.processed
+            - self.failed
+            - self.dead_lettered
+            - self.dropped
+            - self.returned
+        )

@@ -15,17 +15,23 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
+from shardflow._guard import dead_letter_target, guard
 from shardflow._validate import (
     check_bool,
     check_callable,
     check_choice,
+    check_instance,
     check_int,
     check_seconds,
     check_str,
 )
 from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCore
+from shardflow.breaker import CircuitBreaker
 from shardflow.errors import Closed
+from shardflow.limiter import Limiter
 from shardflow.metrics import PoolMetrics, ShardMetrics
+from shardflow.ratelimiter import RateLimiter
+from shardflow.retry import Retry
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "ShardedPool"]
 
@@ -81,6 +87,17 @@ class ShardedPool(PoolCore, Generic[T]):
             does not keep (no reference left once it returns) is emptied and refilled for
             the next batch; a list it keeps is left alone. Pass False for handlers that
             rely on the list's identity after returning.
+        breaker, limiter, rate_limiter, retry: guards for a downstream service, composed
+            around ``handler`` once (outermost first: retry, rate limiter, limiter,
+            breaker). Each retry attempt takes a token and a permit and is seen by the
+            breaker; an open breaker's ``CircuitOpen`` is never retried.
+        dead_letter: where an item (or batch) goes when it still fails after its retries
+            or is refused by an open breaker, together with its exception: a callable
+            ``dead_letter(item, exc)`` or a bounded queue (anything with ``put_nowait``)
+            that receives ``(item, exc)`` tuples. Such items count as ``dead_lettered``;
+            if the dead letter refuses one (a full queue), it counts as ``failed`` and goes
+            to ``on_error``/logging instead. Accounting stays exact:
+            ``submitted == processed + failed + dead_lettered + dropped + returned``.
 
     Exceptions that are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) raised
     by the handler are counted and routed like the others, the worker goes on, and the
@@ -122,6 +139,11 @@ class ShardedPool(PoolCore, Generic[T]):
         ordered: bool = True,
         steal: bool | None = None,
         reuse_batches: bool = True,
+        breaker: CircuitBreaker | None = None,
+        limiter: Limiter | None = None,
+        rate_limiter: RateLimiter | None = None,
+        retry: Retry | None = None,
+        dead_letter: Callable[[Any, BaseException], object] | Any | None = None,
     ) -> None:
         check_callable("handler", handler)
         if workers is None:
@@ -139,6 +161,11 @@ class ShardedPool(PoolCore, Generic[T]):
         check_bool("ordered", ordered)
         check_bool("steal", steal, optional=True)
         check_bool("reuse_batches", reuse_batches)
+        check_instance("breaker", breaker, CircuitBreaker)
+        check_instance("limiter", limiter, Limiter)
+        check_instance("rate_limiter", rate_limiter, RateLimiter)
+        check_instance("retry", retry, Retry)
+        dead_letter_fn = None if dead_letter is None else dead_letter_target(dead_letter)
         keeps_order = key is not None and ordered
         if steal is None:
             steal = not keeps_order
@@ -149,7 +176,7 @@ class ShardedPool(PoolCore, Generic[T]):
             )
 
         self._core_init(
-            handler,
+            guard(handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry),
             workers,
             key,
             capacity,
@@ -159,7 +186,12 @@ class ShardedPool(PoolCore, Generic[T]):
             on_error,
             steal,
             reuse_batches,
+            dead_letter_fn,
         )
+        self.breaker = breaker
+        self.limiter = limiter
+        self.rate_limiter = rate_limiter
+        self.retry = retry
         self.ordered: bool = ordered
         self.name: str = name or f"ShardedPool-{next(_names)}"
         self.on_full: str = on_full
