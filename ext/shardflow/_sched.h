@@ -23,11 +23,23 @@
  *   T4 sleep on own data_ev                     P4 if m and ring s held only our items
  *   T5 idle_mask &= ~(1 << i)                      (head >= our claim): wake lowest bit
  *
+ * That covers a ring that goes from empty to non-empty while its owner is busy. A backlog
+ * can also build up behind an owner that WAS asleep: the first push wakes the owner only
+ * (P2), and later pushes find older items queued (P4 says no). So the owner, too, wakes a
+ * thief: after each drain of its own ring that leaves items behind, it runs
+ *
+ *   O1 take CAS on head (in the drain)  O2 if items remain: m = idle_mask without own bit
+ *   O3 if m: wake the lowest bit
+ *
+ * If O2 misses T1, then T3 comes after O1 and, the items being still there at O2 and only
+ * leaving through a take, sees claims unless they were all taken meanwhile (then there is
+ * nothing to steal). If O2 sees T1, O3 wakes a thief.
+ *
  * If P3 misses T1, then T1 < P3 in the seq_cst order, so P1 < T3 and T3 sees the claim:
  * the worker steals instead of sleeping. If P3 sees T1 but P4 decides not to wake because
- * older items were still queued, those older items were claimed before T3 or after it; if
- * before, T3 saw them; if after, their producer ran P3/P4 first with head >= its claim (the
- * ring was empty at T3) and woke a worker. Extra wake-ups are harmless (a woken worker
+ * older items were still queued, those items were either there at T3 (it saw them), or
+ * pushed after it: the first of them found the ring empty and ran P2 (the owner wakes, and
+ * its drain runs O1-O3) or P4 (a thief wakes). Extra wake-ups are harmless (a woken worker
  * re-checks). Only the first 64 workers take part in thief wake-ups; the others still
  * steal whenever they run dry.
  */
@@ -39,6 +51,31 @@
 
 /* A theft takes at most this many items, so that the thief starts handling them soon. */
 #define SF_STEAL_MAX 1024
+
+/* Wake the lowest idle worker in m (if it sleeps: notify costs a fence and a load). */
+static inline void sf_sched_wake_thief(sf_shard *shards, uint64_t m) {
+    unsigned j = 0;
+    while (!((m >> j) & 1)) j++;
+    sf_event_notify(&shards[j].data_ev);
+}
+
+/* O2-O3: the owner of shard `self` drained some items; if a backlog remains and somebody
+ * idles, wake it to steal. */
+static inline void sf_sched_after_own_drain(sf_pool *p, sf_shard *shards, uint64_t self) {
+    uint64_t m;
+    if (!p->steal || !sf_ring_has_items(&shards[self].ring)) return;
+    m = sf_load_seqcst_u64(&p->idle_mask);
+    if (self < 64) m &= ~((uint64_t)1 << self);
+    if (m) sf_sched_wake_thief(shards, m);
+}
+
+/* The owner's drain: take up to max items from its own shard, then O2-O3. */
+static inline uint64_t sf_sched_pop_own(sf_pool *p, sf_shard *shards, uint64_t self,
+                                        void **out, uint64_t max) {
+    uint64_t n = sf_shard_pop(&shards[self], out, max);
+    if (n) sf_sched_after_own_drain(p, shards, self);
+    return n;
+}
 
 /* Producer side: push to shard s, then wake its owner, or a thief (see above). */
 static inline int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s,
@@ -56,11 +93,7 @@ static inline int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s,
         if (s < 64) m &= ~((uint64_t)1 << s);
         /* `t` was read before our claim, so head >= t means nothing older than our items
          * was left in the ring: it went from empty to non-empty while its owner was busy. */
-        if (m && sf_load_acquire_u64(&sh->ring.head) >= t) {
-            unsigned j = 0;
-            while (!((m >> j) & 1)) j++;
-            sf_event_notify(&shards[j].data_ev);
-        }
+        if (m && sf_load_acquire_u64(&sh->ring.head) >= t) sf_sched_wake_thief(shards, m);
     }
     return k;
 }
@@ -105,7 +138,7 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
         uint32_t key;
         int spins;
         if (sf_load_acquire_int(&p->stop)) return SF_WAIT_TIMEOUT;
-        n = sf_shard_pop(s, out, max);
+        n = sf_sched_pop_own(p, shards, self, out, max);
         if (n) return (int64_t)n;
         if (p->steal) {
             n = sf_sched_steal(shards, nshards, self, out, max);

@@ -69,6 +69,8 @@ cdef extern from "shardflow/_sched.h" nogil:
     int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s, void **items, uint64_t n)
     int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshards, uint64_t self,
                           void **out, uint64_t max, int64_t deadline_ns, uint64_t flush_seen)
+    uint64_t sf_sched_pop_own(sf_pool *p, sf_shard *shards, uint64_t self, void **out,
+                              uint64_t max)
     uint64_t sf_sched_request_flush(sf_pool *p, sf_shard *shards, uint64_t nshards)
     void sf_sched_flushed(sf_pool *p, sf_shard *s, uint64_t seq)
     int sf_sched_wait_flushed(sf_pool *p, sf_shard *shards, uint64_t nshards, uint64_t seq,

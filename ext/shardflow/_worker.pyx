@@ -44,6 +44,7 @@ from shardflow._ring cimport (
 from shardflow._shard cimport (
     SF_WAIT_FLUSH,
     sf_sched_flushed,
+    sf_sched_pop_own,
     sf_sched_push,
     sf_sched_request_flush,
     sf_sched_wait,
@@ -62,7 +63,6 @@ from shardflow._shard cimport (
     sf_shard,
     sf_shard_destroy,
     sf_shard_init,
-    sf_shard_pop,
     sf_shard_wait_space,
     sf_shard_wake_all,
     sf_shards_alloc,
@@ -754,7 +754,8 @@ cdef class _Worker:
                     self.first_ns = self.pop_ns
             if handled >= MAX_ITEMS_PER_HOLD or sf_load_relaxed_int(&core.st.stop) != SF_STOP_NONE:
                 break
-            got = sf_shard_pop(self.shard, self.buf + self.n, self.room())
+            got = sf_sched_pop_own(core.st, core.shards, <uint64_t>self.index,
+                                   self.buf + self.n, self.room())
             if got == 0:
                 break
             self._took(got, timed)
