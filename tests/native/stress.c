@@ -353,6 +353,7 @@ static void *ring_consumer(void *arg) {
     ring_ctx *c = a->c;
     void *out[MAX_BATCH];
     tally t;
+    unsigned idle = 0;
     uint64_t seed = opt.seed ^ (a->thief ? 0xabcdefULL : 0x123457ULL);
     tally_init(&t, &c->led, a->thief ? "ring thief" : "ring consumer");
     while (atomic_load_explicit(&c->led.consumed, memory_order_relaxed) < c->led.n) {
@@ -364,10 +365,13 @@ static void *ring_consumer(void *arg) {
             break;
         }
         if (n == 0) {
-            sf_cpu_relax();
-            if (a->thief) sf_thread_yield(); /* a thief backs off, like a real one */
+            /* Back off like a real consumer: on 2 cores a consumer that never yields keeps
+             * a preempted claimer (which every later producer waits for) off the CPU. */
+            if (a->thief || ++idle % 64 == 0) sf_thread_yield();
+            else sf_cpu_relax();
             continue;
         }
+        idle = 0;
         tally_take(&t, &c->led, out, n);
         if (a->thief) atomic_fetch_add(&c->stolen, n);
     }
