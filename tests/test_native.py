@@ -188,7 +188,7 @@ def test_park_model_finds_the_lost_wakeup_of_a_commit_recheck(tmp_path: Path) ->
 
 @needs_spin
 @pytest.mark.skipif(os.environ.get("SHARDFLOW_MODEL_LIVENESS") != "1",
-                    reason="liveness model check takes ~30 s: set SHARDFLOW_MODEL_LIVENESS=1")
+                    reason="liveness model check takes ~35 s: set SHARDFLOW_MODEL_LIVENESS=1")
 def test_park_model_consumer_always_finishes(tmp_path: Path) -> None:
     report = _verify(tmp_path, "-DITEMS=1", liveness=True)
     assert "errors: 0" in report, report

@@ -54,7 +54,9 @@
 #define TOTAL (NPROD * ITEMS)
 #define CAP TOTAL            /* never full: the data side only */
 #define NONE 255
-#define THIEF_TRIES 2
+#ifndef THIEF_TRIES
+#define THIEF_TRIES 2        /* steal attempts (0: no thief) */
+#endif
 
 /* ring */
 byte tail = 0;               /* next index to claim */
@@ -157,11 +159,12 @@ top:
     :: tc && t == head -> goto finished
     :: else -> skip
     fi;
-    /* The idle spin polls sf_ring_has_claims: it may see a claim (go round again) or run
-     * out of spins before any claim appears. */
+    /* The idle spin polls sf_ring_has_claims up to SF_IDLE_SPINS times and goes round
+     * again on the first claim it sees. One poll is an exact abstraction: a run whose
+     * polls all saw no claim is this model's run whose one poll came at the last of them. */
     if
     :: tail != head -> goto top
-    :: true -> skip
+    :: else -> skip
     fi;
     /* sf_event_prepare: W1 seq_cst RMW, W2 seq_cst fence (nothing to do under SC), W3 */
     waiters++;
