@@ -1,0 +1,837 @@
+/* stress: a pthreads stress harness for shardflow's C core, without Python.
+ *
+ * It includes the core headers as they ship (build with `-I ext`) and hammers them from
+ * real threads, so that the same binary can be built plain, under ThreadSanitizer and
+ * under AddressSanitizer + UndefinedBehaviorSanitizer (see Makefile).
+ *
+ *   stress SCENARIO [--ops N] [--capacity C] [--producers P] [--timeout S] [--seed X]
+ *
+ * Scenarios:
+ *   ring      MPMC ring: P producers push distinct integers (single and batch pushes of
+ *             varying sizes); one consumer drains with sf_ring_pop, a thief with
+ *             sf_ring_pop_part(divisor=2). Exactly-once is checked with a per-value seen
+ *             bitmap plus a sum and xor checksum; per-producer FIFO order is checked per
+ *             consumer (each consumer takes contiguous ranges in claim order).
+ *   shard     the park protocol: producers sf_shard_push and, when full, block in
+ *             sf_shard_wait_space (with a deadline, or none); one worker sf_shard_wait_pop
+ *             with no deadline and parks when empty. Small capacities force many park /
+ *             unpark cycles. Then the ring is closed + sf_shard_wake_all and the worker must
+ *             leave with SF_WAIT_FINISHED having seen every item. A lost wake-up is a hang:
+ *             the watchdog aborts with the ring and event state.
+ *   counters  single-writer sf_counter_add / sf_counter_max by the owner while readers read
+ *             (monotonic, never above the final value); rare-path fields bumped by several
+ *             threads with fetch_add. Final values exact.
+ *   pool      live/done protocol: sf_pool_worker_started before the thread starts,
+ *             sf_pool_worker_exited at its end, sf_pool_wait_idle (timed and untimed) must
+ *             return 1 only once every worker has exited, and everything the workers wrote
+ *             must be visible to the joiner (TSan checks the happens-before edge).
+ *   all       every scenario above, in turn (ring and shard at several capacities).
+ *
+ * Exit status: 0 when every check passes, 1 on a failed check, 2 on bad usage,
+ * 3 when the watchdog fires. One summary line per scenario on stdout.
+ */
+#define _GNU_SOURCE 1
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shardflow/_atomic.h"
+#include "shardflow/_counters.h"
+#include "shardflow/_park.h"
+#include "shardflow/_pool.h"
+#include "shardflow/_ring.h"
+#include "shardflow/_shard.h"
+
+/* ------------------------------------------------------------------ options, checks */
+
+static struct {
+    uint64_t ops;        /* items (or increments) per scenario */
+    uint64_t capacity;   /* 0: the scenario's default set */
+    int producers;
+    int timeout_s;
+    uint64_t seed;
+} opt = {10000000, 0, 4, 120, 0x9e3779b97f4a7c15ULL};
+
+static sf_atomic_int failures;
+
+/* Print the first failures only: one broken invariant can repeat a million times. */
+static void fail(const char *fmt, ...) {
+    va_list ap;
+    if (atomic_fetch_add(&failures, 1) >= 20) return;
+    va_start(ap, fmt);
+    fprintf(stderr, "FAIL: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+}
+
+#define CHECK(cond, ...)                    \
+    do {                                    \
+        if (!(cond)) fail(__VA_ARGS__);     \
+    } while (0)
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n, size);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static void start(pthread_t *t, void *(*fn)(void *), void *arg) {
+    int rc = pthread_create(t, NULL, fn, arg);
+    if (rc) {
+        fprintf(stderr, "pthread_create: %s\n", strerror(rc));
+        exit(2);
+    }
+}
+
+static void join(pthread_t t) { pthread_join(t, NULL); }
+
+/* xorshift64*: per-thread, deterministic from the seed. */
+static inline uint64_t rnd(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* ------------------------------------------------------------------ watchdog */
+
+/* A hang (a lost wake-up, a livelock) must fail loudly, not time out the CI job. The
+ * watchdog sleeps on its own condition variable and, if the scenario does not finish in
+ * time, prints what the scenario registered and aborts. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int armed;
+    uint64_t generation;
+    const char *scenario;
+    sf_shard *shard; /* state to dump, if any */
+    sf_ring *ring;
+    sf_atomic_u64 *progress; /* items consumed so far */
+} wd = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL, NULL, NULL, NULL};
+
+static void dump_ring(const char *what, sf_ring *r) {
+    uint64_t t = atomic_load(&r->tail);
+    fprintf(stderr, "  %s: tail=%" PRIu64 "%s commit=%" PRIu64 " head=%" PRIu64
+                    " head_cache=%" PRIu64 " capacity=%" PRIu64 "\n",
+            what, t & ~SF_RING_CLOSED, (t & SF_RING_CLOSED) ? " (closed)" : "",
+            (uint64_t)atomic_load(&r->commit), (uint64_t)atomic_load(&r->head),
+            (uint64_t)atomic_load(&r->head_cache), r->capacity);
+}
+
+static void *watchdog_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&wd.mu);
+    for (;;) {
+        while (!wd.armed) pthread_cond_wait(&wd.cv, &wd.mu);
+        uint64_t gen = wd.generation;
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += opt.timeout_s;
+        int rc = 0;
+        while (wd.armed && wd.generation == gen && rc == 0)
+            rc = pthread_cond_timedwait(&wd.cv, &wd.mu, &dl);
+        if (wd.armed && wd.generation == gen) {
+            fprintf(stderr,
+                    "WATCHDOG: scenario '%s' did not finish within %d s: a lost wake-up or a "
+                    "livelock\n",
+                    wd.scenario, opt.timeout_s);
+            if (wd.progress)
+                fprintf(stderr, "  consumed so far: %" PRIu64 "\n",
+                        (uint64_t)atomic_load(wd.progress));
+            if (wd.ring) dump_ring("ring", wd.ring);
+            if (wd.shard) {
+                dump_ring("ring", &wd.shard->ring);
+                fprintf(stderr, "  data_ev: waiters=%u epoch=%u; space_ev: waiters=%u epoch=%u\n",
+                        (unsigned)atomic_load(&wd.shard->data_ev.waiters),
+                        (unsigned)atomic_load(&wd.shard->data_ev.epoch),
+                        (unsigned)atomic_load(&wd.shard->space_ev.waiters),
+                        (unsigned)atomic_load(&wd.shard->space_ev.epoch));
+            }
+            fflush(stderr);
+            _exit(3);
+        }
+    }
+    return NULL;
+}
+
+static void watchdog_arm(const char *scenario, sf_ring *r, sf_shard *s, sf_atomic_u64 *progress) {
+    pthread_mutex_lock(&wd.mu);
+    wd.scenario = scenario;
+    wd.ring = r;
+    wd.shard = s;
+    wd.progress = progress;
+    wd.armed = 1;
+    wd.generation++;
+    pthread_cond_broadcast(&wd.cv);
+    pthread_mutex_unlock(&wd.mu);
+}
+
+static void watchdog_disarm(void) {
+    pthread_mutex_lock(&wd.mu);
+    wd.armed = 0;
+    wd.ring = NULL;
+    wd.shard = NULL;
+    wd.progress = NULL;
+    wd.generation++;
+    pthread_cond_broadcast(&wd.cv);
+    pthread_mutex_unlock(&wd.mu);
+}
+
+/* ------------------------------------------------------------------ exactly-once ledger */
+
+/* Values are 1..n (never NULL), producer p owns the contiguous block [lo_p, hi_p).
+ * `seen` is a bitmap set with fetch_or, so a duplicate is caught at the moment it happens,
+ * whichever consumer takes it. */
+typedef struct ledger {
+    uint64_t n;
+    int producers;
+    sf_atomic_u64 *seen;
+    sf_atomic_u64 consumed;
+    sf_atomic_u64 sum;
+    sf_atomic_u64 xor;
+} ledger;
+
+static void ledger_init(ledger *l, uint64_t n, int producers) {
+    l->n = n;
+    l->producers = producers;
+    l->seen = xcalloc((size_t)(n / 64 + 2), sizeof(sf_atomic_u64));
+    atomic_init(&l->consumed, 0);
+    atomic_init(&l->sum, 0);
+    atomic_init(&l->xor, 0);
+}
+
+static void ledger_free(ledger *l) { free(l->seen); }
+
+static uint64_t block_lo(const ledger *l, int p) { return 1 + l->n * (uint64_t)p / (uint64_t)l->producers; }
+static uint64_t block_hi(const ledger *l, int p) { return 1 + l->n * (uint64_t)(p + 1) / (uint64_t)l->producers; }
+
+static int owner_of(const ledger *l, uint64_t v) {
+    int p = (int)((v - 1) * (uint64_t)l->producers / l->n);
+    while (p > 0 && v < block_lo(l, p)) p--;
+    while (p + 1 < l->producers && v >= block_hi(l, p)) p++;
+    return p;
+}
+
+/* A consumer's private view: checksums and the last value seen from each producer. */
+typedef struct tally {
+    uint64_t count, sum, xor;
+    uint64_t *last; /* per producer */
+    const char *who;
+} tally;
+
+static void tally_init(tally *t, const ledger *l, const char *who) {
+    memset(t, 0, sizeof *t);
+    t->last = xcalloc((size_t)l->producers, sizeof(uint64_t));
+    t->who = who;
+}
+
+static void tally_take(tally *t, ledger *l, void *const *items, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t v = (uint64_t)(uintptr_t)items[i];
+        if (v < 1 || v > l->n) {
+            fail("%s: value %" PRIu64 " out of range [1, %" PRIu64 "]", t->who, v, l->n);
+            continue;
+        }
+        uint64_t bit = (uint64_t)1 << (v & 63);
+        if (atomic_fetch_or_explicit(&l->seen[v >> 6], bit, memory_order_relaxed) & bit)
+            fail("%s: value %" PRIu64 " taken twice", t->who, v);
+        int p = owner_of(l, v);
+        if (v <= t->last[p])
+            fail("%s: producer %d's value %" PRIu64 " after %" PRIu64 " (order broken)", t->who,
+                 p, v, t->last[p]);
+        t->last[p] = v;
+        t->count++;
+        t->sum += v;
+        t->xor ^= v;
+    }
+    if (n) atomic_fetch_add_explicit(&l->consumed, n, memory_order_relaxed);
+}
+
+static void tally_merge(tally *t, ledger *l) {
+    atomic_fetch_add(&l->sum, t->sum);
+    atomic_fetch_xor(&l->xor, t->xor);
+    free(t->last);
+}
+
+/* Everything 1..n seen exactly once: count, bitmap, sum and xor all agree. */
+static void ledger_verify(ledger *l, const char *scenario) {
+    uint64_t want_sum = l->n * (l->n + 1) / 2, want_xor = 0, missing = 0, first_missing = 0;
+    for (uint64_t v = 1; v <= l->n; v++) {
+        want_xor ^= v;
+        if (!(atomic_load_explicit(&l->seen[v >> 6], memory_order_relaxed) & ((uint64_t)1 << (v & 63)))) {
+            if (!missing) first_missing = v;
+            missing++;
+        }
+    }
+    CHECK(atomic_load(&l->consumed) == l->n, "%s: consumed %" PRIu64 " of %" PRIu64, scenario,
+          (uint64_t)atomic_load(&l->consumed), l->n);
+    CHECK(missing == 0, "%s: %" PRIu64 " values never seen (first: %" PRIu64 ")", scenario,
+          missing, first_missing);
+    CHECK(atomic_load(&l->sum) == want_sum, "%s: sum %" PRIu64 " != %" PRIu64, scenario,
+          (uint64_t)atomic_load(&l->sum), want_sum);
+    CHECK(atomic_load(&l->xor) == want_xor, "%s: xor %" PRIu64 " != %" PRIu64, scenario,
+          (uint64_t)atomic_load(&l->xor), want_xor);
+}
+
+/* Batch size for the next push: mostly single pushes and small batches, sometimes large
+ * ones (larger than small capacities, to exercise partial pushes). */
+static uint64_t pick_batch(uint64_t *seed, uint64_t left) {
+    uint64_t r = rnd(seed) % 16, k;
+    if (r < 6) k = 1;
+    else if (r < 12) k = 2 + rnd(seed) % 7;
+    else if (r < 15) k = 9 + rnd(seed) % 56;
+    else k = 65 + rnd(seed) % 192;
+    return k < left ? k : left;
+}
+
+#define MAX_BATCH 256
+
+/* ------------------------------------------------------------------ (a) ring */
+
+typedef struct ring_ctx {
+    sf_ring ring;
+    ledger led;
+    sf_atomic_u64 full_returns; /* push returned 0 */
+    sf_atomic_u64 partial;      /* push took fewer than asked */
+    sf_atomic_u64 stolen;
+} ring_ctx;
+
+typedef struct ring_arg {
+    ring_ctx *c;
+    int index;
+} ring_arg;
+
+static void *ring_producer(void *arg) {
+    ring_arg *a = arg;
+    ring_ctx *c = a->c;
+    uint64_t seed = opt.seed ^ (0x1000193ULL * (uint64_t)(a->index + 1));
+    uint64_t v = block_lo(&c->led, a->index), hi = block_hi(&c->led, a->index);
+    void *batch[MAX_BATCH];
+    uint64_t full = 0, partial = 0;
+    while (v < hi) {
+        uint64_t want = pick_batch(&seed, hi - v);
+        for (uint64_t i = 0; i < want; i++) batch[i] = (void *)(uintptr_t)(v + i);
+        int64_t k = sf_ring_push(&c->ring, batch, want);
+        if (k < 0) {
+            fail("ring: producer %d: push reported closed on an open ring", a->index);
+            return NULL;
+        }
+        if (k == 0) {
+            full++;
+            sf_thread_yield();
+            continue;
+        }
+        if ((uint64_t)k > want) {
+            fail("ring: push took %" PRId64 " of %" PRIu64, k, want);
+            return NULL;
+        }
+        if ((uint64_t)k < want) partial++;
+        v += (uint64_t)k;
+    }
+    atomic_fetch_add(&c->full_returns, full);
+    atomic_fetch_add(&c->partial, partial);
+    return NULL;
+}
+
+typedef struct consumer_arg {
+    ring_ctx *c;
+    int thief;
+} consumer_arg;
+
+static void *ring_consumer(void *arg) {
+    consumer_arg *a = arg;
+    ring_ctx *c = a->c;
+    void *out[MAX_BATCH];
+    tally t;
+    unsigned idle = 0;
+    uint64_t seed = opt.seed ^ (a->thief ? 0xabcdefULL : 0x123457ULL);
+    tally_init(&t, &c->led, a->thief ? "ring thief" : "ring consumer");
+    while (atomic_load_explicit(&c->led.consumed, memory_order_relaxed) < c->led.n) {
+        uint64_t max = 1 + rnd(&seed) % (a->thief ? 32 : MAX_BATCH);
+        uint64_t n = a->thief ? sf_ring_pop_part(&c->ring, out, max, 2)
+                              : sf_ring_pop(&c->ring, out, max);
+        if (n > max) {
+            fail("%s: popped %" PRIu64 " > max %" PRIu64, t.who, n, max);
+            break;
+        }
+        if (n == 0) {
+            /* Back off like a real consumer: on 2 cores a consumer that never yields keeps
+             * a preempted claimer (which every later producer waits for) off the CPU. */
+            if (a->thief || ++idle % 64 == 0) sf_thread_yield();
+            else sf_cpu_relax();
+            continue;
+        }
+        idle = 0;
+        tally_take(&t, &c->led, out, n);
+        if (a->thief) atomic_fetch_add(&c->stolen, n);
+    }
+    tally_merge(&t, &c->led);
+    return NULL;
+}
+
+static int scenario_ring(uint64_t capacity, int thief) {
+    ring_ctx *c = xcalloc(1, sizeof *c); /* the ring's padding wants no stack */
+    int P = opt.producers;
+    pthread_t pt[64], ct[2];
+    ring_arg pa[64];
+    consumer_arg ca[2];
+    int64_t t0 = sf_now_ns();
+    int before = atomic_load(&failures);
+    if (sf_ring_init(&c->ring, capacity)) {
+        fprintf(stderr, "sf_ring_init failed\n");
+        exit(2);
+    }
+    ledger_init(&c->led, opt.ops, P);
+    watchdog_arm("ring", &c->ring, NULL, &c->led.consumed);
+    for (int i = 0; i < 1 + thief; i++) {
+        ca[i] = (consumer_arg){c, i};
+        start(&ct[i], ring_consumer, &ca[i]);
+    }
+    for (int i = 0; i < P; i++) {
+        pa[i] = (ring_arg){c, i};
+        start(&pt[i], ring_producer, &pa[i]);
+    }
+    for (int i = 0; i < P; i++) join(pt[i]);
+    for (int i = 0; i < 1 + thief; i++) join(ct[i]);
+    watchdog_disarm();
+
+    ledger_verify(&c->led, "ring");
+    /* The indices end where the items say they should, and close refuses further claims. */
+    uint64_t n = opt.ops;
+    CHECK(sf_ring_tail_index(&c->ring) == n && atomic_load(&c->ring.commit) == n &&
+              atomic_load(&c->ring.head) == n,
+          "ring: final indices tail=%" PRIu64 " commit=%" PRIu64 " head=%" PRIu64 ", want %" PRIu64,
+          sf_ring_tail_index(&c->ring), (uint64_t)atomic_load(&c->ring.commit),
+          (uint64_t)atomic_load(&c->ring.head), n);
+    CHECK(!sf_ring_has_items(&c->ring) && !sf_ring_has_claims(&c->ring), "ring: not empty at the end");
+    CHECK(sf_ring_close(&c->ring) == 1, "ring: first close did not report closing");
+    CHECK(sf_ring_close(&c->ring) == 0, "ring: second close reported closing");
+    {
+        void *one = (void *)(uintptr_t)1;
+        CHECK(sf_ring_push(&c->ring, &one, 1) == -1, "ring: push after close did not return -1");
+    }
+    CHECK(sf_ring_finished(&c->ring), "ring: closed and empty but not finished");
+    double secs = (double)(sf_now_ns() - t0) / 1e9;
+    printf("ring      capacity=%-6" PRIu64 " producers=%d consumers=%d items=%" PRIu64
+           " stolen=%" PRIu64 " full=%" PRIu64 " partial=%" PRIu64 " %.2fs %s\n",
+           capacity, P, 1 + thief, n, (uint64_t)atomic_load(&c->stolen),
+           (uint64_t)atomic_load(&c->full_returns), (uint64_t)atomic_load(&c->partial), secs,
+           atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    ledger_free(&c->led);
+    sf_ring_destroy(&c->ring);
+    free(c);
+    return atomic_load(&failures) == before;
+}
+
+/* ------------------------------------------------------------------ (b) shard */
+
+typedef struct shard_ctx {
+    sf_shard *shard;
+    ledger led;
+    sf_atomic_int stop;
+    sf_atomic_u64 waits;    /* producer waits for space */
+    sf_atomic_u64 timeouts; /* ... that returned 0 (deadline, or room taken by another) */
+    int64_t finished_rc;
+    uint64_t drains;
+} shard_ctx;
+
+typedef struct shard_arg {
+    shard_ctx *c;
+    int index;
+} shard_arg;
+
+static void *shard_producer(void *arg) {
+    shard_arg *a = arg;
+    shard_ctx *c = a->c;
+    uint64_t seed = opt.seed ^ (0x51ed27ULL * (uint64_t)(a->index + 1));
+    uint64_t v = block_lo(&c->led, a->index), hi = block_hi(&c->led, a->index);
+    void *batch[MAX_BATCH];
+    uint64_t waits = 0, timeouts = 0;
+    while (v < hi) {
+        uint64_t want = pick_batch(&seed, hi - v);
+        if (want > 16) want = 16;
+        for (uint64_t i = 0; i < want; i++) batch[i] = (void *)(uintptr_t)(v + i);
+        int64_t k = sf_shard_push(c->shard, batch, want);
+        if (k < 0) {
+            fail("shard: producer %d: push reported closed before close", a->index);
+            return NULL;
+        }
+        if (k > 0) {
+            v += (uint64_t)k;
+            /* Now and then pause so that the worker runs dry and parks. */
+            if (rnd(&seed) % 64 == 0) sf_thread_yield();
+            continue;
+        }
+        /* Full: block. Half the waits have no deadline, so a lost wake-up on space_ev
+         * hangs (and the watchdog reports it); the others have a short one. */
+        int64_t deadline = (rnd(&seed) & 1) ? -1 : sf_now_ns() + 200000;
+        waits++;
+        /* 0 means "no room now": the deadline passed, or (even untimed) another producer
+         * took the room this wake-up announced. Either way: push again. */
+        if (!sf_shard_wait_space(c->shard, deadline)) timeouts++;
+    }
+    atomic_fetch_add(&c->waits, waits);
+    atomic_fetch_add(&c->timeouts, timeouts);
+    return NULL;
+}
+
+static void *shard_worker(void *arg) {
+    shard_ctx *c = arg;
+    void *out[MAX_BATCH];
+    tally t;
+    uint64_t seed = opt.seed ^ 0x77ULL;
+    tally_init(&t, &c->led, "shard worker");
+    for (;;) {
+        uint64_t max = 1 + rnd(&seed) % 64;
+        int64_t r = sf_shard_wait_pop(c->shard, out, max, -1, &c->stop);
+        if (r == SF_WAIT_FINISHED) break;
+        if (r == SF_WAIT_TIMEOUT) {
+            fail("shard: untimed wait_pop returned TIMEOUT with stop unset");
+            break;
+        }
+        if (r < 0 || (uint64_t)r > max) {
+            fail("shard: wait_pop returned %" PRId64 " (max %" PRIu64 ")", r, max);
+            break;
+        }
+        tally_take(&t, &c->led, out, (uint64_t)r);
+        c->drains++;
+        /* A slow worker now and then, so that producers fill the ring and block. */
+        if (rnd(&seed) % 32 == 0) sf_thread_yield();
+    }
+    tally_merge(&t, &c->led);
+    return NULL;
+}
+
+static int scenario_shard(uint64_t capacity) {
+    shard_ctx c;
+    int P = opt.producers;
+    pthread_t pt[64], wt;
+    shard_arg pa[64];
+    int64_t t0 = sf_now_ns();
+    int before = atomic_load(&failures);
+    memset(&c, 0, sizeof c);
+    c.shard = sf_shards_alloc(1);
+    if (!c.shard || sf_shard_init(c.shard, capacity)) {
+        fprintf(stderr, "sf_shard_init failed\n");
+        exit(2);
+    }
+    atomic_init(&c.stop, 0);
+    /* The shard protocol parks on every empty ring: far fewer items than the ring test. */
+    ledger_init(&c.led, opt.ops / 4 ? opt.ops / 4 : 1, P);
+    watchdog_arm("shard", NULL, c.shard, &c.led.consumed);
+    start(&wt, shard_worker, &c);
+    for (int i = 0; i < P; i++) {
+        pa[i] = (shard_arg){&c, i};
+        start(&pt[i], shard_producer, &pa[i]);
+    }
+    for (int i = 0; i < P; i++) join(pt[i]);
+    /* Let the worker run dry and park before the close, sometimes: the close must wake it. */
+    if (opt.seed & 1) usleep(2000);
+    CHECK(sf_ring_close(&c.shard->ring) == 1, "shard: close did not report closing");
+    sf_shard_wake_all(c.shard);
+    join(wt);
+    watchdog_disarm();
+
+    ledger_verify(&c.led, "shard");
+    CHECK(sf_ring_finished(&c.shard->ring), "shard: worker finished but ring not finished");
+    {
+        void *one = (void *)(uintptr_t)1;
+        CHECK(sf_shard_push(c.shard, &one, 1) == -1, "shard: push after close did not return -1");
+        CHECK(sf_shard_wait_space(c.shard, -1) == 1, "shard: wait_space on a closed ring");
+    }
+    CHECK(atomic_load(&c.shard->data_ev.waiters) == 0 && atomic_load(&c.shard->space_ev.waiters) == 0,
+          "shard: waiters left announced (data %u, space %u)",
+          (unsigned)atomic_load(&c.shard->data_ev.waiters),
+          (unsigned)atomic_load(&c.shard->space_ev.waiters));
+    double secs = (double)(sf_now_ns() - t0) / 1e9;
+    printf("shard     capacity=%-6" PRIu64 " producers=%d items=%" PRIu64 " drains=%" PRIu64
+           " worker_wakeups=%u producer_waits=%" PRIu64 " (returned 0: %" PRIu64
+           ") space_wakeups=%u %.2fs %s\n",
+           capacity, P, c.led.n, c.drains, (unsigned)atomic_load(&c.shard->data_ev.epoch),
+           (uint64_t)atomic_load(&c.waits), (uint64_t)atomic_load(&c.timeouts),
+           (unsigned)atomic_load(&c.shard->space_ev.epoch), secs,
+           atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    ledger_free(&c.led);
+    sf_shard_destroy(c.shard);
+    sf_shards_free(c.shard);
+    return atomic_load(&failures) == before;
+}
+
+/* ------------------------------------------------------------------ (c) counters */
+
+#define RARE_WRITERS 2
+
+typedef struct counters_ctx {
+    sf_counters *ctr;
+    uint64_t n;
+    sf_atomic_int done;
+    sf_atomic_u64 reads;
+} counters_ctx;
+
+static void *counters_owner(void *arg) {
+    counters_ctx *c = arg;
+    for (uint64_t i = 1; i <= c->n; i++) {
+        sf_counter_add(&c->ctr->processed, 1);
+        if (i % 7 == 0) sf_counter_add(&c->ctr->failed, 1);
+        if (i % 16 == 0) sf_counter_add(&c->ctr->batches, 1);
+        sf_counter_max(&c->ctr->high_water, i % 1000 + i / 1000);
+        sf_counter_add(&c->ctr->stolen_in, 3);
+    }
+    return NULL;
+}
+
+static void *counters_rare(void *arg) {
+    counters_ctx *c = arg;
+    for (uint64_t i = 0; i < c->n / 100; i++) {
+        sf_fetch_add_relaxed_u64(&c->ctr->dropped, 1);
+        sf_fetch_add_relaxed_u64(&c->ctr->returned, 2);
+    }
+    return NULL;
+}
+
+static void *counters_reader(void *arg) {
+    counters_ctx *c = arg;
+    sf_atomic_u64 *fields[] = {&c->ctr->processed, &c->ctr->failed,   &c->ctr->batches,
+                               &c->ctr->high_water, &c->ctr->stolen_in, &c->ctr->dropped,
+                               &c->ctr->returned};
+    enum { NF = sizeof fields / sizeof fields[0] };
+    uint64_t last[NF] = {0}, reads = 0;
+    while (!atomic_load_explicit(&c->done, memory_order_acquire)) {
+        for (int f = 0; f < NF; f++) {
+            uint64_t v = sf_load_relaxed_u64(fields[f]);
+            if (v < last[f]) {
+                fail("counters: field %d went backwards %" PRIu64 " -> %" PRIu64, f, last[f], v);
+                return NULL;
+            }
+            last[f] = v;
+        }
+        reads++;
+    }
+    atomic_fetch_add(&c->reads, reads);
+    return NULL;
+}
+
+static int scenario_counters(void) {
+    counters_ctx c;
+    pthread_t owner, rare[RARE_WRITERS], readers[2];
+    int64_t t0 = sf_now_ns();
+    int before = atomic_load(&failures);
+    memset(&c, 0, sizeof c);
+    c.ctr = xcalloc(1, sizeof *c.ctr);
+    sf_counters_init(c.ctr);
+    c.n = opt.ops;
+    atomic_init(&c.done, 0);
+    atomic_init(&c.reads, 0);
+    watchdog_arm("counters", NULL, NULL, NULL);
+    for (int i = 0; i < 2; i++) start(&readers[i], counters_reader, &c);
+    start(&owner, counters_owner, &c);
+    for (int i = 0; i < RARE_WRITERS; i++) start(&rare[i], counters_rare, &c);
+    join(owner);
+    for (int i = 0; i < RARE_WRITERS; i++) join(rare[i]);
+    atomic_store_explicit(&c.done, 1, memory_order_release);
+    for (int i = 0; i < 2; i++) join(readers[i]);
+    watchdog_disarm();
+
+    uint64_t n = c.n, hw = 0;
+    for (uint64_t i = 1; i <= n; i++)
+        if (i % 1000 + i / 1000 > hw) hw = i % 1000 + i / 1000;
+    CHECK(atomic_load(&c.ctr->processed) == n, "counters: processed %" PRIu64 " != %" PRIu64,
+          (uint64_t)atomic_load(&c.ctr->processed), n);
+    CHECK(atomic_load(&c.ctr->failed) == n / 7, "counters: failed wrong");
+    CHECK(atomic_load(&c.ctr->batches) == n / 16, "counters: batches wrong");
+    CHECK(atomic_load(&c.ctr->high_water) == hw, "counters: high_water %" PRIu64 " != %" PRIu64,
+          (uint64_t)atomic_load(&c.ctr->high_water), hw);
+    CHECK(atomic_load(&c.ctr->stolen_in) == 3 * n, "counters: stolen_in wrong");
+    CHECK(atomic_load(&c.ctr->dropped) == RARE_WRITERS * (n / 100), "counters: dropped %" PRIu64
+          " != %" PRIu64, (uint64_t)atomic_load(&c.ctr->dropped), RARE_WRITERS * (n / 100));
+    CHECK(atomic_load(&c.ctr->returned) == 2 * RARE_WRITERS * (n / 100), "counters: returned wrong");
+    printf("counters  increments=%" PRIu64 " reader_passes=%" PRIu64 " %.2fs %s\n", n,
+           (uint64_t)atomic_load(&c.reads), (double)(sf_now_ns() - t0) / 1e9,
+           atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    free(c.ctr);
+    return atomic_load(&failures) == before;
+}
+
+/* ------------------------------------------------------------------ (d) pool live/done */
+
+#define POOL_WORKERS 4
+
+typedef struct pool_ctx {
+    sf_pool *pool;
+    uint64_t results[POOL_WORKERS]; /* plain memory: the joiner reads it after wait_idle */
+    sf_atomic_int go;
+    sf_atomic_int exited; /* test-side count, to check wait_idle never returns early */
+    uint64_t round;
+} pool_ctx;
+
+typedef struct pool_arg {
+    pool_ctx *c;
+    int index;
+} pool_arg;
+
+static void *pool_worker(void *arg) {
+    pool_arg *a = arg;
+    pool_ctx *c = a->c;
+    uint64_t seed = opt.seed ^ (c->round * 31 + (uint64_t)a->index);
+    /* Some workers wait for a go signal so that the joiner really has to sleep. */
+    while (!atomic_load_explicit(&c->go, memory_order_acquire)) sf_thread_yield();
+    uint64_t x = 0, spins = rnd(&seed) % 2000;
+    for (uint64_t i = 0; i < spins; i++) x += i ^ (uint64_t)a->index;
+    if (rnd(&seed) % 4 == 0) usleep(50);
+    c->results[a->index] = c->round * 1000 + (uint64_t)a->index + (x & 0);
+    atomic_fetch_add(&c->exited, 1);
+    sf_pool_worker_exited(c->pool);
+    return NULL;
+}
+
+static int scenario_pool(void) {
+    pool_ctx c;
+    pthread_t t[POOL_WORKERS];
+    pool_arg pa[POOL_WORKERS];
+    uint64_t rounds = opt.ops / 5000, timed_out = 0;
+    int64_t t0 = sf_now_ns();
+    int before = atomic_load(&failures);
+    if (rounds < 20) rounds = 20;
+    if (rounds > 3000) rounds = 3000;
+    memset(&c, 0, sizeof c);
+    c.pool = xcalloc(1, sizeof *c.pool);
+    if (sf_pool_init(c.pool)) {
+        fprintf(stderr, "sf_pool_init failed\n");
+        exit(2);
+    }
+    watchdog_arm("pool", NULL, NULL, NULL);
+    CHECK(sf_pool_wait_idle(c.pool, -1) == 1, "pool: wait_idle with no worker");
+    for (uint64_t r = 0; r < rounds; r++) {
+        c.round = r;
+        atomic_store(&c.go, 0);
+        atomic_store(&c.exited, 0);
+        for (int i = 0; i < POOL_WORKERS; i++) {
+            /* Counted before the thread starts, as the pool does, so a join cannot miss it. */
+            sf_pool_worker_started(c.pool);
+            pa[i] = (pool_arg){&c, i};
+            start(&t[i], pool_worker, &pa[i]);
+        }
+        /* A timed wait that must time out: nobody may exit before `go`. */
+        if (r % 8 == 0) {
+            CHECK(sf_pool_wait_idle(c.pool, sf_now_ns() + 100000) == 0,
+                  "pool: wait_idle returned 1 while workers run");
+        }
+        atomic_store_explicit(&c.go, 1, memory_order_release);
+        int idle;
+        if (r % 2) {
+            idle = sf_pool_wait_idle(c.pool, -1);
+        } else {
+            /* Short slices, like join(timeout) polling for signals. */
+            while (!(idle = sf_pool_wait_idle(c.pool, sf_now_ns() + 20000))) timed_out++;
+        }
+        CHECK(idle == 1, "pool: untimed wait_idle returned %d", idle);
+        CHECK(atomic_load(&c.exited) == POOL_WORKERS, "pool: wait_idle returned with %d of %d exited",
+              atomic_load(&c.exited), POOL_WORKERS);
+        /* Plain reads: TSan reports a race here unless exited->wait_idle is an edge. */
+        for (int i = 0; i < POOL_WORKERS; i++)
+            CHECK(c.results[i] == r * 1000 + (uint64_t)i, "pool: worker %d's result not visible", i);
+        /* The pool must outlive its workers: sf_pool_worker_exited touches done_ev after
+         * live reaches 0. Join before the next round (and before destroy). */
+        for (int i = 0; i < POOL_WORKERS; i++) join(t[i]);
+        CHECK(atomic_load(&c.pool->live) == 0, "pool: live != 0 after the round");
+    }
+    watchdog_disarm();
+    CHECK(atomic_load(&c.pool->done_ev.waiters) == 0, "pool: waiters left announced");
+    printf("pool      workers=%d rounds=%" PRIu64 " wakeups=%u timed_slices=%" PRIu64 " %.2fs %s\n",
+           POOL_WORKERS, rounds, (unsigned)atomic_load(&c.pool->done_ev.epoch), timed_out,
+           (double)(sf_now_ns() - t0) / 1e9, atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    sf_pool_destroy(c.pool);
+    free(c.pool);
+    return atomic_load(&failures) == before;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static void usage(const char *argv0) {
+    fprintf(stderr,
+            "usage: %s ring|shard|counters|pool|all [--ops N] [--capacity C] [--producers P]\n"
+            "          [--timeout SECONDS] [--seed X]\n",
+            argv0);
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    const char *scenario;
+    pthread_t watchdog;
+    if (argc < 2) usage(argv[0]);
+    scenario = argv[1];
+    for (int i = 2; i < argc; i++) {
+        if (i + 1 >= argc) usage(argv[0]);
+        const char *k = argv[i], *v = argv[++i];
+        char *end;
+        unsigned long long x = strtoull(v, &end, 0);
+        if (*end || !*v) usage(argv[0]);
+        if (!strcmp(k, "--ops")) opt.ops = x;
+        else if (!strcmp(k, "--capacity")) opt.capacity = x;
+        else if (!strcmp(k, "--producers")) opt.producers = (int)x;
+        else if (!strcmp(k, "--timeout")) opt.timeout_s = (int)x;
+        else if (!strcmp(k, "--seed")) opt.seed = x ? x : 1;
+        else usage(argv[0]);
+    }
+    if (opt.ops < 1 || opt.producers < 1 || opt.producers > 64 || opt.timeout_s < 1) usage(argv[0]);
+    if (opt.capacity && sf_ring_round_capacity(opt.capacity) != opt.capacity) {
+        fprintf(stderr, "--capacity must be a power of two <= %" PRIu64 "\n",
+                (uint64_t)SF_RING_MAX_CAPACITY);
+        return 2;
+    }
+    atomic_init(&failures, 0);
+    start(&watchdog, watchdog_main, NULL);
+    pthread_detach(watchdog);
+
+    int all = !strcmp(scenario, "all"), known = all;
+    if (all || !strcmp(scenario, "ring")) {
+        known = 1;
+        if (opt.capacity) {
+            scenario_ring(opt.capacity, 1);
+        } else {
+            uint64_t caps[] = {8, 64, 1024};
+            uint64_t ops = opt.ops;
+            /* Split the operation budget across capacities; the tiny ring without a thief,
+             * the others with one. */
+            opt.ops = ops / 3 ? ops / 3 : 1;
+            for (int i = 0; i < 3; i++) scenario_ring(caps[i], i > 0);
+            opt.ops = ops;
+        }
+    }
+    if (all || !strcmp(scenario, "shard")) {
+        known = 1;
+        if (opt.capacity) {
+            scenario_shard(opt.capacity);
+        } else {
+            scenario_shard(8);
+            scenario_shard(64);
+        }
+    }
+    if (all || !strcmp(scenario, "counters")) {
+        known = 1;
+        scenario_counters();
+    }
+    if (all || !strcmp(scenario, "pool")) {
+        known = 1;
+        scenario_pool();
+    }
+    if (!known) usage(argv[0]);
+    int f = atomic_load(&failures);
+    printf("stress    %s: %s (%d failed check%s)\n", scenario, f ? "FAILED" : "all checks passed",
+           f, f == 1 ? "" : "s");
+    return f ? 1 : 0;
+}

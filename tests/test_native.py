@@ -1,0 +1,195 @@
+"""The C core, tested without Python in the way: stress, sanitizers, model checking.
+
+* ``tests/native/stress.c`` hammers the ring, the park protocol, the counters and the pool's
+  live/done protocol from pthreads. It is built three ways (plain ``-O2``, ThreadSanitizer,
+  AddressSanitizer + UndefinedBehaviorSanitizer) and every build must exit 0 with no
+  sanitizer report. No suppression file exists, on purpose.
+* ``tests/native/interleave.c`` replays exact interleavings (a thread preempted after one
+  chosen load) in a single thread.
+* ``tools/model/park.pml`` is checked exhaustively with spin: no lost wake-up (invalid end
+  state), no item taken twice, every claimed item consumed; and a negative control shows the
+  model does find a lost wake-up when the consumer re-checks the wrong variable.
+
+Everything is built in a temporary directory, never in the source tree. Tests that need a
+C compiler with pthreads, ``make`` or ``spin`` are skipped, with the reason, without them.
+The operation counts keep this file well under a minute on two cores; run the harness by
+hand (``make -C tests/native check``) for the full 10^7 operations.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE = ROOT / "tests" / "native"
+MODEL = ROOT / "tools" / "model" / "park.pml"
+
+CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+MAKE = shutil.which("make")
+SPIN = shutil.which("spin")
+
+SANITIZER_REPORTS = (
+    "WARNING: ThreadSanitizer",
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error",  # UBSan
+)
+
+# Reports must fail the run: halt on the first one, with a non-zero exit.
+SANITIZER_ENV = {
+    "TSAN_OPTIONS": "halt_on_error=1 second_deadlock_stack=1",
+    "ASAN_OPTIONS": "detect_leaks=1 halt_on_error=1",
+    "UBSAN_OPTIONS": "print_stacktrace=1 halt_on_error=1",
+}
+
+# Operations per flavour: sanitized builds run 5-20x slower.
+OPS = {"plain": 300_000, "tsan": 60_000, "asan": 100_000}
+
+_native_marks = [
+    pytest.mark.skipif(sys.platform == "win32", reason="the native harness uses pthreads"),
+    pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on PATH"),
+    pytest.mark.skipif(MAKE is None, reason="make is not on PATH"),
+    pytest.mark.skipif(not NATIVE.is_dir(), reason="tests/native/ not found next to this file"),
+]
+_spin_marks = [
+    pytest.mark.skipif(SPIN is None, reason="spin is not on PATH (apt-get install spin)"),
+    pytest.mark.skipif(CC is None, reason="no C compiler to build spin's verifier"),
+    pytest.mark.skipif(not MODEL.is_file(), reason="tools/model/park.pml not found"),
+]
+
+
+def needs_native(fn):
+    for mark in _native_marks:
+        fn = mark(fn)
+    return fn
+
+
+def needs_spin(fn):
+    for mark in _spin_marks:
+        fn = mark(fn)
+    return fn
+
+
+def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+         timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("native-build")
+
+
+def _build(build_dir: Path, target: str) -> Path:
+    """Build one Makefile target into build_dir. A sanitizer runtime the toolchain lacks
+    is a skip (with the linker's words); anything else is a failure."""
+    out = build_dir / target
+    if out.exists():
+        return out
+    r = _run([MAKE, "-s", "-C", str(NATIVE), f"O={build_dir}", f"CC={CC}", str(out)])
+    if r.returncode != 0:
+        log = r.stdout + r.stderr
+        missing_runtime = re.search(
+            r"cannot find -l(tsan|asan|ubsan)|unrecognized .*-fsanitize|"
+            r"unsupported option .*-fsanitize|sanitizer.* not supported", log)
+        if target != "stress-plain" and missing_runtime:
+            pytest.skip(f"{target}: the toolchain lacks this sanitizer: {missing_runtime.group(0)}")
+        pytest.fail(f"building {target} failed:\n{log}")
+    return out
+
+
+def _run_harness(binary: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    r = _run([str(binary), *args], env=SANITIZER_ENV)
+    # gcc's TSan cannot map its shadow memory under the high-entropy ASLR of recent kernels
+    # (vm.mmap_rnd_bits > 28); rerun with ASLR off for this process only.
+    if "unexpected memory mapping" in r.stderr and shutil.which("setarch"):
+        r = _run(["setarch", platform.machine(), "-R", str(binary), *args], env=SANITIZER_ENV)
+    return r
+
+
+def _assert_clean(r: subprocess.CompletedProcess[str], what: str) -> None:
+    log = r.stdout + r.stderr
+    reports = [m for m in SANITIZER_REPORTS if m in log]
+    assert r.returncode == 0 and not reports, (
+        f"{what}: exit code {r.returncode}, sanitizer reports: {reports}\n{log}")
+
+
+@pytest.mark.parametrize("flavour", ["plain", "tsan", "asan"])
+@needs_native
+def test_stress_harness_passes_every_check(build_dir: Path, flavour: str) -> None:
+    """Ring (exactly once, per-producer order, with a thief, capacities 8/64/1024), shard
+    park protocol (capacities 8/64, close must wake the worker), counters and pool: every
+    check passes and no sanitizer reports anything."""
+    binary = _build(build_dir, f"stress-{flavour}")
+    r = _run_harness(binary, ["all", "--ops", str(OPS[flavour]), "--timeout", "90"])
+    _assert_clean(r, f"stress-{flavour}")
+    assert "stress    all: all checks passed" in r.stdout
+    for scenario in ("ring", "shard", "counters", "pool"):
+        assert re.search(rf"^{scenario}\b.* OK$", r.stdout, re.M), r.stdout
+
+
+@needs_native
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug (reported): sf_ring_push reads `tail` relaxed, then `head_cache`; if "
+    "other threads claim, drain and refresh head_cache in between, `t - h` wraps and the "
+    "push returns 0 ('full') on an empty ring -> a spurious drop/Full in ShardedPool. "
+    "Remove this marker when _ring.h retries on a stale tail.",
+)
+def test_push_never_reports_full_on_a_ring_with_room(build_dir: Path) -> None:
+    binary = _build(build_dir, "interleave")
+    r = _run_harness(binary, [])
+    _assert_clean(r, "interleave")
+
+
+# ------------------------------------------------------------------ model checking
+
+
+def _verify(tmp: Path, *defines: str, liveness: bool = False) -> str:
+    """spin -a, compile pan.c, run the verifier; return its report."""
+    r = _run([SPIN, *defines, "-a", str(MODEL)], cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cflags = ["-O2", "-w", "-DMEMLIM=4000"] + (["-DNFAIR=4"] if liveness else ["-DNOCLAIM"])
+    r = _run([CC, *cflags, "-o", "pan", "pan.c"], cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run(["./pan", "-m100000", *(["-a", "-f"] if liveness else [])], cwd=tmp, timeout=300)
+    return r.stdout + r.stderr
+
+
+@needs_spin
+def test_park_model_has_no_lost_wakeup_and_no_double_take(tmp_path: Path) -> None:
+    """Exhaustive safety check: assertions (taken once, all claimed items consumed) and
+    invalid end states (a consumer asleep forever)."""
+    report = _verify(tmp_path, "-DITEMS=1")
+    assert "errors: 0" in report, report
+    assert "invalid end states\t+" in report, report  # the check was really on
+    m = re.search(r"(\d+) states, stored", report)
+    assert m and int(m.group(1)) > 100_000, report  # and explored something real
+
+
+@needs_spin
+def test_park_model_finds_the_lost_wakeup_of_a_commit_recheck(tmp_path: Path) -> None:
+    """Negative control: a consumer that re-checks published items (commit) instead of
+    claims (tail) before sleeping loses wake-ups; the model must say so, or it proves nothing."""
+    report = _verify(tmp_path, "-DITEMS=1", "-DRECHECK_COMMIT")
+    assert "invalid end state" in report and "errors: 1" in report, report
+
+
+@needs_spin
+@pytest.mark.skipif(os.environ.get("SHARDFLOW_MODEL_LIVENESS") != "1",
+                    reason="liveness model check takes ~35 s: set SHARDFLOW_MODEL_LIVENESS=1")
+def test_park_model_consumer_always_finishes(tmp_path: Path) -> None:
+    report = _verify(tmp_path, "-DITEMS=1", liveness=True)
+    assert "errors: 0" in report, report
+    assert "acceptance   cycles \t+ (fairness enabled)" in report, report
