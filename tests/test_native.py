@@ -140,13 +140,6 @@ def test_stress_harness_passes_every_check(build_dir: Path, flavour: str) -> Non
 
 
 @needs_native
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (reported): sf_ring_push reads `tail` relaxed, then `head_cache`; if "
-    "other threads claim, drain and refresh head_cache in between, `t - h` wraps and the "
-    "push returns 0 ('full') on an empty ring -> a spurious drop/Full in ShardedPool. "
-    "Remove this marker when _ring.h retries on a stale tail.",
-)
 def test_push_never_reports_full_on_a_ring_with_room(build_dir: Path) -> None:
     binary = _build(build_dir, "interleave")
     r = _run_harness(binary, [])

@@ -147,9 +147,15 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
         if (sf_ring_finished(&s->ring)) return SF_WAIT_FINISHED;
         if (sf_load_acquire_u64(&p->flush_seq) != flush_seen) return SF_WAIT_FLUSH;
         if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return SF_WAIT_TIMEOUT;
-        for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_claims(&s->ring); spins++)
+        for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_items(&s->ring); spins++)
             sf_cpu_relax();
         if (spins < SF_IDLE_SPINS) continue;
+        if (sf_ring_has_claims(&s->ring)) {
+            /* Claimed but not yet published: the producer is mid-copy (or preempted
+             * there). Give it the CPU rather than spin; never sleep on it (see below). */
+            sf_thread_yield();
+            continue;
+        }
         if (p->steal && bit) sf_fetch_or_seqcst_u64(&p->idle_mask, bit);
         key = sf_event_prepare(&s->data_ev);
         /* Claims, not published items: see sf_ring_has_claims. */

@@ -73,37 +73,10 @@ static inline uint64_t sf_shard_pop(sf_shard *s, void **out, uint64_t max) {
     return n;
 }
 
-/* The worker's wait: drain what is there; if nothing, spin briefly, then sleep until items
- * arrive, the ring finishes, *stop becomes non-zero, or the deadline (monotonic ns, < 0:
- * none) passes. Returns the number drained (> 0), SF_WAIT_TIMEOUT or SF_WAIT_FINISHED.
- * Call without the GIL. */
-static inline int64_t sf_shard_wait_pop(sf_shard *s, void **out, uint64_t max,
-                                        int64_t deadline_ns, sf_atomic_int *stop) {
-    for (;;) {
-        uint64_t n;
-        uint32_t key;
-        int spins;
-        if (sf_load_acquire_int(stop)) return SF_WAIT_TIMEOUT;
-        n = sf_shard_pop(s, out, max);
-        if (n) return (int64_t)n;
-        if (sf_ring_finished(&s->ring)) return SF_WAIT_FINISHED;
-        if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return SF_WAIT_TIMEOUT;
-        for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_claims(&s->ring); spins++)
-            sf_cpu_relax();
-        if (spins < SF_IDLE_SPINS) continue;
-        key = sf_event_prepare(&s->data_ev);
-        /* Claims, not published items: see sf_ring_has_claims. */
-        if (sf_ring_has_claims(&s->ring) || sf_ring_finished(&s->ring) ||
-            sf_load_acquire_int(stop)) {
-            sf_event_cancel(&s->data_ev, key);
-            continue;
-        }
-        sf_event_wait(&s->data_ev, key, deadline_ns);
-    }
-}
-
 /* A blocked producer's wait: until the ring has room or is closed, or the deadline passes.
- * Returns 1 when it should retry the push, 0 on timeout. Call without the GIL. */
+ * Returns 1 when it should retry the push; 0 when the deadline passed or another producer
+ * took the room first (callers retry the push either way). Call without the GIL. (The
+ * worker's wait is sf_sched_wait in _sched.h.) */
 static inline int sf_shard_wait_space(sf_shard *s, int64_t deadline_ns) {
     uint32_t key;
     if (sf_ring_has_space_or_closed(&s->ring)) return 1;

@@ -36,8 +36,6 @@ cdef extern from "shardflow/_shard.h" nogil:
     void sf_shard_destroy(sf_shard *s)
     int64_t sf_shard_push(sf_shard *s, void **items, uint64_t n)
     uint64_t sf_shard_pop(sf_shard *s, void **out, uint64_t max)
-    int64_t sf_shard_wait_pop(sf_shard *s, void **out, uint64_t max, int64_t deadline_ns,
-                              sf_atomic_int *stop)
     int sf_shard_wait_space(sf_shard *s, int64_t deadline_ns)
     void sf_shard_wake_all(sf_shard *s)
     sf_shard *sf_shards_alloc(size_t n)

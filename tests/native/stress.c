@@ -13,7 +13,7 @@
  *             bitmap plus a sum and xor checksum; per-producer FIFO order is checked per
  *             consumer (each consumer takes contiguous ranges in claim order).
  *   shard     the park protocol: producers sf_shard_push and, when full, block in
- *             sf_shard_wait_space (with a deadline, or none); one worker sf_shard_wait_pop
+ *             sf_shard_wait_space (with a deadline, or none); one worker sf_sched_wait
  *             with no deadline and parks when empty. Small capacities force many park /
  *             unpark cycles. Then the ring is closed + sf_shard_wake_all and the worker must
  *             leave with SF_WAIT_FINISHED having seen every item. A lost wake-up is a hang:
@@ -44,6 +44,7 @@
 #include "shardflow/_park.h"
 #include "shardflow/_pool.h"
 #include "shardflow/_ring.h"
+#include "shardflow/_sched.h"
 #include "shardflow/_shard.h"
 
 /* ------------------------------------------------------------------ options, checks */
@@ -152,10 +153,10 @@ static void *watchdog_main(void *arg) {
             if (wd.shard) {
                 dump_ring("ring", &wd.shard->ring);
                 fprintf(stderr, "  data_ev: waiters=%u epoch=%u; space_ev: waiters=%u epoch=%u\n",
-                        (unsigned)atomic_load(&wd.shard->data_ev.waiters),
-                        (unsigned)atomic_load(&wd.shard->data_ev.epoch),
-                        (unsigned)atomic_load(&wd.shard->space_ev.waiters),
-                        (unsigned)atomic_load(&wd.shard->space_ev.epoch));
+                        (unsigned)SF_EV_WAITERS(atomic_load(&wd.shard->data_ev.word)),
+                        (unsigned)SF_EV_EPOCH_OF(atomic_load(&wd.shard->data_ev.word)),
+                        (unsigned)SF_EV_WAITERS(atomic_load(&wd.shard->space_ev.word)),
+                        (unsigned)SF_EV_EPOCH_OF(atomic_load(&wd.shard->space_ev.word)));
             }
             fflush(stderr);
             _exit(3);
@@ -438,8 +439,8 @@ static int scenario_ring(uint64_t capacity, int thief) {
 
 typedef struct shard_ctx {
     sf_shard *shard;
+    sf_pool pool; /* one shard, no stealing: the worker waits exactly as the pool's do */
     ledger led;
-    sf_atomic_int stop;
     sf_atomic_u64 waits;    /* producer waits for space */
     sf_atomic_u64 timeouts; /* ... that returned 0 (deadline, or room taken by another) */
     int64_t finished_rc;
@@ -494,7 +495,7 @@ static void *shard_worker(void *arg) {
     tally_init(&t, &c->led, "shard worker");
     for (;;) {
         uint64_t max = 1 + rnd(&seed) % 64;
-        int64_t r = sf_shard_wait_pop(c->shard, out, max, -1, &c->stop);
+        int64_t r = sf_sched_wait(&c->pool, c->shard, 1, 0, out, max, -1, 0);
         if (r == SF_WAIT_FINISHED) break;
         if (r == SF_WAIT_TIMEOUT) {
             fail("shard: untimed wait_pop returned TIMEOUT with stop unset");
@@ -526,7 +527,10 @@ static int scenario_shard(uint64_t capacity) {
         fprintf(stderr, "sf_shard_init failed\n");
         exit(2);
     }
-    atomic_init(&c.stop, 0);
+    if (sf_pool_init(&c.pool)) {
+        fprintf(stderr, "sf_pool_init failed\n");
+        exit(2);
+    }
     /* The shard protocol parks on every empty ring: far fewer items than the ring test. */
     ledger_init(&c.led, opt.ops / 4 ? opt.ops / 4 : 1, P);
     watchdog_arm("shard", NULL, c.shard, &c.led.consumed);
@@ -550,22 +554,23 @@ static int scenario_shard(uint64_t capacity) {
         CHECK(sf_shard_push(c.shard, &one, 1) == -1, "shard: push after close did not return -1");
         CHECK(sf_shard_wait_space(c.shard, -1) == 1, "shard: wait_space on a closed ring");
     }
-    CHECK(atomic_load(&c.shard->data_ev.waiters) == 0 && atomic_load(&c.shard->space_ev.waiters) == 0,
+    CHECK(SF_EV_WAITERS(atomic_load(&c.shard->data_ev.word)) == 0 && SF_EV_WAITERS(atomic_load(&c.shard->space_ev.word)) == 0,
           "shard: waiters left announced (data %u, space %u)",
-          (unsigned)atomic_load(&c.shard->data_ev.waiters),
-          (unsigned)atomic_load(&c.shard->space_ev.waiters));
+          (unsigned)SF_EV_WAITERS(atomic_load(&c.shard->data_ev.word)),
+          (unsigned)SF_EV_WAITERS(atomic_load(&c.shard->space_ev.word)));
     double secs = (double)(sf_now_ns() - t0) / 1e9;
     printf("shard     capacity=%-6" PRIu64 " producers=%d items=%" PRIu64 " drains=%" PRIu64
            " worker_wakeups=%u producer_waits=%" PRIu64 " (returned 0: %" PRIu64
            ") space_wakeups=%u %.2fs %s\n",
-           capacity, P, c.led.n, c.drains, (unsigned)atomic_load(&c.shard->data_ev.epoch),
+           capacity, P, c.led.n, c.drains, (unsigned)SF_EV_EPOCH_OF(atomic_load(&c.shard->data_ev.word)),
            (uint64_t)atomic_load(&c.waits), (uint64_t)atomic_load(&c.timeouts),
-           (unsigned)atomic_load(&c.shard->space_ev.epoch), secs,
+           (unsigned)SF_EV_EPOCH_OF(atomic_load(&c.shard->space_ev.word)), secs,
            atomic_load(&failures) == before ? "OK" : "FAILED");
     fflush(stdout);
     ledger_free(&c.led);
     sf_shard_destroy(c.shard);
     sf_shards_free(c.shard);
+    sf_pool_destroy(&c.pool);
     return atomic_load(&failures) == before;
 }
 
@@ -749,9 +754,9 @@ static int scenario_pool(void) {
         CHECK(atomic_load(&c.pool->live) == 0, "pool: live != 0 after the round");
     }
     watchdog_disarm();
-    CHECK(atomic_load(&c.pool->done_ev.waiters) == 0, "pool: waiters left announced");
+    CHECK(SF_EV_WAITERS(atomic_load(&c.pool->done_ev.word)) == 0, "pool: waiters left announced");
     printf("pool      workers=%d rounds=%" PRIu64 " wakeups=%u timed_slices=%" PRIu64 " %.2fs %s\n",
-           POOL_WORKERS, rounds, (unsigned)atomic_load(&c.pool->done_ev.epoch), timed_out,
+           POOL_WORKERS, rounds, (unsigned)SF_EV_EPOCH_OF(atomic_load(&c.pool->done_ev.word)), timed_out,
            (double)(sf_now_ns() - t0) / 1e9, atomic_load(&failures) == before ? "OK" : "FAILED");
     fflush(stdout);
     sf_pool_destroy(c.pool);
