@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow._bench import CONTENDERS
+from shardflow._bench import CONTENDERS, REUSE_CONTENDERS, STEAL_COST_CONTENDERS, steal_contenders
 
 RATIOS = ("vs_simplequeue", "vs_tpe", "vs_bare_loop")
 
@@ -59,8 +59,50 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert {"pool2_vs_pool1", "pool2_vs_tpe"} <= set(report["gil_release"])
     assert report["idle"]["workers"] == 8
     assert "rss_growth_mb" in report["memory"]
+
+    # The stealing, batch-latency and batch-reuse sections.
+    stealing = report["stealing"]
+    assert set(stealing["contenders"]) == set(steal_contenders())
+    for name, row in stealing["contenders"].items():
+        assert row["items_per_s"] > 0, name
+        assert len(row["samples"]) == report["config"]["repeats"]
+    for name in ("zipf keys, steal=True", "one shard, steal=False"):
+        assert len(stealing["contenders"][name]["stolen_in"]) == report["config"]["repeats"]
+    assert stealing["contenders"]["one shard, steal=False"]["busiest_shard_share"] == 1.0
+    for ratio in (
+        "parallelism_2_threads_vs_1",
+        "zipf_steal_vs_no_steal",
+        "zipf_steal_vs_uniform",
+        "one_shard_steal_vs_no_steal",
+    ):
+        assert stealing[ratio] > 0, ratio
+    assert set(stealing["per_item_cost"]["contenders"]) == set(STEAL_COST_CONTENDERS)
+    assert stealing["per_item_cost"]["steal_vs_no_steal"] > 0
+    assert "Work stealing" in proc.stdout
+
+    latency = report["batch_latency"]
+    assert latency["items"] == len(latency["delays_ms"]) > 0
+    assert latency["max_batch"] >= 1
+    for key in ("p50_ms", "p99_ms", "max_ms"):
+        assert latency[key] > 0, key
+        assert latency["control_simplequeue_thread"][key] > 0, key
+    assert "Batch deadline latency" in proc.stdout
+
+    reuse = report["batch_reuse"]
+    assert set(reuse["contenders"]) == set(REUSE_CONTENDERS)
+    assert reuse["reuse_vs_no_reuse"] > 0
+    assert set(reuse["allocations"]) == {"reuse_batches=True", "reuse_batches=False"}
+    for mode, alloc in reuse["allocations"].items():
+        assert alloc["batches"] > 0, mode
+        assert alloc["lists_allocated"] >= 1, mode
+        assert "peak_traced_kib" in alloc
+    # Without reuse every batch gets a new list (a count, not a timing).
+    off = reuse["allocations"]["reuse_batches=False"]
+    assert off["lists_allocated"] == off["batches"]
+    assert "Pooled batch lists" in proc.stdout
+
     targets = report["targets"]
-    assert len(targets) >= 9
+    assert len(targets) >= 14
     for t in targets:
         assert set(t) >= {"name", "measured", "op", "threshold", "passed"}
         assert isinstance(t["passed"], bool)
@@ -78,6 +120,26 @@ def test_negative_items_is_an_argparse_error() -> None:
     assert len(errors) == 1
     assert "--items" in errors[0]
     assert "-5" in errors[0]
+
+
+def test_sections_selects_what_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = _run("bench", "--quick", "--sections", "latency,reuse", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["config"]["sections"] == ["latency", "reuse"]
+    assert {"batch_latency", "batch_reuse"} <= set(report)
+    assert not {"throughput", "gil_release", "stealing", "memory", "idle"} & set(report)
+
+
+def test_unknown_section_is_an_argparse_error() -> None:
+    proc = _run("bench", "--sections", "stealing,nope", timeout=30)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert "--sections" in errors[0]
+    assert "nope" in errors[0]
 
 
 def test_missing_command_is_an_argparse_error() -> None:

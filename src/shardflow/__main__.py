@@ -9,6 +9,7 @@ argparse errors: a usage line, one ``error:`` line, exit status 2, no traceback.
 
 Example:
     $ python -m shardflow bench --quick --json bench.json
+    $ python -m shardflow bench --sections stealing,latency
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _sections(text: str) -> list[str]:
+    """argparse type: comma-separated section names of ``shardflow._bench.SECTIONS``."""
+    from shardflow._bench import SECTIONS
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(SECTIONS)}; got {text!r}"
+        )
+    return names
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and option errors do not pay for the benchmark module.
     from shardflow._bench import run_bench
@@ -48,7 +62,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.repeats is not None
         else (QUICK_REPEATS if args.quick else FULL_REPEATS)
     )
-    report = run_bench(items=items, repeats=repeats, quick=args.quick, out=sys.stdout)
+    report = run_bench(
+        items=items, repeats=repeats, quick=args.quick, out=sys.stdout, sections=args.sections
+    )
     if args.json is not None:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
@@ -93,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="small sizes everywhere, for smoke tests (figures are not meaningful)",
+    )
+    bench.add_argument(
+        "--sections",
+        type=_sections,
+        default=None,
+        metavar="LIST",
+        help="comma-separated sections to run, among memory, idle, throughput, gil, "
+        "stealing, latency, reuse (default: all)",
     )
     bench.add_argument(
         "--json",

@@ -22,7 +22,12 @@ Pool (and executor, and consumer thread) construction is excluded from the timin
 included, so each timing covers every item being handled.
 
 Extra sections: a handler that releases the GIL (sha256 of 64 KiB), the CPU an idle
-pool burns, and memory (RSS growth through a bounded pool, reference counts after join).
+pool burns, and memory (RSS growth through a bounded pool, reference counts after join);
+work stealing (sha256 items on skewed, uniform and single-shard keys, steal on and off,
+with a plain-thread control of the parallelism the machine gives, and what stealing costs
+the per-item no-op path); the latency a batch deadline gives a lone item; and recycled
+batch lists (``reuse_batches``) with their allocation counts. ``SECTIONS`` names them;
+``run_bench(sections=...)`` runs a subset.
 Targets are checked against the measured ratios; nothing is hard-coded.
 """
 
@@ -34,20 +39,24 @@ import itertools
 import os
 import platform
 import queue
+import random
 import resource
 import statistics
+import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from shardflow.batching import BatchProcessor
 from shardflow.pool import ShardedPool
 
-__all__ = ["CONTENDERS", "Target", "noop", "noop_batch", "run_bench"]
+__all__ = ["CONTENDERS", "SECTIONS", "Target", "noop", "noop_batch", "run_bench"]
 
 #: A timed run: takes the number of items, returns ``(items actually moved, seconds)``.
 Runner = Callable[[int], tuple[int, float]]
@@ -281,6 +290,382 @@ SHA_CONTENDERS: dict[str, Runner] = {
 }
 
 
+# --------------------------------------------------------------------------- work stealing
+
+STEAL_ITEMS = 3_000
+ZIPF_KEYS = 1_000
+ZIPF_S = 1.2
+ZIPF_SEED = 12_345
+
+
+def zipf_keys(n: int, seed: int = ZIPF_SEED) -> list[int]:
+    """``n`` keys in ``range(1000)``, key ``k`` drawn with weight ``1 / (k + 1) ** 1.2``."""
+    rng = random.Random(seed)
+    weights = [1 / (k + 1) ** ZIPF_S for k in range(ZIPF_KEYS)]
+    return rng.choices(range(ZIPF_KEYS), weights=weights, k=n)
+
+
+def uniform_keys(n: int, seed: int = ZIPF_SEED) -> list[int]:
+    """``n`` keys drawn uniformly from ``range(1000)``."""
+    rng = random.Random(seed)
+    return rng.choices(range(ZIPF_KEYS), k=n)
+
+
+def _key_identity(x: int) -> int:
+    return x
+
+
+def _key_zero(x: int) -> int:
+    return 0
+
+
+@dataclass
+class StealRun:
+    """A stealing contender: ``run(n)`` is a ``Runner``; every run appends the pool's
+    ``sum(stolen_in)`` and its per-shard ``submitted`` to ``stolen`` and ``split``."""
+
+    keys: Callable[[int], list[int]]
+    key: Callable[[int], Hashable]
+    steal: bool
+    close_first: bool = False
+    stolen: list[int] = field(default_factory=list)
+    split: list[list[int]] = field(default_factory=list)
+
+    def __call__(self, n: int) -> tuple[int, float]:
+        """sha256 of 64 KiB per item, keyed, ``ordered=False``; ``submit_many`` of every
+        item at once.
+
+        The clock stops when the handler finished the last item while the pool is still
+        open (close + join come after, untimed): ``close()`` wakes every idle worker,
+        which would hide whether a producer wakes an idle thief by itself. With
+        ``close_first`` the pool is closed right after ``submit_many`` and close + join are
+        timed, as in the other sections.
+        """
+        buf = _sha_buffer()
+        items = self.keys(n)
+        done = threading.Event()
+        count = itertools.count(1).__next__  # atomic under the GIL
+        total = len(items)
+
+        def handler(_item: int) -> None:
+            hashlib.sha256(buf).digest()
+            if count() == total:
+                done.set()
+
+        pool: ShardedPool[int] = ShardedPool(
+            handler, workers=WORKERS, key=self.key, ordered=False, steal=self.steal
+        )
+        time.sleep(0.005)  # let both workers park
+        t0 = time.perf_counter()
+        pool.submit_many(items)
+        if self.close_first:
+            pool.close()
+            pool.join()
+            dt = time.perf_counter() - t0
+        else:
+            done.wait()
+            dt = time.perf_counter() - t0
+            pool.close()
+            pool.join()
+        m = pool.metrics()
+        self.stolen.append(sum(s.stolen_in for s in m.shards))
+        self.split.append([s.submitted for s in m.shards])
+        return total, dt
+
+
+def run_sha_one_thread(n: int) -> tuple[int, float]:
+    """sha256 of 64 KiB per item in one plain thread (started before the clock)."""
+    buf = _sha_buffer()
+    go = threading.Event()
+
+    def work() -> None:
+        go.wait()
+        for _ in range(n):
+            sha256_handler(buf)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    go.set()
+    t.join()
+    return n, time.perf_counter() - t0
+
+
+STEAL_ZIPF = "zipf keys, steal=True"
+STEAL_ZIPF_OFF = "zipf keys, steal=False"
+STEAL_UNIFORM = "uniform keys, steal=True"
+STEAL_ONE = "one shard, steal=True"
+STEAL_ONE_OFF = "one shard, steal=False"
+STEAL_ONE_CLOSED = "one shard, steal=True, close() right after"
+STEAL_THREADS2 = "control: 2 plain threads, static split"
+STEAL_THREADS1 = "control: 1 plain thread"
+
+
+def steal_contenders() -> dict[str, Runner]:
+    """Fresh contenders of the work-stealing section (each keeps its own stolen counts)."""
+    return {
+        STEAL_ZIPF: StealRun(zipf_keys, _key_identity, steal=True),
+        STEAL_ZIPF_OFF: StealRun(zipf_keys, _key_identity, steal=False),
+        STEAL_UNIFORM: StealRun(uniform_keys, _key_identity, steal=True),
+        STEAL_ONE: StealRun(uniform_keys, _key_zero, steal=True),
+        STEAL_ONE_OFF: StealRun(uniform_keys, _key_zero, steal=False),
+        STEAL_ONE_CLOSED: StealRun(uniform_keys, _key_zero, steal=True, close_first=True),
+        STEAL_THREADS2: run_sha_threads,
+        STEAL_THREADS1: run_sha_one_thread,
+    }
+
+
+def _pool_item_steal(steal: bool) -> Runner:
+    def run(n: int) -> tuple[int, float]:
+        pool: ShardedPool[int] = ShardedPool(noop, workers=WORKERS, steal=steal)
+        sub = pool.submit
+        t0 = time.perf_counter()
+        for x in range(n):
+            sub(x)
+        pool.close()
+        pool.join()
+        return n, time.perf_counter() - t0
+
+    run.__doc__ = f"``ShardedPool(noop, workers=2, steal={steal})``, per-item submits."
+    return run
+
+
+ITEM_STEAL = "ShardedPool per-item, steal=True"
+ITEM_NO_STEAL = "ShardedPool per-item, steal=False"
+
+#: What stealing costs the GIL-bound per-item path (no-op handler, unkeyed).
+STEAL_COST_CONTENDERS: dict[str, Runner] = {
+    ITEM_STEAL: _pool_item_steal(True),
+    ITEM_NO_STEAL: _pool_item_steal(False),
+}
+
+
+# --------------------------------------------------------------------------- batches
+
+LATENCY_BATCH_SIZE = 1000
+LATENCY_TIMEOUT = 0.010
+LATENCY_INTERVAL = 0.050
+
+
+def _stdlib_batcher(
+    q: queue.SimpleQueue[Any],
+    batch_size: int,
+    batch_timeout: float,
+    handler: Callable[[list[Any]], None],
+) -> None:
+    """What a user would write instead: one thread, ``SimpleQueue.get(timeout=...)`` until
+    the batch is full or ``batch_timeout`` passed since its first item was taken."""
+    get = q.get
+    while True:
+        first = get()
+        if first is _STOP:
+            return
+        batch = [first]
+        deadline = time.perf_counter() + batch_timeout
+        stop = False
+        while len(batch) < batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                x = get(timeout=remaining)
+            except queue.Empty:
+                break
+            if x is _STOP:
+                stop = True
+                break
+            batch.append(x)
+        handler(batch)
+        if stop:
+            return
+
+
+def _latency_stats(delays: list[float]) -> dict[str, float]:
+    ordered = sorted(delays)
+    return {
+        "p50_ms": _quantile(ordered, 0.50),
+        "p99_ms": _quantile(ordered, 0.99),
+        "max_ms": ordered[-1] if ordered else float("nan"),
+        "min_ms": ordered[0] if ordered else float("nan"),
+    }
+
+
+def measure_batch_latency(
+    items: int,
+    batch_size: int = LATENCY_BATCH_SIZE,
+    batch_timeout: float = LATENCY_TIMEOUT,
+    interval: float = LATENCY_INTERVAL,
+) -> dict[str, Any]:
+    """A ``BatchProcessor(batch_size=1000, batch_timeout=0.010)`` fed one item every
+    ``interval`` seconds: no batch ever fills, so each item waits for its batch's
+    deadline. The item is its ``put`` time; the handler notes ``perf_counter()`` on entry.
+    Returns the delays (handler start - put) in ms, with p50/p99/max.
+
+    Control, on the same schedule shifted by half an interval (so that the two deadlines
+    never compete for the GIL): a plain thread batching from a ``SimpleQueue`` with
+    ``get(timeout=...)``. It shows what the machine's scheduler and timers allow right now.
+    """
+    delays: list[float] = []
+    sizes: list[int] = []
+    control: list[float] = []
+
+    def handler(batch: list[float]) -> None:
+        now = time.perf_counter()
+        sizes.append(len(batch))
+        delays.extend((now - t) * 1e3 for t in batch)
+
+    def control_handler(batch: list[float]) -> None:
+        now = time.perf_counter()
+        control.extend((now - t) * 1e3 for t in batch)
+
+    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    th = threading.Thread(
+        target=_stdlib_batcher, args=(q, batch_size, batch_timeout, control_handler), daemon=True
+    )
+    th.start()
+    bp: BatchProcessor[float] = BatchProcessor(
+        handler, batch_size=batch_size, batch_timeout=batch_timeout
+    )
+    try:
+        time.sleep(0.02)
+        put = bp.put
+        cput = q.put
+        start = time.perf_counter()
+        for i in range(2 * items):
+            # An absolute schedule, so that a late wake-up does not shift the later puts.
+            delay = start + i * interval / 2 - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            (put if i % 2 == 0 else cput)(time.perf_counter())
+        # close() flushes: let the last item's deadline pass first.
+        time.sleep(interval)
+    finally:
+        bp.close()
+        bp.join()
+        q.put(_STOP)
+        th.join()
+    return {
+        "items": items,
+        "batch_size": batch_size,
+        "batch_timeout_ms": batch_timeout * 1e3,
+        "interval_ms": interval * 1e3,
+        "batches": len(sizes),
+        "max_batch": max(sizes) if sizes else 0,
+        **_latency_stats(delays),
+        "delays_ms": delays,
+        "control_simplequeue_thread": {**_latency_stats(control), "delays_ms": control},
+    }
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile of sorted data (numpy's default method)."""
+    if not ordered:
+        return float("nan")
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _pool_many_reuse(reuse: bool) -> Runner:
+    def run(n: int) -> tuple[int, float]:
+        pool: ShardedPool[int] = ShardedPool(
+            noop_batch, workers=WORKERS, batch_size=BATCH, reuse_batches=reuse
+        )
+        t0 = time.perf_counter()
+        pool.submit_many(range(n))
+        pool.close()
+        pool.join()
+        return n, time.perf_counter() - t0
+
+    run.__doc__ = (
+        f"``ShardedPool(noop_batch, workers=2, batch_size=256, reuse_batches={reuse})`` "
+        "fed by ``submit_many(range(n))``."
+    )
+    return run
+
+
+REUSE_ON = "submit_many + batch_size=256, reuse_batches=True"
+REUSE_OFF = "submit_many + batch_size=256, reuse_batches=False"
+
+REUSE_CONTENDERS: dict[str, Runner] = {
+    REUSE_ON: _pool_many_reuse(True),
+    REUSE_OFF: _pool_many_reuse(False),
+}
+
+
+def count_batch_lists(items: int, reuse: bool) -> dict[str, int]:
+    """How many batch lists the workers allocated for ``items`` items (``batch_size=256``,
+    2 workers): the handler counts the lists it is given fresh.
+
+    ``PyList_New(n)`` makes a list with room for exactly ``n`` items; a list refilled by
+    ``reuse_batches`` keeps the room it had. The handler counts every list whose room
+    equals its length, then marks it by growing its room (``append`` + ``pop``), so that
+    the same list seen again refilled is not counted. The marking costs a reallocation per
+    fresh list, so this run is not timed.
+    """
+    fresh: list[int] = []
+    ptr = struct.calcsize("P")
+    empty = [].__sizeof__()
+
+    def handler(b: list[int]) -> None:
+        if b.__sizeof__() == empty + ptr * len(b):
+            fresh.append(1)
+            b.append(0)
+            b.pop()
+
+    pool: ShardedPool[int] = ShardedPool(
+        handler, workers=WORKERS, batch_size=BATCH, reuse_batches=reuse
+    )
+    pool.submit_many(range(items))
+    pool.close()
+    pool.join()
+    return {"batches": pool.metrics().batches, "lists_allocated": len(fresh)}
+
+
+def measure_batch_allocations(items: int) -> dict[str, Any]:
+    """Allocation evidence for ``reuse_batches``, ``items`` items through each mode.
+
+    Per mode: ``tracemalloc``'s peak traced memory and the change in blocks / bytes it
+    still traces at the end (``take_snapshot().statistics('lineno')`` totals), from a start
+    with tracing on; and the number of batch lists allocated (``count_batch_lists``).
+    tracemalloc sees *live* blocks only: a list allocated and freed per batch leaves no
+    trace, so similar tracemalloc figures do not mean similar allocation counts; the list
+    count is the direct evidence.
+    """
+    out: dict[str, Any] = {}
+    for reuse in (True, False):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            tracemalloc.reset_peak()
+            pool: ShardedPool[int] = ShardedPool(
+                noop_batch, workers=WORKERS, batch_size=BATCH, reuse_batches=reuse
+            )
+            pool.submit_many(range(items))
+            pool.close()
+            pool.join()
+            batches = pool.metrics().batches
+            del pool
+            gc.collect()
+            _, peak = tracemalloc.get_traced_memory()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        b0 = before.statistics("lineno")
+        b1 = after.statistics("lineno")
+        out[f"reuse_batches={reuse}"] = {
+            "items": items,
+            "batches": batches,
+            "peak_traced_kib": peak / 1024,
+            "live_blocks_delta": sum(s.count for s in b1) - sum(s.count for s in b0),
+            "live_kib_delta": (sum(s.size for s in b1) - sum(s.size for s in b0)) / 1024,
+            **count_batch_lists(items, reuse),
+        }
+    return out
+
+
 # --------------------------------------------------------------------------- measurement
 
 
@@ -290,7 +675,7 @@ class Target:
 
     name: str
     measured: float
-    op: str  # ">=", "<", "=="
+    op: str  # ">=", "<", "<=", "=="
     threshold: float
     unit: str = "x"
 
@@ -301,6 +686,8 @@ class Target:
             return self.measured >= self.threshold
         if self.op == "<":
             return self.measured < self.threshold
+        if self.op == "<=":
+            return self.measured <= self.threshold
         if self.op == "==":
             return self.measured == self.threshold
         raise ValueError(f"unknown comparison {self.op!r}")
@@ -437,31 +824,47 @@ def _print_targets(targets: list[Target], out: TextIO) -> None:
         print(f"  {verdict}  {t.name.ljust(width)}  measured {measured}", file=out)
 
 
+#: Sections of the report, in the order they run (``run_bench(sections=...)``,
+#: ``python -m shardflow bench --sections``).
+SECTIONS = ("memory", "idle", "throughput", "gil", "stealing", "latency", "reuse")
+
+
 def run_bench(
     items: int = 1_000_000,
     repeats: int = 5,
     quick: bool = False,
     out: TextIO = sys.stdout,
+    sections: tuple[str, ...] | list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run every benchmark section, print the report to ``out`` and return it as a dict.
+    """Run the benchmark sections, print the report to ``out`` and return it as a dict.
 
     Args:
         items: no-op items per contender per round (ThreadPoolExecutor moves
-            ``items // 20``).
+            ``items // 20``); also the items of the steal-cost and ``reuse_batches``
+            comparisons.
         repeats: rounds; each round runs every contender once; the report is the median.
-        quick: shrink the GIL, idle and memory sections too (for tests and smoke runs);
-            ``items`` and ``repeats`` are used as given.
+        quick: shrink the GIL, stealing, latency, idle and memory sections too (for tests
+            and smoke runs); ``items`` and ``repeats`` are used as given.
         out: where the report goes.
+        sections: which of ``SECTIONS`` to run; None runs them all.
 
     Returns:
-        A JSON-able dict: per contender the median items/s, every sample and the ratios;
-        the GIL-release, idle and memory sections; and the list of target checks.
+        A JSON-able dict: ``config``, one key per section run (``throughput``,
+        ``gil_release``, ``idle``, ``memory``, ``stealing``, ``batch_latency``,
+        ``batch_reuse``) and the list of target checks of those sections.
     """
     if items < 1:
         raise ValueError(f"items must be >= 1, got {items!r}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    chosen = SECTIONS if sections is None else tuple(sections)
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown or not chosen:
+        raise ValueError(f"sections must be among {', '.join(SECTIONS)}; got {list(chosen)!r}")
     sha_items = 200 if quick else 4_000
+    steal_items = 300 if quick else STEAL_ITEMS
+    latency_items = 10 if quick else 80
+    alloc_items = 20_000 if quick else 100_000
     idle_seconds = 0.2 if quick else 1.0
     mem_items = 200_000 if quick else 5_000_000
     ref_items = 10_000 if quick else 100_000
@@ -477,13 +880,114 @@ def run_bench(
         "all figures are medians)",
         file=out,
     )
+    print(
+        f"sections: {', '.join(s for s in SECTIONS if s in chosen)}; "
+        f"load average at start: {_loadavg()}",
+        file=out,
+    )
     out.flush()
+
+    report: dict[str, Any] = {
+        "config": {
+            "items": items,
+            "repeats": repeats,
+            "quick": quick,
+            "workers": WORKERS,
+            "tpe_items": max(1, items // TPE_DIVISOR),
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "cpus": os.cpu_count(),
+            "sections": [s for s in SECTIONS if s in chosen],
+            "loadavg_start": _loadavg(),
+        },
+    }
+    targets: list[Target] = []
+    notes: list[str] = []
 
     # Memory first, on a clean heap: after the throughput runs, arenas freed by them would
     # absorb (and hide) growth. Idle next, while nothing else of ours runs.
-    memory = measure_memory(mem_items, ref_items)
-    idle = measure_idle(8, idle_seconds)
+    if "memory" in chosen:
+        report["memory"] = measure_memory(mem_items, ref_items)
+    if "idle" in chosen:
+        report["idle"] = measure_idle(8, idle_seconds)
 
+    if "throughput" in chosen:
+        report["throughput"], tp_targets = _section_throughput(items, repeats, out)
+        targets += tp_targets
+    if "gil" in chosen:
+        report["gil_release"], gil_targets = _section_gil(sha_items, repeats, out)
+        targets += gil_targets
+    if "idle" in chosen or "memory" in chosen:
+        print(file=out)
+    if "idle" in chosen:
+        idle = report["idle"]
+        print(
+            f"Idle: 8 workers for {idle_seconds:g} s burnt {idle['cpu_ms']:.2f} ms CPU "
+            f"({idle['cpu_ms_per_s']:.2f} ms per second)",
+            file=out,
+        )
+        targets.append(
+            Target(
+                "idle 8 workers < 20 ms CPU per second", idle["cpu_ms_per_s"], "<", 20, unit="ms/s"
+            )
+        )
+    if "memory" in chosen:
+        memory = report["memory"]
+        print(
+            f"Memory: {mem_items:,} items through capacity=1024: RSS "
+            f"{memory['rss_before_mb']:.1f} -> {memory['rss_after_mb']:.1f} MB "
+            f"({memory['rss_growth_mb']:+.2f} MB); refcount change after {ref_items:,} "
+            f"submits: {memory['refcount_leak']}",
+            file=out,
+        )
+        targets.append(
+            Target(
+                f"RSS growth over {mem_items:,} items < 20 MB",
+                memory["rss_growth_mb"],
+                "<",
+                20,
+                unit="MB",
+            )
+        )
+        for mode, leak in memory["refcount_leak"].items():
+            targets.append(
+                Target(f"refcount restored after join ({mode})", leak, "==", 0, unit="refs")
+            )
+    out.flush()
+
+    if "stealing" in chosen:
+        report["stealing"], st_targets = _section_stealing(steal_items, items, repeats, out)
+        targets += st_targets
+        notes += report["stealing"]["notes"]
+    if "latency" in chosen:
+        report["batch_latency"], lat_targets = _section_latency(latency_items, out)
+        targets += lat_targets
+    if "reuse" in chosen:
+        report["batch_reuse"], re_targets = _section_reuse(items, alloc_items, repeats, out)
+        targets += re_targets
+
+    print(f"\nload average at end: {_loadavg()}", file=out)
+    print("\nTargets:", file=out)
+    _print_targets(targets, out)
+    for note in notes:
+        print(f"  note: {note}", file=out)
+    out.flush()
+    report["config"]["loadavg_end"] = _loadavg()
+    report["targets"] = [t.as_dict() for t in targets]
+    return report
+
+
+def _loadavg() -> str:
+    """The 1/5/15-minute load averages, or "n/a" where ``os.getloadavg`` is missing."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def _section_throughput(
+    items: int, repeats: int, out: TextIO
+) -> tuple[dict[str, Any], list[Target]]:
     rates = interleaved(CONTENDERS, lambda _name: items, repeats)
     med = {name: statistics.median(r) for name, r in rates.items()}
     throughput: dict[str, Any] = {}
@@ -513,8 +1017,28 @@ def run_bench(
     print(file=out)
     _table(rows, out)
     out.flush()
+    item, batch, many = med[POOL_ITEM], med[POOL_BATCH], med[POOL_MANY]
+    targets = [
+        Target("per-item >= 100x ThreadPoolExecutor", _ratio(item, med[TPE]), ">=", 100),
+        Target("per-item >= 1.3x SimpleQueue pool", _ratio(item, med[SIMPLEQUEUE]), ">=", 1.3),
+        Target("per-item >= 0.3x bare loop", _ratio(item, med[BARE]), ">=", 0.3),
+        Target(
+            "batch_size=256 per-item submit >= 2x SimpleQueue pool",
+            _ratio(batch, med[SIMPLEQUEUE]),
+            ">=",
+            2,
+        ),
+        Target(
+            "submit_many + batches >= 4x SimpleQueue pool",
+            _ratio(many, med[SIMPLEQUEUE]),
+            ">=",
+            4,
+        ),
+    ]
+    return throughput, targets
 
-    # GIL-releasing handler.
+
+def _section_gil(sha_items: int, repeats: int, out: TextIO) -> tuple[dict[str, Any], list[Target]]:
     sha_rates = interleaved(SHA_CONTENDERS, lambda _name: sha_items, repeats)
     sha_med = {name: statistics.median(r) for name, r in sha_rates.items()}
     gil: dict[str, Any] = {
@@ -540,74 +1064,219 @@ def run_bench(
             ]
         )
     _table(rows, out)
-    out.flush()
-
     print(
         f"(2 plain threads with no queue reach {gil['ceiling_vs_pool1']:.2f}x one pool worker: "
         "the parallelism this machine gives right now)",
         file=out,
     )
-    print(
-        f"\nIdle: 8 workers for {idle_seconds:g} s burnt {idle['cpu_ms']:.2f} ms CPU "
-        f"({idle['cpu_ms_per_s']:.2f} ms per second)",
-        file=out,
-    )
-    print(
-        f"Memory: {mem_items:,} items through capacity=1024: RSS "
-        f"{memory['rss_before_mb']:.1f} -> {memory['rss_after_mb']:.1f} MB "
-        f"({memory['rss_growth_mb']:+.2f} MB); refcount change after {ref_items:,} "
-        f"submits: {memory['refcount_leak']}",
-        file=out,
-    )
-
-    item, batch, many = med[POOL_ITEM], med[POOL_BATCH], med[POOL_MANY]
+    out.flush()
     targets = [
-        Target("per-item >= 100x ThreadPoolExecutor", _ratio(item, med[TPE]), ">=", 100),
-        Target("per-item >= 1.3x SimpleQueue pool", _ratio(item, med[SIMPLEQUEUE]), ">=", 1.3),
-        Target("per-item >= 0.3x bare loop", _ratio(item, med[BARE]), ">=", 0.3),
-        Target(
-            "batch_size=256 per-item submit >= 2x SimpleQueue pool",
-            _ratio(batch, med[SIMPLEQUEUE]),
-            ">=",
-            2,
-        ),
-        Target(
-            "submit_many + batches >= 4x SimpleQueue pool",
-            _ratio(many, med[SIMPLEQUEUE]),
-            ">=",
-            4,
-        ),
         Target("sha256: 2 workers >= 1.8x one worker", gil["pool2_vs_pool1"], ">=", 1.8),
         Target("sha256: 2 workers >= 1.0x ThreadPoolExecutor(2)", gil["pool2_vs_tpe"], ">=", 1.0),
-        Target("idle 8 workers < 20 ms CPU per second", idle["cpu_ms_per_s"], "<", 20, unit="ms/s"),
-        Target(
-            f"RSS growth over {mem_items:,} items < 20 MB",
-            memory["rss_growth_mb"],
-            "<",
-            20,
-            unit="MB",
-        ),
     ]
-    for mode, leak in memory["refcount_leak"].items():
-        targets.append(Target(f"refcount restored after join ({mode})", leak, "==", 0, unit="refs"))
-    print("\nTargets:", file=out)
-    _print_targets(targets, out)
+    return gil, targets
+
+
+def _section_stealing(
+    steal_items: int, items: int, repeats: int, out: TextIO
+) -> tuple[dict[str, Any], list[Target]]:
+    runners = steal_contenders()
+    rates = interleaved(runners, lambda _name: steal_items, repeats)
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    parallelism = _ratio(med[STEAL_THREADS2], med[STEAL_THREADS1])
+    contenders: dict[str, Any] = {}
+    rows = [["contender", "items/s", "vs no steal", "vs 1 thread", "stolen_in", "busiest shard"]]
+    for name in runners:
+        runner = runners[name]
+        row: dict[str, Any] = {"items_per_s": med[name], "samples": rates[name]}
+        stolen = busiest = "-"
+        if isinstance(runner, StealRun):
+            row["stolen_in"] = runner.stolen
+            row["stolen_in_median"] = statistics.median(runner.stolen)
+            split = runner.split[0]
+            row["submitted_per_shard"] = split
+            row["busiest_shard_share"] = max(split) / max(1, sum(split))
+            stolen = f"{row['stolen_in_median']:,.0f}"
+            busiest = f"{row['busiest_shard_share']:.0%}"
+        base = {
+            STEAL_ZIPF: STEAL_ZIPF_OFF,
+            STEAL_ONE: STEAL_ONE_OFF,
+            STEAL_ONE_CLOSED: STEAL_ONE_OFF,
+        }.get(name)
+        vs_off = f"{_ratio(med[name], med[base]):.2f}x" if base else "-"
+        contenders[name] = row
+        rows.append(
+            [
+                name,
+                _fmt_rate(med[name]),
+                vs_off,
+                f"{_ratio(med[name], med[STEAL_THREADS1]):.2f}x",
+                stolen,
+                busiest,
+            ]
+        )
+    print(
+        f"\nWork stealing: sha256 of 64 KiB per item, {steal_items:,} items by submit_many, "
+        f"{WORKERS} workers, key=..., ordered=False; clock stops when the last item was "
+        "handled, pool still open (except the close() row)",
+        file=out,
+    )
+    _table(rows, out)
+    zipf_share = contenders[STEAL_ZIPF_OFF]["busiest_shard_share"]
+    # Without stealing the busiest shard's worker handles `share` of the items alone; with
+    # ideal stealing each of the 2 workers handles half. With parallelism P <= 2 both take
+    # at least 1/P of the single-thread time.
+    p = min(max(parallelism, 1.0), float(WORKERS))
+
+    def bound(share: float) -> float:
+        return max(share, 1 / p) / (1 / p)
+
+    print(
+        f"(control: 2 plain threads reach {parallelism:.2f}x one thread: the parallelism this "
+        f"machine gives right now. Best steal/no-steal ratio at that parallelism: zipf "
+        f"{bound(zipf_share):.2f}x (busiest shard {zipf_share:.0%} of the items), one shard "
+        f"{bound(1.0):.2f}x; with 2 free cores: zipf {2 * zipf_share:.2f}x, one shard 2.00x)",
+        file=out,
+    )
     out.flush()
 
-    return {
-        "config": {
+    cost_rates = interleaved(STEAL_COST_CONTENDERS, lambda _name: items, repeats)
+    cost_med = {name: statistics.median(r) for name, r in cost_rates.items()}
+    cost_ratio = _ratio(cost_med[ITEM_STEAL], cost_med[ITEM_NO_STEAL])
+    print(
+        f"\nWhat stealing costs the GIL-bound path: ShardedPool(noop, workers=2), {items:,} "
+        "per-item submits, unkeyed",
+        file=out,
+    )
+    rows = [["contender", "items/s", "vs steal=False"]]
+    for name in STEAL_COST_CONTENDERS:
+        vs_off = _ratio(cost_med[name], cost_med[ITEM_NO_STEAL])
+        rows.append([name, _fmt_rate(cost_med[name]), f"{vs_off:.3f}x"])
+    _table(rows, out)
+    out.flush()
+
+    zipf_ratio = _ratio(med[STEAL_ZIPF], med[STEAL_ZIPF_OFF])
+    zipf_vs_uniform = _ratio(med[STEAL_ZIPF], med[STEAL_UNIFORM])
+    one_ratio = _ratio(med[STEAL_ONE], med[STEAL_ONE_OFF])
+    notes = []
+    if 2 * zipf_share < 1.6:
+        notes.append(
+            f"zipf keys put {zipf_share:.0%} of the items on the busiest of {WORKERS} shards, "
+            f"so even perfect stealing on 2 free cores gains at most {2 * zipf_share:.2f}x: "
+            "the 1.6x target cannot be met with this key distribution"
+        )
+    if parallelism < 1.6:
+        notes.append(
+            f"2 plain threads reached only {parallelism:.2f}x one thread: the machine, not "
+            "the pool, caps every steal ratio here"
+        )
+    if contenders[STEAL_ONE]["stolen_in_median"] == 0:
+        notes.append(
+            "one shard, steal=True stole nothing while the pool stayed open (the idle worker "
+            "was never woken to steal)"
+            + (
+                f"; closed right after submit_many it stole "
+                f"{contenders[STEAL_ONE_CLOSED]['stolen_in_median']:,.0f} items"
+                if contenders[STEAL_ONE_CLOSED]["stolen_in_median"]
+                else ""
+            )
+        )
+    stealing: dict[str, Any] = {
+        "items": steal_items,
+        "buffer_bytes": SHA_BUF_SIZE,
+        "zipf": {"keys": ZIPF_KEYS, "s": ZIPF_S, "seed": ZIPF_SEED},
+        "contenders": contenders,
+        "parallelism_2_threads_vs_1": parallelism,
+        "zipf_steal_vs_no_steal": zipf_ratio,
+        "zipf_steal_vs_uniform": zipf_vs_uniform,
+        "one_shard_steal_vs_no_steal": one_ratio,
+        "zipf_busiest_shard_share": zipf_share,
+        "bound_zipf_2_free_cores": 2 * zipf_share,
+        "bound_zipf_measured_parallelism": bound(zipf_share),
+        "bound_one_shard_measured_parallelism": bound(1.0),
+        "per_item_cost": {
             "items": items,
-            "repeats": repeats,
-            "quick": quick,
-            "workers": WORKERS,
-            "tpe_items": max(1, items // TPE_DIVISOR),
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "cpus": os.cpu_count(),
+            "contenders": {
+                name: {"items_per_s": cost_med[name], "samples": cost_rates[name]}
+                for name in STEAL_COST_CONTENDERS
+            },
+            "steal_vs_no_steal": cost_ratio,
         },
-        "throughput": throughput,
-        "gil_release": gil,
-        "idle": idle,
-        "memory": memory,
-        "targets": [t.as_dict() for t in targets],
+        "notes": notes,
     }
+    targets = [
+        Target("stealing: zipf keys, steal >= 1.6x no steal", zipf_ratio, ">=", 1.6),
+        Target("stealing: zipf + steal >= 0.9x uniform keys", zipf_vs_uniform, ">=", 0.9),
+        Target("stealing: one shard, steal >= 1.8x no steal", one_ratio, ">=", 1.8),
+    ]
+    return stealing, targets
+
+
+def _section_latency(latency_items: int, out: TextIO) -> tuple[dict[str, Any], list[Target]]:
+    lat = measure_batch_latency(latency_items)
+    print(
+        f"\nBatch deadline latency: BatchProcessor(batch_size={lat['batch_size']}, "
+        f"batch_timeout={lat['batch_timeout_ms'] / 1e3:g}), one put every "
+        f"{lat['interval_ms']:g} ms, {latency_items} items ({lat['batches']} batches, "
+        f"largest {lat['max_batch']}); handler start - put time:",
+        file=out,
+    )
+    ctl = lat["control_simplequeue_thread"]
+    for label, st in (("BatchProcessor", lat), ("control: thread + SimpleQueue.get(timeout)", ctl)):
+        print(
+            f"  {label:<42}  p50 {st['p50_ms']:6.2f} ms  p99 {st['p99_ms']:6.2f} ms  "
+            f"max {st['max_ms']:6.2f} ms  min {st['min_ms']:6.2f} ms",
+            file=out,
+        )
+    out.flush()
+    limit = lat["batch_timeout_ms"] + 2
+    return lat, [
+        Target(
+            f"batch deadline: p99 <= batch_timeout + 2 ms = {limit:g} ms",
+            lat["p99_ms"],
+            "<=",
+            limit,
+            unit="ms",
+        )
+    ]
+
+
+def _section_reuse(
+    items: int, alloc_items: int, repeats: int, out: TextIO
+) -> tuple[dict[str, Any], list[Target]]:
+    rates = interleaved(REUSE_CONTENDERS, lambda _name: items, repeats)
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    ratio = _ratio(med[REUSE_ON], med[REUSE_OFF])
+    print(
+        f"\nPooled batch lists: ShardedPool(noop_batch, workers=2, batch_size=256), "
+        f"submit_many of {items:,} items",
+        file=out,
+    )
+    rows = [["contender", "items/s", "vs reuse_batches=False"]]
+    for name in REUSE_CONTENDERS:
+        rows.append([name, _fmt_rate(med[name]), f"{_ratio(med[name], med[REUSE_OFF]):.3f}x"])
+    _table(rows, out)
+    alloc = measure_batch_allocations(alloc_items)
+    print(f"Allocations over {alloc_items:,} items (tracemalloc sees live blocks only):", file=out)
+    rows = [["mode", "batches", "lists allocated", "peak traced", "live blocks +/-"]]
+    for mode, a in alloc.items():
+        rows.append(
+            [
+                mode,
+                f"{a['batches']:,}",
+                f"{a['lists_allocated']:,}",
+                f"{a['peak_traced_kib']:,.0f} KiB",
+                f"{a['live_blocks_delta']:+,}",
+            ]
+        )
+    _table(rows, out)
+    out.flush()
+    reuse = {
+        "items": items,
+        "contenders": {
+            name: {"items_per_s": med[name], "samples": rates[name]} for name in REUSE_CONTENDERS
+        },
+        "reuse_vs_no_reuse": ratio,
+        "allocations": alloc,
+    }
+    return reuse, [Target("reuse_batches=True >= 1.1x reuse_batches=False", ratio, ">=", 1.1)]
