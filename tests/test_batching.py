@@ -252,6 +252,29 @@ def test_sharded_pool_flush_hands_over_the_partial_batches_of_every_shard(steal:
         pool.shutdown(wait=True)
 
 
+class SlowStartPool(ShardedPool[Any]):
+    """A pool whose worker threads take a while to get going, as on a loaded machine
+    where a new thread may not run for a long time after ``Thread.start()`` returns."""
+
+    def _run_worker(self, index: int) -> None:
+        time.sleep(0.2)
+        super()._run_worker(index)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_flush_right_after_construction_waits_for_workers_that_start_late(workers: int) -> None:
+    rec = Recorder()
+    pool = SlowStartPool(rec, workers=workers, batch_size=10, batch_timeout=LONG)
+    try:
+        assert pool.submit_many([1, 2, 3]) == 3
+        # Requested before any worker ran: each must still hand over what it holds and
+        # acknowledge, however late it starts (a generous bound, not a speed check).
+        assert pool.flush(timeout=5) is True, "flush() was never acknowledged"
+        assert sorted(rec.items()) == [1, 2, 3]
+    finally:
+        pool.shutdown(wait=True)
+
+
 def test_sharded_pool_flush_reaches_both_shards_in_one_call() -> None:
     rec = Recorder()
     pool: ShardedPool[int] = ShardedPool(
