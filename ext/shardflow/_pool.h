@@ -28,6 +28,8 @@ typedef struct sf_pool {
     /* Incremented by flush(); a worker that sees it change hands over its partial batch
      * and stores the value in its counters' `flushed`. */
     sf_atomic_u64 flush_seq;
+    sf_atomic_u64 flush_active; /* flush() calls in progress */
+    sf_atomic_u64 flush_holds;  /* steals in progress (see _sched.h, "Flush and stealing") */
     sf_event done_ev;   /* notified each time a worker exits */
     SF_PAD(_pad2);
 } sf_pool;
@@ -39,6 +41,8 @@ static inline int sf_pool_init(sf_pool *p) {
     atomic_init(&p->live, 0);
     atomic_init(&p->idle_mask, 0);
     atomic_init(&p->flush_seq, 0);
+    atomic_init(&p->flush_active, 0);
+    atomic_init(&p->flush_holds, 0);
     p->steal = 0;
     return sf_event_init(&p->done_ev);
 }

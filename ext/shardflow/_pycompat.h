@@ -24,4 +24,20 @@ static inline PyObject *sf_take_exception(void) {
 #endif
 }
 
+/* Is `o` referenced by the caller alone? (List recycling: a batch list nobody else holds
+ * may be refilled.) On free-threaded builds the reference count is split between the
+ * owning thread and others; 3.14 has the API for this; on 3.13t we never claim it. */
+static inline int sf_is_uniquely_referenced(PyObject *o) {
+#if defined(Py_GIL_DISABLED)
+#if PY_VERSION_HEX >= 0x030E0000
+    return PyUnstable_Object_IsUniquelyReferenced(o);
+#else
+    (void)o;
+    return 0;
+#endif
+#else
+    return Py_REFCNT(o) == 1;
+#endif
+}
+
 #endif /* SF_PYCOMPAT_H */

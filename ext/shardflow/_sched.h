@@ -42,6 +42,23 @@
  * its drain runs O1-O3) or P4 (a thief wakes). Extra wake-ups are harmless (a woken worker
  * re-checks). Only the first 64 workers take part in thief wake-ups; the others still
  * steal whenever they run dry.
+ *
+ * Flush and stealing. flush() promises that every item queued before it was handed to the
+ * handler when it returns. Each worker acknowledges a request after handing over what it
+ * holds; the owner of a ring only after draining it. The gap: a worker that already
+ * acknowledged may steal, from a ring whose owner has not, items queued before the flush,
+ * and keep them in a partial batch. So every steal takes a hold first:
+ *
+ *   S1 holds += 1                (seq_cst, before the take CAS)
+ *   S2 take CAS on the victim    (the owner's later drain, then its acknowledgement, come
+ *                                 after this CAS)
+ *   S3 if a flush is active and this worker acknowledged the latest request: hand the
+ *      stolen items over now, then holds -= 1 (release) and notify; else holds -= 1 at
+ *      once (an unacknowledged worker hands them over before it acknowledges anyway)
+ *
+ * and flush() returns only when every worker acknowledged AND holds == 0. A steal whose
+ * items were queued before the flush happened before the victim's acknowledgement, and so
+ * (S1 before S2) its hold is visible to the flusher that saw that acknowledgement.
  */
 #ifndef SF_SCHED_H
 #define SF_SCHED_H
@@ -98,6 +115,8 @@ static inline int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s,
     return k;
 }
 
+static inline void sf_sched_release_hold(sf_pool *p);
+
 /* Take half of the first other shard's published items. Returns how many (0: none). */
 static inline uint64_t sf_sched_steal(sf_shard *shards, uint64_t nshards, uint64_t self,
                                       void **out, uint64_t max) {
@@ -127,10 +146,12 @@ static inline int sf_sched_any_claims(sf_shard *shards, uint64_t nshards) {
  * then sleep until items arrive, a producer wakes it to steal, its ring finishes, *stop is
  * set, a flush is requested (flush_seq != flush_seen), or the deadline (monotonic ns, < 0:
  * none) passes. Returns the number of items put in `out` (> 0), SF_WAIT_TIMEOUT,
- * SF_WAIT_FLUSH or SF_WAIT_FINISHED. Call without the GIL. */
+ * SF_WAIT_FLUSH or SF_WAIT_FINISHED. With *hold set on return, the items were stolen
+ * during a flush this worker already acknowledged: hand them over at once, then call
+ * sf_sched_release_hold. Call without the GIL. */
 static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshards,
                                     uint64_t self, void **out, uint64_t max,
-                                    int64_t deadline_ns, uint64_t flush_seen) {
+                                    int64_t deadline_ns, uint64_t flush_seen, int *hold) {
     sf_shard *s = &shards[self];
     const uint64_t bit = self < 64 ? (uint64_t)1 << self : 0;
     for (;;) {
@@ -138,14 +159,23 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
         uint32_t key;
         int spins;
         if (sf_load_acquire_int(&p->stop)) return SF_WAIT_TIMEOUT;
+        /* A flush request is answered before taking more: what this worker takes from
+         * here on was queued after the request it acknowledges. */
+        if (sf_load_acquire_u64(&p->flush_seq) != flush_seen) return SF_WAIT_FLUSH;
         n = sf_sched_pop_own(p, shards, self, out, max);
         if (n) return (int64_t)n;
         if (p->steal) {
+            sf_fetch_add_seqcst_u64(&p->flush_holds, 1); /* S1 */
             n = sf_sched_steal(shards, nshards, self, out, max);
+            if (n && sf_load_acquire_u64(&p->flush_seq) == flush_seen &&
+                sf_load_seqcst_u64(&p->flush_active) != 0) {
+                *hold = 1; /* S3: the caller hands them over, then sf_sched_release_hold */
+                return (int64_t)n;
+            }
+            sf_sched_release_hold(p);
             if (n) return (int64_t)n;
         }
         if (sf_ring_finished(&s->ring)) return SF_WAIT_FINISHED;
-        if (sf_load_acquire_u64(&p->flush_seq) != flush_seen) return SF_WAIT_FLUSH;
         if (deadline_ns >= 0 && sf_now_ns() >= deadline_ns) return SF_WAIT_TIMEOUT;
         for (spins = 0; spins < SF_IDLE_SPINS && !sf_ring_has_items(&s->ring); spins++)
             sf_cpu_relax();
@@ -170,13 +200,26 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
     }
 }
 
+/* S3's release: the stolen items were handed over (or need not be). */
+static inline void sf_sched_release_hold(sf_pool *p) {
+    atomic_fetch_sub_explicit(&p->flush_holds, 1, memory_order_seq_cst);
+    sf_event_notify(&p->done_ev);
+}
+
 /* flush(): ask every worker to hand over its partial batch. Returns the request number to
- * wait for. Workers are woken through their own events (a fence-paired notify: the request
- * is a seq_cst RMW, but on flush_seq, not on what the workers re-check first). */
+ * wait for; the caller ends with sf_sched_flush_done. Workers are woken through their own
+ * events (a fence-paired notify: the request is a seq_cst RMW, but on flush_seq, not on
+ * what the workers re-check first). */
 static inline uint64_t sf_sched_request_flush(sf_pool *p, sf_shard *shards, uint64_t nshards) {
-    uint64_t seq = sf_fetch_add_seqcst_u64(&p->flush_seq, 1) + 1;
+    uint64_t seq;
+    sf_fetch_add_seqcst_u64(&p->flush_active, 1);
+    seq = sf_fetch_add_seqcst_u64(&p->flush_seq, 1) + 1;
     for (uint64_t i = 0; i < nshards; i++) sf_event_notify(&shards[i].data_ev);
     return seq;
+}
+
+static inline void sf_sched_flush_done(sf_pool *p) {
+    atomic_fetch_sub_explicit(&p->flush_active, 1, memory_order_seq_cst);
 }
 
 /* A worker completed flush request `seq` (UINT64_MAX when it exits: it holds nothing). */
@@ -190,7 +233,7 @@ static inline int sf_sched_all_flushed(sf_pool *p, sf_shard *shards, uint64_t ns
     if (sf_load_acquire_u32(&p->live) == 0) return 1; /* nobody left holding a batch */
     for (uint64_t i = 0; i < nshards; i++)
         if (sf_load_acquire_u64(&shards[i].ctr.flushed) < seq) return 0;
-    return 1;
+    return sf_load_seqcst_u64(&p->flush_holds) == 0;
 }
 
 /* Wait until every worker completed flush request `seq` (or exited), or the deadline.

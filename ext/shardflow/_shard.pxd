@@ -66,7 +66,10 @@ cdef extern from "shardflow/_sched.h" nogil:
     uint64_t SF_STEAL_MAX
     int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s, void **items, uint64_t n)
     int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshards, uint64_t self,
-                          void **out, uint64_t max, int64_t deadline_ns, uint64_t flush_seen)
+                          void **out, uint64_t max, int64_t deadline_ns, uint64_t flush_seen,
+                          int *hold)
+    void sf_sched_release_hold(sf_pool *p)
+    void sf_sched_flush_done(sf_pool *p)
     uint64_t sf_sched_pop_own(sf_pool *p, sf_shard *shards, uint64_t self, void **out,
                               uint64_t max)
     uint64_t sf_sched_request_flush(sf_pool *p, sf_shard *shards, uint64_t nshards)

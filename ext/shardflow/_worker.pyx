@@ -44,8 +44,10 @@ from shardflow._ring cimport (
 from shardflow._shard cimport (
     SF_WAIT_FLUSH,
     sf_sched_flushed,
+    sf_sched_flush_done,
     sf_sched_pop_own,
     sf_sched_push,
+    sf_sched_release_hold,
     sf_sched_request_flush,
     sf_sched_wait,
     sf_sched_wait_flushed,
@@ -88,13 +90,13 @@ cdef extern from "Python.h":
     ctypedef struct PyListObject:
         PyObject **ob_item
         Py_ssize_t allocated
-    Py_ssize_t Py_REFCNT(object o)
     Py_ssize_t Py_SIZE(object o)
     void Py_SET_SIZE(object o, Py_ssize_t n)
 
 
 cdef extern from "shardflow/_pycompat.h":
     object sf_take_exception()
+    bint sf_is_uniquely_referenced(object o)
 
 
 cdef extern from "shardflow/_pool.h" nogil:
@@ -188,6 +190,7 @@ cdef class PoolCore:
     cdef int on_full_code
     cdef readonly bint steal
     cdef readonly bint reuse_batches
+    cdef readonly bint lists     # the handler gets lists (batch_size > 1, or asked for)
     cdef object handler
     cdef object key_fn
     cdef object on_error_fn
@@ -220,7 +223,8 @@ cdef class PoolCore:
 
     def _core_init(self, handler, Py_ssize_t workers, key, uint64_t capacity,
                    Py_ssize_t batch_size, batch_timeout, int on_full, on_error,
-                   bint steal=False, bint reuse_batches=True, dead_letter=None):
+                   bint steal=False, bint reuse_batches=True, dead_letter=None,
+                   bint lists=False):
         """Allocate the shards. Arguments are validated by the Python layer."""
         cdef Py_ssize_t i, j
         if self._ready:
@@ -234,6 +238,7 @@ cdef class PoolCore:
         self.on_full_code = on_full
         self.steal = steal
         self.reuse_batches = reuse_batches
+        self.lists = lists or batch_size > 1
         self._lock = threading.Lock()
         self._returned = []
         self._fatal = None
@@ -567,15 +572,18 @@ cdef class PoolCore:
             _check_timeout(timeout)
         deadline = _deadline(timeout)
         seq = sf_sched_request_flush(self.st, self.shards, <uint64_t>self.workers)
-        while True:
-            with nogil:
-                done = sf_sched_wait_flushed(self.st, self.shards, <uint64_t>self.workers, seq,
-                                             _slice_deadline(deadline))
-            if done:
-                return True
-            PyErr_CheckSignals()
-            if deadline >= 0 and sf_now_ns() >= deadline:
-                return False
+        try:
+            while True:
+                with nogil:
+                    done = sf_sched_wait_flushed(self.st, self.shards, <uint64_t>self.workers,
+                                                 seq, _slice_deadline(deadline))
+                if done:
+                    return True
+                PyErr_CheckSignals()
+                if deadline >= 0 and sf_now_ns() >= deadline:
+                    return False
+        finally:
+            sf_sched_flush_done(self.st)
 
     def _take_leftovers(self):
         """After stop: every item still queued, plus what workers handed back, in a list."""
@@ -665,7 +673,9 @@ cdef class _Worker:
         self.n = 0
         self.first_ns = -1
         self.pop_ns = -1
-        self.flush_seen = sf_load_relaxed_u64(&core.st.flush_seq)
+        # 0, not the current request: a flush requested before this thread got going must
+        # still be acknowledged by it (acknowledging with an empty buffer is harmless).
+        self.flush_seen = 0
         self.spare = None
         if core.steal:
             self.drain_max = core.batch_size if core.batch_size > STEAL_DRAIN else STEAL_DRAIN
@@ -685,15 +695,24 @@ cdef class _Worker:
         cdef bint timed = core.batch_timeout_ns >= 0 and core.batch_size > 1
         cdef int stop
         cdef uint64_t seq
+        cdef int hold
         while True:
             deadline = self.first_ns + core.batch_timeout_ns if (timed and self.n > 0) else -1
+            hold = 0
             with nogil:
                 got = sf_sched_wait(core.st, core.shards, <uint64_t>core.workers,
                                     <uint64_t>self.index, self.buf + self.n,
-                                    self.room(), deadline, self.flush_seen)
+                                    self.room(), deadline, self.flush_seen, &hold)
             if got > 0:
                 self._took(got, timed)
-                self.process(False)
+                if hold:
+                    # Stolen during a flush this worker already acknowledged: hand over now.
+                    try:
+                        self.process(True)
+                    finally:
+                        sf_sched_release_hold(core.st)
+                else:
+                    self.process(False)
                 continue
             if got == SF_WAIT_FINISHED:
                 self.process(True)
@@ -734,7 +753,7 @@ cdef class _Worker:
         while True:
             if sf_load_relaxed_int(&core.st.stop) == SF_STOP_HAND_BACK:
                 return 0  # run() hands the buffer back
-            if bs == 1:
+            if not core.lists:
                 core._run_items(self.shard, self.buf, self.n)
                 handled += self.n
                 self.n = 0
@@ -795,7 +814,7 @@ cdef class _Worker:
             Py_DECREF_p(res)
             sf_counter_add(&self.shard.ctr.processed, n)
         sf_counter_add(&self.shard.ctr.batches, 1)
-        if core.reuse_batches and Py_REFCNT(batch) == 1:
+        if core.reuse_batches and sf_is_uniquely_referenced(batch):
             # Empty it before releasing the items, so that code run by their finalizers
             # sees an empty list; then keep it.
             k = Py_SIZE(batch)

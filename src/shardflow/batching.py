@@ -77,6 +77,7 @@ class BatchProcessor(Generic[T]):
             reuse_batches=reuse_batches,
             name=name or "BatchProcessor",
             steal=False,
+            lists=True,  # a list even when batch_size=1
         )
         # The compiled methods themselves, bound once: put() costs what submit() costs.
         self.put: Callable[..., bool] = self._pool.submit

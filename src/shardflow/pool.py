@@ -87,6 +87,8 @@ class ShardedPool(PoolCore, Generic[T]):
             does not keep (no reference left once it returns) is emptied and refilled for
             the next batch; a list it keeps is left alone. Pass False for handlers that
             rely on the list's identity after returning.
+        lists: hand the handler lists even with ``batch_size=1`` (batch handlers that
+            should not care how big batches are).
         breaker, limiter, rate_limiter, retry: guards for a downstream service, composed
             around ``handler`` once (outermost first: retry, rate limiter, limiter,
             breaker). Each retry attempt takes a token and a permit and is seen by the
@@ -139,6 +141,7 @@ class ShardedPool(PoolCore, Generic[T]):
         ordered: bool = True,
         steal: bool | None = None,
         reuse_batches: bool = True,
+        lists: bool = False,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
         rate_limiter: RateLimiter | None = None,
@@ -161,6 +164,7 @@ class ShardedPool(PoolCore, Generic[T]):
         check_bool("ordered", ordered)
         check_bool("steal", steal, optional=True)
         check_bool("reuse_batches", reuse_batches)
+        check_bool("lists", lists)
         check_instance("breaker", breaker, CircuitBreaker)
         check_instance("limiter", limiter, Limiter)
         check_instance("rate_limiter", rate_limiter, RateLimiter)
@@ -187,6 +191,7 @@ class ShardedPool(PoolCore, Generic[T]):
             steal,
             reuse_batches,
             dead_letter_fn,
+            lists,
         )
         self.breaker = breaker
         self.limiter = limiter
@@ -297,7 +302,8 @@ class ShardedPool(PoolCore, Generic[T]):
         """Hand every partial batch to the handler now, without waiting for it to fill or
         for its deadline; items submitted before the call are included. Waits until each
         worker did (returns False if ``timeout`` ran out). Raises ``Closed`` after
-        ``close()`` (closing flushes anyway)."""
+        ``close()`` (closing flushes anyway). In stealing pools, items stolen while a
+        flush is under way are handed over before it returns too (see ``_sched.h``)."""
         self._check_fork()
         if self._closed:
             raise Closed(f"{self.name}: flush() after close(); closing already flushes")

@@ -495,7 +495,8 @@ static void *shard_worker(void *arg) {
     tally_init(&t, &c->led, "shard worker");
     for (;;) {
         uint64_t max = 1 + rnd(&seed) % 64;
-        int64_t r = sf_sched_wait(&c->pool, c->shard, 1, 0, out, max, -1, 0);
+        int hold = 0;
+        int64_t r = sf_sched_wait(&c->pool, c->shard, 1, 0, out, max, -1, 0, &hold);
         if (r == SF_WAIT_FINISHED) break;
         if (r == SF_WAIT_TIMEOUT) {
             fail("shard: untimed wait_pop returned TIMEOUT with stop unset");
