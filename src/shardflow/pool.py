@@ -39,8 +39,11 @@ T = TypeVar("T")
 
 #: Per-shard queue bound when ``capacity=None``. Under the GIL throughput is set by how
 #: many items move per thread hand-off, and a hand-off happens when a producer fills a
-#: shard; 65,536 slots (512 KiB of pointers per shard) measured 1.4-1.6x the throughput of
-#: 8,192 slots with per-item submits (see benchmarks/README.md), and more bought little.
+#: shard, so larger rings help per-item submits until the ring stops fitting in cache. The
+#: issue's prototype measured 0.73x / 1.24x / 1.49x the SimpleQueue pool at 1,024 / 8,192 /
+#: 65,536 slots; on our noisy 2-core machines 8,192 vs 65,536 vs 262,144 slots came out
+#: within noise of each other (ratios 0.9-1.1x either way, several runs). 65,536 slots cost
+#: 512 KiB of pointers per shard, touched only as the ring fills (calloc'd pages).
 DEFAULT_CAPACITY = 65536
 MAX_CAPACITY = 1 << 30
 
