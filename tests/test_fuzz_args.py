@@ -92,6 +92,14 @@ def int_in(lo: int, hi: int | None = None) -> Callable[[Any], bool | None]:
     return lambda v: is_int(v) and v >= lo and (hi is None or v <= hi)
 
 
+def beyond_float(v: Any) -> bool:
+    try:
+        float(v)
+    except OverflowError:
+        return True
+    return False
+
+
 def seconds(optional: bool = True, positive: bool = False, inf: bool | None = None):
     """A number of seconds (>= 0 or > 0), None if optional. ``inf`` True/False: infinity
     accepted/refused; None: either is acceptable."""
@@ -102,8 +110,8 @@ def seconds(optional: bool = True, positive: bool = False, inf: bool | None = No
         # v != v: nan; no math.isnan, which raises OverflowError for ints beyond floats.
         if not is_number(v) or v != v or v < 0 or (positive and v == 0):
             return False
-        if v == math.inf:
-            return inf
+        if v == math.inf or beyond_float(v):
+            return inf  # shardflow's rule: an int too large for a float counts as inf
         return True
 
     return valid
@@ -255,7 +263,7 @@ CONSTRUCTOR_PARAMS: list[tuple[str, Callable[..., None], str, Any, dict[str, Any
     ("BatchProcessor", make_bp, "on_error", a_callable(optional=True), {}),
     ("BatchProcessor", make_bp, "reuse_batches", boolean(), {}),
     ("BatchProcessor", make_bp, "name", optional_str, {}),
-    ("CircuitBreaker", make_breaker, "max_failures", lambda v: v is None or int_in(1)(v), {"failure_rate": 0.5}),
+    ("CircuitBreaker", make_breaker, "max_failures", lambda v: v is None or int_in(1, 1 << 62)(v), {"failure_rate": 0.5}),
     ("CircuitBreaker", make_breaker, "reset_timeout", seconds(optional=False), {}),
     ("CircuitBreaker", make_breaker, "failure_rate", fraction(), {}),
     ("CircuitBreaker", make_breaker, "slow_call_duration", lambda v: None if v is None else seconds(optional=False, positive=True)(v), {"slow_call_rate": 0.5}),
@@ -264,7 +272,7 @@ CONSTRUCTOR_PARAMS: list[tuple[str, Callable[..., None], str, Any, dict[str, Any
     ("CircuitBreaker", make_breaker, "window", int_in(1, 2**24), {"failure_rate": 0.5}),
     ("CircuitBreaker", make_breaker, "window", seconds(optional=False, positive=True), {"failure_rate": 0.5, "window_type": "time"}),
     ("CircuitBreaker", make_breaker, "window_buckets", int_in(1, 2**16), {"failure_rate": 0.5, "window_type": "time"}),
-    ("CircuitBreaker", make_breaker, "minimum_calls", int_in(1), {"failure_rate": 0.5}),
+    ("CircuitBreaker", make_breaker, "minimum_calls", int_in(1, 1 << 62), {"failure_rate": 0.5}),
     ("CircuitBreaker", make_breaker, "half_open_max_calls", int_in(1, 0xFFFF), {}),
     ("CircuitBreaker", make_breaker, "success_threshold", int_in(1, 0xFFFF), {}),
     ("CircuitBreaker", make_breaker, "exclude", unknown, {}),
@@ -411,7 +419,7 @@ def limiter_acquire(v: Any, busy: bool) -> Any:
             timer.join(WAIT)
 
 
-LIMITER_TIMEOUT = seconds(inf=False)  # Limiter/RateLimiter refuse inf ("finite")
+LIMITER_TIMEOUT = seconds(inf=True)  # timeouts take inf as "no limit", as everywhere
 
 
 def test_limiter_acquire_nasty_values_with_a_permit_free() -> None:

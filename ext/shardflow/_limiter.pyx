@@ -60,14 +60,24 @@ cdef int _check_timeout(object timeout) except -1:
         raise TypeError(
             f"timeout must be None or a number of seconds >= 0, got {timeout!r} "
             f"({type(timeout).__name__})")
-    if not timeout >= 0 or timeout == float("inf"):
-        raise ValueError(f"timeout must be None or a finite number of seconds >= 0, got {timeout!r}")
+    try:
+        ok = float(timeout) >= 0
+    except OverflowError:
+        ok = timeout > 0
+    if not ok:
+        raise ValueError(
+            f"timeout must be None or a number of seconds >= 0 (inf: no limit), got {timeout!r}")
     return 0
 
 
 cdef inline int64_t _timeout_ns(object timeout) except -1:
-    """A checked timeout in ns, saturated at ~146 years (no int64 overflow)."""
-    cdef double t = timeout
+    """A checked timeout in ns, saturated at ~146 years (no int64 overflow); inf and ints
+    too large for a float saturate too."""
+    cdef double t
+    try:
+        t = timeout
+    except OverflowError:
+        return <int64_t>1 << 62
     if t > 4.6e9:
         return <int64_t>1 << 62
     return <int64_t>(t * 1e9)
@@ -144,11 +154,12 @@ cdef class LimiterCore:
         Returns True when a permit was taken, False on timeout. The wait releases the GIL
         and is interrupted by Ctrl-C (``KeyboardInterrupt``, no permit held).
         """
-        if sf_limiter_try_acquire(self.l):
-            return True
         cdef int64_t deadline = -1
         if timeout is not None:
-            _check_timeout(timeout)
+            _check_timeout(timeout)  # before the fast path: bad input is refused, always
+        if sf_limiter_try_acquire(self.l):
+            return True
+        if timeout is not None:
             if timeout <= 0:
                 sf_fetch_add_relaxed_u64(&self.l.timeouts, 1)
                 return False

@@ -19,6 +19,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
+from libc.math cimport INFINITY
 from libc.string cimport memmove
 
 from shardflow._atomic cimport (
@@ -74,6 +75,7 @@ from shardflow._shard cimport (
 import logging
 import threading
 
+from shardflow._validate import seconds_to_ns
 from shardflow.errors import Closed, Full
 
 
@@ -151,21 +153,32 @@ ON_FULL_DROP = 2
 
 
 cdef int _check_timeout(object timeout) except -1:
+    """timeout: None, or seconds >= 0; inf (or an int too large for a float) = no limit."""
+    cdef double secs
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(
-            f"timeout must be None or a number of seconds >= 0, got {type(timeout).__name__}")
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+            "timeout must be None or a number of seconds >= 0 (inf: no limit), got "
+            f"{type(timeout).__name__}")
+    try:
+        secs = timeout
+    except OverflowError:
+        secs = INFINITY if timeout > 0 else -INFINITY
+    if not secs >= 0:
+        raise ValueError(
+            f"timeout must be None or a number of seconds >= 0 (inf: no limit), got {timeout!r}")
     return 0
 
 
 cdef inline int64_t _deadline(object timeout) except -2:
     """Monotonic deadline in ns for a (validated) timeout in seconds; -1 for None, and for
-    timeouts too long to represent (float('inf') included), which mean "no deadline"."""
+    timeouts too long to represent (inf included), which mean "no deadline"."""
     cdef double secs
     if timeout is None:
         return -1
-    secs = timeout
+    try:
+        secs = timeout
+    except OverflowError:
+        return -1
     if secs > 1e9:  # ~31 years: beyond that (and inf), int64 ns would overflow
         return -1
     return sf_now_ns() + <int64_t>(secs * 1e9)
@@ -234,7 +247,7 @@ cdef class PoolCore:
         self.on_error_fn = on_error
         self.dead_letter_fn = dead_letter
         self.batch_size = batch_size
-        self.batch_timeout_ns = -1 if batch_timeout is None else <int64_t>(batch_timeout * 1e9)
+        self.batch_timeout_ns = -1 if batch_timeout is None else seconds_to_ns(batch_timeout)
         self.on_full_code = on_full
         self.steal = steal
         self.reuse_batches = reuse_batches

@@ -28,16 +28,48 @@ def check_int(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
     return value
 
 
-def check_seconds(name: str, value: Any, *, optional: bool = True, positive: bool = False) -> None:
+#: Seconds beyond which a duration is "never" for the core: ~146 years in ns fits int64.
+NEVER_NS = 1 << 62
+
+
+def _as_float(value: int | float) -> float:
+    """float(value), with ints too large for a float mapped to +/-inf instead of raising."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def check_seconds(
+    name: str,
+    value: Any,
+    *,
+    optional: bool = True,
+    positive: bool = False,
+    allow_inf: bool = False,
+) -> None:
+    """A duration in seconds. Timeouts pass ``allow_inf=True``: ``inf`` (and any value too
+    large for a float) then means "no limit", as ``None`` does."""
     if value is None and optional:
         return
     accepted = ("None or " if optional else "") + (
         "a number of seconds > 0" if positive else "a number of seconds >= 0"
     )
+    if allow_inf:
+        accepted += " (inf: no limit)"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__})")
-    if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
+    f = _as_float(value)
+    if math.isnan(f) or f < 0 or (positive and f == 0) or (math.isinf(f) and not allow_inf):
         raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def seconds_to_ns(value: int | float) -> int:
+    """A checked duration in ns, saturated at ``NEVER_NS`` so the C side never overflows."""
+    f = _as_float(value)
+    if f >= NEVER_NS / 1e9:
+        return NEVER_NS
+    return int(f * 1e9)
 
 
 def check_choice(name: str, value: Any, choices: Collection[str]) -> str:

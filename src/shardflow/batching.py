@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Literal, TypeVar
 
-from shardflow._validate import check_int, check_seconds
+from shardflow._validate import check_int, check_seconds, check_str
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import ShardedPool
 
@@ -66,6 +66,7 @@ class BatchProcessor(Generic[T]):
     ) -> None:
         check_int("batch_size", batch_size, lo=1, hi=1 << 20)
         check_seconds("batch_timeout", batch_timeout, optional=False, positive=True)
+        check_str("name", name)
         self._pool: ShardedPool[T] = ShardedPool(
             handler,
             workers=1,

@@ -31,7 +31,7 @@ from shardflow._breaker import (
     WINDOW_TIME,
     BreakerCore,
 )
-from shardflow._validate import check_callable, check_int, check_seconds
+from shardflow._validate import check_callable, check_int, check_seconds, seconds_to_ns
 
 __all__ = ["BreakerMetrics", "BreakerState", "CircuitBreaker"]
 
@@ -123,7 +123,7 @@ def _any_of(preds: tuple[Callable[[BaseException], bool], ...], exc: BaseExcepti
 
 def _ns(seconds: float) -> int:
     """Seconds to ns, saturated at ~146 years so that the C side never overflows."""
-    return min(round(seconds * 1e9), 1 << 62)
+    return seconds_to_ns(seconds)
 
 
 def _check_rate(name: str, value: Any) -> None:
@@ -232,7 +232,7 @@ class CircuitBreaker(BreakerCore):
         name: str | None = None,
     ) -> None:
         if max_failures is not None:
-            check_int("max_failures", max_failures, lo=1)
+            check_int("max_failures", max_failures, lo=1, hi=1 << 62)
         check_seconds("reset_timeout", reset_timeout, optional=False)
         _check_rate("failure_rate", failure_rate)
         check_seconds("slow_call_duration", slow_call_duration, positive=True)
@@ -249,7 +249,7 @@ class CircuitBreaker(BreakerCore):
         else:
             check_seconds("window", window, optional=False, positive=True)
         check_int("window_buckets", window_buckets, lo=1, hi=1 << 16)
-        check_int("minimum_calls", minimum_calls, lo=1)
+        check_int("minimum_calls", minimum_calls, lo=1, hi=1 << 62)
         check_int("half_open_max_calls", half_open_max_calls, lo=1, hi=0xFFFF)
         check_int("success_threshold", success_threshold, lo=1, hi=0xFFFF)
         check_callable("clock", clock, optional=True)

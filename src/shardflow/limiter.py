@@ -94,7 +94,7 @@ class Limiter(LimiterCore):
         limit). Returns True, or False on timeout. Cancellation leaves no permit held."""
         if self.try_acquire():
             return True
-        check_seconds("timeout", timeout)
+        check_seconds("timeout", timeout, allow_inf=True)
         if timeout is not None and timeout <= 0:
             self._count_timeout()
             return False

@@ -255,7 +255,7 @@ class ShardedPool(PoolCore, Generic[T]):
                 f"{self.name}: join() before close() would wait forever; call close() or "
                 "shutdown() first"
             )
-        check_seconds("timeout", timeout)
+        check_seconds("timeout", timeout, allow_inf=True)
         if not self._wait_workers(timeout):
             return False
         for t in self._threads:
@@ -310,7 +310,7 @@ class ShardedPool(PoolCore, Generic[T]):
         self._check_fork()
         if self._closed:
             raise Closed(f"{self.name}: flush() after close(); closing already flushes")
-        check_seconds("timeout", timeout)
+        check_seconds("timeout", timeout, allow_inf=True)
         return bool(self._flush(timeout))
 
     def metrics(self) -> PoolMetrics:

@@ -73,11 +73,12 @@ class RateLimiter(RateLimiterCore):
                 f"rate must be a number of tokens per second > 0, got {rate!r} "
                 f"({type(rate).__name__})"
             )
-        if not (0 < rate <= 1e9) or math.isnan(rate):
+        if not (1e-9 <= rate <= 1e9) or math.isnan(rate):
+            # Below one token in ~31 years the per-token cost in ns leaves int64.
             raise ValueError(
-                f"rate must be a number of tokens per second in (0, 1e9], got {rate!r}"
+                f"rate must be a number of tokens per second in [1e-9, 1e9], got {rate!r}"
             )
-        check_int("burst", burst, lo=1)
+        check_int("burst", burst, lo=1, hi=1 << 62)
         check_callable("clock", clock, optional=True)
         check_callable("sleep", sleep, optional=True)
         cost_ns = max(1, round(1e9 / rate))
