@@ -294,7 +294,8 @@ class ShardedPool(PoolCore, Generic[T]):
         if wait:
             fatal = self._take_fatal()
             if fatal is not None:
-                fatal.returned = returned
+                # Exception instances take attributes; typeshed does not declare this one.
+                fatal.returned = returned  # type: ignore[attr-defined]
                 raise fatal
         return returned
 
