@@ -180,7 +180,9 @@ class ShardedPool(PoolCore, Generic[T]):
             )
 
         self._core_init(
-            guard(handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry),
+            guard(
+                handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry
+            ),
             workers,
             key,
             capacity,
@@ -356,4 +358,3 @@ def _at_exit() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
-
