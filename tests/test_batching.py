@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import BatchProcessor, Closed, ShardedPool
 from helpers import WAIT, accounted, wait_until
+from shardflow import BatchProcessor, Closed, ShardedPool
 
 LONG = 3600.0  # a batch_timeout that never fires during a test
 
@@ -313,10 +313,9 @@ def test_context_manager_closes_and_waits(make_bp: Any) -> None:
 
 def test_context_manager_hands_everything_over_when_the_block_raises(make_bp: Any) -> None:
     rec = Recorder()
-    with pytest.raises(KeyError):
-        with make_bp(rec, batch_size=100, batch_timeout=LONG) as bp:
-            bp.put_many(range(7))
-            raise KeyError("boom")
+    with pytest.raises(KeyError), make_bp(rec, batch_size=100, batch_timeout=LONG) as bp:
+        bp.put_many(range(7))
+        raise KeyError("boom")
     assert bp.closed
     assert rec.items() == list(range(7))
 

@@ -438,16 +438,13 @@ def test_decorator_context_manager_and_kwargs():
     assert add.__name__ == "add"
     with b:
         pass
-    with pytest.raises(ValueError):
-        with b:
-            raise ValueError
-    with pytest.raises(ValueError):
-        with b:
-            raise ValueError
+    with pytest.raises(ValueError), b:
+        raise ValueError
+    with pytest.raises(ValueError), b:
+        raise ValueError
     assert b.state == OPEN
-    with pytest.raises(CircuitOpen):
-        with b:
-            pytest.fail("body must not run")
+    with pytest.raises(CircuitOpen), b:
+        pytest.fail("body must not run")
 
 
 def test_async_call_and_decorator():

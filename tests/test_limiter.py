@@ -252,7 +252,9 @@ def test_bad_configuration(args, kwargs, exc, words):
     assert words in str(info.value)
 
 
-@pytest.mark.parametrize("timeout, exc", [(-1, ValueError), ("1", TypeError), (float("nan"), ValueError)])
+@pytest.mark.parametrize(
+    "timeout, exc", [(-1, ValueError), ("1", TypeError), (float("nan"), ValueError)]
+)
 def test_bad_timeout(timeout, exc):
     lim = Limiter(1)
     lim.acquire()
@@ -264,7 +266,7 @@ def test_bad_timeout(timeout, exc):
     not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="free-threaded builds only"
 )
 def test_compiled_modules_keep_the_gil_off():
-    import shardflow._breaker  # noqa: F401
+    import shardflow._breaker
     import shardflow._limiter  # noqa: F401
 
     assert not sys._is_gil_enabled()

@@ -78,12 +78,14 @@ def needs_spin(fn):
     return fn
 
 
-def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
-         timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,9 @@ def _build(build_dir: Path, target: str) -> Path:
         log = r.stdout + r.stderr
         missing_runtime = re.search(
             r"cannot find -l(tsan|asan|ubsan)|unrecognized .*-fsanitize|"
-            r"unsupported option .*-fsanitize|sanitizer.* not supported", log)
+            r"unsupported option .*-fsanitize|sanitizer.* not supported",
+            log,
+        )
         if target != "stress-plain" and missing_runtime:
             pytest.skip(f"{target}: the toolchain lacks this sanitizer: {missing_runtime.group(0)}")
         pytest.fail(f"building {target} failed:\n{log}")
@@ -122,7 +126,8 @@ def _assert_clean(r: subprocess.CompletedProcess[str], what: str) -> None:
     log = r.stdout + r.stderr
     reports = [m for m in SANITIZER_REPORTS if m in log]
     assert r.returncode == 0 and not reports, (
-        f"{what}: exit code {r.returncode}, sanitizer reports: {reports}\n{log}")
+        f"{what}: exit code {r.returncode}, sanitizer reports: {reports}\n{log}"
+    )
 
 
 @pytest.mark.parametrize("flavour", ["plain", "tsan", "asan"])
@@ -180,8 +185,10 @@ def test_park_model_finds_the_lost_wakeup_of_a_commit_recheck(tmp_path: Path) ->
 
 
 @needs_spin
-@pytest.mark.skipif(os.environ.get("SHARDFLOW_MODEL_LIVENESS") != "1",
-                    reason="liveness model check takes ~35 s: set SHARDFLOW_MODEL_LIVENESS=1")
+@pytest.mark.skipif(
+    os.environ.get("SHARDFLOW_MODEL_LIVENESS") != "1",
+    reason="liveness model check takes ~35 s: set SHARDFLOW_MODEL_LIVENESS=1",
+)
 def test_park_model_consumer_always_finishes(tmp_path: Path) -> None:
     report = _verify(tmp_path, "-DITEMS=1", liveness=True)
     assert "errors: 0" in report, report

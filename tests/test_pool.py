@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import shardflow
-from shardflow import DEFAULT_CAPACITY, Closed, Full, ShardedPool
 from helpers import WAIT, Gate, accounted, wait_until
+from shardflow import DEFAULT_CAPACITY, Closed, Full, ShardedPool
 
 
 @pytest.fixture
@@ -251,9 +251,7 @@ def test_on_full_drop_returns_false_and_counts_the_drop(make_pool: Any, gates: A
     assert m.submitted == accounted(m)
 
 
-def test_submit_many_with_on_full_drop_counts_only_queued_items(
-    make_pool: Any, gates: Any
-) -> None:
+def test_submit_many_with_on_full_drop_counts_only_queued_items(make_pool: Any, gates: Any) -> None:
     gate = gates()
     pool = blocked_pool(make_pool, gate, on_full="drop")
     assert pool.submit_many(range(10)) == 4
@@ -379,9 +377,7 @@ def test_submit_many_full_carries_submitted_and_unsent(make_pool: Any, gates: An
     assert_submit_many_accounts(info.value, source, gate.seen[1:])
 
 
-def test_submit_many_timeout_full_carries_submitted_and_unsent(
-    make_pool: Any, gates: Any
-) -> None:
+def test_submit_many_timeout_full_carries_submitted_and_unsent(make_pool: Any, gates: Any) -> None:
     gate = gates()
     pool = blocked_pool(make_pool, gate, on_full="block")
     source = CountingIterable(10)
@@ -609,10 +605,12 @@ def test_context_manager_drains_every_item(make_pool: Any) -> None:
 
 def test_context_manager_drains_every_item_when_the_block_raises(make_pool: Any) -> None:
     seen: list[int] = []
-    with pytest.raises(ZeroDivisionError):
-        with make_pool(seen.append, workers=2, batch_size=10, batch_timeout=3600) as pool:
-            pool.submit_many(range(1005))
-            1 / 0
+    with (
+        pytest.raises(ZeroDivisionError),
+        make_pool(seen.append, workers=2, batch_size=10, batch_timeout=3600) as pool,
+    ):
+        pool.submit_many(range(1005))
+        1 / 0  # noqa: B018 - the block raises, on purpose
     assert pool.closed
     assert sorted(i for b in seen for i in b) == list(range(1005))
 
@@ -786,9 +784,11 @@ def test_context_manager_exit_reraises_a_fatal_handler_exception(make_pool: Any)
         if item == 1:
             raise SystemExit(3)
 
-    with pytest.raises(SystemExit) as info:
-        with make_pool(handler, workers=1, on_error=lambda item, exc: None) as pool:
-            pool.submit_many(range(5))
+    with (
+        pytest.raises(SystemExit) as info,
+        make_pool(handler, workers=1, on_error=lambda item, exc: None) as pool,
+    ):
+        pool.submit_many(range(5))
     assert info.value.code == 3
     assert seen == [0, 1, 2, 3, 4]
 
@@ -806,9 +806,7 @@ def test_metrics_totals_are_sums_of_shards_and_account_for_every_item(make_pool:
         if any(i % 97 == 0 for i in batch):
             raise ValueError("fails")
 
-    pool = make_pool(
-        handler, workers=3, batch_size=5, capacity=100, on_error=lambda b, e: None
-    )
+    pool = make_pool(handler, workers=3, batch_size=5, capacity=100, on_error=lambda b, e: None)
     for i in range(3000):
         pool.submit(i)
     pool.submit_many(range(3000, 6000))
@@ -882,7 +880,9 @@ def test_unnamed_pools_get_distinct_names(make_pool: Any) -> None:
 
 def test_worker_threads_are_named_after_the_pool(make_pool: Any) -> None:
     names: list[str] = []
-    pool = make_pool(lambda item: names.append(threading.current_thread().name), workers=1, name="x")
+    pool = make_pool(
+        lambda item: names.append(threading.current_thread().name), workers=1, name="x"
+    )
     pool.submit(1)
     pool.shutdown()
     assert names == ["x-worker-0"]

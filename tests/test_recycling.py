@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import BatchProcessor, ShardedPool
 from helpers import WAIT
+from shardflow import BatchProcessor, ShardedPool
 
 LONG = 3600.0
 BS = 10
@@ -278,7 +278,9 @@ def test_a_handler_that_mutates_its_list_does_not_disturb_later_batches(
     seen: list[list[Any]] = []
 
     def handler(batch: list[Any]) -> None:
-        seen.append(batch.copy())
+        # `seen` is the enclosing test's list; pyflakes takes its `del` at the end for
+        # an unbound name, but the handler only runs before that.
+        seen.append(batch.copy())  # noqa: F821
         mutate(batch)
 
     pool = make_pool(handler, reuse_batches=reuse)
@@ -292,7 +294,7 @@ def test_a_handler_that_mutates_its_list_does_not_disturb_later_batches(
     pool.close()
     assert pool.join(WAIT)
     got = [x for b in seen for x in b]
-    assert len(got) == pos and all(a is b for a, b in zip(got, items[:pos]))
+    assert len(got) == pos and all(a is b for a, b in zip(got, items[:pos], strict=True))
     assert all(1 <= len(b) <= BS for b in seen)
     assert pool.metrics().processed == pos
     del got, seen, pool, chunk

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import Closed, Full, ShardedPool
 from helpers import WAIT, Gate
+from shardflow import Closed, Full, ShardedPool
 
 N = 5000
 

@@ -122,8 +122,14 @@ def test_retry_around_an_open_breaker_stops_at_once():
 def test_budget_caps_retries_to_a_fraction_of_calls():
     ft = FakeTime()
     retry = Retry(
-        3, base=0.0, jitter=False, budget=0.1, budget_window=10.0, budget_min_retries=0,
-        clock=ft.clock, sleep=ft.sleep,
+        3,
+        base=0.0,
+        jitter=False,
+        budget=0.1,
+        budget_window=10.0,
+        budget_min_retries=0,
+        clock=ft.clock,
+        sleep=ft.sleep,
     )
     for _ in range(20):
         with pytest.raises(ConnectionError):

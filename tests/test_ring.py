@@ -21,7 +21,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from shardflow._ring import Ring
 
-
 # --------------------------------------------------------------------------- construction
 
 
@@ -189,10 +188,10 @@ def test_concurrent_producers_and_consumers_deliver_every_item_exactly_once() ->
             values = list(range(pid * per_producer, (pid + 1) * per_producer))
             i = 0
             while i < len(values):
-                if pid % 2:  # odd producers push batches, even ones push one by one
-                    pushed = ring.push_many(values[i : i + 37])
-                else:
-                    pushed = int(ring.push(values[i]))
+                # odd producers push batches, even ones push one by one
+                pushed = (
+                    ring.push_many(values[i : i + 37]) if pid % 2 else int(ring.push(values[i]))
+                )
                 if pushed:
                     i += pushed
                 else:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import Closed, ShardedPool
 from helpers import WAIT, accounted, wait_until
+from shardflow import Closed, ShardedPool
 
 PRODUCERS = 4
 KEYS = 61  # prime: keys do not line up with the shard count
@@ -146,9 +146,7 @@ def test_steal_false_turns_stealing_off(make_pool: Any, kwargs: dict[str, Any]) 
 
 @pytest.mark.parametrize("name", ["ordered", "steal"])
 @pytest.mark.parametrize("value", ["yes", 1, 0])
-def test_non_bool_ordered_and_steal_are_refused_naming_the_parameter(
-    name: str, value: Any
-) -> None:
+def test_non_bool_ordered_and_steal_are_refused_naming_the_parameter(name: str, value: Any) -> None:
     with pytest.raises(TypeError, match=name):
         ShardedPool(lambda x: None, workers=1, **{name: value})
 

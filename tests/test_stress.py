@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import ShardedPool
 from helpers import WAIT, accounted
+from shardflow import ShardedPool
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import ShardedPool
 from helpers import WAIT
+from shardflow import ShardedPool
 
 
 def noop(item: Any) -> None:
@@ -63,7 +63,7 @@ def test_non_callable_handler_is_refused(handler: Any) -> None:
 
 
 def test_on_full_error_lists_the_accepted_choices() -> None:
-    with pytest.raises(ValueError, match="'block'.*'raise'.*'drop'"):
+    with pytest.raises(ValueError, match=r"'block'.*'raise'.*'drop'"):
         ShardedPool(noop, on_full="explode")
 
 

@@ -1,4 +1,5 @@
-# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True, cdivision=True, binding=False
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False
+# cython: wraparound=False, embedsignature=True, cdivision=True, binding=False
 """The compiled core of ``shardflow.CircuitBreaker``: admission and outcome recording.
 
 The state machine itself is C (``_breaker.h``); this module turns it into calls around a
@@ -174,7 +175,7 @@ cdef void _hammer_loop(sf_breaker *b, Py_ssize_t n, unsigned int fail_every,
             while x > m:
                 if sf_cas_acqrel_u64(most, &m, x):
                     break
-            for k in range(32):
+            for k in range(32):  # no-cython-lint: a counted spin
                 sf_cpu_relax()
             sf_fetch_sub_relaxed_u64(inside, 1)
         flags = SF_BR_FAIL if (fail_every and i % fail_every == 0) else SF_BR_OK

@@ -1,4 +1,5 @@
-# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True, cdivision=True, binding=False
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False
+# cython: wraparound=False, embedsignature=True, cdivision=True, binding=False
 """The compiled cores of ``shardflow.Limiter`` (semaphore) and ``shardflow.RateLimiter``.
 
 An uncontended acquire or release is one CAS in C, with no Python-level lock. A blocked
@@ -11,7 +12,7 @@ from libc.math cimport llround
 from libc.stdlib cimport free, malloc
 
 from shardflow._atomic cimport (
-    sf_atomic_u64,
+    sf_atomic_u64,  # no-cython-lint: unused cimport
     sf_cas_acqrel_u64,
     sf_cpu_relax,
     sf_fetch_add_acqrel_u64,
@@ -88,7 +89,7 @@ cdef void _hammer_loop(sf_limiter *l, Py_ssize_t n, bint blocking) noexcept nogi
     cdef unsigned int spins
     cdef uint64_t inside, m
     cdef sf_lim_waiter w
-    for i in range(n):
+    for i in range(n):  # no-cython-lint: n rounds
         if not sf_limiter_try_acquire(l):
             if blocking:
                 if l.fair:

@@ -1,4 +1,5 @@
-# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False
+# cython: wraparound=False, embedsignature=True
 """A thin test harness around the C ring (``sf_ring``).
 
 ``Ring`` exposes push/pop of Python objects so that the ring can be checked against a

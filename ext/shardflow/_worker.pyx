@@ -1,4 +1,5 @@
-# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, embedsignature=True, cdivision=True, binding=False
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False
+# cython: wraparound=False, embedsignature=True, cdivision=True, binding=False
 """The compiled core of ``ShardedPool``: routing, the submit paths and the worker loop.
 
 Per item, nothing here allocates a Python object, takes a lock or makes a system call:
@@ -34,7 +35,7 @@ from shardflow._atomic cimport (
 )
 from shardflow._park cimport sf_now_ns
 from shardflow._ring cimport (
-    SF_RING_MAX_CAPACITY,
+    SF_RING_MAX_CAPACITY,  # no-cython-lint: unused cimport
     sf_ring_close,
     sf_ring_depth,
     sf_ring_pop,
@@ -297,7 +298,7 @@ cdef class PoolCore:
         shard was full and ``on_full="drop"``; raises ``Full`` (``on_full="raise"``, or a
         blocking wait that timed out) and ``Closed`` after ``close()``."""
         cdef Py_ssize_t s = self._route(item)
-        cdef sf_shard *sh = &self.shards[s]
+        cdef sf_shard *sh = &self.shards[s]  # no-cython-lint: unused
         cdef void *p = <void *><PyObject *>item
         cdef int64_t r
         if timeout is not None:
@@ -313,7 +314,7 @@ cdef class PoolCore:
         cdef sf_shard *sh = &self.shards[s]
         cdef void *p = <void *><PyObject *>item
         cdef int64_t deadline
-        cdef int64_t slice_deadline
+        cdef int64_t slice_deadline  # no-cython-lint: unused
         if r < 0:
             self._raise_closed()
         if self.on_full_code == ON_FULL_DROP:
@@ -354,7 +355,7 @@ cdef class PoolCore:
         cdef Py_ssize_t nsh = self.workers
         cdef void **stage
         cdef Py_ssize_t *fill
-        cdef Py_ssize_t s, i, j
+        cdef Py_ssize_t s, i, j  # no-cython-lint: i unused
         cdef Py_ssize_t submitted = 0
         cdef int64_t deadline
         cdef bint keyed = self.key_fn is not None
@@ -548,7 +549,7 @@ cdef class PoolCore:
 
     def _stop(self, bint hand_back):
         """Tell workers to stop taking items (see SF_STOP_*) and wake them."""
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i  # no-cython-lint: unused
         sf_store_seqcst_int(&self.st.stop, SF_STOP_HAND_BACK if hand_back else SF_STOP_FINISH_TAKEN)
         self._close()
 

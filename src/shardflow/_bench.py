@@ -1150,8 +1150,8 @@ def _section_stealing(
     )
     rows = [["contender", "items/s", "vs steal=False"]]
     for name in STEAL_COST_CONTENDERS:
-        vs_off = _ratio(cost_med[name], cost_med[ITEM_NO_STEAL])
-        rows.append([name, _fmt_rate(cost_med[name]), f"{vs_off:.3f}x"])
+        cost_vs_off = _ratio(cost_med[name], cost_med[ITEM_NO_STEAL])
+        rows.append([name, _fmt_rate(cost_med[name]), f"{cost_vs_off:.3f}x"])
     _table(rows, out)
     out.flush()
 

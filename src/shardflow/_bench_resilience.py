@@ -106,9 +106,7 @@ def _contenders() -> dict[str, Callable[[int], None]]:
     return out
 
 
-def bench_resilience(
-    n: int = 200_000, rounds: int = 9, *, show: bool = True
-) -> dict[str, Any]:
+def bench_resilience(n: int = 200_000, rounds: int = 9, *, show: bool = True) -> dict[str, Any]:
     """Measure and return ``{"ns": {name: median ns per call}, "overhead_ns": {...},
     "ratios": {...}}``; print a table when ``show``."""
     contenders = _contenders()

@@ -91,7 +91,7 @@ def dead_letter_target(
 
         return to_queue
     if callable(dead_letter):
-        return dead_letter  # type: ignore[no-any-return]
+        return dead_letter
     raise TypeError(
         "dead_letter must be None, a callable (item, exc) or a queue with put_nowait(), "
         f"got {dead_letter!r} ({type(dead_letter).__name__})"

@@ -89,9 +89,7 @@ _active: contextvars.ContextVar[tuple[Any, int, int, Any] | None] = contextvars.
 def _split_exclude(
     exclude: Any,
 ) -> tuple[tuple[type[BaseException], ...], Callable[[BaseException], bool] | None]:
-    accepted = (
-        "an exception type, a predicate callable(exc) -> bool, or an iterable of those"
-    )
+    accepted = "an exception type, a predicate callable(exc) -> bool, or an iterable of those"
     if exclude is None:
         return (), None
     items = [exclude] if (isinstance(exclude, type) or callable(exclude)) else exclude

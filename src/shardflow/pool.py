@@ -183,7 +183,9 @@ class ShardedPool(PoolCore, Generic[T]):
             )
 
         self._core_init(
-            guard(handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry),
+            guard(
+                handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry
+            ),
             workers,
             key,
             capacity,
@@ -297,7 +299,8 @@ class ShardedPool(PoolCore, Generic[T]):
         if wait:
             fatal = self._take_fatal()
             if fatal is not None:
-                fatal.returned = returned
+                # Exception instances take attributes; typeshed does not declare this one.
+                fatal.returned = returned  # type: ignore[attr-defined]
                 raise fatal
         return returned
 
@@ -358,4 +361,3 @@ def _at_exit() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
-
