@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import BatchProcessor, CircuitBreaker, Retry, ShardedPool
 from helpers import WAIT
+from shardflow import BatchProcessor, CircuitBreaker, Retry, ShardedPool
 
 CHILD_TIMEOUT = 60
 
@@ -246,9 +246,7 @@ print("handled", sum(len(b) for b in handled), flush=True)
 LIMITER_WAITS = {
     "Limiter": "lim = shardflow.Limiter(1)\nlim.acquire()\nwait = lim.acquire",
     "Limiter-fair": "lim = shardflow.Limiter(1, fair=True)\nlim.acquire()\nwait = lim.acquire",
-    "RateLimiter": (
-        "rl = shardflow.RateLimiter(0.001, burst=1)\nrl.acquire()\nwait = rl.acquire"
-    ),
+    "RateLimiter": ("rl = shardflow.RateLimiter(0.001, burst=1)\nrl.acquire()\nwait = rl.acquire"),
 }
 
 
@@ -442,4 +440,3 @@ def test_a_forked_child_using_an_inherited_batch_processor_gets_a_fork_error(
         assert "RuntimeError" in line and "fork" in line, line
     assert "child exit 0" in lines
     assert "parent handled 100" in lines
-

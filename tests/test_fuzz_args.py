@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import WAIT
 from shardflow import (
     BatchProcessor,
     CircuitBreaker,
@@ -41,7 +43,6 @@ from shardflow import (
     Retry,
     ShardedPool,
 )
-from helpers import WAIT
 
 ALLOWED = (TypeError, ValueError)
 
@@ -135,7 +136,7 @@ def fraction(optional: bool = True, zero: bool = False) -> Callable[[Any], bool 
             return optional
         if not is_number(v) or v != v:
             return False
-        return (0 <= v if zero else 0 < v) and v <= 1
+        return (v >= 0 if zero else v > 0) and v <= 1
 
     return valid
 
@@ -165,7 +166,7 @@ class _Short:
 def outcome(call: Callable[[], Any]) -> BaseException | None:
     try:
         call()
-    except BaseException as exc:  # noqa: BLE001 - classifying is the point
+    except BaseException as exc:
         return exc
     return None
 
@@ -175,8 +176,13 @@ def short(value: Any) -> str:
     return r if len(r) <= 40 else f"{r[:12]}...({len(r)} chars)"
 
 
-def judge(label: str, value: Any, exc: BaseException | None, valid: bool | None,
-          documented: tuple[type[BaseException], ...] = ()) -> str | None:
+def judge(
+    label: str,
+    value: Any,
+    exc: BaseException | None,
+    valid: bool | None,
+    documented: tuple[type[BaseException], ...] = (),
+) -> str | None:
     """A description of what is wrong, or None if the outcome is acceptable."""
     value = _Short(value)
     if exc is not None and not isinstance(exc, ALLOWED + documented):
@@ -184,7 +190,9 @@ def judge(label: str, value: Any, exc: BaseException | None, valid: bool | None,
     if exc is None and valid is False:
         return f"{label}={value!r}: accepted, but it is outside the documented domain"
     if exc is not None and isinstance(exc, ALLOWED) and valid is True:
-        return f"{label}={value!r}: refused ({type(exc).__name__}: {short(str(exc))}) but it is valid"
+        return (
+            f"{label}={value!r}: refused ({type(exc).__name__}: {short(str(exc))}) but it is valid"
+        )
     return None
 
 
@@ -257,21 +265,21 @@ CONSTRUCTOR_PARAMS: list[tuple[str, Callable[..., None], str, Any, dict[str, Any
     ("ShardedPool", make_pool, "dead_letter", dead_letter_valid, {}),
     ("BatchProcessor", make_bp, "handler", a_callable(), {}),
     ("BatchProcessor", make_bp, "batch_size", int_in(1, 2**20), {}),
-    ("BatchProcessor", make_bp, "batch_timeout", seconds(optional=False, positive=True, inf=False), {}),
+    ("BatchProcessor", make_bp, "batch_timeout", seconds(optional=False, positive=True, inf=False), {}),  # noqa: E501 (one row per parameter reads as a table)
     ("BatchProcessor", make_bp, "capacity", lambda v: v is None or int_in(1, 2**30)(v), {}),
     ("BatchProcessor", make_bp, "on_full", choice("block", "raise", "drop"), {}),
     ("BatchProcessor", make_bp, "on_error", a_callable(optional=True), {}),
     ("BatchProcessor", make_bp, "reuse_batches", boolean(), {}),
     ("BatchProcessor", make_bp, "name", optional_str, {}),
-    ("CircuitBreaker", make_breaker, "max_failures", lambda v: v is None or int_in(1, 1 << 62)(v), {"failure_rate": 0.5}),
+    ("CircuitBreaker", make_breaker, "max_failures", lambda v: v is None or int_in(1, 1 << 62)(v), {"failure_rate": 0.5}),  # noqa: E501 (one row per parameter reads as a table)
     ("CircuitBreaker", make_breaker, "reset_timeout", seconds(optional=False), {}),
     ("CircuitBreaker", make_breaker, "failure_rate", fraction(), {}),
-    ("CircuitBreaker", make_breaker, "slow_call_duration", lambda v: None if v is None else seconds(optional=False, positive=True)(v), {"slow_call_rate": 0.5}),
-    ("CircuitBreaker", make_breaker, "slow_call_rate", lambda v: None if v is None else fraction(optional=False)(v), {"slow_call_duration": 1.0}),
+    ("CircuitBreaker", make_breaker, "slow_call_duration", lambda v: None if v is None else seconds(optional=False, positive=True)(v), {"slow_call_rate": 0.5}),  # noqa: E501 (one row per parameter reads as a table)
+    ("CircuitBreaker", make_breaker, "slow_call_rate", lambda v: None if v is None else fraction(optional=False)(v), {"slow_call_duration": 1.0}),  # noqa: E501 (one row per parameter reads as a table)
     ("CircuitBreaker", make_breaker, "window_type", choice("count", "time"), {"failure_rate": 0.5}),
     ("CircuitBreaker", make_breaker, "window", int_in(1, 2**24), {"failure_rate": 0.5}),
-    ("CircuitBreaker", make_breaker, "window", seconds(optional=False, positive=True), {"failure_rate": 0.5, "window_type": "time"}),
-    ("CircuitBreaker", make_breaker, "window_buckets", int_in(1, 2**16), {"failure_rate": 0.5, "window_type": "time"}),
+    ("CircuitBreaker", make_breaker, "window", seconds(optional=False, positive=True), {"failure_rate": 0.5, "window_type": "time"}),  # noqa: E501 (one row per parameter reads as a table)
+    ("CircuitBreaker", make_breaker, "window_buckets", int_in(1, 2**16), {"failure_rate": 0.5, "window_type": "time"}),  # noqa: E501 (one row per parameter reads as a table)
     ("CircuitBreaker", make_breaker, "minimum_calls", int_in(1, 1 << 62), {"failure_rate": 0.5}),
     ("CircuitBreaker", make_breaker, "half_open_max_calls", int_in(1, 0xFFFF), {}),
     ("CircuitBreaker", make_breaker, "success_threshold", int_in(1, 0xFFFF), {}),
@@ -282,7 +290,7 @@ CONSTRUCTOR_PARAMS: list[tuple[str, Callable[..., None], str, Any, dict[str, Any
     ("Limiter", make_limiter, "concurrency", int_in(1, 2**62), {}),
     ("Limiter", make_limiter, "fair", boolean(), {}),
     ("RateLimiter", make_rate_limiter, "rate", rate_valid, {"burst": 1}),
-    ("RateLimiter", make_rate_limiter, "burst", lambda v: None if is_int(v) and v > 10**9 else int_in(1)(v), {}),
+    ("RateLimiter", make_rate_limiter, "burst", lambda v: None if is_int(v) and v > 10**9 else int_in(1)(v), {}),  # noqa: E501 (one row per parameter reads as a table)
     ("RateLimiter", make_rate_limiter, "clock", a_callable(optional=True), {}),
     ("RateLimiter", make_rate_limiter, "sleep", a_callable(optional=True), {}),
     ("Retry", make_retry, "attempts", int_in(1, 1_000_000), {}),
@@ -302,21 +310,25 @@ CONSTRUCTOR_PARAMS: list[tuple[str, Callable[..., None], str, Any, dict[str, Any
 ]  # fmt: skip
 
 CONSTRUCTOR_IDS = [
-    f"{cls}.{param}" + ("[time]" if extra.get("window_type") == "time" and param == "window" else "")
+    f"{cls}.{param}"
+    + ("[time]" if extra.get("window_type") == "time" and param == "window" else "")
     for cls, _, param, _, extra in CONSTRUCTOR_PARAMS
 ]
 
 
-def check_constructor(make: Callable[..., None], param: str, oracle: Any,
-                      extra: dict[str, Any], value: Any) -> str | None:
+def check_constructor(
+    make: Callable[..., None], param: str, oracle: Any, extra: dict[str, Any], value: Any
+) -> str | None:
     exc = outcome(lambda: make(**{**extra, param: value}))
     return judge(param, value, exc, oracle(value))
 
 
-@pytest.mark.parametrize(("cls", "make", "param", "oracle", "extra"), CONSTRUCTOR_PARAMS,
-                         ids=CONSTRUCTOR_IDS)
-def test_constructor_parameter_nasty_values(cls: str, make: Any, param: str, oracle: Any,
-                                            extra: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("cls", "make", "param", "oracle", "extra"), CONSTRUCTOR_PARAMS, ids=CONSTRUCTOR_IDS
+)
+def test_constructor_parameter_nasty_values(
+    cls: str, make: Any, param: str, oracle: Any, extra: dict[str, Any]
+) -> None:
     problems = [p for v in NASTY if (p := check_constructor(make, param, oracle, extra, v))]
     assert not problems, f"{cls}:\n  " + "\n  ".join(problems)
 
@@ -354,9 +366,18 @@ def idle_bp() -> Any:
     bp.shutdown()
 
 
-def sweep(label: str, call: Callable[[Any], Any], oracle: Any,
-          documented: tuple[type[BaseException], ...] = (), values: list[Any] = NASTY) -> None:
-    problems = [p for v in values if (p := judge(label, v, outcome(lambda: call(v)), oracle(v), documented))]
+def sweep(
+    label: str,
+    call: Callable[[Any], Any],
+    oracle: Any,
+    documented: tuple[type[BaseException], ...] = (),
+    values: list[Any] = NASTY,
+) -> None:
+    problems = [
+        p
+        for v in values
+        if (p := judge(label, v, outcome(lambda v=v: call(v)), oracle(v), documented))
+    ]
     assert not problems, "\n  ".join(problems)
 
 
@@ -381,7 +402,9 @@ def test_submit_nasty_values(idle_pool: Any) -> None:
 
 
 def test_submit_many_nasty_values(idle_pool: Any) -> None:
-    sweep("submit_many(timeout)", lambda v: idle_pool.submit_many([1, 2], timeout=v), TIMEOUT, (Full,))
+    sweep(
+        "submit_many(timeout)", lambda v: idle_pool.submit_many([1, 2], timeout=v), TIMEOUT, (Full,)
+    )
     sweep("submit_many(items)", lambda v: idle_pool.submit_many(v), iterable_of_hashables)
 
 
@@ -423,11 +446,15 @@ LIMITER_TIMEOUT = seconds(inf=True)  # timeouts take inf as "no limit", as every
 
 
 def test_limiter_acquire_nasty_values_with_a_permit_free() -> None:
-    sweep("Limiter.acquire(timeout) [free]", lambda v: limiter_acquire(v, busy=False), LIMITER_TIMEOUT)
+    sweep(
+        "Limiter.acquire(timeout) [free]", lambda v: limiter_acquire(v, busy=False), LIMITER_TIMEOUT
+    )
 
 
 def test_limiter_acquire_nasty_values_while_busy() -> None:
-    sweep("Limiter.acquire(timeout) [busy]", lambda v: limiter_acquire(v, busy=True), LIMITER_TIMEOUT)
+    sweep(
+        "Limiter.acquire(timeout) [busy]", lambda v: limiter_acquire(v, busy=True), LIMITER_TIMEOUT
+    )
 
 
 def rate_limiter_acquire(tokens: Any = 1, timeout: Any = None) -> Any:
@@ -439,7 +466,9 @@ def rate_limiter_acquire(tokens: Any = 1, timeout: Any = None) -> Any:
 
 def test_rate_limiter_acquire_nasty_values() -> None:
     sweep("RateLimiter.acquire(tokens)", lambda v: rate_limiter_acquire(tokens=v), int_in(1, 5))
-    sweep("RateLimiter.acquire(timeout)", lambda v: rate_limiter_acquire(timeout=v), LIMITER_TIMEOUT)
+    sweep(
+        "RateLimiter.acquire(timeout)", lambda v: rate_limiter_acquire(timeout=v), LIMITER_TIMEOUT
+    )
 
 
 METHODS = {
@@ -452,8 +481,16 @@ METHODS = {
     "join": (lambda p, b, v: closed_pool_join(v), TIMEOUT, ()),
     "Limiter.acquire.free": (lambda p, b, v: limiter_acquire(v, busy=False), LIMITER_TIMEOUT, ()),
     "Limiter.acquire.busy": (lambda p, b, v: limiter_acquire(v, busy=True), LIMITER_TIMEOUT, ()),
-    "RateLimiter.acquire.tokens": (lambda p, b, v: rate_limiter_acquire(tokens=v), int_in(1, 5), ()),
-    "RateLimiter.acquire.timeout": (lambda p, b, v: rate_limiter_acquire(timeout=v), LIMITER_TIMEOUT, ()),
+    "RateLimiter.acquire.tokens": (
+        lambda p, b, v: rate_limiter_acquire(tokens=v),
+        int_in(1, 5),
+        (),
+    ),
+    "RateLimiter.acquire.timeout": (
+        lambda p, b, v: rate_limiter_acquire(timeout=v),
+        LIMITER_TIMEOUT,
+        (),
+    ),
 }
 
 

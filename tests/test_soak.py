@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import ShardedPool
 from helpers import WAIT
+from shardflow import ShardedPool
 
 pytestmark = [
     pytest.mark.slow,
