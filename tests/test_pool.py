@@ -955,3 +955,22 @@ def test_an_idle_pool_sleeps_instead_of_spinning(make_pool: Any) -> None:
     assert cpu < 0.5, f"idle pool used {cpu:.2f} s of CPU in 1 s"
     pool.close()
     assert pool.join(WAIT)
+
+
+def test_a_refused_submit_hands_the_item_back_on_the_exception(make_pool: Any) -> None:
+    # Full and Closed from submit() carry what submit_many's carry: nothing queued, and the
+    # item itself, so a caller can treat both paths alike.
+    gate = threading.Event()
+    pool = make_pool(lambda item: gate.wait(), workers=1, capacity=1, on_full="raise")
+    pool.submit("busy")
+    # the worker took "busy" and is now blocked in the handler
+    assert wait_until(lambda: pool.metrics().depth == 0)
+    pool.submit("queued")
+    with pytest.raises(shardflow.Full) as full:
+        pool.submit("refused")
+    assert (full.value.submitted, full.value.unsent) == (0, ["refused"])
+    gate.set()
+    pool.close()
+    with pytest.raises(shardflow.Closed) as closed:
+        pool.submit("late")
+    assert (closed.value.submitted, closed.value.unsent) == (0, ["late"])

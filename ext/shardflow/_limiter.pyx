@@ -12,7 +12,6 @@ from libc.math cimport llround
 from libc.stdlib cimport free, malloc
 
 from shardflow._atomic cimport (
-    sf_atomic_u64,  # no-cython-lint: unused cimport
     sf_cas_acqrel_u64,
     sf_cpu_relax,
     sf_fetch_add_acqrel_u64,

@@ -1,5 +1,5 @@
 # cython: language_level=3, freethreading_compatible=True, boundscheck=False
-# cython: wraparound=False, embedsignature=True
+# cython: wraparound=False, embedsignature=True, cdivision=True, binding=False
 """A thin test harness around the C ring (``sf_ring``).
 
 ``Ring`` exposes push/pop of Python objects so that the ring can be checked against a

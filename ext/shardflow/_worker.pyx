@@ -35,7 +35,6 @@ from shardflow._atomic cimport (
 )
 from shardflow._park cimport sf_now_ns
 from shardflow._ring cimport (
-    SF_RING_MAX_CAPACITY,  # no-cython-lint: unused cimport
     sf_ring_close,
     sf_ring_depth,
     sf_ring_pop,
@@ -151,6 +150,17 @@ cdef enum:
 ON_FULL_BLOCK = 0
 ON_FULL_RAISE = 1
 ON_FULL_DROP = 2
+
+
+_NO_ITEM = object()
+
+
+cdef object _unsent(object exc, object item):
+    """The exception a refused ``submit(item)`` raises carries what ``submit_many``'s do:
+    nothing was queued, and the item is handed back."""
+    exc.submitted = 0
+    exc.unsent = [item]
+    return exc
 
 
 cdef int _check_timeout(object timeout) except -1:
@@ -298,7 +308,6 @@ cdef class PoolCore:
         shard was full and ``on_full="drop"``; raises ``Full`` (``on_full="raise"``, or a
         blocking wait that timed out) and ``Closed`` after ``close()``."""
         cdef Py_ssize_t s = self._route(item)
-        cdef sf_shard *sh = &self.shards[s]  # no-cython-lint: unused
         cdef void *p = <void *><PyObject *>item
         cdef int64_t r
         if timeout is not None:
@@ -314,14 +323,13 @@ cdef class PoolCore:
         cdef sf_shard *sh = &self.shards[s]
         cdef void *p = <void *><PyObject *>item
         cdef int64_t deadline
-        cdef int64_t slice_deadline  # no-cython-lint: unused
         if r < 0:
-            self._raise_closed()
+            self._raise_closed(item)
         if self.on_full_code == ON_FULL_DROP:
             sf_fetch_add_relaxed_u64(&sh.ctr.dropped, 1)
             return False
         if self.on_full_code == ON_FULL_RAISE or (timeout is not None and timeout <= 0):
-            raise Full(f"shard is full ({self.capacity} items queued)")
+            raise _unsent(Full(f"shard is full ({self.capacity} items queued)"), item)
         deadline = _deadline(timeout)
         while True:
             with nogil:
@@ -332,17 +340,19 @@ cdef class PoolCore:
                 return True
             Py_DECREF(item)
             if r < 0:
-                self._raise_closed()
+                self._raise_closed(item)
             PyErr_CheckSignals()
             if deadline >= 0 and sf_now_ns() >= deadline:
-                raise Full(f"shard stayed full ({self.capacity} items) for {timeout} s")
+                raise _unsent(
+                    Full(f"shard stayed full ({self.capacity} items) for {timeout} s"), item)
 
-    cdef int _raise_closed(self) except -1:
+    cdef int _raise_closed(self, object item=_NO_ITEM) except -1:
         if sf_load_relaxed_int(&self.st.forked):
             raise RuntimeError(
                 "this ShardedPool was created in a parent process and cannot be used after "
                 "fork(); create a new pool in the child")
-        raise Closed("pool is closed: submit() after close() or shutdown()")
+        exc = Closed("pool is closed: submit() after close() or shutdown()")
+        raise exc if item is _NO_ITEM else _unsent(exc, item)
 
     def submit_many(self, items, timeout=None):
         """Queue every item of the iterable, pushing staged chunks with one C call each.
@@ -355,7 +365,7 @@ cdef class PoolCore:
         cdef Py_ssize_t nsh = self.workers
         cdef void **stage
         cdef Py_ssize_t *fill
-        cdef Py_ssize_t s, i, j  # no-cython-lint: i unused
+        cdef Py_ssize_t s, j
         cdef Py_ssize_t submitted = 0
         cdef int64_t deadline
         cdef bint keyed = self.key_fn is not None
@@ -549,7 +559,6 @@ cdef class PoolCore:
 
     def _stop(self, bint hand_back):
         """Tell workers to stop taking items (see SF_STOP_*) and wake them."""
-        cdef Py_ssize_t i  # no-cython-lint: unused
         sf_store_seqcst_int(&self.st.stop, SF_STOP_HAND_BACK if hand_back else SF_STOP_FINISH_TAKEN)
         self._close()
 

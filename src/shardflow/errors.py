@@ -12,8 +12,8 @@ class ShardflowError(Exception):
 class Full(ShardflowError):
     """A shard was full: ``on_full="raise"``, or a blocking submit timed out.
 
-    When raised by ``submit_many`` it carries ``submitted`` (items queued before it) and
-    ``unsent`` (items taken from the iterable but not queued), so nothing is lost.
+    It carries ``submitted`` (items queued before it: 0 for ``submit``) and ``unsent``
+    (items taken but not queued: ``[item]`` for ``submit``), so nothing is lost.
     """
 
     submitted: int
@@ -24,8 +24,12 @@ class Closed(ShardflowError, RuntimeError):
     """The pool no longer accepts items (``close()`` or ``shutdown()`` was called).
 
     A subclass of ``RuntimeError``, which is what ``concurrent.futures`` executors raise
-    for a submit after shutdown.
+    for a submit after shutdown. From ``submit``/``submit_many`` it carries ``submitted``
+    and ``unsent`` like ``Full``.
     """
+
+    submitted: int
+    unsent: list[object]
 
 
 class CircuitOpen(ShardflowError):
