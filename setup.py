@@ -83,8 +83,10 @@ setup(
     ext_modules=cythonize(
         extensions,
         include_path=[str(EXT_DIR)],
-        # Generated C stays out of the source tree.
-        build_dir="build/cython",
+        # Generated C stays out of the source tree. The debug knob changes Cython's
+        # directives, which cythonize does not track: a separate directory per flavour
+        # keeps a no-build-isolation rebuild from reusing C generated for the other one.
+        build_dir="build/cython-debug" if DEBUG else "build/cython",
         compiler_directives=directives,
         annotate=os.environ.get("SHARDFLOW_ANNOTATE", "") == "1",
     ),
