@@ -48,3 +48,43 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
 
 def accounted(metrics: Any) -> int:
     return metrics.processed + metrics.failed + metrics.dropped + metrics.returned
+
+
+# --------------------------------------------------------------------------- stress items
+# An item is one int: (seq << 16) | (producer << 8) | key, so that a handler can stay a
+# C-level list method and the checks can decode it afterwards.
+
+PRODUCERS = 4
+KEYS = 61  # prime, so keys do not line up with the shard count
+
+
+def encode(producer: int, key: int, seq: int) -> int:
+    return (seq << 16) | (producer << 8) | key
+
+
+def item_key(item: int) -> int:
+    return item & 0xFF
+
+
+def producer_items(producer: int, n: int) -> list[int]:
+    """Producer ``producer``'s n items, cycling over the keys, numbered per key."""
+    return [encode(producer, i % KEYS, i // KEYS) for i in range(n)]
+
+
+def run_producers(targets: list[Callable[[], None]], timeout: float = 4 * WAIT) -> None:
+    """Run each target in its own thread; fail if one raised or hung."""
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # reported below, with the test's failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a producer hung"
+    assert errors == []

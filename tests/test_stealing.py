@@ -15,41 +15,17 @@ from typing import Any
 
 import pytest
 
-from helpers import WAIT, accounted, wait_until
+from helpers import (
+    KEYS,
+    PRODUCERS,
+    WAIT,
+    accounted,
+    item_key,
+    producer_items,
+    run_producers,
+    wait_until,
+)
 from shardflow import Closed, ShardedPool
-
-PRODUCERS = 4
-KEYS = 61  # prime: keys do not line up with the shard count
-
-
-def encode(producer: int, key: int, seq: int) -> int:
-    return (seq << 16) | (producer << 8) | key
-
-
-def item_key(item: int) -> int:
-    return item & 0xFF
-
-
-def producer_items(producer: int, n: int) -> list[int]:
-    return [encode(producer, i % KEYS, i // KEYS) for i in range(n)]
-
-
-def run_producers(targets: list[Callable[[], None]]) -> None:
-    errors: list[BaseException] = []
-
-    def guarded(target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as exc:  # reported below, with the test's failure
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT * 4)
-    assert not any(t.is_alive() for t in threads), "a producer hung"
-    assert errors == []
 
 
 def produce_mixed(pool: ShardedPool[int], inputs: list[list[int]]) -> None:

@@ -8,53 +8,25 @@ and sleep, and workers keep running dry and sleep: the park/unpark paths are exe
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from helpers import WAIT, accounted
+from helpers import (
+    KEYS,
+    PRODUCERS,
+    WAIT,
+    accounted,
+    item_key,
+    producer_items,
+    run_producers,
+)
 from shardflow import ShardedPool
 
 pytestmark = pytest.mark.slow
 
-PRODUCERS = 4
-KEYS = 61  # prime, so keys do not line up with the shard count
 TOTAL = 1_000_000
-
-# An item is one int: (seq << 16) | (producer << 8) | key, so that the handler can stay a
-# C-level list method and the checks can decode it afterwards.
-
-
-def encode(producer: int, key: int, seq: int) -> int:
-    return (seq << 16) | (producer << 8) | key
-
-
-def item_key(item: int) -> int:
-    return item & 0xFF
-
-
-def producer_items(producer: int, n: int) -> list[int]:
-    return [encode(producer, i % KEYS, i // KEYS) for i in range(n)]
-
-
-def run_producers(targets: list[Callable[[], None]]) -> None:
-    errors: list[BaseException] = []
-
-    def guarded(target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as exc:  # reported below, with the test's failure
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a producer hung"
-    assert errors == []
 
 
 def check_exactly_once_in_order(handled: list[int], per_producer: int) -> None:
