@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 #: Upper bound for anything the tests wait on. Generous: the machine is small and noisy,
@@ -88,3 +93,49 @@ def run_producers(targets: list[Callable[[], None]], timeout: float = 4 * WAIT) 
         t.join(timeout)
     assert not any(t.is_alive() for t in threads), "a producer hung"
     assert errors == []
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+#: Bound on a child interpreter's run: only reached when it hangs.
+CHILD_TIMEOUT = 60
+
+
+def run_script(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh interpreter in ``tmp_path``."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+
+
+def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
+    """Run ``code``; once it prints "ready", let it enter its wait, then send SIGINT.
+    Returns (returncode, stdout, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "ready", (line, proc.stderr.read() if proc.stderr else "")
+        # Give the child time to enter the wait, so that the signal interrupts the wait
+        # itself (sent earlier it would be honoured as well, just less interestingly).
+        try:
+            proc.wait(0.3)
+        except subprocess.TimeoutExpired:
+            pass
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err

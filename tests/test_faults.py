@@ -15,19 +15,13 @@ it means a hang, which is the bug looked for. No other timing is asserted.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import WAIT
+from helpers import WAIT, interrupt_when_ready, run_script
 from shardflow import BatchProcessor, CircuitBreaker, Retry, ShardedPool
-
-CHILD_TIMEOUT = 60
 
 
 class Abort(BaseException):
@@ -113,42 +107,6 @@ def test_a_batch_processor_reraises_a_custom_base_exception_from_close_and_join(
 
 
 # --------------------------------------------------------------------------- subprocesses
-
-
-def run_script(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-    )
-
-
-def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
-    """Run ``code``; once it prints "ready", let it enter its wait, then send SIGINT."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line == "ready", (line, proc.stderr.read() if proc.stderr else "")
-        try:
-            proc.wait(0.3)  # the wait itself should be interrupted (earlier works too)
-        except subprocess.TimeoutExpired:
-            pass
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc.returncode, out, err
 
 
 # Handler blocked on ``gate``; an atexit hook registered after shardflow's opens it first

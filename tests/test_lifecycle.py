@@ -8,26 +8,11 @@ the bug these tests look for.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-CHILD_TIMEOUT = 60
-
-
-def run_script(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-    )
-
+from helpers import interrupt_when_ready, run_script
 
 # Preamble of scripts whose handler blocks on ``gate``. The gate is opened by an atexit
 # hook registered after shardflow's own, so it runs first (atexit is LIFO): items are still
@@ -200,28 +185,9 @@ pool.join()
 
 @pytest.mark.parametrize("call", sorted(BLOCKING_CALLS))
 def test_ctrl_c_interrupts_a_blocked_call_promptly(tmp_path: Path, call: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", GATED + BLOCKING_CALLS[call] + 'print("not interrupted")\n'],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, out, err = interrupt_when_ready(
+        GATED + BLOCKING_CALLS[call] + 'print("not interrupted")\n', tmp_path
     )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        # Give the child time to enter the wait, so that the signal interrupts the wait
-        # itself (sent earlier it would be honoured as well, just less interestingly).
-        try:
-            proc.wait(0.3)
-        except subprocess.TimeoutExpired:
-            pass
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert "not interrupted" not in out
     assert "KeyboardInterrupt" in err, err
-    assert proc.returncode != 0
+    assert returncode != 0
