@@ -123,6 +123,12 @@ static inline int sf_ring_has_claims(sf_ring *r) {
     return sf_ring_tail_index(r) != sf_load_acquire_u64(&r->head);
 }
 
+/* The same check as a seq_cst load pair, for a re-check that is one side of a Dekker pair
+ * whose other side is not a fence (the owner's wake-a-thief check in _sched.h). */
+static inline int sf_ring_has_claims_seqcst(sf_ring *r) {
+    return (sf_load_seqcst_u64(&r->tail) & ~SF_RING_CLOSED) != sf_load_seqcst_u64(&r->head);
+}
+
 /* A producer could claim at least one slot (or the ring is closed, which also ends a
  * producer's wait). */
 static inline int sf_ring_has_space_or_closed(sf_ring *r) {

@@ -80,7 +80,10 @@ static inline void sf_sched_wake_thief(sf_shard *shards, uint64_t m) {
  * idles, wake it to steal. */
 static inline void sf_sched_after_own_drain(sf_pool *p, sf_shard *shards, uint64_t self) {
     uint64_t m;
-    if (!p->steal || !sf_ring_has_items(&shards[self].ring)) return;
+    /* Claims, not published items: a producer's commit store may still sit in its store
+     * buffer while its claim (a seq_cst CAS) is already visible; checking `commit` here
+     * lets that item wait behind a busy owner (found by tools/model/steal.pml). */
+    if (!p->steal || !sf_ring_has_claims_seqcst(&shards[self].ring)) return;
     m = sf_load_seqcst_u64(&p->idle_mask);
     if (self < 64) m &= ~((uint64_t)1 << self);
     if (m) sf_sched_wake_thief(shards, m);
@@ -110,7 +113,7 @@ static inline int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s,
         if (s < 64) m &= ~((uint64_t)1 << s);
         /* `t` was read before our claim, so head >= t means nothing older than our items
          * was left in the ring: it went from empty to non-empty while its owner was busy. */
-        if (m && sf_load_acquire_u64(&sh->ring.head) >= t) sf_sched_wake_thief(shards, m);
+        if (m && sf_load_seqcst_u64(&sh->ring.head) >= t) sf_sched_wake_thief(shards, m);
     }
     return k;
 }
@@ -190,9 +193,14 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
         key = sf_event_prepare(&s->data_ev);
         /* Claims, not published items: see sf_ring_has_claims. */
         if (sf_ring_has_claims(&s->ring) || sf_ring_finished(&s->ring) ||
-            sf_load_acquire_int(&p->stop) || sf_load_acquire_u64(&p->flush_seq) != flush_seen ||
-            (p->steal && sf_sched_any_claims(shards, nshards))) {
+            sf_load_acquire_int(&p->stop) || sf_load_acquire_u64(&p->flush_seq) != flush_seen) {
             sf_event_cancel(&s->data_ev, key);
+        } else if (p->steal && sf_sched_any_claims(shards, nshards)) {
+            /* Work elsewhere, perhaps not yet published: retry the steal, but give the
+             * CPU away first (with more threads than cores the publisher may be waiting
+             * for exactly this core). */
+            sf_event_cancel(&s->data_ev, key);
+            sf_thread_yield();
         } else {
             sf_event_wait(&s->data_ev, key, deadline_ns);
         }

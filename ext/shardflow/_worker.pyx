@@ -36,6 +36,7 @@ from shardflow._atomic cimport (
 from shardflow._park cimport sf_now_ns
 from shardflow._ring cimport (
     sf_ring_close,
+    sf_ring_has_items,
     sf_ring_depth,
     sf_ring_pop,
     sf_ring_round_capacity,
@@ -744,6 +745,13 @@ cdef class _Worker:
                 # Requests made while this one is handled are seen on the next wait.
                 seq = sf_load_acquire_u64(&core.st.flush_seq)
                 self.process(True)
+                # process() gives the GIL back after MAX_ITEMS_PER_HOLD items; a flush
+                # acknowledges only once the backlog queued before it was handled.
+                while (sf_ring_has_items(&self.shard.ring)
+                       and sf_load_relaxed_int(&core.st.stop) == SF_STOP_NONE):
+                    self._took(sf_sched_pop_own(core.st, core.shards, <uint64_t>self.index,
+                                                self.buf + self.n, self.room()), timed)
+                    self.process(True)
                 self.flush_seen = seq
                 sf_sched_flushed(core.st, self.shard, seq)
                 continue
