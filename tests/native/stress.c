@@ -780,6 +780,15 @@ static int scenario_pool(void) {
  * steal-half, park, flush acknowledgement, flush holds), producers in sf_sched_push (thief
  * wake-ups) blocking in sf_shard_wait_space, and a flusher checking that flush is exact. */
 
+/* Run time on 2 cores is bimodal with the 4-shard configuration: usually well under a
+ * second per 10^5 items, sometimes 50-100x more. Sampled stacks of a slow run show every
+ * producer in sf_ring_push's wait for an earlier claimer (sched_yield) and the idle
+ * workers spinning in sf_sched_wait: when another ring has claims not yet published, T3
+ * cancels and the loop goes round (steal finds nothing published, spin, T1-T3 again)
+ * without ever yielding, so the spinners take the cores the claimer needs to publish.
+ * A yield after that cancel (as the own-ring has_claims path does) removed the slow runs
+ * in a quick experiment on a patched copy of _sched.h. The item counts here keep even a
+ * slow run to a few seconds. */
 #define SCHED_MAX_WORKERS 4
 #define SCHED_FULL_BATCH 32     /* a worker hands over full batches of this many... */
 #define SCHED_BUF 96       /* ...and drains at most this many into its partial batch */
