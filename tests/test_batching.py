@@ -252,6 +252,43 @@ def test_sharded_pool_flush_hands_over_the_partial_batches_of_every_shard(steal:
         pool.shutdown(wait=True)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "_worker.pyx: on SF_WAIT_FLUSH the worker calls process(True) once and acknowledges; "
+    "process() stops re-draining after MAX_ITEMS_PER_HOLD (65536) items, so with a larger "
+    "backlog in its own ring flush() returns True while items queued before it are still "
+    "in the ring. Fix: re-run process(True) until the own ring has no published items (or "
+    "stop is set) before acknowledging"))
+def test_flush_hands_over_a_backlog_larger_than_one_gil_hold() -> None:
+    go = threading.Event()
+    count = 0
+
+    def handler(x: int) -> None:
+        nonlocal count
+        if x == 0:
+            go.wait(WAIT)
+        count += 1
+
+    n = 200_000  # > 2 * MAX_ITEMS_PER_HOLD: the drain that is running absorbs one hold
+    pool: ShardedPool[int] = ShardedPool(handler, workers=1, capacity=1 << 18)
+    try:
+        assert pool.submit_many(range(n)) == n
+        result: dict[str, Any] = {}
+
+        def flusher() -> None:
+            result["ok"] = pool.flush()
+            result["handled"] = count
+
+        t = threading.Thread(target=flusher)
+        t.start()
+        time.sleep(0.1)  # the request is made while the worker is busy on item 0
+        go.set()
+        t.join(WAIT)
+        assert result == {"ok": True, "handled": n}
+    finally:
+        go.set()
+        pool.shutdown(wait=True)
+
+
 class SlowStartPool(ShardedPool[Any]):
     """A pool whose worker threads take a while to get going, as on a loaded machine
     where a new thread may not run for a long time after ``Thread.start()`` returns."""

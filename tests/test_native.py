@@ -1,7 +1,8 @@
 """The C core, tested without Python in the way: stress, sanitizers, model checking.
 
-* ``tests/native/stress.c`` hammers the ring, the park protocol, the counters and the pool's
-  live/done protocol from pthreads. It is built three ways (plain ``-O2``, ThreadSanitizer,
+* ``tests/native/stress.c`` hammers the ring, the park protocol, the counters, the pool's
+  live/done protocol and the stealing scheduler (``_sched.h``: steal-half, thief wake-ups,
+  flush acknowledgements and flush holds) from pthreads. It is built three ways (plain ``-O2``, ThreadSanitizer,
   AddressSanitizer + UndefinedBehaviorSanitizer) and every build must exit 0 with no
   sanitizer report. No suppression file exists, on purpose.
 * ``tests/native/interleave.c`` replays exact interleavings (a thread preempted after one
@@ -9,6 +10,9 @@
 * ``tools/model/park.pml`` is checked exhaustively with spin: no lost wake-up (invalid end
   state), no item taken twice, every claimed item consumed; and a negative control shows the
   model does find a lost wake-up when the consumer re-checks the wrong variable.
+* ``tools/model/steal.pml`` models the thief wake-up protocol of ``_sched.h`` (two workers,
+  producers pushing to one shard): no item taken twice, and items are never left queued
+  while every worker sleeps.
 
 Everything is built in a temporary directory, never in the source tree. Tests that need a
 C compiler with pthreads, ``make`` or ``spin`` are skipped, with the reason, without them.
@@ -31,6 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "tests" / "native"
 MODEL = ROOT / "tools" / "model" / "park.pml"
+STEAL_MODEL = ROOT / "tools" / "model" / "steal.pml"
 
 CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 MAKE = shutil.which("make")
@@ -134,13 +139,14 @@ def _assert_clean(r: subprocess.CompletedProcess[str], what: str) -> None:
 @needs_native
 def test_stress_harness_passes_every_check(build_dir: Path, flavour: str) -> None:
     """Ring (exactly once, per-producer order, with a thief, capacities 8/64/1024), shard
-    park protocol (capacities 8/64, close must wake the worker), counters and pool: every
-    check passes and no sanitizer reports anything."""
+    park protocol (capacities 8/64, close must wake the worker), counters, pool, and the
+    stealing scheduler (exactly once, exact flushes, stolen_in == stolen_out): every check
+    passes and no sanitizer reports anything."""
     binary = _build(build_dir, f"stress-{flavour}")
     r = _run_harness(binary, ["all", "--ops", str(OPS[flavour]), "--timeout", "90"])
     _assert_clean(r, f"stress-{flavour}")
     assert "stress    all: all checks passed" in r.stdout
-    for scenario in ("ring", "shard", "counters", "pool"):
+    for scenario in ("ring", "shard", "counters", "pool", "sched"):
         assert re.search(rf"^{scenario}\b.* OK$", r.stdout, re.M), r.stdout
 
 
@@ -154,9 +160,9 @@ def test_push_never_reports_full_on_a_ring_with_room(build_dir: Path) -> None:
 # ------------------------------------------------------------------ model checking
 
 
-def _verify(tmp: Path, *defines: str, liveness: bool = False) -> str:
+def _verify(tmp: Path, *defines: str, liveness: bool = False, model: Path = MODEL) -> str:
     """spin -a, compile pan.c, run the verifier; return its report."""
-    r = _run([SPIN, *defines, "-a", str(MODEL)], cwd=tmp)
+    r = _run([SPIN, *defines, "-a", str(model)], cwd=tmp)
     assert r.returncode == 0, r.stdout + r.stderr
     cflags = ["-O2", "-w", "-DMEMLIM=4000"] + (["-DNFAIR=4"] if liveness else ["-DNOCLAIM"])
     r = _run([CC, *cflags, "-o", "pan", "pan.c"], cwd=tmp)
@@ -193,3 +199,58 @@ def test_park_model_consumer_always_finishes(tmp_path: Path) -> None:
     report = _verify(tmp_path, "-DITEMS=1", liveness=True)
     assert "errors: 0" in report, report
     assert "acceptance   cycles \t+ (fairness enabled)" in report, report
+
+
+# ------------------------------------------------------------------ steal.pml
+
+_steal_marks = [pytest.mark.skipif(not STEAL_MODEL.is_file(), reason="tools/model/steal.pml not found")]
+
+
+def needs_steal_model(fn):
+    for mark in _spin_marks[:2] + _steal_marks:
+        fn = mark(fn)
+    return fn
+
+
+def _states(report: str) -> int:
+    m = re.search(r"(\d+) states, stored", report)
+    return int(m.group(1)) if m else 0
+
+
+@needs_steal_model
+def test_steal_model_items_never_left_queued_while_everybody_sleeps(tmp_path: Path) -> None:
+    """Two producers, the owner of their shard asleep or busy (coming back), an idle thief:
+    no item taken twice, and no end state with items queued."""
+    report = _verify(tmp_path, "-DNPROD=2", "-DITEMS=1", model=STEAL_MODEL)
+    assert "errors: 0" in report, report
+    assert _states(report) > 100_000, report
+
+
+@needs_steal_model
+def test_steal_model_finds_the_backlog_behind_a_woken_owner_without_o3(tmp_path: Path) -> None:
+    """Negative control: without the owner's O1-O3 (the code before they were added), a
+    backlog that builds behind a woken owner that then stays busy is never stolen."""
+    report = _verify(tmp_path, "-DNPROD=1", "-DITEMS=2", "-DOWNER_STUCK", "-DSC_COMMIT",
+                     "-DNO_O3", model=STEAL_MODEL)
+    assert "assertion violated" in report and "errors: 1" in report, report
+
+
+@needs_steal_model
+@pytest.mark.xfail(strict=True, reason=(
+    "_sched.h: O2 (sf_sched_after_own_drain) re-checks PUBLISHED items (commit != head). A "
+    "producer's release store of commit can still be in its store buffer when its P4 load "
+    "of head says 'older items queued' and the owner's drain + O2 read the old commit: the "
+    "item waits for the busy owner while the thief sleeps. Fix: re-check claims (tail != "
+    "head, seq_cst), which pairs with the claim CAS; see test below and tools/model/README.md"))
+def test_steal_model_busy_owner_backlog_is_stolen(tmp_path: Path) -> None:
+    report = _verify(tmp_path, "-DNPROD=1", "-DITEMS=2", "-DOWNER_STUCK", model=STEAL_MODEL)
+    assert "errors: 0" in report, report
+
+
+@needs_steal_model
+def test_steal_model_o2_rechecking_claims_fixes_it(tmp_path: Path) -> None:
+    """The proposed fix, checked: O2 re-checks claims (tail != head)."""
+    for defines in (("-DNPROD=1", "-DITEMS=2"), ("-DNPROD=2", "-DITEMS=1")):
+        report = _verify(tmp_path, *defines, "-DOWNER_STUCK", "-DO2_CLAIMS", model=STEAL_MODEL)
+        assert "errors: 0" in report, (defines, report)
+        assert _states(report) > 10_000, (defines, report)

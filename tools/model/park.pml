@@ -1,15 +1,23 @@
 /* park.pml: a Promela model of shardflow's park/unpark protocol (ext/shardflow/_park.h)
- * on the data side of one shard (ext/shardflow/_shard.h, _ring.h):
+ * on the data side of one shard (ext/shardflow/_shard.h, _ring.h, _sched.h):
  *
- *   - one worker (Consumer) running sf_shard_wait_pop with no deadline: pop, spin on
- *     "claims", announce (waiters += 1), read the epoch, re-check, sleep on the epoch;
+ *   - the eventcount is ONE word, epoch << 32 | waiters (here two variables that every
+ *     step reads or writes together, inside one atomic step): sf_event_prepare is one
+ *     fetch_add that announces and returns the epoch as the key; a notify CONSUMES every
+ *     announcement (CAS word -> (epoch + 1, waiters 0)) and broadcasts; sf_event_cancel
+ *     retires an announcement only while the epoch still equals the key (once it moved, a
+ *     notifier already consumed it); a woken waiter retires nothing;
+ *   - one worker (Consumer) running sf_sched_wait on a non-stealing pool (one shard, no
+ *     deadline, stop and flush never set): pop, spin on "claims", prepare (announce + key),
+ *     re-check, cancel or sleep on the epoch;
  *   - two producers, each pushing ITEMS single items with sf_shard_push: the claim CAS on
  *     `tail` (seq_cst RMW), the slot write, the wait for their turn, the release store of
- *     `commit`, then sf_event_notify_after_rmw (a seq_cst load of `waiters`);
+ *     `commit`, then sf_event_notify_after_rmw (a seq_cst load of the word, then
+ *     sf_event_notify_slow's consuming CAS);
  *   - a thief popping with copy-then-CAS on `head` (sf_ring_pop_part), a bounded number of
  *     times, so that "taken twice" has something to catch;
  *   - the close path, racing with everything: sf_ring_close (fetch_or on tail's bit 63)
- *     then sf_shard_wake_all (fence, load waiters, notify).
+ *     then sf_shard_wake_all (fence, load the word, notify_slow).
  *
  * Checked (see README.md for the commands):
  *   safety    no item taken twice (assert in take); when everybody is done, every claimed
@@ -22,9 +30,9 @@
  * Memory model. Promela interleaves statements: sequential consistency. That is sound for
  * the wake-up decision only because every cross-thread Dekker pair in the protocol is made
  * of seq_cst operations, which C11 keeps in a single total order consistent with program
- * order: the producer's claim CAS on `tail` and its seq_cst load of `waiters` (the
- * notify_after_rmw variant) against the consumer's seq_cst RMW of `waiters`, seq_cst fence
- * and load of `tail`; the close's fetch_or + fence + load of `waiters` against the same
+ * order: the producer's claim CAS on `tail` and its seq_cst load of the word (the
+ * notify_after_rmw variant) against the consumer's seq_cst RMW of the word, seq_cst fence
+ * and load of `tail`; the close's fetch_or + fence + load of the word against the same
  * consumer steps. The one store the protocol publishes WITHOUT seq_cst is the release
  * store of `commit`; a release store may be overtaken by a later load (store->load
  * reordering, what x86's store buffer does and C11 allows). So `commit` goes through a
@@ -34,7 +42,7 @@
  * That is what makes the consumer's re-check matter. It re-checks CLAIMS (tail != head,
  * sf_ring_has_claims), which pair with the seq_cst claim CAS. Compile with
  * -DRECHECK_COMMIT to re-check published items (commit != head, sf_ring_has_items)
- * instead: spin then finds the lost wake-up (the producer's waiters load passes its
+ * instead: spin then finds the lost wake-up (the producer's load of the word passes its
  * buffered commit store, the consumer reads the old commit and sleeps, nobody notifies).
  *
  * Not covered here:
@@ -66,8 +74,8 @@ byte head = 0;
 byte slot[CAP];
 byte cbuf[NPROD * 2];        /* per-producer FIFO store buffer for `commit` (2 entries) */
 
-/* data_ev */
-byte waiters = 0;
+/* data_ev: the one 64-bit word, as its two halves (only ever accessed together) */
+byte waiters = 0;            /* announcements not yet consumed or cancelled */
 byte epoch = 0;
 
 /* bookkeeping */
@@ -76,6 +84,28 @@ byte consumed = 0;
 byte taken[TOTAL + 1];
 bool consumer_done = false;
 byte finished_procs = 0;     /* producers, thief and closer that have ended */
+
+/* sf_event_notify_slow: N4 the CAS loop (a failed CAS retries with the fresh word, so
+ * "if nobody is announced, return; else consume all and move the epoch" is one atomic
+ * step), N5 lock; broadcast; unlock (the waiter's guard `epoch != key` below). */
+inline notify_slow() {
+    atomic {
+        if
+        :: waiters != 0 -> epoch++; waiters = 0
+        :: else -> skip                      /* another notifier consumed them */
+        fi
+    }
+}
+
+/* sf_event_cancel(key): retire our announcement only if no notify consumed it. */
+inline cancel(key) {
+    atomic {
+        if
+        :: epoch == key && waiters != 0 -> waiters--
+        :: else -> skip
+        fi
+    }
+}
 
 inline take(v) {
     assert(v >= 1 && v <= TOTAL);
@@ -110,9 +140,9 @@ proctype Producer(byte p) {
             :: else -> assert(cbuf[2*p+1] == NONE); cbuf[2*p+1] = t + 1
             fi
         }
-        /* sf_event_notify_after_rmw: seq_cst load of waiters; notify_slow under the mutex */
+        /* sf_event_notify_after_rmw: N3 seq_cst load of the word, then N4-N5 */
         if
-        :: waiters != 0 -> epoch++           /* lock; epoch += 1; broadcast; unlock */
+        :: waiters != 0 -> notify_slow()
         :: else -> skip
         fi;
         d_step { t = 0; i++ }
@@ -166,29 +196,29 @@ top:
     :: tail != head -> goto top
     :: else -> skip
     fi;
-    /* sf_event_prepare: W1 seq_cst RMW, W2 seq_cst fence (nothing to do under SC), W3 */
-    waiters++;
-    key = epoch;
-    /* W4: the re-check. */
+    /* sf_event_prepare: W1 one seq_cst fetch_add of the word (announce + read the epoch
+     * as the key), W2 seq_cst fence (nothing to do under SC) */
+    d_step { key = epoch; waiters++ };
+    /* W3: the re-check. */
 #ifdef RECHECK_COMMIT
     t = commit;                              /* sf_ring_has_items: commit != head */
 #else
     t = tail;                                /* sf_ring_has_claims: tail != head */
 #endif
     if
-    :: t != head -> waiters--; goto top
+    :: t != head -> cancel(key); goto top
     :: else -> skip
     fi;
     d_step { t = tail; tc = closed };        /* || sf_ring_finished */
     if
-    :: tc && t == head -> waiters--; goto top
+    :: tc && t == head -> cancel(key); goto top
     :: else -> skip
     fi;
-    /* W5: sf_event_wait with no deadline. Under the mutex the waiter checks the epoch and
-     * sleeps atomically with respect to a notifier's bump + broadcast: a guard. */
+    /* W4: sf_event_wait with no deadline. Under the mutex the waiter checks the epoch and
+     * sleeps atomically with respect to a notifier's CAS + broadcast: a guard. The notifier
+     * consumed the announcement, so a woken waiter retires nothing. */
     d_step { h = 0; t = 0; tc = false };
     epoch != key;
-    waiters--;
     goto top;
 finished:
     consumer_done = true
@@ -215,11 +245,11 @@ proctype Thief() {
 }
 
 /* close(): sf_ring_close (seq_cst fetch_or of bit 63), then sf_shard_wake_all's
- * sf_event_notify on data_ev (seq_cst fence, load waiters, notify_slow). */
+ * sf_event_notify on data_ev (seq_cst fence, load the word, notify_slow). */
 proctype Closer() {
     closed = true;
     if
-    :: waiters != 0 -> epoch++
+    :: waiters != 0 -> notify_slow()
     :: else -> skip
     fi;
     finished_procs++
@@ -238,6 +268,8 @@ init {
     finished_procs == NPROD + 2 && consumer_done;
     assert(consumed == claimed);
     assert(head == claimed && tail == claimed);
+    /* Every announcement was consumed by a notify or cancelled by its waiter. */
+    assert(waiters == 0);
     for (i : 1 .. TOTAL) { assert(taken[i] <= 1) }
 }
 
