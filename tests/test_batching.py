@@ -252,12 +252,6 @@ def test_sharded_pool_flush_hands_over_the_partial_batches_of_every_shard(steal:
         pool.shutdown(wait=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_worker.pyx: on SF_WAIT_FLUSH the worker calls process(True) once and acknowledges; "
-    "process() stops re-draining after MAX_ITEMS_PER_HOLD (65536) items, so with a larger "
-    "backlog in its own ring flush() returns True while items queued before it are still "
-    "in the ring. Fix: re-run process(True) until the own ring has no published items (or "
-    "stop is set) before acknowledging"))
 def test_flush_hands_over_a_backlog_larger_than_one_gil_hold() -> None:
     go = threading.Event()
     count = 0

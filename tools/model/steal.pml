@@ -37,8 +37,10 @@
  * SC loads: this can hide, not invent, a counterexample.
  *
  * Variants:
- *   -DO2_CLAIMS  the owner's O2 re-checks CLAIMS (tail != head) instead of published items
- *                (commit != head, sf_ring_has_items, what _sched.h does).
+ *   -DO2_PUBLISHED  negative control: the owner's O2 re-checks PUBLISHED items (commit !=
+ *                head) as _sched.h first did, instead of claims (tail != head,
+ *                sf_ring_has_claims_seqcst, what it does now); with OWNER_STUCK a backlog
+ *                can then wait behind a busy owner (see README.md).
  *   -DSC_COMMIT  the commit store is visible at once (no store->load reordering).
  *   -DNO_O3      negative control: the owner never wakes a thief after a drain (the state
  *                of the code before O1-O3 were added); with OWNER_STUCK the backlog built
@@ -180,10 +182,10 @@ top:
             goto top
         fi;
         /* O2: a backlog remains? */
-#ifdef O2_CLAIMS
-        c = tail;                            /* sf_ring_has_claims */
+#ifndef O2_PUBLISHED
+        c = tail;                            /* sf_ring_has_claims_seqcst */
 #else
-        c = commit;                          /* sf_ring_has_items: commit != head */
+        c = commit;                          /* the old check: commit != head */
 #endif
         if
 #ifndef NO_O3
