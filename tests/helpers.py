@@ -139,3 +139,28 @@ def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
             proc.kill()
             proc.communicate()
     return proc.returncode, out, err
+
+
+# --------------------------------------------------------------------------- producer kinds
+
+
+def one_by_one(pool: Any, items: list[int]) -> Callable[[], None]:
+    """A producer that submits its items one ``submit`` at a time."""
+
+    def run() -> None:
+        submit = pool.submit
+        for item in items:
+            submit(item)
+
+    return run
+
+
+def in_chunks(pool: Any, items: list[int], chunk: int = 1000) -> Callable[[], None]:
+    """A producer that submits its items through ``submit_many`` in lists of ``chunk``."""
+
+    def run() -> None:
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            assert pool.submit_many(part) == len(part)
+
+    return run

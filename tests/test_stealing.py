@@ -20,7 +20,9 @@ from helpers import (
     PRODUCERS,
     WAIT,
     accounted,
+    in_chunks,
     item_key,
+    one_by_one,
     producer_items,
     run_producers,
     wait_until,
@@ -31,23 +33,12 @@ from shardflow import Closed, ShardedPool
 def produce_mixed(pool: ShardedPool[int], inputs: list[list[int]]) -> None:
     """Half the producers submit one by one, half in chunks through submit_many."""
 
-    def one_by_one(items: list[int]) -> Callable[[], None]:
-        def run() -> None:
-            submit = pool.submit
-            for item in items:
-                submit(item)
-
-        return run
-
-    def in_chunks(items: list[int]) -> Callable[[], None]:
-        def run() -> None:
-            for start in range(0, len(items), 777):
-                chunk = items[start : start + 777]
-                assert pool.submit_many(chunk) == len(chunk)
-
-        return run
-
-    run_producers([(one_by_one if p % 2 else in_chunks)(inputs[p]) for p in range(len(inputs))])
+    run_producers(
+        [
+            (one_by_one(pool, inputs[p]) if p % 2 else in_chunks(pool, inputs[p], 777))
+            for p in range(len(inputs))
+        ]
+    )
 
 
 def check_accounting(pool: ShardedPool[Any]) -> None:

@@ -18,7 +18,9 @@ from helpers import (
     PRODUCERS,
     WAIT,
     accounted,
+    in_chunks,
     item_key,
+    one_by_one,
     producer_items,
     run_producers,
 )
@@ -63,22 +65,6 @@ def test_a_million_keyed_items_from_four_producers_exactly_once_and_in_key_order
     )
     inputs = [producer_items(p, per_producer) for p in range(PRODUCERS)]
 
-    def one_by_one(items: list[int]) -> Callable[[], None]:
-        def run() -> None:
-            submit = pool.submit
-            for item in items:
-                submit(item)
-
-        return run
-
-    def in_chunks(items: list[int]) -> Callable[[], None]:
-        def run() -> None:
-            for start in range(0, len(items), 1000):
-                chunk = items[start : start + 1000]
-                assert pool.submit_many(chunk) == len(chunk)
-
-        return run
-
     def from_an_iterator(items: list[int]) -> Callable[[], None]:
         def run() -> None:
             assert pool.submit_many(iter(items)) == len(items)
@@ -88,9 +74,9 @@ def test_a_million_keyed_items_from_four_producers_exactly_once_and_in_key_order
     # Half the producers submit one by one, half through submit_many.
     run_producers(
         [
-            one_by_one(inputs[0]),
-            in_chunks(inputs[1]),
-            one_by_one(inputs[2]),
+            one_by_one(pool, inputs[0]),
+            in_chunks(pool, inputs[1]),
+            one_by_one(pool, inputs[2]),
             from_an_iterator(inputs[3]),
         ]
     )

@@ -155,9 +155,8 @@ def run_simplequeue(n: int) -> tuple[int, float]:
     return _run_queue(queue.SimpleQueue(), n)
 
 
-def run_pool_item(n: int) -> tuple[int, float]:
-    """``ShardedPool(noop, workers=2)``, one ``submit`` per item, then close + join."""
-    pool: ShardedPool[int] = ShardedPool(noop, workers=WORKERS)
+def _time_per_item_submits(pool: ShardedPool[int], n: int) -> tuple[int, float]:
+    """Time n one-by-one ``submit`` calls plus close + join (construction excluded)."""
     sub = pool.submit
     t0 = time.perf_counter()
     for x in range(n):
@@ -165,18 +164,16 @@ def run_pool_item(n: int) -> tuple[int, float]:
     pool.close()
     pool.join()
     return n, time.perf_counter() - t0
+
+
+def run_pool_item(n: int) -> tuple[int, float]:
+    """``ShardedPool(noop, workers=2)``, one ``submit`` per item, then close + join."""
+    return _time_per_item_submits(ShardedPool(noop, workers=WORKERS), n)
 
 
 def run_pool_batch(n: int) -> tuple[int, float]:
     """``ShardedPool(noop_batch, workers=2, batch_size=256)``, one ``submit`` per item."""
-    pool: ShardedPool[int] = ShardedPool(noop_batch, workers=WORKERS, batch_size=BATCH)
-    sub = pool.submit
-    t0 = time.perf_counter()
-    for x in range(n):
-        sub(x)
-    pool.close()
-    pool.join()
-    return n, time.perf_counter() - t0
+    return _time_per_item_submits(ShardedPool(noop_batch, workers=WORKERS, batch_size=BATCH), n)
 
 
 def run_pool_many(n: int) -> tuple[int, float]:
@@ -417,14 +414,7 @@ def steal_contenders() -> dict[str, Runner]:
 
 def _pool_item_steal(steal: bool) -> Runner:
     def run(n: int) -> tuple[int, float]:
-        pool: ShardedPool[int] = ShardedPool(noop, workers=WORKERS, steal=steal)
-        sub = pool.submit
-        t0 = time.perf_counter()
-        for x in range(n):
-            sub(x)
-        pool.close()
-        pool.join()
-        return n, time.perf_counter() - t0
+        return _time_per_item_submits(ShardedPool(noop, workers=WORKERS, steal=steal), n)
 
     run.__doc__ = f"``ShardedPool(noop, workers=2, steal={steal})``, per-item submits."
     return run
