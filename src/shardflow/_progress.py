@@ -82,6 +82,10 @@ def want_progress(flag: bool | None, stream: TextIO) -> bool:
     return bool(isatty is not None and isatty())
 
 
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:80]
+
+
 def _fmt_count(n: float) -> str:
     return f"{n:,.0f}"
 
@@ -162,6 +166,7 @@ class Progress:
         self._rich: Any = None
         self._task: Any = None
         self._width = 0  # length of the last plain line drawn in place
+        self._failed: Exception | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,8 +223,10 @@ class Progress:
         try:
             snap = self.source()
         except Exception as exc:  # a display must never take the run down
+            if self._failed is None:
+                self._failed = exc
+                self.label = f"{self.label} (progress source failed: {_short(exc)})"
             snap = Snapshot(done=0)
-            self.label = f"{self.label} (progress source failed: {exc!r})"
         elapsed = time.monotonic() - self._t0
         if self._rich is not None:
             self._draw_rich(snap, elapsed, final)
