@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,35 @@ def test_flaky_sink_fails_in_its_outage_then_recovers() -> None:
     always = FlakySink(seed=1, failure_rate=1.0)
     with pytest.raises(TimeoutError):
         always.write([{"bytes": 1}])
+
+
+def test_ctrl_c_stops_promptly_and_still_accounts_for_every_event(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardflow", "demo", "--events", "100000000", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("shardflow demo: 100,000,000 events")
+        proc.stdout.readline()
+        # Let it get going: the pool has taken events once they start being handled.
+        try:
+            proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = accounting(out)
+    assert all(line.rstrip().endswith("OK") for line in lines), lines
+    # Events queued but not started were handed back, and counted as such.
+    returned = re.search(r"\+ returned ([\d,]+)", out)
+    assert returned is not None and int(returned.group(1).replace(",", "")) > 0

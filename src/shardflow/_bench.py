@@ -26,8 +26,10 @@ pool burns, and memory (RSS growth through a bounded pool, reference counts afte
 work stealing (sha256 items on skewed, uniform and single-shard keys, steal on and off,
 with a plain-thread control of the parallelism the machine gives, and what stealing costs
 the per-item no-op path); the latency a batch deadline gives a lone item; and recycled
-batch lists (``reuse_batches``) with their allocation counts. ``SECTIONS`` names them;
-``run_bench(sections=...)`` runs a subset.
+batch lists (``reuse_batches``) with their allocation counts; and a sweep of items/s
+against workers and against batch size, ShardedPool vs the stdlib thread pools (drawn by
+``shardflow._chart`` for ``bench --chart``). ``SECTIONS`` is the registry: name -> a
+``Section`` (``BenchContext -> SectionResult``); ``run_bench(sections=...)`` runs a subset.
 Targets are checked against the measured ratios; nothing is hard-coded.
 """
 
@@ -772,8 +774,8 @@ def measure_sweep(ctx: BenchContext) -> dict[str, Any]:
     feeds ``shardflow._chart.write_chart``."""
     out = ctx.out
     buf = os.urandom(SWEEP_SHA_BYTES)
-    sha_n = 500 if ctx.quick else 20_000
-    noop_n = min(ctx.items, 20_000 if ctx.quick else 200_000)
+    sha_n = 500 if ctx.quick else 10_000
+    noop_n = min(ctx.items, 20_000 if ctx.quick else 100_000)
     tpe_calls = max(1, noop_n // TPE_DIVISOR)
     by_workers = _sweep(
         "workers",

@@ -107,7 +107,8 @@ def write_chart(report: dict[str, Any], path: str) -> None:
         "shardflow ShardedPool vs stdlib thread pools - Python "
         f"{sweep.get('python', cfg.get('python', '?'))}, "
         f"{sweep.get('cpus', cfg.get('cpus', '?'))} CPUs "
-        f"(medians of {cfg.get('repeats', '?')} interleaved rounds)",
+        f"(medians of {cfg.get('repeats', '?')} interleaved rounds; "
+        f"load average {cfg.get('loadavg_start', '?')})",
         fontsize=12,
     )
     fig.savefig(path, dpi=110)

@@ -449,8 +449,13 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None, err: TextIO | None = No
         for chunk in event_stream(cfg.seed, count):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            generated += len(chunk)
-            pool.submit_many(chunk)
+            try:
+                generated += pool.submit_many(chunk)
+            except BaseException as exc:
+                # Ctrl-C inside submit_many: the exception says how many of the chunk
+                # went in; the rest never reached the pool and is not an event of the run.
+                generated += getattr(exc, "submitted", 0)
+                raise
         pool.close()
         pool.join()
     except KeyboardInterrupt:

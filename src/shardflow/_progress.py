@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -136,8 +137,6 @@ class Progress:
         label: str = "",
         interval: float | None = None,
     ) -> None:
-        import sys
-
         if not callable(source):
             raise TypeError(f"source must be a callable returning a Snapshot, got {source!r}")
         if total is not None:

@@ -205,6 +205,7 @@ class ReadStats:
     blank: int = 0
     malformed: int = 0
     header: int = 0
+    unsent: int = 0  #: read, but not submitted (Ctrl-C)
 
 
 def _check_key(rec: dict[str, Any], key: str | None) -> str | None:
@@ -352,6 +353,17 @@ def _csv_header(path: str) -> list[str]:
             return []
 
 
+def _submit(pool: ShardedPool[Item], chunk: list[Item], stats: ReadStats) -> None:
+    """``submit_many``; on Ctrl-C inside it, the records that did not go in are taken off
+    ``stats.records`` (they were read, but never reached the pool)."""
+    try:
+        pool.submit_many(chunk)
+    except BaseException as exc:
+        stats.records -= len(chunk) - getattr(exc, "submitted", 0)
+        stats.unsent += len(chunk) - getattr(exc, "submitted", 0)
+        raise
+
+
 def run_file(cfg: RunConfig, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run ``cfg.handler`` over the records of ``cfg.path``; print the report to ``out``.
 
@@ -423,9 +435,9 @@ def run_file(cfg: RunConfig, out: TextIO | None = None, err: TextIO | None = Non
             for item in records:
                 chunk.append(item)
                 if len(chunk) >= CHUNK:
-                    pool.submit_many(chunk)
+                    _submit(pool, chunk, stats)
                     chunk = []
-            pool.submit_many(chunk)
+            _submit(pool, chunk, stats)
         pool.close()
         pool.join()
     except KeyboardInterrupt:
@@ -456,8 +468,8 @@ def run_file(cfg: RunConfig, out: TextIO | None = None, err: TextIO | None = Non
     )
     if interrupted:
         print(
-            f"interrupted at line {stats.lines:,}: {m.returned:,} records read but not "
-            "handled (returned); the rest of the file was not read",
+            f"interrupted at line {stats.lines:,}: {m.returned + stats.unsent:,} records "
+            "read but not handled; the rest of the file was not read",
             file=out,
         )
     parts = stats.records + stats.malformed + stats.blank + stats.header
