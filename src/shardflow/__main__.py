@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_bounded_int(1, 1 << 40),
         default=DEFAULT_EVENTS,
         metavar="N",
-        help="events to process (default %(default)s: about 10 s on 2 cores)",
+        help="events to process (default %(default)s: 10-20 s on 2 cores)",
     )
     bound.add_argument(
         "--seconds",

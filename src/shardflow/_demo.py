@@ -27,7 +27,7 @@ accounting of every event as equations that are checked: the exit status is 1 if
 does not balance.
 
 Example:
-    $ shardflow demo                      # ~200,000 events, about 10 s on 2 cores
+    $ shardflow demo                      # 200,000 events, 10-20 s on 2 cores
     $ shardflow demo --seconds 5 --workers 4 --batch-size 64
 """
 
@@ -65,7 +65,7 @@ __all__ = [
     "shard_table",
 ]
 
-#: Events of the default run: about 10 s on a 2-core machine (~60 us of work per event,
+#: Events of the default run: 10-20 s on a 2-core machine (~60 us of work per event,
 #: most of it with the GIL released).
 DEFAULT_EVENTS = 200_000
 USERS = 10_000
