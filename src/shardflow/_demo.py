@@ -236,6 +236,51 @@ class Worker:
         self.send(records)
 
 
+class Downstream:
+    """The sink and its guards: ``send(records)`` is ``retry(limiter(breaker(sink.write)))``
+    (outermost first, the order the pool composes its own guards in)."""
+
+    def __init__(
+        self, sink: FlakySink, breaker: CircuitBreaker, limiter: Limiter, retry: Retry
+    ) -> None:
+        self.sink = sink
+        self.breaker = breaker
+        self.limiter = limiter
+        self.retry = retry
+        self.send: Callable[[list[dict[str, Any]]], None] = retry(limiter(breaker(sink.write)))
+        self._lock = threading.Lock()  # transitions are rare; listeners run in any thread
+        self.opened = 0
+        breaker.add_listener(self._on_transition)
+
+    def _on_transition(self, _b: CircuitBreaker, _old: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.OPEN:
+            with self._lock:
+                self.opened += 1
+
+    @classmethod
+    def build(cls, cfg: DemoConfig, count: int | None) -> Downstream:
+        """The demo's downstream: the outage half-way through the events (or the time)."""
+        sink = FlakySink(
+            seed=cfg.seed,
+            outage_after=None if count is None else count // 2,
+            outage_at=None if cfg.seconds is None else time.monotonic() + cfg.seconds / 2,
+        )
+        # A 50% failure rate over the last 40 calls opens it: the 1% of timeouts never
+        # does, the outage does at once; after 0.1 s one trial call probes the sink.
+        breaker = CircuitBreaker(
+            max_failures=None,
+            failure_rate=0.5,
+            window=40,
+            minimum_calls=10,
+            reset_timeout=0.1,
+            name="downstream",
+        )
+        retry = Retry(
+            3, base=0.002, max_delay=0.02, retry_on=(TimeoutError, ConnectionError), budget=0.2
+        )
+        return cls(sink, breaker, Limiter(max(1, cfg.workers // 2)), retry)
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -375,33 +420,8 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None, err: TextIO | None = No
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     count = None if cfg.seconds is not None else cfg.events
-    sink = FlakySink(
-        seed=cfg.seed,
-        outage_after=None if count is None else count // 2,
-        outage_at=None if cfg.seconds is None else time.monotonic() + cfg.seconds / 2,
-    )
-    opened = itertools.count()
-
-    def on_transition(_b: CircuitBreaker, _old: BreakerState, new: BreakerState) -> None:
-        if new is BreakerState.OPEN:
-            next(opened)
-
-    breaker = CircuitBreaker(
-        max_failures=None,
-        failure_rate=0.5,
-        window=40,
-        minimum_calls=10,
-        reset_timeout=0.1,
-        listeners=[on_transition],
-        name="downstream",
-    )
-    limiter = Limiter(max(1, cfg.workers // 2))
-    retry = Retry(
-        3, base=0.002, max_delay=0.02, retry_on=(TimeoutError, ConnectionError), budget=0.2
-    )
-    # Outermost first, as the pool composes its own guards: retry, limiter, breaker.
-    send = retry(limiter(breaker(sink.write)))
-    worker = Worker(send, check_order=not cfg.unordered)
+    down = Downstream.build(cfg, count)
+    worker = Worker(down.send, check_order=not cfg.unordered)
     dead = DeadLetters()
 
     bound = f"{count:,} events" if count is not None else f"{cfg.seconds:g} s"
@@ -467,8 +487,8 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None, err: TextIO | None = No
         progress.stop()
     elapsed = time.perf_counter() - t0
     m = pool.metrics()
-    report(cfg, m, elapsed, generated, sink, dead, worker, breaker, limiter, retry, opened, out)
-    checks = demo_checks(m, generated, sink, dead, worker, cfg)
+    report(cfg, m, elapsed, generated, down, dead, out)
+    checks = demo_checks(m, generated, down.sink, dead, worker, cfg)
     print("\nAccounting (every event, exactly once):", file=out)
     for line in accounting_lines(checks):
         print(line, file=out)
@@ -522,13 +542,8 @@ def report(
     m: PoolMetrics,
     elapsed: float,
     generated: int,
-    sink: FlakySink,
+    down: Downstream,
     dead: DeadLetters,
-    worker: Worker,
-    breaker: CircuitBreaker,
-    limiter: Limiter,
-    retry: Retry,
-    opened: Iterator[int],
     out: TextIO,
 ) -> None:
     """Print the demo's report (everything but the accounting)."""
@@ -554,9 +569,10 @@ def report(
     else:
         print("  (this build's PoolMetrics has no queue_wait/service_time)", file=out)
 
-    b = breaker.metrics()
-    lm = limiter.metrics()
-    r = retry.metrics()
+    sink = down.sink
+    b = down.breaker.metrics()
+    lm = down.limiter.metrics()
+    r = down.retry.metrics()
     print("\nDownstream:", file=out)
     print(
         f"  writes {sink.calls:,}: stored {sink.written:,} records, timeouts "
@@ -569,7 +585,7 @@ def report(
         file=out,
     )
     print(
-        f"  breaker: opened {_count_of(opened)} times, rejected {b.rejections:,} calls "
+        f"  breaker: opened {down.opened} times, rejected {b.rejections:,} calls "
         f"(failing fast), {b.failures:,} failures of {b.calls:,} calls, now {b.state.value}",
         file=out,
     )
@@ -580,9 +596,3 @@ def report(
     print(f"\nDead letters: {dead.items:,} events", file=out)
     for reason, n in dead.by_reason.most_common():
         print(f"  {n:>10,}  {reason}", file=out)
-
-
-def _count_of(counter: Iterator[int]) -> int:
-    """How many times ``next()`` was called on an ``itertools.count()`` (reads it once:
-    call only at the end)."""
-    return next(counter)
