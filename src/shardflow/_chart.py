@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["MISSING_MATPLOTLIB", "matplotlib_available", "write_chart"]
@@ -46,10 +48,23 @@ def _rate_label(value: float, _pos: object = None) -> str:
     return f"{value:g}"
 
 
-def _minor_rate_label(value: float, pos: object = None) -> str:
-    """Label the 2x and 5x minor ticks only (the others would crowd the axis)."""
-    mantissa = round(value / 10 ** int(f"{value:e}".split("e")[1]), 6)
-    return _rate_label(value, pos) if mantissa in (2.0, 5.0) else ""
+def _minor_labeller(decades: float) -> Callable[[float, object], str]:
+    """Labels for the minor ticks of a log axis spanning ``decades``: all of them on a
+    narrow axis, 2x/3x/5x on a medium one, 2x/5x on a wide one (more would crowd it)."""
+    if decades < 1.2:
+        shown = {2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0}
+    elif decades < 2.5:
+        shown = {2.0, 3.0, 5.0}
+    else:
+        shown = {2.0, 5.0}
+
+    def label(value: float, pos: object = None) -> str:
+        if value <= 0:
+            return ""
+        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+        return _rate_label(value, pos) if mantissa in shown else ""
+
+    return label
 
 
 def write_chart(report: dict[str, Any], path: str) -> None:
@@ -96,7 +111,9 @@ def write_chart(report: dict[str, Any], path: str) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(x) for x in xs])
         ax.yaxis.set_major_formatter(FuncFormatter(_rate_label))
-        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_rate_label))
+        lo, hi = ax.get_ylim()
+        decades = math.log10(hi / lo) if lo > 0 and hi > lo else 3.0
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_labeller(decades)))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("throughput (items/s, log scale)")
         ax.set_title(title, fontsize=10)
