@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -268,6 +269,7 @@ def test_load_handler_and_detect_format_in_process() -> None:
         detect_format("x", "xml")
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the README's example is a bash script")
 def test_the_readme_run_example_runs_as_written(tmp_path: Path) -> None:
     """The README's `shardflow run` block, run by bash (``shardflow`` and ``python`` are
     this interpreter, whether or not its scripts directory is on PATH)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import pty
 import select
 import subprocess
 import sys
@@ -161,9 +160,12 @@ def test_source_must_be_callable() -> None:
         Progress(42)  # type: ignore[arg-type]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals (pty) are POSIX only")
 def test_demo_on_a_terminal_shows_progress_by_default(tmp_path: Path) -> None:
     """End to end: stderr is a pseudo-terminal, no flag given: the bar is drawn (rich
     when installed, else the plain line) and the run ends normally."""
+    import pty
+
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shardflow", "demo", "--events", "3000", "--workers", "2"],
