@@ -566,6 +566,12 @@ def report(
     if lat:
         for line in lat:
             print(line, file=out)
+        print(
+            f"  (queue wait: submit to a worker taking the event; the producer runs up to "
+            f"{CAPACITY:,} events per shard ahead, so it is mostly that backlog. Service "
+            "time: one handler call)",
+            file=out,
+        )
     else:
         print("  (this build's PoolMetrics has no queue_wait/service_time)", file=out)
 
