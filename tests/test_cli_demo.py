@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -202,3 +203,13 @@ def test_ctrl_c_stops_promptly_and_still_accounts_for_every_event(tmp_path: Path
     # Events queued but not started were handed back, and counted as such.
     returned = re.search(r"\+ returned ([\d,]+)", out)
     assert returned is not None and int(returned.group(1).replace(",", "")) > 0
+
+
+def test_latency_lines_print_the_percentiles_the_pool_measured() -> None:
+    lat = SimpleNamespace(p50=2e-6, p90=5e-4, p99=0.0123, p999=0.5, max=1.25, count=1234)
+    empty = SimpleNamespace(p50=0.0, p90=0.0, p99=0.0, p999=0.0, max=0.0, count=0)
+    lines = _demo.latency_lines(SimpleNamespace(queue_wait=lat, service_time=empty))  # type: ignore[arg-type]
+    assert lines == [
+        "  queue wait    p50     2.0 us  p90   500.0 us  p99   12.30 ms  p999  500.00 ms  "
+        "max    1.25 s   (1,234 samples)"
+    ]
