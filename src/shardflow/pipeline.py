@@ -172,6 +172,10 @@ class Pipeline(Generic[T]):
             goes to its stage's dead letter (a callable ``(item, exc)``, a list, or a
             queue with ``put_nowait``), else is kept in the report; the pipeline goes on.
         capacity: default per-shard ring capacity of the stages.
+        source_chunk: items read from the source per hand-off to the first stage
+            (default 1024). A chunk is handed over once it is full or the source ends,
+            so for a source that yields slowly (a socket, a queue) pass a small value,
+            down to 1, to let each item in as soon as it is yielded.
         name: prefix of the stages' thread names.
 
     Stage arguments (``map``, ``filter``, ``flat_map``, ``sink``): ``workers`` (default
@@ -201,6 +205,7 @@ class Pipeline(Generic[T]):
         window: int | None = None,
         errors: Literal["fail_fast", "continue"] = "fail_fast",
         capacity: int | None = None,
+        source_chunk: int = SOURCE_CHUNK,
         name: str | None = None,
     ) -> None:
         if not isinstance(source, Iterable):
@@ -213,8 +218,10 @@ class Pipeline(Generic[T]):
         if capacity is None:
             capacity = DEFAULT_STAGE_CAPACITY
         check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
+        check_int("source_chunk", source_chunk, lo=1, hi=1 << 20)
         check_str("name", name)
         self._source: Iterable[Any] = source
+        self.source_chunk = source_chunk
         self.ordered = ordered
         self.window = window
         self.errors: str = errors
@@ -517,7 +524,8 @@ class Pipeline(Generic[T]):
         buffer and batch, and one batch of outputs being handed on; plus the source's
         chunk, the result channel (iteration) and, ordered, the reorder window. A
         ``flat_map`` multiplies what follows it by its expansion."""
-        total = SOURCE_CHUNK + CHANNEL_BATCHES * DEFAULT_STAGE_BATCH
+        largest = max([s.batch_size for s in self._stages] + [self.source_chunk])
+        total = self.source_chunk + CHANNEL_BATCHES * largest
         for s in self._stages:
             ring = 1
             while ring < s.capacity:
@@ -661,7 +669,7 @@ class Pipeline(Generic[T]):
             self._source_failed(exc)
             return
         while not stop.is_set():
-            n = SOURCE_CHUNK
+            n = self.source_chunk
             if units:
                 # The window: at most `window` units ahead of the oldest unreleased one.
                 with order:
