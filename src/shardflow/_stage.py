@@ -10,10 +10,13 @@ Exactly once, also when the function raises: outputs are collected with
 and ``it`` is then positioned just after the failing item, so the failing item is
 ``items[len(out)]`` and the loop resumes after it. No item is ever given to ``fn`` twice.
 
-Ordered pipelines move *units* ``(seq, values)`` instead of items: every source item is
-one unit, each stage replaces the unit's values with their outputs (none when filtered or
-failed, several after ``flat_map``), and every unit reaches the pipeline's reorder buffer,
-which releases values in ``seq`` order.
+Ordered pipelines move *units* instead of items: every source item is one unit, each
+stage replaces the unit's value with its outputs (none when filtered or failed, several
+after ``flat_map``), and every unit reaches the pipeline's reorder buffer, which releases
+values in ``seq`` order. A unit with one value is a tuple ``(seq, value)``; one with zero
+or several is a list ``[seq, values]``, so that the common case is told apart per batch
+by one C-level count (``countOf(map(type, batch), list)``) and handled without a Python
+loop per unit.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from itertools import chain, compress
+from operator import countOf, itemgetter, not_
 from typing import Any
 
 from shardflow.metrics import PoolMetrics
@@ -59,6 +63,40 @@ def apply_each(
             failures += 1
             fail(len(out), exc)
             out.append(FAILED)
+
+
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
+def _spread(batch: list[Any]) -> tuple[list[int], list[Any], list[int]]:
+    """Units to one (seq, value) pair per value: (seqs, values, seqs of empty units)."""
+    seqs: list[int] = []
+    values: list[Any] = []
+    empty: list[int] = []
+    for u in batch:
+        if type(u) is list:
+            if u[1]:
+                seqs += [u[0]] * len(u[1])
+                values += u[1]
+            else:
+                empty.append(u[0])
+        else:
+            seqs.append(u[0])
+            values.append(u[1])
+    return seqs, values, empty
+
+
+def _regroup(seqs: list[int], per: list[list[Any]]) -> list[Any]:
+    """Per-value output lists back to one unit per seq (values of a seq are adjacent)."""
+    groups: dict[int, list[Any]] = {}
+    for s, outs in zip(seqs, per, strict=True):
+        g = groups.get(s)
+        if g is None:
+            groups[s] = list(outs)
+        else:
+            g += outs
+    return [(s, g[0]) if len(g) == 1 else [s, g] for s, g in groups.items()]
 
 
 def _as_list(fn: Callable[[Any], Iterable[Any]]) -> Callable[[Any], list[Any]]:
@@ -206,26 +244,37 @@ class Stage:
             return handle
 
         def handle_units(batch: list[Any]) -> None:
-            # Per unit Python: ordered pipelines pay for their order here.
-            lens = [len(u[1]) for u in batch]
-            values = list(chain.from_iterable(u[1] for u in batch))
+            # Units: (seq, value) tuples, or [seq, values] lists for 0 or several values.
+            # The common case (tuples only, no failure) stays in C-level calls.
+            nspecial = countOf(map(type, batch), list)
+            if not nspecial:
+                seqs = list(map(_FIRST, batch))
+                values = list(map(_SECOND, batch))
+            else:
+                seqs, values, empty = _spread(batch)
             flat, res, nfail = outputs(values)
             n = len(values)
-            if kind == "map":
-                per = [[] if r is FAILED else [r] for r in res]
-            elif kind == "filter":
-                per = [
-                    [x] if (r is not FAILED and r) else [] for x, r in zip(values, res, strict=True)
-                ]
-            elif kind == "flat_map":
-                per = [[] if r is FAILED else r for r in res]
-            else:  # pragma: no cover - sinks never move units
-                raise AssertionError(kind)
-            units: list[tuple[int, list[Any]]] = []
-            pos = 0
-            for u, k in zip(batch, lens, strict=True):
-                units.append((u[0], list(chain.from_iterable(per[pos : pos + k]))))
-                pos += k
+            units: list[Any]
+            if not nspecial and not nfail and kind == "map":
+                units = list(zip(seqs, res, strict=True))
+            elif not nspecial and not nfail and kind == "filter":
+                units = list(compress(batch, res))  # a kept unit is passed on as it is
+                units += [[s, []] for s in compress(seqs, map(not_, res))]
+            else:
+                if kind == "map":
+                    per = [[] if r is FAILED else [r] for r in res]
+                elif kind == "filter":
+                    per = [
+                        [x] if (r is not FAILED and r) else []
+                        for x, r in zip(values, res, strict=True)
+                    ]
+                elif kind == "flat_map":
+                    per = [[] if r is FAILED else r for r in res]
+                else:  # pragma: no cover - sinks never move units
+                    raise AssertionError(kind)
+                units = _regroup(seqs, per)
+                if nspecial:
+                    units += [[s, []] for s in empty]
             with lock:
                 self.received += n
                 if kind == "filter":
@@ -264,7 +313,10 @@ class Stage:
         if key is not None and self.units:
             user_key = key
 
-            def key(unit: Any) -> Hashable:  # route a unit by its first value's key
+            def key(unit: Any) -> Hashable:
+                # A unit goes where its (first) value's key says; an empty one anywhere.
+                if type(unit) is not list:
+                    return user_key(unit[1])
                 return user_key(unit[1][0]) if unit[1] else unit[0]
 
         timeout = self.batch_timeout

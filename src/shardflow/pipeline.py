@@ -11,12 +11,14 @@ fast the source is.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice, takewhile
+from operator import countOf
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from shardflow._guard import dead_letter_target, guard
@@ -692,7 +694,7 @@ class Pipeline(Generic[T]):
                 break
             self._source_items += len(chunk)
             if units:
-                chunk = list(zip(range(seq, seq + len(chunk)), zip(chunk), strict=True))
+                chunk = list(zip(range(seq, seq + len(chunk)), chunk, strict=True))
                 seq += len(chunk)
             target(chunk)
             if failed or len(chunk) < n:
@@ -715,28 +717,35 @@ class Pipeline(Generic[T]):
         # recorded); release what is left in seq order so that nothing stays behind.
         with self._order:
             pend = self._pending
-            if pend:
-                out: list[Any] = []
-                for s in sorted(pend):
-                    out.extend(pend.pop(s))
-                if out:
-                    self._final(out)
+            out: list[Any] = []
+            for s in sorted(pend):
+                v = pend.pop(s)
+                if type(v) is _Group:
+                    out += v
+                else:
+                    out.append(v)
+            if out:
+                self._final(out)
 
-    def _reorder(self, units: list[tuple[int, list[Any]]]) -> None:
+    def _reorder(self, units: list[Any]) -> None:
         """Take the units the last stage finished; release the values of every unit now
-        complete in seq order. Called by that stage's workers."""
+        complete, in seq order. Called by that stage's workers."""
         with self._order:
             pend = self._pending
-            for s, vals in units:
-                pend[s] = vals
+            if not countOf(map(type, units), list):
+                pend.update(units)  # (seq, value) pairs
+            else:
+                for u in units:
+                    pend[u[0]] = _Group(u[1]) if type(u) is list else u[1]
             nxt = self._released
-            out: list[Any] = []
-            while nxt in pend:
-                out.extend(pend.pop(nxt))
-                nxt += 1
-            if nxt != self._released:
-                self._released = nxt
-                self._order.notify_all()
+            if nxt not in pend:
+                return
+            ready = list(takewhile(pend.__contains__, itertools.count(nxt)))
+            out = list(map(pend.pop, ready))
+            if countOf(map(type, out), _Group):
+                out = list(chain.from_iterable(v if type(v) is _Group else (v,) for v in out))
+            self._released = nxt + len(ready)
+            self._order.notify_all()
             # Under the lock, so that releases reach the next step in order.
             if out:
                 self._final(out)
@@ -894,6 +903,13 @@ class Pipeline(Generic[T]):
 
     def _close_channel(self) -> None:
         self._feeder.join()
+
+
+class _Group(list):  # type: ignore[type-arg]
+    """The values of a unit with zero or several of them, in the reorder buffer (a type
+    of our own, so that a user's list value is never mistaken for one)."""
+
+    __slots__ = ()
 
 
 def _discard(values: list[Any]) -> None:
