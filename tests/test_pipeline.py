@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import shardflow
 from helpers import WAIT, interrupt_when_ready, wait_until
@@ -269,6 +271,19 @@ def test_fail_fast_raises_the_first_error_with_its_traceback_and_stops_the_sourc
     check_accounting(report)
 
 
+def test_fail_fast_in_an_ordered_sink_under_backpressure() -> None:
+    # The reorder buffer waits for room in the sink while the sink's handler fails.
+    p = (
+        Pipeline(range(100_000), ordered=True, window=512, capacity=16)
+        .map(lambda x: x, batch_size=8)
+        .sink(boom_at(3000), batch_size=8, capacity=16)
+    )
+    with pytest.raises(ValueError, match="bad item 3000"):
+        p.run()
+    assert p.report is not None
+    check_accounting(p.report)
+
+
 def test_fail_fast_from_the_iterator() -> None:
     p = Pipeline(range(10_000)).map(boom_at(7))
     got: list[int] = []
@@ -509,3 +524,73 @@ def test_ctrl_c_stops_a_running_pipeline(drive: str, tmp_path: Path) -> None:
     assert "not interrupted" not in out
     assert "KeyboardInterrupt" in err, err
     assert returncode != 0
+
+
+# --------------------------------------------------------------------------- model check
+
+OPS = st.sampled_from(["double", "odd", "split", "fail7", "keyed"])
+
+
+def reference(source: list[int], ops: list[str]) -> tuple[list[int], int]:
+    """What the pipeline must produce (in source order) with errors="continue", and how
+    many items fail."""
+    items = list(source)
+    failed = 0
+    for op in ops:
+        nxt: list[int] = []
+        for x in items:
+            if op == "double" or op == "keyed":
+                nxt.append(2 * x if op == "double" else x)
+            elif op == "odd":
+                if x % 2:
+                    nxt.append(x)
+            elif op == "split":
+                nxt.extend([x] * (x % 3))
+            elif x % 7 == 0:  # fail7
+                failed += 1
+            else:
+                nxt.append(x + 1)
+        items = nxt
+    return items, failed
+
+
+def fail7(x: int) -> int:
+    if x % 7 == 0:
+        raise ValueError(x)
+    return x + 1
+
+
+def build(p: Pipeline[int], ops: list[str], workers: int, bs: int) -> Pipeline[int]:
+    for op in ops:
+        if op == "double":
+            p = p.map(lambda x: 2 * x, workers=workers, batch_size=bs)
+        elif op == "odd":
+            p = p.filter(lambda x: x % 2, workers=workers, batch_size=bs)
+        elif op == "split":
+            p = p.flat_map(lambda x: [x] * (x % 3), workers=workers, batch_size=bs)
+        elif op == "fail7":
+            p = p.map(fail7, workers=workers, batch_size=bs)
+        else:
+            p = p.map(lambda x: x, workers=workers, key=lambda x: x % 5, batch_size=bs)
+    return p
+
+
+@settings(max_examples=40)
+@given(
+    source=st.lists(st.integers(0, 1000), max_size=300),
+    ops=st.lists(OPS, max_size=5),
+    ordered=st.booleans(),
+    workers=st.integers(1, 3),
+    bs=st.sampled_from([1, 3, 64]),
+    window=st.integers(1, 50),
+)
+def test_any_composition_matches_the_reference(
+    source: list[int], ops: list[str], ordered: bool, workers: int, bs: int, window: int
+) -> None:
+    p = build(Pipeline(source, ordered=ordered, window=window, errors="continue"), ops, workers, bs)
+    got = list(p)
+    want, failed = reference(source, ops)
+    assert got == want if ordered else sorted(got) == sorted(want)
+    assert p.report is not None
+    check_accounting(p.report)
+    assert sum(s.dead_lettered for s in p.report.stages) == failed

@@ -759,9 +759,10 @@ class Pipeline(Generic[T]):
         with self._err_lock:
             if self._first_error is None:
                 self._first_error = exc
+        # No notify of the window condition here: this runs in stage handlers, and the
+        # reorder buffer may hold that lock while it waits for room in the sink (whose
+        # handler may be the caller). The source sees the flag within POLL seconds.
         self._stop.set()
-        with self._order:
-            self._order.notify_all()
 
     def _source_failed(self, exc: BaseException) -> None:
         self._source_error = exc
@@ -788,8 +789,6 @@ class Pipeline(Generic[T]):
         drop what is queued, wake every wait. Workers finish the call they are in."""
         self._aborted = True
         self._stop.set()
-        with self._order:
-            self._order.notify_all()
         for s in self._stages:
             if s.pool is not None:
                 try:
