@@ -594,3 +594,27 @@ def test_any_composition_matches_the_reference(
     assert p.report is not None
     check_accounting(p.report)
     assert sum(s.dead_lettered for s in p.report.stages) == failed
+
+
+def test_ctrl_c_with_a_stage_stuck_in_its_function(tmp_path: Path) -> None:
+    # The stage's call never returns; Ctrl-C must still end run() and the process.
+    returncode, out, err = interrupt_when_ready(
+        """
+        import threading
+        import shardflow
+
+        never = threading.Event()
+
+        def stuck(x):
+            print("ready", flush=True)
+            never.wait()
+
+        shardflow.Pipeline(range(10**6), capacity=16).map(lambda x: x).sink(stuck).run()
+        print("not interrupted")
+        """,
+        tmp_path,
+    )
+    assert "not interrupted" not in out
+    assert "KeyboardInterrupt" in err, err
+    assert returncode != 0
+
