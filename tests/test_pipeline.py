@@ -617,4 +617,3 @@ def test_ctrl_c_with_a_stage_stuck_in_its_function(tmp_path: Path) -> None:
     assert "not interrupted" not in out
     assert "KeyboardInterrupt" in err, err
     assert returncode != 0
-

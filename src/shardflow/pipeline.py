@@ -881,7 +881,10 @@ class Pipeline(Generic[T]):
                 raise
         except BaseException as exc:
             if not self._aborted:
+                # Unexpected (the source's own errors are handled in _feed): raise it
+                # from the iterator and stop the stages, which were not drained.
                 self._record(exc, "feeder")
+                self._abort()
         finally:
             while not self._aborted:
                 try:
