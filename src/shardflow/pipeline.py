@@ -333,7 +333,7 @@ class Pipeline(Generic[T]):
 
         Example:
             >>> import shardflow
-            >>> list(shardflow.Pipeline([1, 2, 3]).map(str, name="as-text"))  # doctest: +SKIP
+            >>> list(shardflow.Pipeline([1, 2, 3]).map(str, name="as-text"))
             ['1', '2', '3']
         """
         self._add(
