@@ -190,6 +190,32 @@ def test_ordered_sink_sees_source_order() -> None:
     check_accounting(report)
 
 
+def test_ordered_batch_cuts_groups_in_source_order() -> None:
+    p = (
+        Pipeline(range(1000), ordered=True, window=64)
+        .map(shuffled_latency, workers=4, batch_size=4)
+        .filter(lambda x: x % 3)
+        .batch(10)
+    )
+    kept = [x for x in range(1000) if x % 3]
+    assert list(p) == [kept[i : i + 10] for i in range(0, len(kept), 10)]
+    assert p.report is not None
+    check_accounting(p.report)
+
+
+def test_ordered_batch_then_sink() -> None:
+    seen: list[list[int]] = []
+    report = (
+        Pipeline(range(500), ordered=True)
+        .map(shuffled_latency, workers=3, batch_size=4)
+        .batch(7)
+        .sink(seen.append)
+        .run()
+    )
+    assert seen == [list(range(i, min(i + 7, 500))) for i in range(0, 500, 7)]
+    check_accounting(report)
+
+
 def test_unordered_is_the_default_and_loses_nothing() -> None:
     p = Pipeline(range(1000)).map(shuffled_latency, workers=4, batch_size=4)
     assert sorted(p) == list(range(1000))
@@ -434,7 +460,7 @@ def test_sink_ends_the_pipeline() -> None:
         (lambda: Pipeline([]).map(str, batch_size=1.5), TypeError, "batch_size"),  # type: ignore[arg-type]
         (lambda: Pipeline([]).batch(0), ValueError, "size"),
         (lambda: Pipeline([]).batch(3, timeout=0), ValueError, "timeout"),
-        (lambda: Pipeline([], ordered=True).batch(3), ValueError, "ordered"),
+        (lambda: Pipeline([], ordered=True).batch(3).map(str), ValueError, "ordered"),
         (lambda: Pipeline([]).map(str, dead_letter=3), TypeError, "dead_letter"),
         (lambda: Pipeline([]).map(str, name="a").map(str, name="a"), ValueError, "name"),
     ],
@@ -583,14 +609,29 @@ def build(p: Pipeline[int], ops: list[str], workers: int, bs: int) -> Pipeline[i
     workers=st.integers(1, 3),
     bs=st.sampled_from([1, 3, 64]),
     window=st.integers(1, 50),
+    group=st.sampled_from([None, 1, 4]),
 )
 def test_any_composition_matches_the_reference(
-    source: list[int], ops: list[str], ordered: bool, workers: int, bs: int, window: int
+    source: list[int],
+    ops: list[str],
+    ordered: bool,
+    workers: int,
+    bs: int,
+    window: int,
+    group: int | None,
 ) -> None:
     p = build(Pipeline(source, ordered=ordered, window=window, errors="continue"), ops, workers, bs)
-    got = list(p)
     want, failed = reference(source, ops)
-    assert got == want if ordered else sorted(got) == sorted(want)
+    if group is None:
+        got = list(p)
+        assert got == want if ordered else sorted(got) == sorted(want)
+    else:
+        groups = list(p.batch(group))
+        if ordered:
+            assert groups == [want[i : i + group] for i in range(0, len(want), group)]
+        else:
+            assert sorted(x for g in groups for x in g) == sorted(want)
+            assert sum(len(g) != group for g in groups) <= 1
     assert p.report is not None
     check_accounting(p.report)
     assert sum(s.dead_lettered for s in p.report.stages) == failed

@@ -273,6 +273,13 @@ class Pipeline(Generic[T]):
             raise RuntimeError(f"{self.name}: cannot add a stage to a pipeline that started")
         if self._has_sink:
             raise ValueError(f"{self.name}: sink() ends the pipeline; no stage can follow it")
+        if self.ordered and kind != "sink" and self._stages and self._stages[-1].kind == "batch":
+            # Groups are cut in order from the reorder buffer; a stage after them would
+            # need a second one.
+            raise ValueError(
+                f"{self.name}: with ordered=True only sink() can follow batch(); "
+                "use ordered=False, or group the ordered results yourself"
+            )
         if fn is not None:
             check_callable("fn", fn)
         check_int("workers", workers, lo=1, hi=4096)
@@ -439,19 +446,14 @@ class Pipeline(Generic[T]):
         """Add a stage that groups items into lists of ``size`` (the last one may be
         shorter). With ``timeout`` a partial group is passed on once its first item has
         waited that long (seconds); without, only the end of the stream cuts one short.
-        One worker. Not available with ``ordered=True``.
+        One worker. With ``ordered=True`` the groups are cut in source order; only
+        ``sink()`` may follow then.
 
         Example:
             >>> import shardflow
             >>> list(shardflow.Pipeline(range(5)).batch(2))
             [[0, 1], [2, 3], [4]]
         """
-        if self.ordered:
-            raise ValueError(
-                "batch() is not available with ordered=True: groups would be cut in "
-                "completion order; group the ordered results yourself, or use "
-                "ordered=False"
-            )
         check_int("size", size, lo=1, hi=1 << 20)
         check_seconds("timeout", timeout, positive=True)
         self._add(
@@ -626,34 +628,38 @@ class Pipeline(Generic[T]):
         self._started = True
         self._t0 = time.perf_counter()
         stages = self._stages
-        # Ordered: the stages before the sink move (seq, values) units into the reorder
-        # buffer, which releases values in order to the sink / the channel / the counter.
-        body = [s for s in stages if s.kind != "sink"]
+        # The tail takes plain values: the sink, and with ordered=True a batch() right
+        # before it (or at the end), which must see values in order to cut groups in
+        # order. Ordered: the stages before the tail move (seq, value) units into the
+        # reorder buffer, which releases values in order to the tail / the channel / the
+        # counter, from one thread at a time (single producer, one-worker FIFO stages).
+        tail = len(stages)
+        if tail and stages[tail - 1].kind == "sink":
+            tail -= 1
+        if self.ordered and tail and stages[tail - 1].kind == "batch":
+            tail -= 1
+        self._tail = tail
+        body = stages[:tail]
         if self.ordered:
             for s in body:
                 s.units = True
+        fail_fast = self.errors == "fail_fast"
         # Start from the end, so that each handler knows where its outputs go.
         emit: Callable[[list[Any]], object] = final
-        if stages and stages[-1].kind == "sink":
-            sink = stages[-1]
-            sink.start(
-                sink.make_handler(_discard, self.errors == "fail_fast", self._record),
-                self._internal_error(sink),
-                self.name,
-            )
-            assert sink.pool is not None
-            emit = sink.pool.submit_many
-        self._final = emit
-        if self.ordered and body:
-            emit = self._reorder
-        for s in reversed(body):
+        for i, s in reversed(list(enumerate(stages))):
+            if i == tail - 1:
+                self._final = emit
+                if self.ordered:
+                    emit = self._reorder
             s.start(
-                s.make_handler(emit, self.errors == "fail_fast", self._record),
+                s.make_handler(_discard if s.kind == "sink" else emit, fail_fast, self._record),
                 self._internal_error(s),
                 self.name,
             )
             assert s.pool is not None
             emit = s.pool.submit_many
+        if tail == 0:
+            self._final = emit
         self._entry = emit
 
     def _feed(self) -> None:
@@ -703,13 +709,13 @@ class Pipeline(Generic[T]):
     def _drain(self) -> None:
         """The source ended: close each stage once the one before it finished, in order,
         so that every item already inside is handled."""
-        for s in self._stages:
-            if s.kind == "sink" and self.ordered:
+        for i, s in enumerate(self._stages):
+            if i == self._tail and self.ordered:
                 self._release_leftovers()
             assert s.pool is not None
             s.pool.close()
             s.pool.join()
-        if self.ordered and not self._has_sink:
+        if self.ordered and self._tail == len(self._stages):
             self._release_leftovers()
 
     def _release_leftovers(self) -> None:
