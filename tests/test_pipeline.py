@@ -24,7 +24,7 @@ from shardflow.pipeline import CHANNEL_BATCHES, Pipeline, PipelineReport
 def check_accounting(report: PipelineReport) -> None:
     """Every stage balanced and fed exactly what the one before emitted."""
     assert report.balanced, report
-    upstream = report.source_items
+    upstream = report.source_items - report.source_unsent
     for s in report.stages:
         assert s.received == upstream, s
         assert s.received == s.succeeded + s.filtered + s.failed + s.dead_lettered, s
@@ -363,6 +363,40 @@ def test_continue_routes_errors_to_each_stage_dead_letter() -> None:
     assert set(calls.values()) == {1}
     assert len(calls) == 1000
     check_accounting(report)
+
+
+def key_fails_on(bad: int) -> Any:
+    def key(x: int) -> int:
+        if x == bad:
+            raise LookupError(f"no key for {x}")
+        return x % 3
+
+    return key
+
+
+@pytest.mark.parametrize("errors", ["fail_fast", "continue"])
+def test_a_key_function_that_raises_stops_the_pipeline_and_is_counted(errors: Any) -> None:
+    p = (
+        Pipeline(range(5000), errors=errors, capacity=64)
+        .map(lambda x: x, batch_size=16)
+        .map(lambda x: x, workers=2, key=key_fails_on(1234), batch_size=16)
+    )
+    with pytest.raises(LookupError, match="no key for 1234"):
+        p.run()
+    assert p.report is not None
+    before = p.report.stages[0]
+    assert before.unsent >= 1
+    assert 1234 in [x for x, _ in before.errors]
+    check_accounting(p.report)
+
+
+def test_a_first_stage_key_that_raises_is_counted_at_the_source() -> None:
+    p = Pipeline(range(5000)).map(lambda x: x, workers=2, key=key_fails_on(10))
+    with pytest.raises(LookupError, match="no key for 10"):
+        list(p)
+    assert p.report is not None
+    assert p.report.source_unsent >= 1
+    check_accounting(p.report)
 
 
 def test_continue_a_refusing_dead_letter_counts_as_failed() -> None:

@@ -146,6 +146,7 @@ class Stage:
         self.filtered = 0
         self.failed = 0
         self.dead_lettered = 0
+        self.unsent = 0
         self.errors: list[tuple[Any, BaseException]] = []
         self.final_metrics: PoolMetrics | None = None
 
@@ -194,11 +195,14 @@ class Stage:
     ) -> Callable[[list[Any]], None]:
         """The batch handler given to this stage's pool."""
         if self.kind == "batch":
-            return self._batch_handler(emit)
+            return self._batch_handler(emit, record)
         assert self.fn is not None
         fn = _as_list(self.fn) if self.kind == "flat_map" else self.fn
         kind = self.kind
         route = self.route_error
+
+        def hand_on(out: list[Any]) -> None:
+            self.hand_on(emit, out, record)
 
         def outputs(items: list[Any]) -> tuple[list[Any], list[Any], int]:
             """(flat outputs, per-item results with FAILED marks, failures) for a list."""
@@ -239,7 +243,7 @@ class Stage:
                         self.succeeded += n - nfail
                     self.emitted += out
                 if flat:
-                    emit(flat)
+                    hand_on(flat)
 
             return handle
 
@@ -283,11 +287,29 @@ class Stage:
                 else:
                     self.succeeded += n - nfail
                 self.emitted += len(flat)
-            emit(units)
+            hand_on(units)
 
         return handle_units
 
-    def _batch_handler(self, emit: Emit) -> Callable[[list[Any]], None]:
+    def hand_on(self, emit: Emit, out: list[Any], record: Callable[..., None]) -> None:
+        """Pass outputs to the next stage. If it refuses some (its ``key`` function raised,
+        or the pipeline was stopped), they are counted as ``unsent``, kept in ``errors``
+        and the error stops the pipeline like a fail-fast error: nothing vanishes."""
+        try:
+            emit(out)
+        except Exception as exc:
+            taken = list(getattr(exc, "unsent", ()))
+            submitted = getattr(exc, "submitted", 0)
+            lost = taken + out[submitted + len(taken) :]
+            with self.lock:
+                self.emitted -= len(lost)
+                self.unsent += len(lost)
+                self.errors.extend((x, exc) for x in lost)
+            record(exc, self.name)
+
+    def _batch_handler(
+        self, emit: Emit, record: Callable[..., None]
+    ) -> Callable[[list[Any]], None]:
         lock = self.lock
 
         def handle(batch: list[Any]) -> None:
@@ -297,7 +319,7 @@ class Stage:
                 self.received += len(group)
                 self.succeeded += len(group)
                 self.emitted += 1
-            emit([group])
+            self.hand_on(emit, [group], record)
 
         return handle
 

@@ -89,6 +89,10 @@ class StageReport:
     the stage's dead letter, or kept in ``errors`` when the stage has none. ``errors``
     holds ``(item, exception)`` for every failed item and every dead-lettered item kept
     in the report.
+
+    ``unsent``: outputs the next stage refused because its ``key`` function raised (the
+    error then stops the pipeline as a fail-fast error does, whatever ``errors`` says);
+    they are in ``errors`` too, and not in ``emitted``.
     """
 
     name: str
@@ -101,6 +105,7 @@ class StageReport:
     dead_lettered: int
     errors: tuple[tuple[Any, BaseException], ...]
     metrics: PoolMetrics
+    unsent: int = 0
 
     @property
     def balanced(self) -> bool:
@@ -117,6 +122,8 @@ class PipelineReport:
     source raised, if any. ``results`` counts the items the last non-sink stage passed on
     (to the sink, to the iterator, or, for ``run()`` without a sink, counted and
     dropped). ``stopped_early`` is True when a fail-fast error stopped the source.
+    ``source_unsent``: items the first stage refused because its ``key`` function raised
+    (that error is raised); ``stages[0].received == source_items - source_unsent``.
     """
 
     source_items: int
@@ -125,6 +132,7 @@ class PipelineReport:
     results: int
     elapsed: float
     stopped_early: bool
+    source_unsent: int = 0
 
     def stage(self, name: str) -> StageReport:
         """The report of the stage called ``name``."""
@@ -136,7 +144,7 @@ class PipelineReport:
     @property
     def balanced(self) -> bool:
         """Every stage balanced, and each stage received what the one before emitted."""
-        upstream = self.source_items
+        upstream = self.source_items - self.source_unsent
         for s in self.stages:
             if not s.balanced or s.received != upstream:
                 return False
@@ -240,6 +248,7 @@ class Pipeline(Generic[T]):
         self._err_lock = threading.Lock()
         self._first_error: BaseException | None = None
         self._source_items = 0
+        self._source_unsent = 0
         self._source_error: BaseException | None = None
         self._results = 0
         self._results_lock = threading.Lock()
@@ -702,7 +711,16 @@ class Pipeline(Generic[T]):
             if units:
                 chunk = list(zip(range(seq, seq + len(chunk)), chunk, strict=True))
                 seq += len(chunk)
-            target(chunk)
+            try:
+                target(chunk)
+            except Exception as exc:
+                if self._aborted:
+                    raise
+                # The first stage's key function raised: what it refused is counted as
+                # unsent, and the error stops the pipeline (see StageReport.unsent).
+                self._source_unsent += len(chunk) - getattr(exc, "submitted", 0)
+                self._record(exc, "source")
+                break
             if failed or len(chunk) < n:
                 break
 
@@ -821,6 +839,7 @@ class Pipeline(Generic[T]):
                         dead_lettered=s.dead_lettered,
                         errors=tuple(s.errors),
                         metrics=m,
+                        unsent=s.unsent,
                     )
                 )
         last = [s for s in stages if s.kind != "sink"]
@@ -837,6 +856,7 @@ class Pipeline(Generic[T]):
             results=results,
             elapsed=time.perf_counter() - self._t0,
             stopped_early=self._first_error is not None,
+            source_unsent=self._source_unsent,
         )
         self.report = report
         err = self._first_error
