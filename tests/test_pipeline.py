@@ -374,10 +374,13 @@ def key_fails_on(bad: int) -> Any:
     return key
 
 
+@pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("errors", ["fail_fast", "continue"])
-def test_a_key_function_that_raises_stops_the_pipeline_and_is_counted(errors: Any) -> None:
+def test_a_key_function_that_raises_stops_the_pipeline_and_is_counted(
+    errors: Any, ordered: bool
+) -> None:
     p = (
-        Pipeline(range(5000), errors=errors, capacity=64)
+        Pipeline(range(5000), errors=errors, capacity=64, ordered=ordered)
         .map(lambda x: x, batch_size=16)
         .map(lambda x: x, workers=2, key=key_fails_on(1234), batch_size=16)
     )
@@ -386,7 +389,8 @@ def test_a_key_function_that_raises_stops_the_pipeline_and_is_counted(errors: An
     assert p.report is not None
     before = p.report.stages[0]
     assert before.unsent >= 1
-    assert 1234 in [x for x, _ in before.errors]
+    lost = [x[1] if ordered else x for x, _ in before.errors]  # ordered: (seq, value) units
+    assert 1234 in lost
     check_accounting(p.report)
 
 

@@ -301,9 +301,11 @@ class Stage:
             taken = list(getattr(exc, "unsent", ()))
             submitted = getattr(exc, "submitted", 0)
             lost = taken + out[submitted + len(taken) :]
+            # Counted in values, as `emitted` is (a unit holds one, or a list of them).
+            k = sum(1 if type(u) is tuple else len(u[1]) for u in lost) if self.units else len(lost)
             with self.lock:
-                self.emitted -= len(lost)
-                self.unsent += len(lost)
+                self.emitted -= k
+                self.unsent += k
                 self.errors.extend((x, exc) for x in lost)
             record(exc, self.name)
 
