@@ -389,7 +389,8 @@ def test_a_key_function_that_raises_stops_the_pipeline_and_is_counted(
     assert p.report is not None
     before = p.report.stages[0]
     assert before.unsent >= 1
-    lost = [x[1] if ordered else x for x, _ in before.errors]  # ordered: (seq, value) units
+    # ordered: the errors hold the (seq, count, values) units that were not handed on
+    lost = [v for x, _ in before.errors for v in (x[2] if ordered else [x])]
     assert 1234 in lost
     check_accounting(p.report)
 

@@ -10,13 +10,12 @@ Exactly once, also when the function raises: outputs are collected with
 and ``it`` is then positioned just after the failing item, so the failing item is
 ``items[len(out)]`` and the loop resumes after it. No item is ever given to ``fn`` twice.
 
-Ordered pipelines move *units* instead of items: every source item is one unit, each
-stage replaces the unit's value with its outputs (none when filtered or failed, several
-after ``flat_map``), and every unit reaches the pipeline's reorder buffer, which releases
-values in ``seq`` order. A unit with one value is a tuple ``(seq, value)``; one with zero
-or several is a list ``[seq, values]``, so that the common case is told apart per batch
-by one C-level count (``countOf(map(type, batch), list)``) and handled without a Python
-loop per unit.
+Ordered pipelines move *units* instead of items: a unit ``(seq, count, values)`` stands
+for ``count`` consecutive source items starting at index ``seq``; each stage replaces
+``values`` with their outputs (fewer when filtered or failed, more after ``flat_map``), in
+order, and every unit reaches the pipeline's reorder buffer, which releases the units'
+values in ``seq`` order. A unit holds up to a stage batch of items, so ordering costs a
+little Python per unit, not per item.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from itertools import chain, compress
-from operator import countOf, itemgetter, not_
 from typing import Any
 
 from shardflow.metrics import PoolMetrics
@@ -63,40 +61,6 @@ def apply_each(
             failures += 1
             fail(len(out), exc)
             out.append(FAILED)
-
-
-_FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
-
-
-def _spread(batch: list[Any]) -> tuple[list[int], list[Any], list[int]]:
-    """Units to one (seq, value) pair per value: (seqs, values, seqs of empty units)."""
-    seqs: list[int] = []
-    values: list[Any] = []
-    empty: list[int] = []
-    for u in batch:
-        if type(u) is list:
-            if u[1]:
-                seqs += [u[0]] * len(u[1])
-                values += u[1]
-            else:
-                empty.append(u[0])
-        else:
-            seqs.append(u[0])
-            values.append(u[1])
-    return seqs, values, empty
-
-
-def _regroup(seqs: list[int], per: list[list[Any]]) -> list[Any]:
-    """Per-value output lists back to one unit per seq (values of a seq are adjacent)."""
-    groups: dict[int, list[Any]] = {}
-    for s, outs in zip(seqs, per, strict=True):
-        g = groups.get(s)
-        if g is None:
-            groups[s] = list(outs)
-        else:
-            g += outs
-    return [(s, g[0]) if len(g) == 1 else [s, g] for s, g in groups.items()]
 
 
 def _as_list(fn: Callable[[Any], Iterable[Any]]) -> Callable[[Any], list[Any]]:
@@ -248,45 +212,24 @@ class Stage:
             return handle
 
         def handle_units(batch: list[Any]) -> None:
-            # Units: (seq, value) tuples, or [seq, values] lists for 0 or several values.
-            # The common case (tuples only, no failure) stays in C-level calls.
-            nspecial = countOf(map(type, batch), list)
-            if not nspecial:
-                seqs = list(map(_FIRST, batch))
-                values = list(map(_SECOND, batch))
-            else:
-                seqs, values, empty = _spread(batch)
-            flat, res, nfail = outputs(values)
-            n = len(values)
-            units: list[Any]
-            if not nspecial and not nfail and kind == "map":
-                units = list(zip(seqs, res, strict=True))
-            elif not nspecial and not nfail and kind == "filter":
-                units = list(compress(batch, res))  # a kept unit is passed on as it is
-                units += [[s, []] for s in compress(seqs, map(not_, res))]
-            else:
-                if kind == "map":
-                    per = [[] if r is FAILED else [r] for r in res]
-                elif kind == "filter":
-                    per = [
-                        [x] if (r is not FAILED and r) else []
-                        for x, r in zip(values, res, strict=True)
-                    ]
-                elif kind == "flat_map":
-                    per = [[] if r is FAILED else r for r in res]
-                else:  # pragma: no cover - sinks never move units
-                    raise AssertionError(kind)
-                units = _regroup(seqs, per)
-                if nspecial:
-                    units += [[s, []] for s in empty]
+            # Units (seq, count, values): one pass of the function per unit's values, so
+            # the outputs of a unit stay in order and together.
+            units: list[Any] = []
+            n_in = n_fail = n_out = 0
+            for seq, count, values in batch:
+                flat, _, nfail = outputs(values)
+                units.append((seq, count, flat))
+                n_in += len(values)
+                n_fail += nfail
+                n_out += len(flat)
             with lock:
-                self.received += n
+                self.received += n_in
                 if kind == "filter":
-                    self.succeeded += len(flat)
-                    self.filtered += n - nfail - len(flat)
+                    self.succeeded += n_out
+                    self.filtered += n_in - n_fail - n_out
                 else:
-                    self.succeeded += n - nfail
-                self.emitted += len(flat)
+                    self.succeeded += n_in - n_fail
+                self.emitted += n_out
             hand_on(units)
 
         return handle_units
@@ -302,7 +245,7 @@ class Stage:
             submitted = getattr(exc, "submitted", 0)
             lost = taken + out[submitted + len(taken) :]
             # Counted in values, as `emitted` is (a unit holds one, or a list of them).
-            k = sum(1 if type(u) is tuple else len(u[1]) for u in lost) if self.units else len(lost)
+            k = sum(len(u[2]) for u in lost) if self.units else len(lost)
             with self.lock:
                 self.emitted -= k
                 self.unsent += k
@@ -332,28 +275,34 @@ class Stage:
         handler: Callable[[list[Any]], None],
         on_error: Callable[[Any, BaseException], object],
         prefix: str,
+        unit: int = 1,
     ) -> None:
+        """Create the pool. ``unit``: items per unit of an ordered pipeline; the pool
+        counts units, so its batch size and capacity are the stage's divided by it."""
         key = self.key
         if key is not None and self.units:
             user_key = key
 
             def key(unit: Any) -> Hashable:
-                # A unit goes where its (first) value's key says; an empty one anywhere.
-                if type(unit) is not list:
-                    return user_key(unit[1])
-                return user_key(unit[1][0]) if unit[1] else unit[0]
+                # Keyed ordered stages move one-item units: route by that item's key (by
+                # the first one after a flat_map; an emptied unit goes anywhere).
+                return user_key(unit[2][0]) if unit[2] else unit[0]
 
         timeout = self.batch_timeout
         if self.kind == "batch" and timeout is None:
             # batch(size) without a timeout waits for full groups; only the end of the
             # stream (close, which flushes) hands over a partial one. ~31 years.
             timeout = 1e9
+        batch_size, capacity = self.batch_size, self.capacity
+        if self.units:
+            batch_size = max(1, batch_size // unit)
+            capacity = max(1, capacity // unit)
         self.pool = ShardedPool(
             handler,
             workers=self.workers,
             key=key,
-            capacity=self.capacity,
-            batch_size=self.batch_size,
+            capacity=capacity,
+            batch_size=batch_size,
             batch_timeout=timeout,
             lists=True,
             on_error=on_error,

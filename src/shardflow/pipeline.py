@@ -11,14 +11,12 @@ fast the source is.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain, islice, takewhile
-from operator import countOf
+from itertools import islice
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from shardflow._guard import dead_letter_target, guard
@@ -169,11 +167,13 @@ class Pipeline(Generic[T]):
     Args:
         source: any iterable; it is read from one thread (the caller's for ``run()``, a
             feeder thread when iterating).
-        ordered: yield (and sink) results in source order. Items carry a sequence number
-            and a reorder buffer releases them in order; the source may not run more than
-            ``window`` items ahead of the oldest unfinished one. Default: completion
-            order, cheaper. Within a stage with a ``key``, items of one key keep their
-            order either way, as in ``ShardedPool``.
+        ordered: yield (and sink) results in source order. Runs of consecutive items
+            (units of up to the smallest stage ``batch_size``; of one item when a stage
+            has a ``key``) carry their source index through the stages, and a reorder
+            buffer releases them in order; the source may not run more than ``window``
+            items ahead of the oldest unfinished one. Default: completion order. Within a
+            stage with a ``key``, items of one key keep their order either way, as in
+            ``ShardedPool``.
         window: the reorder window of ``ordered=True`` (items); default 8192.
         errors: ``"fail_fast"`` (default): the first exception raised by a stage's
             function (or by the source) stops the source, lets what is already inside
@@ -255,7 +255,8 @@ class Pipeline(Generic[T]):
         self._t0 = 0.0
         # Ordered mode: the reorder buffer and the window the source waits on.
         self._order = threading.Condition()
-        self._pending: dict[int, list[Any]] = {}
+        self._pending: dict[int, Any] = {}
+        self._unit = 1
         self._released = 0
         self._final: Callable[[list[Any]], object] = self._count_results
 
@@ -550,7 +551,9 @@ class Pipeline(Generic[T]):
 
     def metrics(self) -> dict[str, PoolMetrics]:
         """Each started stage's ``PoolMetrics`` (see ``ShardedPool.metrics()``), by stage
-        name, in order; empty before the pipeline starts."""
+        name, in order; empty before the pipeline starts. With ``ordered=True`` the pools
+        of the stages before the reorder buffer move units (runs of items), and count
+        those; ``StageReport`` counts items."""
         out: dict[str, PoolMetrics] = {}
         for s in self._stages:
             if s.pool is not None:
@@ -652,6 +655,12 @@ class Pipeline(Generic[T]):
         if self.ordered:
             for s in body:
                 s.units = True
+        # Items per unit: a stage batch (so a unit is one handler call's worth), or 1 when
+        # a stage routes by key (a unit goes to one shard, and keys differ per item).
+        unit = 1
+        if self.ordered and body and not any(st.key is not None for st in body):
+            unit = max(1, min([self.source_chunk, self.window] + [st.batch_size for st in body]))
+        self._unit = unit
         fail_fast = self.errors == "fail_fast"
         # Start from the end, so that each handler knows where its outputs go.
         emit: Callable[[list[Any]], object] = final
@@ -664,6 +673,7 @@ class Pipeline(Generic[T]):
                 s.make_handler(_discard if s.kind == "sink" else emit, fail_fast, self._record),
                 self._internal_error(s),
                 self.name,
+                unit,
             )
             assert s.pool is not None
             emit = s.pool.submit_many
@@ -676,6 +686,7 @@ class Pipeline(Generic[T]):
         stops (a fail-fast error, Ctrl-C)."""
         target = self._entry
         units = self.ordered and any(s.units for s in self._stages)
+        unit = self._unit
         window = self.window
         order = self._order
         stop = self._stop
@@ -708,9 +719,15 @@ class Pipeline(Generic[T]):
             if not chunk:
                 break
             self._source_items += len(chunk)
+            got = len(chunk)
             if units:
-                chunk = list(zip(range(seq, seq + len(chunk)), chunk, strict=True))
-                seq += len(chunk)
+                # (seq, count, values): `unit` consecutive items per unit.
+                chunk = [
+                    (seq + i, len(part), part)
+                    for i in range(0, got, unit)
+                    for part in (chunk[i : i + unit],)
+                ]
+                seq += got
             try:
                 target(chunk)
             except Exception as exc:
@@ -718,10 +735,12 @@ class Pipeline(Generic[T]):
                     raise
                 # The first stage's key function raised: what it refused is counted as
                 # unsent, and the error stops the pipeline (see StageReport.unsent).
-                self._source_unsent += len(chunk) - getattr(exc, "submitted", 0)
+                taken = list(getattr(exc, "unsent", ()))
+                lost = taken + chunk[getattr(exc, "submitted", 0) + len(taken) :]
+                self._source_unsent += sum(u[1] for u in lost) if units else len(lost)
                 self._record(exc, "source")
                 break
-            if failed or len(chunk) < n:
+            if failed or got < n:
                 break
 
     def _drain(self) -> None:
@@ -737,17 +756,13 @@ class Pipeline(Generic[T]):
             self._release_leftovers()
 
     def _release_leftovers(self) -> None:
-        # Every unit reaches the buffer unless a handler itself failed (an internal error,
+        # Every unit reaches the buffer unless a stage could not hand it on (an error,
         # recorded); release what is left in seq order so that nothing stays behind.
         with self._order:
             pend = self._pending
             out: list[Any] = []
-            for s in sorted(pend):
-                v = pend.pop(s)
-                if type(v) is _Group:
-                    out += v
-                else:
-                    out.append(v)
+            for seq in sorted(pend):
+                out += pend.pop(seq)[2]
             if out:
                 self._final(out)
 
@@ -756,19 +771,17 @@ class Pipeline(Generic[T]):
         complete, in seq order. Called by that stage's workers."""
         with self._order:
             pend = self._pending
-            if not countOf(map(type, units), list):
-                pend.update(units)  # (seq, value) pairs
-            else:
-                for u in units:
-                    pend[u[0]] = _Group(u[1]) if type(u) is list else u[1]
+            for u in units:
+                pend[u[0]] = u
             nxt = self._released
-            if nxt not in pend:
+            out: list[Any] = []
+            while nxt in pend:
+                u = pend.pop(nxt)
+                out += u[2]
+                nxt += u[1]
+            if nxt == self._released:
                 return
-            ready = list(takewhile(pend.__contains__, itertools.count(nxt)))
-            out = list(map(pend.pop, ready))
-            if countOf(map(type, out), _Group):
-                out = list(chain.from_iterable(v if type(v) is _Group else (v,) for v in out))
-            self._released = nxt + len(ready)
+            self._released = nxt
             self._order.notify_all()
             # Under the lock, so that releases reach the next step in order.
             if out:
@@ -931,13 +944,6 @@ class Pipeline(Generic[T]):
 
     def _close_channel(self) -> None:
         self._feeder.join()
-
-
-class _Group(list):  # type: ignore[type-arg]
-    """The values of a unit with zero or several of them, in the reorder buffer (a type
-    of our own, so that a user's list value is never mistaken for one)."""
-
-    __slots__ = ()
 
 
 def _discard(values: list[Any]) -> None:
