@@ -266,6 +266,49 @@ def test_a_slow_sink_bounds_what_the_source_yields_ahead() -> None:
     check_accounting(result[0])
 
 
+def test_ordered_backpressure_with_a_stuck_sink() -> None:
+    n = 30_000
+    yielded = [0]
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def source() -> Iterator[int]:
+        for i in range(n):
+            yielded[0] += 1
+            yield i
+
+    def sink(x: int) -> None:
+        if x == 0:
+            entered.set()
+            assert gate.wait(WAIT)
+
+    p = (
+        Pipeline(source(), ordered=True, window=100_000, capacity=256)
+        .map(lambda x: x, batch_size=64)
+        .map(lambda x: x, batch_size=64)
+        .sink(sink, batch_size=64)
+    )
+    result: list[PipelineReport] = []
+    runner = threading.Thread(target=lambda: result.append(p.run()))
+    runner.start()
+    try:
+        assert entered.wait(WAIT)
+        # Ordered stages move runs of 64 items: their rings hold 256 // 64 = 4 runs.
+        # With the sink stuck every ring fills up, then the source must stop, long
+        # before the (large) window would stop it.
+        full = [4, 4, 256]
+        assert wait_until(lambda: [m.depth for m in p.metrics().values()] == full), p.metrics()
+        ahead = yielded[0]
+        assert 256 * 4 <= ahead <= p.max_in_flight()
+        assert ahead < 100_000  # the window did not stop it: the rings did
+    finally:
+        gate.set()
+        runner.join(WAIT)
+    assert not runner.is_alive()
+    assert result[0].results == n
+    check_accounting(result[0])
+
+
 # --------------------------------------------------------------------------- failures
 
 

@@ -539,8 +539,15 @@ class Pipeline(Generic[T]):
         chunk, the result channel (iteration) and, ordered, the reorder window. A
         ``flat_map`` multiplies what follows it by its expansion."""
         largest = max([s.batch_size for s in self._stages] + [self.source_chunk])
+        tail = self._tail_start()
+        if self.ordered:
+            # Before the reorder buffer the window bounds everything; a release hands on
+            # up to a window's worth of items at once.
+            largest = max(largest, self.window)
         total = self.source_chunk + CHANNEL_BATCHES * largest
-        for s in self._stages:
+        for i, s in enumerate(self._stages):
+            if self.ordered and i < tail:
+                continue
             ring = 1
             while ring < s.capacity:
                 ring <<= 1
@@ -548,6 +555,17 @@ class Pipeline(Generic[T]):
         if self.ordered:
             total += self.window
         return total
+
+    def _tail_start(self) -> int:
+        """Index of the first stage that takes plain values in order: the sink, and with
+        ordered=True a batch() right before it (or at the end)."""
+        stages = self._stages
+        tail = len(stages)
+        if tail and stages[tail - 1].kind == "sink":
+            tail -= 1
+        if self.ordered and tail and stages[tail - 1].kind == "batch":
+            tail -= 1
+        return tail
 
     def metrics(self) -> dict[str, PoolMetrics]:
         """Each started stage's ``PoolMetrics`` (see ``ShardedPool.metrics()``), by stage
@@ -645,11 +663,7 @@ class Pipeline(Generic[T]):
         # order. Ordered: the stages before the tail move (seq, value) units into the
         # reorder buffer, which releases values in order to the tail / the channel / the
         # counter, from one thread at a time (single producer, one-worker FIFO stages).
-        tail = len(stages)
-        if tail and stages[tail - 1].kind == "sink":
-            tail -= 1
-        if self.ordered and tail and stages[tail - 1].kind == "batch":
-            tail -= 1
+        tail = self._tail_start()
         self._tail = tail
         body = stages[:tail]
         if self.ordered:
@@ -699,12 +713,16 @@ class Pipeline(Generic[T]):
         while not stop.is_set():
             n = self.source_chunk
             if units:
-                # The window: at most `window` units ahead of the oldest unreleased one.
-                with order:
-                    room = window - (seq - self._released)
-                    while room <= 0 and not stop.is_set():
-                        order.wait(POLL)
+                # The window: at most `window` items ahead of the oldest unreleased one.
+                # Read without the lock (one int, written by the reorder buffer): the
+                # buffer may hold the lock while it waits for room in the sink.
+                room = window - (seq - self._released)
+                if room <= 0:
+                    with order:
                         room = window - (seq - self._released)
+                        while room <= 0 and not stop.is_set():
+                            order.wait(POLL)
+                            room = window - (seq - self._released)
                 if room <= 0:
                     break
                 n = min(n, room)
