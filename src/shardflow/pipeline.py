@@ -90,7 +90,8 @@ class StageReport:
 
     ``unsent``: outputs the next stage refused because its ``key`` function raised (the
     error then stops the pipeline as a fail-fast error does, whatever ``errors`` says);
-    they are in ``errors`` too, and not in ``emitted``.
+    they are in ``errors`` too (with ``ordered=True`` as the ``(seq, count, values)``
+    runs that were refused), and not in ``emitted``.
     """
 
     name: str
