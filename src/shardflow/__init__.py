@@ -10,6 +10,7 @@ from shardflow.breaker import BreakerMetrics, BreakerState, CircuitBreaker
 from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
 from shardflow.limiter import Limiter, LimiterMetrics
 from shardflow.metrics import PoolMetrics, ShardMetrics
+from shardflow.pipeline import Pipeline, PipelineReport, StageReport
 from shardflow.pool import DEFAULT_CAPACITY, ShardedPool
 from shardflow.ratelimiter import RateLimiter, RateLimiterMetrics
 from shardflow.retry import Retry, RetryMetrics
@@ -27,6 +28,8 @@ __all__ = [
     "Full",
     "Limiter",
     "LimiterMetrics",
+    "Pipeline",
+    "PipelineReport",
     "PoolMetrics",
     "RateLimiter",
     "RateLimiterMetrics",
@@ -35,5 +38,6 @@ __all__ = [
     "ShardMetrics",
     "ShardedPool",
     "ShardflowError",
+    "StageReport",
     "__version__",
 ]

@@ -816,7 +816,7 @@ def _print_targets(targets: list[Target], out: TextIO) -> None:
 
 #: Sections of the report, in the order they run (``run_bench(sections=...)``,
 #: ``python -m shardflow bench --sections``).
-SECTIONS = ("memory", "idle", "throughput", "gil", "stealing", "latency", "reuse")
+SECTIONS = ("memory", "idle", "throughput", "gil", "stealing", "latency", "reuse", "pipeline")
 
 
 def run_bench(
@@ -955,6 +955,12 @@ def run_bench(
     if "reuse" in chosen:
         report["batch_reuse"], re_targets = _section_reuse(items, alloc_items, repeats, out)
         targets += re_targets
+    if "pipeline" in chosen:
+        # 3 no-op stages vs a bare loop and stage threads over queues (_bench_pipeline).
+        from shardflow._bench_pipeline import pipeline_section
+
+        report["pipeline"], pl_targets = pipeline_section(items, repeats, quick, out)
+        targets += pl_targets
 
     print(f"\nload average at end: {_loadavg()}", file=out)
     print("\nTargets:", file=out)
