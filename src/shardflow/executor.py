@@ -1,0 +1,749 @@
+"""``shardflow.Executor``: a ``concurrent.futures`` executor on top of ``ShardedPool``.
+
+It behaves like ``concurrent.futures.ThreadPoolExecutor`` as the standard library
+documents it (``submit``/``map``/``shutdown``, ``initializer``, ``BrokenThreadPool``,
+``wait``/``as_completed``, ``loop.run_in_executor``, interpreter exit) and is much cheaper
+per task, for three reasons:
+
+* Tasks travel through the pool's compiled per-worker rings, and a worker hands a whole
+  run of queued tasks to one Python call (list mode), so there is no per-task queue lock,
+  semaphore or wake-up.
+* The futures are a ``concurrent.futures.Future`` subclass (``_Future``) whose
+  ``_condition`` is a bare ``RLock`` instead of a ``threading.Condition``: creating it is
+  one C call instead of a Python object graph, and completing a future nobody waits for
+  costs one lock round trip. Threads that do wait register a lock of their own (see
+  ``_Future.result``), the way ``wait()``/``as_completed()`` register their waiters.
+* ``map`` makes no future per item: it cuts the collected items into chunks, one pool
+  task per chunk, and yields the results in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import _base
+from concurrent.futures.thread import BrokenThreadPool
+from typing import Any, ParamSpec, TypeVar
+
+from shardflow._validate import check_callable, check_int, check_str
+from shardflow.errors import Closed
+from shardflow.pool import ShardedPool
+
+P = ParamSpec("P")
+
+__all__ = ["Executor"]
+
+T = TypeVar("T")
+
+# The state names of concurrent.futures (``wait``/``as_completed`` compare ``_state``
+# with them, so a future of ours must use exactly these objects).
+PENDING = _base.PENDING
+RUNNING = _base.RUNNING
+CANCELLED = _base.CANCELLED
+CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
+FINISHED = _base.FINISHED
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)
+LOGGER = _base.LOGGER
+
+_RLock = threading.RLock
+_allocate_lock = threading.Lock
+
+#: Most tasks a worker takes from its queue for one Python call. A task queued behind a
+#: long-running one on the same worker waits for it unless an idle worker steals it
+#: while it is still queued, so this also bounds that head-of-line wait (to the tasks of
+#: one list). Under the GIL the gain of larger lists flattens out well before this.
+TASKS_PER_CALL = 64
+#: Items of one ``map`` chunk at most (one pool task, one result list).
+MAP_CHUNK_MAX = 1024
+#: ``map`` aims at this many chunks per worker, so that work spreads over the workers.
+MAP_CHUNKS_PER_WORKER = 4
+
+_BROKEN_MESSAGE = "A thread initializer failed, the thread pool is not usable anymore"
+_names = itertools.count()
+#: Set when the interpreter starts shutting down (as ``concurrent.futures.thread`` does):
+#: submits raise from then on.
+_interpreter_shutdown = False
+
+
+class _Future(_base.Future[T]):
+    """A ``concurrent.futures.Future`` whose lock is a bare ``RLock``.
+
+    Everything ``concurrent.futures`` relies on is kept: ``_state`` holds the module's
+    state names, ``_waiters`` the waiters ``wait()``/``as_completed()`` install (under
+    ``with f._condition``, which is the ``RLock``), ``_done_callbacks`` the callbacks.
+    What a ``Condition`` did for ``result()``/``exception()`` is done by a lock per
+    waiting call, acquired here and released by whoever completes or cancels the future
+    (``_wakeups``); a completion nobody waits for touches no such lock. Every state
+    change happens under ``_condition``, so it is thread-safe without the GIL.
+    """
+
+    # ``__dict__`` stays (the base class has none of its own slots); these attributes are
+    # read on every completion, and slots are cheaper to create and read.
+    __slots__ = (
+        "_condition",
+        "_done_callbacks",
+        "_exception",
+        "_result",
+        "_state",
+        "_waiters",
+        "_wakeups",
+    )
+
+    def __init__(self) -> None:
+        # Not Future.__init__: it builds a threading.Condition, the cost this avoids.
+        self._condition: Any = _RLock()
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[_base.Future[T]], object]] = []
+        self._wakeups: list[Any] | None = None
+
+    # -- waiting
+
+    def _wait_done(self, timeout: float | None) -> None:
+        """Wait until done or ``timeout`` passed (the caller checks which), like the one
+        ``Condition.wait(timeout)`` of the standard ``result()``."""
+        with self._condition:
+            if self._state in _DONE:
+                return
+            lock = _allocate_lock()
+            lock.acquire()
+            if self._wakeups is None:
+                self._wakeups = []
+            self._wakeups.append(lock)
+        try:
+            if timeout is None:
+                lock.acquire()
+            elif timeout > 0:
+                lock.acquire(True, timeout)
+        finally:
+            with self._condition:
+                wakeups = self._wakeups
+                if wakeups is not None and lock in wakeups:
+                    wakeups.remove(lock)
+
+    def _wake(self) -> None:
+        """Release every waiting ``result()``/``exception()``; under ``_condition``."""
+        wakeups = self._wakeups
+        if wakeups:
+            for lock in wakeups:
+                lock.release()
+            wakeups.clear()
+
+    def result(self, timeout: float | None = None) -> T:
+        """The result of the call; see ``concurrent.futures.Future.result``."""
+        try:
+            for attempt in (0, 1):
+                with self._condition:
+                    state = self._state
+                    if state in _CANCELLED:
+                        raise _base.CancelledError()
+                    if state == FINISHED:
+                        if self._exception is not None:
+                            raise self._exception
+                        result: T = self._result
+                        return result
+                if attempt == 0:
+                    self._wait_done(timeout)
+            raise TimeoutError()
+        finally:
+            # Break a reference cycle with the exception in self._exception
+            self = None  # type: ignore[assignment]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the call raised, or None; see ``Future.exception``."""
+        for attempt in (0, 1):
+            with self._condition:
+                state = self._state
+                if state in _CANCELLED:
+                    raise _base.CancelledError()
+                if state == FINISHED:
+                    return self._exception
+            if attempt == 0:
+                self._wait_done(timeout)
+        raise TimeoutError()
+
+    def _invoke_callbacks(self) -> None:
+        # As Future._invoke_callbacks (which typeshed does not declare).
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                LOGGER.exception("exception calling callback for %r", self)
+
+    # -- state changes
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started; see ``Future.cancel``."""
+        with self._condition:
+            state = self._state
+            if state in (RUNNING, FINISHED):
+                return False
+            if state in _CANCELLED:
+                return True
+            self._state = CANCELLED
+            self._wake()
+        self._invoke_callbacks()
+        return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """For executors: see ``Future.set_running_or_notify_cancel``."""
+        with self._condition:
+            state = self._state
+            if state == PENDING:
+                self._state = RUNNING
+                return True
+            if state == CANCELLED:
+                self._state = CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                return False
+            LOGGER.critical("Future %s in unexpected state: %s", id(self), state)
+            raise RuntimeError("Future in unexpected state")
+
+    def set_result(self, result: T) -> None:
+        """For executors: see ``Future.set_result``."""
+        with self._condition:
+            if self._state in _DONE:
+                raise _base.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = FINISHED
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            self._wake()
+        if self._done_callbacks:
+            self._invoke_callbacks()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """For executors: see ``Future.set_exception``."""
+        with self._condition:
+            if self._state in _DONE:
+                raise _base.InvalidStateError(f"{self._state}: {self!r}")
+            self._exception = exception
+            self._state = FINISHED
+            for waiter in self._waiters:
+                waiter.add_exception(self)
+            self._wake()
+        if self._done_callbacks:
+            self._invoke_callbacks()
+
+
+def _run_task(fut: _Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+    """Run one submitted call and complete its future (the body of the worker loop)."""
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        fut.set_exception(exc)
+        del exc  # break the frame <-> exception cycle
+    else:
+        fut.set_result(result)
+
+
+class _Chunk:
+    """One ``map`` task: ``fn`` over a run of argument tuples, results kept in order.
+
+    Progress is published item by item under ``mutex``: ``ran`` items have a result in
+    ``results`` (or an exception in ``errors``), so a result is handed out as soon as
+    its call returned, as with a future per item. ``finished`` is set once by the
+    worker that ran the chunk (or by ``shutdown(cancel_futures=True)`` for a chunk it
+    took back from the queue); items past ``ran`` then were cancelled, and raise
+    ``CancelledError`` when reached, as the standard ``map`` does for a future cancelled
+    by ``shutdown``. A consumer waiting for the next item parks on ``waiter``.
+    """
+
+    __slots__ = (
+        "args",
+        "cancelled",
+        "count",
+        "errors",
+        "finished",
+        "fn",
+        "mutex",
+        "ran",
+        "results",
+        "waiter",
+    )
+
+    def __init__(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> None:
+        self.fn = fn
+        self.args = args
+        self.count = len(args)
+        self.results: list[Any] = []
+        self.errors: dict[int, BaseException] | None = None
+        self.ran = 0
+        self.finished = False
+        self.cancelled = False  # set by the consumer (closed) or by shutdown
+        self.mutex = _allocate_lock()
+        self.waiter: Any = None
+
+    def run(self, halt: _Halt) -> None:
+        fn = self.fn
+        results = self.results
+        append = results.append
+        mutex = self.mutex
+        i = 0
+        try:
+            for args in self.args:
+                if self.cancelled or halt.cancel:
+                    break
+                error: BaseException | None = None
+                if halt.broken is not None:
+                    error = BrokenThreadPool(halt.broken)
+                    result = None
+                else:
+                    try:
+                        result = fn(*args)
+                    except BaseException as exc:
+                        error = exc
+                        result = None
+                with mutex:
+                    append(result)
+                    if error is not None:
+                        if self.errors is None:
+                            self.errors = {}
+                        self.errors[i] = error
+                        error = None
+                    i += 1
+                    self.ran = i
+                    waiter = self.waiter
+                    if waiter is not None:
+                        self.waiter = None
+                        waiter.release()
+        finally:
+            self.args = []
+            self._finish()
+
+    def _finish(self) -> None:
+        with self.mutex:
+            self.finished = True
+            waiter = self.waiter
+            if waiter is not None:
+                self.waiter = None
+                waiter.release()
+
+    def cancel_queued(self) -> None:
+        """A chunk taken back from the queue by shutdown: nothing of it ran."""
+        self.args = []
+        self._finish()
+
+    def wait_for(self, i: int, end_time: float | None) -> tuple[int, bool]:
+        """Wait until item ``i`` ran or the chunk finished; returns ``(ran, finished)``.
+        ``TimeoutError`` if ``end_time`` (monotonic) passes first."""
+        while True:
+            with self.mutex:
+                if self.ran > i or self.finished:
+                    return self.ran, self.finished
+                lock = _allocate_lock()
+                lock.acquire()
+                self.waiter = lock
+            if end_time is None:
+                lock.acquire()
+                continue
+            remaining = min(end_time - time.monotonic(), threading.TIMEOUT_MAX)
+            if remaining > 0 and lock.acquire(True, remaining):
+                continue
+            with self.mutex:
+                if self.waiter is lock:
+                    self.waiter = None
+                if self.ran > i or self.finished:
+                    return self.ran, self.finished
+            raise TimeoutError()
+
+
+class _Halt:
+    """What the workers of one executor check between tasks (shared with them; holds no
+    reference to the executor, so that an executor nobody uses any more is collected)."""
+
+    __slots__ = ("active", "broken", "cancel", "initargs", "initializer", "local")
+
+    def __init__(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]):
+        self.cancel = False  # shutdown(cancel_futures=True): cancel what has not started
+        self.broken: str | None = None  # the initializer failed: fail what has not started
+        self.initializer = initializer
+        self.initargs = initargs
+        self.local = threading.local()
+        # worker thread id -> the task list it is working through, for shutdown to cancel
+        self.active: dict[int, list[Any]] = {}
+
+
+def _make_handler(halt: _Halt) -> Callable[[list[Any]], None]:
+    """The pool handler: runs a list of tasks (``(future, fn, args, kwargs)`` tuples and
+    ``_Chunk``s) in order."""
+    active = halt.active
+    get_ident = threading.get_ident
+    chunk_type = _Chunk
+
+    def handle(tasks: list[Any]) -> None:
+        me = get_ident()
+        active[me] = tasks
+        try:
+            if halt.initializer is not None and not getattr(halt.local, "ready", False):
+                _initialize(halt)
+            for task in tasks:
+                if halt.cancel or halt.broken is not None:
+                    _halted(halt, task)
+                elif type(task) is chunk_type:
+                    task.run(halt)
+                else:
+                    _run_task(*task)
+        finally:
+            del active[me]
+
+    return handle
+
+
+def _initialize(halt: _Halt) -> None:
+    """Run the initializer once in this worker thread; on failure break the executor the
+    way ``ThreadPoolExecutor`` does (log, then ``BrokenThreadPool`` for what is pending
+    and for later submits)."""
+    halt.local.ready = True
+    assert halt.initializer is not None
+    try:
+        halt.initializer(*halt.initargs)
+    except BaseException:
+        LOGGER.critical("Exception in initializer:", exc_info=True)
+        halt.broken = _BROKEN_MESSAGE
+
+
+def _halted(halt: _Halt, task: Any) -> None:
+    """A task reached after shutdown(cancel_futures=True) or a failed initializer."""
+    if type(task) is _Chunk:
+        task.run(halt)  # cancels or fails every item, and completes the chunk
+        return
+    fut = task[0]
+    if halt.cancel:
+        fut.cancel()
+    if fut.set_running_or_notify_cancel():
+        fut.set_exception(BrokenThreadPool(halt.broken or _BROKEN_MESSAGE))
+
+
+def _cancel_task(task: Any) -> None:
+    """Cancel a task shutdown took back from the queue (it never reaches a worker)."""
+    if type(task) is _Chunk:
+        task.cancel_queued()
+        return
+    fut = task[0]
+    fut.cancel()
+    # Move it on to CANCELLED_AND_NOTIFIED as a worker would, so that wait() and
+    # as_completed() callers blocked on it see it.
+    fut.set_running_or_notify_cancel()
+
+
+def _default_workers() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)
+    return min(32, (count() or 1) + 4)
+
+
+class Executor(_base.Executor):
+    """A ``concurrent.futures.Executor`` running calls on a ``ShardedPool``'s threads.
+
+    A drop-in for ``concurrent.futures.ThreadPoolExecutor``: ``submit`` returns a
+    ``concurrent.futures.Future`` (a subclass with a cheaper lock) that works with
+    ``wait()``, ``as_completed()`` and ``asyncio`` (``loop.run_in_executor``);
+    ``map(fn, *iterables, timeout=None, chunksize=1, buffersize=None)`` yields results in
+    order; ``shutdown(wait=True, *, cancel_futures=False)``; a failing ``initializer``
+    breaks the executor (``concurrent.futures.thread.BrokenThreadPool`` for pending calls
+    and later submits); submitting after ``shutdown()`` raises ``RuntimeError``; at
+    interpreter exit running and queued calls are finished first.
+
+    Differences from ``ThreadPoolExecutor``, all on purpose:
+
+    * ``max_workers`` threads start with the executor, not on demand.
+    * Each worker has its own bounded queue (``capacity`` calls, default
+      ``shardflow.DEFAULT_CAPACITY``); calls go round-robin and an idle worker steals
+      half of a busy worker's queue. ``submit`` waits (without holding the GIL) while
+      the chosen queue is full, where ``ThreadPoolExecutor`` queues without bound.
+    * A worker takes up to ``TASKS_PER_CALL`` queued calls at once; those wait for the
+      call before them on that worker rather than go to an idle worker. As the standard
+      documentation warns for any executor, calls that wait on other calls of the same
+      executor can deadlock.
+    * ``map`` makes no future per item (chunks of items, results kept in order); errors,
+      timeouts, cancellation and ``buffersize`` behave as documented for
+      ``Executor.map``. ``chunksize`` is ignored, as by ``ThreadPoolExecutor``.
+
+    Example:
+        >>> import shardflow
+        >>> with shardflow.Executor(max_workers=2) as ex:
+        ...     future = ex.submit(pow, 2, 10)
+        ...     squares = list(ex.map(pow, range(5), [2] * 5))
+        >>> future.result(), squares
+        (1024, [0, 1, 4, 9, 16])
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        capacity: int | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = _default_workers()
+        check_int("max_workers", max_workers, lo=1, hi=4096)
+        check_str("thread_name_prefix", thread_name_prefix, optional=False)
+        check_callable("initializer", initializer, optional=True)
+        if not isinstance(initargs, tuple):
+            raise TypeError(
+                f"initargs must be a tuple, got {initargs!r} ({type(initargs).__name__})"
+            )
+        self._max_workers = max_workers
+        self._halt = _Halt(initializer, initargs)
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        name = thread_name_prefix or f"Executor-{next(_names)}"
+        self._pool: ShardedPool[Any] = ShardedPool(
+            _make_handler(self._halt),
+            workers=max_workers,
+            capacity=capacity,
+            batch_size=TASKS_PER_CALL,
+            lists=True,
+            steal=True,
+            reuse_batches=False,
+            name=name,
+        )
+        self._push = self._pool.submit
+        # An executor dropped without shutdown() lets its workers finish and exit, as
+        # ThreadPoolExecutor's do (the handler holds no reference to the executor).
+        weakref.finalize(self, self._pool.close)
+        _register(self._pool)
+
+    @property
+    def max_workers(self) -> int:
+        """The number of worker threads."""
+        return self._max_workers
+
+    def _refuse(self) -> None:
+        if self._halt.broken is not None:
+            raise BrokenThreadPool(self._halt.broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> _base.Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; returns its ``concurrent.futures.Future``.
+
+        Raises ``RuntimeError`` after ``shutdown()`` (and during interpreter shutdown) and
+        ``BrokenThreadPool`` once an initializer failed.
+        """
+        if self._shutdown or self._halt.broken is not None or _interpreter_shutdown:
+            self._refuse()
+        f: _Future[T] = _Future()
+        try:
+            self._push((f, fn, args, kwargs))
+        except Closed:
+            self._refuse()
+            raise
+        return f
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """``map(fn, *iterables)`` run on the workers; results come in input order.
+
+        As documented for ``concurrent.futures.Executor.map``: the iterables are
+        collected now, unless ``buffersize`` is given, in which case at most
+        ``buffersize`` items are submitted and not yet yielded, and the iterables are
+        read as results are yielded. An exception raised by ``fn`` is re-raised when
+        its value would be yielded. ``timeout`` (seconds) counts from this call: if a
+        result is not ready by then, ``TimeoutError`` is raised when it is reached.
+        Pending calls are cancelled when the iterator is closed or raises. ``chunksize``
+        is ignored (as by ``ThreadPoolExecutor``).
+        """
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        zipped = zip(*iterables, strict=False)
+        if buffersize is None:
+            items = list(zipped)
+            size = max(1, -(-len(items) // (self._max_workers * MAP_CHUNKS_PER_WORKER)))
+            size = min(size, MAP_CHUNK_MAX)
+            chunks = deque(
+                self._submit_chunk(fn, items[i : i + size]) for i in range(0, len(items), size)
+            )
+            return _map_results(chunks, end_time, None)
+        size = max(1, min(MAP_CHUNK_MAX, buffersize // 4))
+        feeder = _Feeder(weakref.ref(self), fn, zipped, size, buffersize)
+        feeder.refill()
+        return _map_results(feeder.chunks, end_time, feeder)
+
+    def _submit_chunk(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> _Chunk:
+        if self._shutdown or self._halt.broken is not None or _interpreter_shutdown:
+            self._refuse()
+        chunk = _Chunk(fn, args)
+        try:
+            self._push(chunk)
+        except Closed:
+            self._refuse()
+            raise
+        return chunk
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new calls; with ``cancel_futures`` cancel every call not started; with
+        ``wait`` return once every running and queued call is done. Idempotent."""
+        pool = self._pool
+        with self._shutdown_lock:
+            self._shutdown = True
+            if cancel_futures:
+                self._halt.cancel = True
+                # What is still queued is taken back and cancelled here, now; what a
+                # worker already took is cancelled here too where it is listed as
+                # active, else by the worker before it runs anything else.
+                leftovers = pool.shutdown(wait=False, cancel=True)
+                pool._exit_wait = True  # interpreter exit still waits for running calls
+                for task in leftovers:
+                    _cancel_task(task)
+                for tasks in list(self._halt.active.values()):
+                    for task in list(tasks):
+                        if type(task) is _Chunk:
+                            task.cancelled = True
+                        else:
+                            task[0].cancel()
+            else:
+                pool.close()
+        if wait:
+            pool.join()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else "running"
+        return f"<shardflow.Executor {self._pool.name!r} {state} max_workers={self._max_workers}>"
+
+
+class _Feeder:
+    """The lazy input side of ``map(..., buffersize=n)``: submits chunks while fewer than
+    ``buffersize`` items are submitted and not yet yielded."""
+
+    __slots__ = ("buffersize", "chunks", "executor", "fn", "inflight", "size", "source")
+
+    def __init__(
+        self,
+        executor: weakref.ref[Executor],
+        fn: Callable[..., Any],
+        source: Iterator[tuple[Any, ...]],
+        size: int,
+        buffersize: int,
+    ) -> None:
+        self.executor = executor
+        self.fn = fn
+        self.source: Iterator[tuple[Any, ...]] | None = source
+        self.size = size
+        self.buffersize = buffersize
+        self.inflight = 0
+        self.chunks: deque[_Chunk] = deque()
+
+    def refill(self) -> None:
+        while self.source is not None and self.inflight + self.size <= self.buffersize:
+            args = list(itertools.islice(self.source, self.size))
+            if len(args) < self.size:
+                self.source = None  # exhausted
+                if not args:
+                    return
+            executor = self.executor()
+            if executor is None:
+                self.source = None
+                return
+            self.chunks.append(executor._submit_chunk(self.fn, args))
+            self.inflight += len(args)
+
+
+def _map_results(
+    chunks: deque[_Chunk], end_time: float | None, feeder: _Feeder | None
+) -> Iterator[Any]:
+    """Yield the results of ``chunks`` in order (a generator: ``map`` has already
+    submitted what it submits eagerly before this runs)."""
+    try:
+        while chunks:
+            chunk = chunks[0]
+            ran, finished = chunk.wait_for(0, end_time)
+            if finished and feeder is None and chunk.errors is None and ran == chunk.count:
+                chunks.popleft()
+                yield from chunk.results  # the common case: the whole chunk is there
+                continue
+            for i in range(chunk.count):
+                if i >= ran and not finished:
+                    ran, finished = chunk.wait_for(i, end_time)
+                if feeder is not None:
+                    # As the standard map does: the next input is submitted before this
+                    # result is handed out.
+                    feeder.inflight -= 1
+                    feeder.refill()
+                if i >= ran:
+                    chunks.popleft()
+                    raise _base.CancelledError()
+                errors = chunk.errors
+                if errors is not None and i in errors:
+                    chunks.popleft()
+                    exc = errors.pop(i)
+                    try:
+                        raise exc
+                    finally:
+                        del exc
+                yield chunk.results[i]
+            chunks.popleft()
+    finally:
+        for chunk in chunks:
+            chunk.cancelled = True
+        if feeder is not None:
+            feeder.source = None
+
+
+# ------------------------------------------------------------------ interpreter exit
+
+_pools: weakref.WeakSet[ShardedPool[Any]] = weakref.WeakSet()
+_pools_lock = threading.Lock()
+
+
+def _register(pool: ShardedPool[Any]) -> None:
+    with _pools_lock:
+        _pools.add(pool)
+
+
+def _python_exit() -> None:
+    """Like ``concurrent.futures.thread``'s exit hook: refuse new calls, then let every
+    executor finish what is running and queued (ShardedPool's own exit hook runs later,
+    and would only find finished pools)."""
+    global _interpreter_shutdown
+    _interpreter_shutdown = True
+    with _pools_lock:
+        pools = list(_pools)
+    for pool in pools:
+        try:
+            pool._check_fork()
+        except RuntimeError:
+            continue
+        pool._close()
+    for pool in pools:
+        if pool._exit_wait:
+            pool._wait_workers(None)
+
+
+# threading's exit hook runs before atexit's and before non-daemon threads are joined,
+# exactly where ThreadPoolExecutor waits for its workers.
+_register_atexit: Callable[[Callable[[], None]], None] | None = getattr(
+    threading, "_register_atexit", None
+)
+if _register_atexit is not None:
+    _register_atexit(_python_exit)
+else:  # pragma: no cover - every supported CPython has it
+    import atexit
+
+    atexit.register(_python_exit)
