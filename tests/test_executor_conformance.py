@@ -298,7 +298,7 @@ def test_wait_sees_a_cancelled_future(make: Make, gate: threading.Event) -> None
     queued = ex.submit(int)
     assert queued.cancel()
     gate.set()
-    done, not_done = wait([queued], timeout=WAIT)
+    done, _ = wait([queued], timeout=WAIT)
     assert done == {queued} and queued.cancelled()
 
 

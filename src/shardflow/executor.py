@@ -27,7 +27,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import _base
-from concurrent.futures.thread import BrokenThreadPool
+from concurrent.futures.thread import BrokenThreadPool, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from shardflow._validate import check_callable, check_int, check_str
@@ -443,10 +443,12 @@ def _default_workers() -> int:
     return min(32, (count() or 1) + 4)
 
 
-class Executor(_base.Executor):
+class Executor(ThreadPoolExecutor):
     """A ``concurrent.futures.Executor`` running calls on a ``ShardedPool``'s threads.
 
-    A drop-in for ``concurrent.futures.ThreadPoolExecutor``: ``submit`` returns a
+    A drop-in for ``concurrent.futures.ThreadPoolExecutor``, and a subclass of it, so
+    that code checking for one accepts it (``loop.set_default_executor`` does); none of
+    its machinery is used, every method is this class's own. ``submit`` returns a
     ``concurrent.futures.Future`` (a subclass with a cheaper lock) that works with
     ``wait()``, ``as_completed()`` and ``asyncio`` (``loop.run_in_executor``);
     ``map(fn, *iterables, timeout=None, chunksize=1, buffersize=None)`` yields results in
