@@ -28,8 +28,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import _base
 from concurrent.futures.thread import BrokenThreadPool, ThreadPoolExecutor
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from shardflow._executor import FutureCore, Halt, run_tasks, set_interpreter_exiting
+from shardflow._executor import submit as _compiled_submit
 from shardflow._validate import check_callable, check_int, check_str
 from shardflow.errors import Closed
 from shardflow.pool import ShardedPool
@@ -71,181 +73,15 @@ _names = itertools.count()
 _interpreter_shutdown = False
 
 
-class _Future(_base.Future[T]):
-    """A ``concurrent.futures.Future`` whose lock is a bare ``RLock``.
+class _Future(FutureCore, _base.Future[T]):
+    """The futures ``Executor.submit`` returns: a ``concurrent.futures.Future`` whose
+    state and lock live in ``FutureCore`` (compiled; see ``shardflow._executor``).
 
-    Everything ``concurrent.futures`` relies on is kept: ``_state`` holds the module's
-    state names, ``_waiters`` the waiters ``wait()``/``as_completed()`` install (under
-    ``with f._condition``, which is the ``RLock``), ``_done_callbacks`` the callbacks.
-    What a ``Condition`` did for ``result()``/``exception()`` is done by a lock per
-    waiting call, acquired here and released by whoever completes or cancels the future
-    (``_wakeups``); a completion nobody waits for touches no such lock. Every state
-    change happens under ``_condition``, so it is thread-safe without the GIL.
+    Every documented behaviour of ``Future`` is kept: ``result``/``exception`` with a
+    timeout (one wait, then ``TimeoutError``), ``cancel``, ``add_done_callback``, and
+    ``concurrent.futures.wait``/``as_completed``, which use ``_condition``, ``_state``
+    and ``_waiters`` directly.
     """
-
-    # ``__dict__`` stays (the base class has none of its own slots); these attributes are
-    # read on every completion, and slots are cheaper to create and read.
-    __slots__ = (
-        "_condition",
-        "_done_callbacks",
-        "_exception",
-        "_result",
-        "_state",
-        "_waiters",
-        "_wakeups",
-    )
-
-    def __init__(self) -> None:
-        # Not Future.__init__: it builds a threading.Condition, the cost this avoids.
-        self._condition: Any = _RLock()
-        self._state = PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[_base.Future[T]], object]] = []
-        self._wakeups: list[Any] | None = None
-
-    # -- waiting
-
-    def _wait_done(self, timeout: float | None) -> None:
-        """Wait until done or ``timeout`` passed (the caller checks which), like the one
-        ``Condition.wait(timeout)`` of the standard ``result()``."""
-        with self._condition:
-            if self._state in _DONE:
-                return
-            lock = _allocate_lock()
-            lock.acquire()
-            if self._wakeups is None:
-                self._wakeups = []
-            self._wakeups.append(lock)
-        try:
-            if timeout is None:
-                lock.acquire()
-            elif timeout > 0:
-                lock.acquire(True, timeout)
-        finally:
-            with self._condition:
-                wakeups = self._wakeups
-                if wakeups is not None and lock in wakeups:
-                    wakeups.remove(lock)
-
-    def _wake(self) -> None:
-        """Release every waiting ``result()``/``exception()``; under ``_condition``."""
-        wakeups = self._wakeups
-        if wakeups:
-            for lock in wakeups:
-                lock.release()
-            wakeups.clear()
-
-    def result(self, timeout: float | None = None) -> T:
-        """The result of the call; see ``concurrent.futures.Future.result``."""
-        try:
-            for attempt in (0, 1):
-                with self._condition:
-                    state = self._state
-                    if state in _CANCELLED:
-                        raise _base.CancelledError()
-                    if state == FINISHED:
-                        if self._exception is not None:
-                            raise self._exception
-                        result: T = self._result
-                        return result
-                if attempt == 0:
-                    self._wait_done(timeout)
-            raise TimeoutError()
-        finally:
-            # Break a reference cycle with the exception in self._exception
-            self = None  # type: ignore[assignment]
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The exception the call raised, or None; see ``Future.exception``."""
-        for attempt in (0, 1):
-            with self._condition:
-                state = self._state
-                if state in _CANCELLED:
-                    raise _base.CancelledError()
-                if state == FINISHED:
-                    return self._exception
-            if attempt == 0:
-                self._wait_done(timeout)
-        raise TimeoutError()
-
-    def _invoke_callbacks(self) -> None:
-        # As Future._invoke_callbacks (which typeshed does not declare).
-        for callback in self._done_callbacks:
-            try:
-                callback(self)
-            except Exception:
-                LOGGER.exception("exception calling callback for %r", self)
-
-    # -- state changes
-
-    def cancel(self) -> bool:
-        """Cancel the call if it has not started; see ``Future.cancel``."""
-        with self._condition:
-            state = self._state
-            if state in (RUNNING, FINISHED):
-                return False
-            if state in _CANCELLED:
-                return True
-            self._state = CANCELLED
-            self._wake()
-        self._invoke_callbacks()
-        return True
-
-    def set_running_or_notify_cancel(self) -> bool:
-        """For executors: see ``Future.set_running_or_notify_cancel``."""
-        with self._condition:
-            state = self._state
-            if state == PENDING:
-                self._state = RUNNING
-                return True
-            if state == CANCELLED:
-                self._state = CANCELLED_AND_NOTIFIED
-                for waiter in self._waiters:
-                    waiter.add_cancelled(self)
-                return False
-            LOGGER.critical("Future %s in unexpected state: %s", id(self), state)
-            raise RuntimeError("Future in unexpected state")
-
-    def set_result(self, result: T) -> None:
-        """For executors: see ``Future.set_result``."""
-        with self._condition:
-            if self._state in _DONE:
-                raise _base.InvalidStateError(f"{self._state}: {self!r}")
-            self._result = result
-            self._state = FINISHED
-            for waiter in self._waiters:
-                waiter.add_result(self)
-            self._wake()
-        if self._done_callbacks:
-            self._invoke_callbacks()
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        """For executors: see ``Future.set_exception``."""
-        with self._condition:
-            if self._state in _DONE:
-                raise _base.InvalidStateError(f"{self._state}: {self!r}")
-            self._exception = exception
-            self._state = FINISHED
-            for waiter in self._waiters:
-                waiter.add_exception(self)
-            self._wake()
-        if self._done_callbacks:
-            self._invoke_callbacks()
-
-
-def _run_task(fut: _Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
-    """Run one submitted call and complete its future (the body of the worker loop)."""
-    if not fut.set_running_or_notify_cancel():
-        return
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        fut.set_exception(exc)
-        del exc  # break the frame <-> exception cycle
-    else:
-        fut.set_result(result)
 
 
 class _Chunk:
@@ -285,7 +121,7 @@ class _Chunk:
         self.mutex = _allocate_lock()
         self.waiter: Any = None
 
-    def run(self, halt: _Halt) -> None:
+    def run(self, halt: Halt) -> None:
         fn = self.fn
         results = self.results
         append = results.append
@@ -359,49 +195,27 @@ class _Chunk:
             raise TimeoutError()
 
 
-class _Halt:
-    """What the workers of one executor check between tasks (shared with them; holds no
-    reference to the executor, so that an executor nobody uses any more is collected)."""
-
-    __slots__ = ("active", "broken", "cancel", "initargs", "initializer", "local")
-
-    def __init__(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]):
-        self.cancel = False  # shutdown(cancel_futures=True): cancel what has not started
-        self.broken: str | None = None  # the initializer failed: fail what has not started
-        self.initializer = initializer
-        self.initargs = initargs
-        self.local = threading.local()
-        # worker thread id -> the task list it is working through, for shutdown to cancel
-        self.active: dict[int, list[Any]] = {}
-
-
-def _make_handler(halt: _Halt) -> Callable[[list[Any]], None]:
+def _make_handler(halt: Halt) -> Callable[[list[Any]], None]:
     """The pool handler: runs a list of tasks (``(future, fn, args, kwargs)`` tuples and
     ``_Chunk``s) in order."""
     active = halt.active
     get_ident = threading.get_ident
-    chunk_type = _Chunk
+    local = halt.local
 
     def handle(tasks: list[Any]) -> None:
         me = get_ident()
         active[me] = tasks
         try:
-            if halt.initializer is not None and not getattr(halt.local, "ready", False):
+            if halt.initializer is not None and not getattr(local, "ready", False):
                 _initialize(halt)
-            for task in tasks:
-                if halt.cancel or halt.broken is not None:
-                    _halted(halt, task)
-                elif type(task) is chunk_type:
-                    task.run(halt)
-                else:
-                    _run_task(*task)
+            run_tasks(halt, tasks, _Chunk, _halted)
         finally:
             del active[me]
 
     return handle
 
 
-def _initialize(halt: _Halt) -> None:
+def _initialize(halt: Halt) -> None:
     """Run the initializer once in this worker thread; on failure break the executor the
     way ``ThreadPoolExecutor`` does (log, then ``BrokenThreadPool`` for what is pending
     and for later submits)."""
@@ -411,10 +225,10 @@ def _initialize(halt: _Halt) -> None:
         halt.initializer(*halt.initargs)
     except BaseException:
         LOGGER.critical("Exception in initializer:", exc_info=True)
-        halt.broken = _BROKEN_MESSAGE
+        halt.set_broken(_BROKEN_MESSAGE)
 
 
-def _halted(halt: _Halt, task: Any) -> None:
+def _halted(halt: Halt, task: Any) -> None:
     """A task reached after shutdown(cancel_futures=True) or a failed initializer."""
     if type(task) is _Chunk:
         task.run(halt)  # cancels or fails every item, and completes the chunk
@@ -500,8 +314,12 @@ class Executor(ThreadPoolExecutor):
                 f"initargs must be a tuple, got {initargs!r} ({type(initargs).__name__})"
             )
         self._max_workers = max_workers
-        self._halt = _Halt(initializer, initargs)
-        self._shutdown = False
+        self._halt = halt = Halt()
+        halt.initializer = initializer
+        halt.initargs = initargs
+        halt.local = threading.local()
+        halt.future_type = _Future
+        halt.refuse = self._refuse
         self._shutdown_lock = threading.Lock()
         name = thread_name_prefix or f"Executor-{next(_names)}"
         self._pool: ShardedPool[Any] = ShardedPool(
@@ -514,7 +332,7 @@ class Executor(ThreadPoolExecutor):
             reuse_batches=False,
             name=name,
         )
-        self._push = self._pool.submit
+        self._push = halt.push = self._pool.submit
         # An executor dropped without shutdown() lets its workers finish and exit, as
         # ThreadPoolExecutor's do (the handler holds no reference to the executor).
         weakref.finalize(self, self._pool.close)
@@ -526,28 +344,26 @@ class Executor(ThreadPoolExecutor):
         return self._max_workers
 
     def _refuse(self) -> None:
-        if self._halt.broken is not None:
-            raise BrokenThreadPool(self._halt.broken)
-        if self._shutdown:
+        broken = self._halt.broken
+        if broken is not None:
+            raise BrokenThreadPool(broken)
+        if self._halt.shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> _base.Future[T]:
-        """Schedule ``fn(*args, **kwargs)``; returns its ``concurrent.futures.Future``.
+    if TYPE_CHECKING:
 
-        Raises ``RuntimeError`` after ``shutdown()`` (and during interpreter shutdown) and
-        ``BrokenThreadPool`` once an initializer failed.
-        """
-        if self._shutdown or self._halt.broken is not None or _interpreter_shutdown:
-            self._refuse()
-        f: _Future[T] = _Future()
-        try:
-            self._push((f, fn, args, kwargs))
-        except Closed:
-            self._refuse()
-            raise
-        return f
+        def submit(
+            self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+        ) -> _base.Future[T]: ...
+
+    else:
+        # Compiled (shardflow._executor.submit): checks the executor's state, makes the
+        # future and pushes (future, fn, args, kwargs) to the pool, all in one C call.
+        # Raises RuntimeError after shutdown() (and once the interpreter exits) and
+        # BrokenThreadPool once an initializer failed.
+        submit = _compiled_submit
 
     def map(
         self,
@@ -589,7 +405,7 @@ class Executor(ThreadPoolExecutor):
         return _map_results(feeder.chunks, end_time, feeder)
 
     def _submit_chunk(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> _Chunk:
-        if self._shutdown or self._halt.broken is not None or _interpreter_shutdown:
+        if self._halt.shutdown or self._halt.broken is not None or _interpreter_shutdown:
             self._refuse()
         chunk = _Chunk(fn, args)
         try:
@@ -604,9 +420,8 @@ class Executor(ThreadPoolExecutor):
         ``wait`` return once every running and queued call is done. Idempotent."""
         pool = self._pool
         with self._shutdown_lock:
-            self._shutdown = True
+            self._halt.set_shutdown(cancel_futures)
             if cancel_futures:
-                self._halt.cancel = True
                 # What is still queued is taken back and cancelled here, now; what a
                 # worker already took is cancelled here too where it is listed as
                 # active, else by the worker before it runs anything else.
@@ -626,7 +441,7 @@ class Executor(ThreadPoolExecutor):
             pool.join()
 
     def __repr__(self) -> str:
-        state = "shut down" if self._shutdown else "running"
+        state = "shut down" if self._halt.shutdown else "running"
         return f"<shardflow.Executor {self._pool.name!r} {state} max_workers={self._max_workers}>"
 
 
@@ -725,6 +540,7 @@ def _python_exit() -> None:
     and would only find finished pools)."""
     global _interpreter_shutdown
     _interpreter_shutdown = True
+    set_interpreter_exiting()
     with _pools_lock:
         pools = list(_pools)
     for pool in pools:

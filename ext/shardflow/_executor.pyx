@@ -1,0 +1,515 @@
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False
+# cython: wraparound=False, embedsignature=True, cdivision=True, binding=True
+"""The per-task paths of ``shardflow.Executor``: its futures, submit and the worker loop.
+
+``concurrent.futures.Future`` spends most of a no-op task's cost on its
+``threading.Condition`` (a Python object graph built per future, a Python-level
+``with`` per state change). ``FutureCore`` keeps the future's state in C fields and
+uses ``FutureLock``, a reentrant lock whose uncontended acquire is a C call, as the
+``_condition`` that ``concurrent.futures.wait``/``as_completed`` take; the worker loop
+(``run_tasks``) and ``submit`` reach both without Python dispatch.
+
+Everything ``concurrent.futures`` relies on is kept (``_state`` with the module's state
+names, ``_waiters`` with the waiters ``wait()`` installs, ``_condition`` as a context
+manager), and every state change happens under the lock: thread-safe without the GIL.
+A thread blocked in ``result()``/``exception()`` waits on a lock of its own registered
+in ``_wakeups`` and released by whoever completes or cancels the future; completing a
+future nobody waits for touches no such lock.
+"""
+
+cimport cython
+from cpython.object cimport PyObject
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
+from libc.stdint cimport uint64_t
+
+from shardflow._atomic cimport (
+    sf_atomic_u64,
+    sf_load_acquire_u64,
+    sf_load_relaxed_u64,
+    sf_store_relaxed_u64,
+)
+
+import threading
+from concurrent.futures import _base
+
+from shardflow.errors import Closed
+
+
+cdef extern from "pythread.h":
+    ctypedef enum PyLockStatus:
+        PY_LOCK_FAILURE
+        PY_LOCK_ACQUIRED
+        PY_LOCK_INTR
+    PyLockStatus PyThread_acquire_lock_timed(
+        PyThread_type_lock lock, long long microseconds, int intr_flag) nogil
+    unsigned long PyThread_get_thread_ident() nogil
+
+
+cdef extern from "shardflow/_atomic.h" nogil:
+    uint64_t sf_fetch_or_seqcst_u64(sf_atomic_u64 *p, uint64_t v)
+
+
+cdef extern from "Python.h":
+    # kwargs may be NULL: no empty dict is built (or copied) for the common call.
+    object PyObject_Call_kw "PyObject_Call"(object callable, object args, PyObject *kw)
+    int PyErr_CheckSignals() except -1
+
+
+cdef object PENDING = _base.PENDING
+cdef object RUNNING = _base.RUNNING
+cdef object CANCELLED = _base.CANCELLED
+cdef object CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
+cdef object FINISHED = _base.FINISHED
+cdef object CancelledError = _base.CancelledError
+cdef object InvalidStateError = _base.InvalidStateError
+cdef object LOGGER = _base.LOGGER
+cdef object _allocate_lock = threading.Lock
+cdef double TIMEOUT_MAX = threading.TIMEOUT_MAX
+
+
+@cython.final
+cdef class FutureLock:
+    """A reentrant lock: ``acquire(blocking=True, timeout=-1)``, ``release()``, ``with``.
+
+    The ``_condition`` of shardflow's futures. Reentrant because ``concurrent.futures.
+    wait()`` calls ``f.exception()`` while holding ``f._condition``. The owner field is
+    only ever equal to a thread's id if that thread wrote it, so a relaxed atomic load
+    is enough to recognise re-entry; the count is touched by the owner only.
+    """
+
+    cdef PyThread_type_lock _lock
+    cdef sf_atomic_u64 _owner
+    cdef Py_ssize_t _count
+
+    def __cinit__(self):
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError()
+        sf_store_relaxed_u64(&self._owner, 0)
+        self._count = 0
+
+    def __dealloc__(self):
+        if self._lock != NULL:
+            PyThread_free_lock(self._lock)
+
+    cdef inline int enter(self) except -1:
+        """Blocking acquire. Critical sections are a few field updates, so the wait is
+        short; it releases the GIL so that the holder can finish."""
+        cdef uint64_t me = PyThread_get_thread_ident()
+        if sf_load_relaxed_u64(&self._owner) == me:
+            self._count += 1
+            return 0
+        if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock_timed(self._lock, -1, 0)
+        sf_store_relaxed_u64(&self._owner, me)
+        self._count = 1
+        return 0
+
+    cdef inline void leave(self) noexcept:
+        self._count -= 1
+        if self._count == 0:
+            sf_store_relaxed_u64(&self._owner, 0)
+            PyThread_release_lock(self._lock)
+
+    def acquire(self, bint blocking=True, double timeout=-1):
+        """Acquire (re-entrantly); False if not blocking or ``timeout`` ran out."""
+        cdef uint64_t me = PyThread_get_thread_ident()
+        cdef long long us
+        cdef PyLockStatus r
+        if not blocking and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        if timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number")
+        if sf_load_relaxed_u64(&self._owner) == me:
+            self._count += 1
+            return True
+        if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
+            if not blocking:
+                return False
+            if timeout > TIMEOUT_MAX:
+                raise OverflowError("timeout value is too large")
+            us = -1 if timeout == -1 else <long long>(timeout * 1e6)
+            while True:
+                with nogil:
+                    r = PyThread_acquire_lock_timed(self._lock, us, 1)
+                if r == PY_LOCK_ACQUIRED:
+                    break
+                if r == PY_LOCK_FAILURE:
+                    return False
+                PyErr_CheckSignals()  # interrupted: run handlers (Ctrl-C), then go on
+        sf_store_relaxed_u64(&self._owner, me)
+        self._count = 1
+        return True
+
+    def release(self):
+        """Release one level; ``RuntimeError`` if this thread does not hold the lock."""
+        if sf_load_relaxed_u64(&self._owner) != PyThread_get_thread_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self.leave()
+
+    def _is_owned(self):
+        return sf_load_relaxed_u64(&self._owner) == PyThread_get_thread_ident()
+
+    def __enter__(self):
+        self.enter()
+        return True
+
+    def __exit__(self, *exc_info):
+        self.release()
+        return None
+
+
+cdef class FutureCore:
+    """The state of a ``shardflow`` future (the ``concurrent.futures.Future`` subclass
+    in ``shardflow.executor`` puts this first in its bases)."""
+
+    cdef public object _state
+    cdef public object _result
+    cdef public object _exception
+    cdef readonly FutureLock _condition
+    cdef list _waiter_list   # wait()/as_completed() waiters, made on first use
+    cdef list _callbacks     # done callbacks, made on first use
+    cdef list _wakeups       # locks of threads blocked in result()/exception()
+
+    def __cinit__(self, *args, **kwargs):
+        self._condition = FutureLock.__new__(FutureLock)
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+
+    def __init__(self):
+        # Not Future.__init__ (the Condition it builds is what this class saves).
+        pass
+
+    @property
+    def _waiters(self):
+        # concurrent.futures appends/removes its waiters under ``with f._condition``, so
+        # making the list here, on first use, is under the lock too.
+        if self._waiter_list is None:
+            self._waiter_list = []
+        return self._waiter_list
+
+    @property
+    def _done_callbacks(self):
+        if self._callbacks is None:
+            self._callbacks = []
+        return self._callbacks
+
+    # -- state changes (callers hold no lock)
+
+    cdef inline bint start(self) except -1:
+        """set_running_or_notify_cancel"""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            if self._state is PENDING:
+                self._state = RUNNING
+                return True
+            if self._state is CANCELLED:
+                self._state = CANCELLED_AND_NOTIFIED
+                if self._waiter_list:
+                    for waiter in self._waiter_list:
+                        waiter.add_cancelled(self)
+                return False
+            LOGGER.critical("Future %s in unexpected state: %s", id(self), self._state)
+            raise RuntimeError("Future in unexpected state")
+        finally:
+            lock.leave()
+
+    cdef inline int finish(self, object value, bint failed) except -1:
+        """set_result(value), or set_exception(value) when ``failed``"""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            if self._state is FINISHED or self._state is CANCELLED or (
+                    self._state is CANCELLED_AND_NOTIFIED):
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            if failed:
+                self._exception = value
+            else:
+                self._result = value
+            self._state = FINISHED
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    if failed:
+                        waiter.add_exception(self)
+                    else:
+                        waiter.add_result(self)
+            self._wake()
+        finally:
+            lock.leave()
+        if self._callbacks:
+            self._invoke_callbacks()
+        return 0
+
+    cdef inline int _wake(self) except -1:
+        """Release the threads blocked in result()/exception(); under the lock."""
+        if self._wakeups:
+            for w in self._wakeups:
+                w.release()
+            self._wakeups.clear()
+        return 0
+
+    def _invoke_callbacks(self):
+        if self._callbacks:
+            for callback in list(self._callbacks):
+                try:
+                    callback(self)
+                except Exception:
+                    LOGGER.exception("exception calling callback for %r", self)
+
+    def set_running_or_notify_cancel(self):
+        """For executors: see ``concurrent.futures.Future.set_running_or_notify_cancel``."""
+        return self.start()
+
+    def set_result(self, result):
+        """For executors: see ``concurrent.futures.Future.set_result``."""
+        self.finish(result, False)
+
+    def set_exception(self, exception):
+        """For executors: see ``concurrent.futures.Future.set_exception``."""
+        self.finish(exception, True)
+
+    def cancel(self):
+        """Cancel the call if it has not started; see ``Future.cancel``."""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            if self._state is RUNNING or self._state is FINISHED:
+                return False
+            if self._state is CANCELLED or self._state is CANCELLED_AND_NOTIFIED:
+                return True
+            self._state = CANCELLED
+            self._wake()
+        finally:
+            lock.leave()
+        self._invoke_callbacks()
+        return True
+
+    def cancelled(self):
+        """True if the call was cancelled."""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            return self._state is CANCELLED or self._state is CANCELLED_AND_NOTIFIED
+        finally:
+            lock.leave()
+
+    def running(self):
+        """True while the call runs."""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            return self._state is RUNNING
+        finally:
+            lock.leave()
+
+    def done(self):
+        """True once the call finished or was cancelled."""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            return (self._state is FINISHED or self._state is CANCELLED
+                    or self._state is CANCELLED_AND_NOTIFIED)
+        finally:
+            lock.leave()
+
+    def add_done_callback(self, fn):
+        """Call ``fn(future)`` once done (now, if it already is); see ``Future``."""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            if not (self._state is FINISHED or self._state is CANCELLED
+                    or self._state is CANCELLED_AND_NOTIFIED):
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        finally:
+            lock.leave()
+        try:
+            fn(self)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", self)
+
+    cdef object _outcome(self, bint want_result):
+        """Under the lock: the result (raising the exception), or the exception; raises
+        CancelledError; returns the _NOT_DONE marker when not done."""
+        if self._state is CANCELLED or self._state is CANCELLED_AND_NOTIFIED:
+            raise CancelledError()
+        if self._state is FINISHED:
+            if not want_result:
+                return self._exception
+            if self._exception is not None:
+                raise self._exception
+            return self._result
+        return _NOT_DONE
+
+    cdef object _get(self, object timeout, bint want_result):
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            out = self._outcome(want_result)
+            if out is not _NOT_DONE:
+                return out
+            w = _allocate_lock()
+            w.acquire()
+            if self._wakeups is None:
+                self._wakeups = []
+            self._wakeups.append(w)
+        finally:
+            lock.leave()
+        # One wait, as the standard result() does one Condition.wait(timeout): the lock
+        # is released exactly when the future is done or cancelled.
+        try:
+            if timeout is None:
+                w.acquire()
+            elif timeout > 0:
+                w.acquire(True, timeout)
+        finally:
+            lock.enter()
+            try:
+                if self._wakeups is not None and w in self._wakeups:
+                    self._wakeups.remove(w)
+            finally:
+                lock.leave()
+        lock.enter()
+        try:
+            out = self._outcome(want_result)
+        finally:
+            lock.leave()
+        if out is _NOT_DONE:
+            raise TimeoutError()
+        return out
+
+    def result(self, timeout=None):
+        """The call's result (or its exception, raised); see ``Future.result``."""
+        return self._get(timeout, True)
+
+    def exception(self, timeout=None):
+        """The call's exception, or None; see ``Future.exception``."""
+        return self._get(timeout, False)
+
+
+cdef object _NOT_DONE = object()
+
+
+cdef enum:
+    HALT_SHUTDOWN = 1
+    HALT_CANCEL = 2
+    HALT_BROKEN = 4
+
+
+@cython.final
+cdef class Halt:
+    """What an executor's workers check between tasks, and what its submit checks.
+
+    Shared by the executor and its workers; holds no reference to the executor, so that
+    an executor nobody uses any more can be collected. The flags are one atomic word
+    (set once each, read by every task): ``broken`` (the message) is written before its
+    flag is published with a seq_cst fetch-or and read after an acquire load of it.
+    """
+
+    cdef sf_atomic_u64 _flags
+    cdef object _broken
+    cdef public object push         # the pool's submit
+    cdef public object future_type  # the Future subclass to create
+    cdef public object refuse       # raises the right error for a refused submit
+    cdef public object initializer
+    cdef public tuple initargs
+    cdef public object local        # threading.local: initializer ran in this thread
+    cdef public dict active         # worker thread id -> the task list it works through
+
+    def __cinit__(self):
+        sf_store_relaxed_u64(&self._flags, 0)
+        self._broken = None
+        self.active = {}
+
+    cdef inline uint64_t flags(self) noexcept:
+        return sf_load_acquire_u64(&self._flags)
+
+    @property
+    def shutdown(self):
+        return bool(self.flags() & HALT_SHUTDOWN)
+
+    @property
+    def cancel(self):
+        return bool(self.flags() & HALT_CANCEL)
+
+    @property
+    def broken(self):
+        return self._broken if self.flags() & HALT_BROKEN else None
+
+    def set_shutdown(self, bint cancel):
+        sf_fetch_or_seqcst_u64(&self._flags, HALT_SHUTDOWN | (HALT_CANCEL if cancel else 0))
+
+    def set_broken(self, str message):
+        if self.flags() & HALT_BROKEN:
+            return
+        self._broken = message
+        sf_fetch_or_seqcst_u64(&self._flags, HALT_BROKEN)
+
+
+cdef bint _interpreter_exiting = False
+
+
+def set_interpreter_exiting():
+    """From the exit hook: submits are refused from now on."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+
+
+def submit(self, fn, /, *args, **kwargs):
+    """Schedule ``fn(*args, **kwargs)``; returns its ``concurrent.futures.Future``.
+
+    Raises ``RuntimeError`` after ``shutdown()`` (and once the interpreter exits) and
+    ``concurrent.futures.thread.BrokenThreadPool`` once an initializer failed.
+    """
+    cdef Halt halt = self._halt
+    if halt.flags() or _interpreter_exiting:
+        halt.refuse()
+    f = halt.future_type()
+    try:
+        halt.push((f, fn, args, kwargs))
+    except Closed:
+        halt.refuse()
+        raise
+    return f
+
+
+def run_tasks(Halt halt, list tasks, object chunk_type, object halted):
+    """Run a list of tasks in order: ``(future, fn, args, kwargs)`` tuples, and map
+    chunks (``chunk.run(halt)``); after shutdown(cancel_futures=True) or a failed
+    initializer, ``halted(halt, task)`` instead."""
+    cdef FutureCore fut
+    cdef tuple t
+    cdef dict kwargs
+    for task in tasks:
+        if halt.flags() & (HALT_CANCEL | HALT_BROKEN):
+            halted(halt, task)
+            continue
+        if type(task) is chunk_type:
+            task.run(halt)
+            continue
+        t = <tuple>task
+        fut = <FutureCore>t[0]
+        if not fut.start():
+            continue
+        kwargs = <dict>t[3]
+        try:
+            if kwargs:
+                result = PyObject_Call_kw(t[1], t[2], <PyObject *>kwargs)
+            else:
+                result = PyObject_Call_kw(t[1], t[2], NULL)
+        except BaseException as exc:
+            fut.finish(exc, True)
+        else:
+            fut.finish(result, False)
