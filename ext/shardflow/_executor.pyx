@@ -39,6 +39,8 @@ from shardflow._atomic cimport (
 import threading
 from concurrent.futures import _base
 
+from concurrent.futures.thread import BrokenThreadPool
+
 from shardflow.errors import Closed
 
 
@@ -457,6 +459,9 @@ cdef class Halt:
         self._broken = message
         sf_fetch_or_seqcst_u64(&self._flags, HALT_BROKEN)
 
+    cdef object broken_error(self):
+        return BrokenThreadPool(self._broken)
+
 
 cdef bint _interpreter_exiting = False
 
@@ -513,3 +518,164 @@ def run_tasks(Halt halt, list tasks, object chunk_type, object halted):
             fut.finish(exc, True)
         else:
             fut.finish(result, False)
+
+
+cdef object _monotonic = __import__("time").monotonic
+
+
+cdef class Chunk:
+    """One ``map`` task: ``fn`` over a run of argument tuples, results kept in order.
+
+    The worker publishes progress item by item under ``_mutex``: ``ran`` items have a
+    result in ``results`` (or an exception in ``errors``), so a result is handed out as
+    soon as its call returned, as with a future per item. ``finished`` is set once, by
+    the worker that ran the chunk or by ``shutdown(cancel_futures=True)`` for a chunk it
+    took back from the queue (``cancel_queued``); items past ``ran`` were then
+    cancelled. One consumer (the map iterator) waits in ``wait_for``: it sets
+    ``_waiting`` under the mutex and sleeps on ``_signal``, which the worker releases.
+    """
+
+    cdef public object fn
+    cdef public list args
+    cdef readonly Py_ssize_t count
+    cdef readonly list results
+    cdef readonly object errors     # None, or {index: exception}
+    cdef Py_ssize_t _ran
+    cdef bint _finished
+    cdef bint _waiting
+    cdef sf_atomic_u64 _cancelled
+    cdef PyThread_type_lock _mutex
+    cdef PyThread_type_lock _signal
+
+    def __cinit__(self, fn, list args):
+        self._mutex = PyThread_allocate_lock()
+        self._signal = PyThread_allocate_lock()
+        if self._mutex == NULL or self._signal == NULL:
+            raise MemoryError()
+        PyThread_acquire_lock(self._signal, NOWAIT_LOCK)  # held: released to wake
+        self.fn = fn
+        self.args = args
+        self.count = len(args)
+        self.results = []
+        self.errors = None
+        self._ran = 0
+        self._finished = False
+        self._waiting = False
+        sf_store_relaxed_u64(&self._cancelled, 0)
+
+    def __dealloc__(self):
+        if self._mutex != NULL:
+            PyThread_free_lock(self._mutex)
+        if self._signal != NULL:
+            PyThread_free_lock(self._signal)
+
+    @property
+    def cancelled(self):
+        return sf_load_relaxed_u64(&self._cancelled) != 0
+
+    @cancelled.setter
+    def cancelled(self, bint value):
+        # A hint for the worker (checked before each item): a stale read only lets one
+        # more item start, as a cancel() racing with a start would.
+        sf_store_relaxed_u64(&self._cancelled, 1 if value else 0)
+
+    cdef inline void _lock(self) noexcept:
+        if not PyThread_acquire_lock(self._mutex, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock_timed(self._mutex, -1, 0)
+
+    cdef inline void _publish(self, Py_ssize_t ran, bint finished) noexcept:
+        """Under the mutex: progress, and a wake-up for a waiting consumer."""
+        self._ran = ran
+        if finished:
+            self._finished = True
+        if self._waiting:
+            self._waiting = False
+            PyThread_release_lock(self._signal)
+
+    def run(self, Halt halt):
+        """Run the items in order (in a worker); publish each result as it is there."""
+        cdef Py_ssize_t i = 0
+        cdef uint64_t flags
+        fn = self.fn
+        results = self.results
+        try:
+            for args in self.args:
+                flags = halt.flags()
+                if sf_load_relaxed_u64(&self._cancelled) or flags & HALT_CANCEL:
+                    break
+                failed = False
+                if flags & HALT_BROKEN:
+                    value = halt.broken_error()
+                    failed = True
+                else:
+                    try:
+                        value = PyObject_Call_kw(fn, <tuple>args, NULL)
+                    except BaseException as exc:
+                        value = exc
+                        failed = True
+                self._lock()
+                try:
+                    if failed:
+                        if self.errors is None:
+                            self.errors = {}
+                        self.errors[i] = value
+                        results.append(None)
+                    else:
+                        results.append(value)
+                    i += 1
+                    self._publish(i, False)
+                finally:
+                    PyThread_release_lock(self._mutex)
+                value = None
+        finally:
+            self.args = []
+            self._lock()
+            self._publish(i, True)
+            PyThread_release_lock(self._mutex)
+
+    def cancel_queued(self):
+        """A chunk shutdown took back from the queue: nothing of it ran."""
+        self.args = []
+        self._lock()
+        self._publish(0, True)
+        PyThread_release_lock(self._mutex)
+
+    def wait_for(self, Py_ssize_t i, object end_time):
+        """Wait until item ``i`` ran or the chunk finished; returns ``(ran, finished)``.
+        ``TimeoutError`` if ``end_time`` (``time.monotonic()``) passes first."""
+        cdef long long us
+        cdef PyLockStatus r
+        cdef double remaining
+        while True:
+            self._lock()
+            if self._ran > i or self._finished:
+                out = (self._ran, self._finished)
+                PyThread_release_lock(self._mutex)
+                return out
+            self._waiting = True
+            PyThread_release_lock(self._mutex)
+            if end_time is None:
+                us = -1
+            else:
+                remaining = end_time - _monotonic()
+                if remaining > TIMEOUT_MAX:
+                    remaining = TIMEOUT_MAX
+                us = <long long>(remaining * 1e6) if remaining > 0 else 0
+            with nogil:
+                r = PyThread_acquire_lock_timed(self._signal, us, 1)
+            if r == PY_LOCK_ACQUIRED:
+                continue
+            self._lock()
+            if self._waiting:
+                self._waiting = False  # no wake-up is coming
+            else:
+                PyThread_acquire_lock(self._signal, NOWAIT_LOCK)  # consume the one sent
+            out = (self._ran, self._finished)
+            PyThread_release_lock(self._mutex)
+            if self._ran > i or self._finished:
+                return out
+            if r == PY_LOCK_INTR:
+                PyErr_CheckSignals()  # Ctrl-C raises here; otherwise wait on
+                continue
+            raise TimeoutError()

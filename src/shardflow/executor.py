@@ -30,7 +30,7 @@ from concurrent.futures import _base
 from concurrent.futures.thread import BrokenThreadPool, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from shardflow._executor import FutureCore, Halt, run_tasks, set_interpreter_exiting
+from shardflow._executor import Chunk, FutureCore, Halt, run_tasks, set_interpreter_exiting
 from shardflow._executor import submit as _compiled_submit
 from shardflow._validate import check_callable, check_int, check_str
 from shardflow.errors import Closed
@@ -84,120 +84,9 @@ class _Future(FutureCore, _base.Future[T]):
     """
 
 
-class _Chunk:
-    """One ``map`` task: ``fn`` over a run of argument tuples, results kept in order.
-
-    Progress is published item by item under ``mutex``: ``ran`` items have a result in
-    ``results`` (or an exception in ``errors``), so a result is handed out as soon as
-    its call returned, as with a future per item. ``finished`` is set once by the
-    worker that ran the chunk (or by ``shutdown(cancel_futures=True)`` for a chunk it
-    took back from the queue); items past ``ran`` then were cancelled, and raise
-    ``CancelledError`` when reached, as the standard ``map`` does for a future cancelled
-    by ``shutdown``. A consumer waiting for the next item parks on ``waiter``.
-    """
-
-    __slots__ = (
-        "args",
-        "cancelled",
-        "count",
-        "errors",
-        "finished",
-        "fn",
-        "mutex",
-        "ran",
-        "results",
-        "waiter",
-    )
-
-    def __init__(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> None:
-        self.fn = fn
-        self.args = args
-        self.count = len(args)
-        self.results: list[Any] = []
-        self.errors: dict[int, BaseException] | None = None
-        self.ran = 0
-        self.finished = False
-        self.cancelled = False  # set by the consumer (closed) or by shutdown
-        self.mutex = _allocate_lock()
-        self.waiter: Any = None
-
-    def run(self, halt: Halt) -> None:
-        fn = self.fn
-        results = self.results
-        append = results.append
-        mutex = self.mutex
-        i = 0
-        try:
-            for args in self.args:
-                if self.cancelled or halt.cancel:
-                    break
-                error: BaseException | None = None
-                if halt.broken is not None:
-                    error = BrokenThreadPool(halt.broken)
-                    result = None
-                else:
-                    try:
-                        result = fn(*args)
-                    except BaseException as exc:
-                        error = exc
-                        result = None
-                with mutex:
-                    append(result)
-                    if error is not None:
-                        if self.errors is None:
-                            self.errors = {}
-                        self.errors[i] = error
-                        error = None
-                    i += 1
-                    self.ran = i
-                    waiter = self.waiter
-                    if waiter is not None:
-                        self.waiter = None
-                        waiter.release()
-        finally:
-            self.args = []
-            self._finish()
-
-    def _finish(self) -> None:
-        with self.mutex:
-            self.finished = True
-            waiter = self.waiter
-            if waiter is not None:
-                self.waiter = None
-                waiter.release()
-
-    def cancel_queued(self) -> None:
-        """A chunk taken back from the queue by shutdown: nothing of it ran."""
-        self.args = []
-        self._finish()
-
-    def wait_for(self, i: int, end_time: float | None) -> tuple[int, bool]:
-        """Wait until item ``i`` ran or the chunk finished; returns ``(ran, finished)``.
-        ``TimeoutError`` if ``end_time`` (monotonic) passes first."""
-        while True:
-            with self.mutex:
-                if self.ran > i or self.finished:
-                    return self.ran, self.finished
-                lock = _allocate_lock()
-                lock.acquire()
-                self.waiter = lock
-            if end_time is None:
-                lock.acquire()
-                continue
-            remaining = min(end_time - time.monotonic(), threading.TIMEOUT_MAX)
-            if remaining > 0 and lock.acquire(True, remaining):
-                continue
-            with self.mutex:
-                if self.waiter is lock:
-                    self.waiter = None
-                if self.ran > i or self.finished:
-                    return self.ran, self.finished
-            raise TimeoutError()
-
-
 def _make_handler(halt: Halt) -> Callable[[list[Any]], None]:
     """The pool handler: runs a list of tasks (``(future, fn, args, kwargs)`` tuples and
-    ``_Chunk``s) in order."""
+    ``Chunk``s) in order."""
     active = halt.active
     get_ident = threading.get_ident
     local = halt.local
@@ -208,7 +97,7 @@ def _make_handler(halt: Halt) -> Callable[[list[Any]], None]:
         try:
             if halt.initializer is not None and not getattr(local, "ready", False):
                 _initialize(halt)
-            run_tasks(halt, tasks, _Chunk, _halted)
+            run_tasks(halt, tasks, Chunk, _halted)
         finally:
             del active[me]
 
@@ -230,7 +119,7 @@ def _initialize(halt: Halt) -> None:
 
 def _halted(halt: Halt, task: Any) -> None:
     """A task reached after shutdown(cancel_futures=True) or a failed initializer."""
-    if type(task) is _Chunk:
+    if type(task) is Chunk:
         task.run(halt)  # cancels or fails every item, and completes the chunk
         return
     fut = task[0]
@@ -242,7 +131,7 @@ def _halted(halt: Halt, task: Any) -> None:
 
 def _cancel_task(task: Any) -> None:
     """Cancel a task shutdown took back from the queue (it never reaches a worker)."""
-    if type(task) is _Chunk:
+    if type(task) is Chunk:
         task.cancel_queued()
         return
     fut = task[0]
@@ -404,10 +293,10 @@ class Executor(ThreadPoolExecutor):
         feeder.refill()
         return _map_results(feeder.chunks, end_time, feeder)
 
-    def _submit_chunk(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> _Chunk:
+    def _submit_chunk(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> Chunk:
         if self._halt.shutdown or self._halt.broken is not None or _interpreter_shutdown:
             self._refuse()
-        chunk = _Chunk(fn, args)
+        chunk = Chunk(fn, args)
         try:
             self._push(chunk)
         except Closed:
@@ -431,7 +320,7 @@ class Executor(ThreadPoolExecutor):
                     _cancel_task(task)
                 for tasks in list(self._halt.active.values()):
                     for task in list(tasks):
-                        if type(task) is _Chunk:
+                        if type(task) is Chunk:
                             task.cancelled = True
                         else:
                             task[0].cancel()
@@ -465,7 +354,7 @@ class _Feeder:
         self.size = size
         self.buffersize = buffersize
         self.inflight = 0
-        self.chunks: deque[_Chunk] = deque()
+        self.chunks: deque[Chunk] = deque()
 
     def refill(self) -> None:
         while self.source is not None and self.inflight + self.size <= self.buffersize:
@@ -483,7 +372,7 @@ class _Feeder:
 
 
 def _map_results(
-    chunks: deque[_Chunk], end_time: float | None, feeder: _Feeder | None
+    chunks: deque[Chunk], end_time: float | None, feeder: _Feeder | None
 ) -> Iterator[Any]:
     """Yield the results of ``chunks`` in order (a generator: ``map`` has already
     submitted what it submits eagerly before this runs)."""
