@@ -19,6 +19,7 @@ per task, for three reasons:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -141,6 +142,17 @@ def _cancel_task(task: Any) -> None:
     fut.set_running_or_notify_cancel()
 
 
+def _refuse(halt: Halt) -> None:
+    """Raise what a submit refused by ``halt``'s executor raises."""
+    broken = halt.broken
+    if broken is not None:
+        raise BrokenThreadPool(broken)
+    if halt.shutdown:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+    if _interpreter_shutdown:
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+
 def _default_workers() -> int:
     count = getattr(os, "process_cpu_count", os.cpu_count)
     return min(32, (count() or 1) + 4)
@@ -208,7 +220,7 @@ class Executor(ThreadPoolExecutor):
         halt.initargs = initargs
         halt.local = threading.local()
         halt.future_type = _Future
-        halt.refuse = self._refuse
+        halt.refuse = functools.partial(_refuse, halt)  # no reference to self
         self._shutdown_lock = threading.Lock()
         name = thread_name_prefix or f"Executor-{next(_names)}"
         self._pool: ShardedPool[Any] = ShardedPool(
@@ -233,13 +245,7 @@ class Executor(ThreadPoolExecutor):
         return self._max_workers
 
     def _refuse(self) -> None:
-        broken = self._halt.broken
-        if broken is not None:
-            raise BrokenThreadPool(broken)
-        if self._halt.shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_shutdown:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        _refuse(self._halt)
 
     if TYPE_CHECKING:
 
