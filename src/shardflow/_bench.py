@@ -816,7 +816,7 @@ def _print_targets(targets: list[Target], out: TextIO) -> None:
 
 #: Sections of the report, in the order they run (``run_bench(sections=...)``,
 #: ``python -m shardflow bench --sections``).
-SECTIONS = ("memory", "idle", "throughput", "gil", "stealing", "latency", "reuse")
+SECTIONS = ("memory", "idle", "throughput", "gil", "stealing", "latency", "reuse", "executor")
 
 
 def run_bench(
@@ -955,6 +955,11 @@ def run_bench(
     if "reuse" in chosen:
         report["batch_reuse"], re_targets = _section_reuse(items, alloc_items, repeats, out)
         targets += re_targets
+    if "executor" in chosen:  # shardflow.Executor vs ThreadPoolExecutor, see _bench_executor
+        from shardflow._bench_executor import section_executor
+
+        report["executor"], ex_targets = section_executor(items, repeats, out)
+        targets += ex_targets
 
     print(f"\nload average at end: {_loadavg()}", file=out)
     print("\nTargets:", file=out)
