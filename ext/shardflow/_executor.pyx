@@ -180,6 +180,11 @@ cdef class FutureCore:
     cdef list _waiter_list   # wait()/as_completed() waiters, made on first use
     cdef list _callbacks     # done callbacks, made on first use
     cdef list _wakeups       # locks of threads blocked in result()/exception()
+    # The call, until a worker takes it (the future itself is what travels through the
+    # pool's queue: no task tuple per call).
+    cdef object _fn
+    cdef tuple _args
+    cdef dict _kwargs        # None when the call has no keyword arguments
 
     def __cinit__(self, *args, **kwargs):
         self._condition = FutureLock.__new__(FutureLock)
@@ -217,6 +222,7 @@ cdef class FutureCore:
                 return True
             if self._state is CANCELLED:
                 self._state = CANCELLED_AND_NOTIFIED
+                self._fn = self._args = self._kwargs = None
                 if self._waiter_list:
                     for waiter in self._waiter_list:
                         waiter.add_cancelled(self)
@@ -479,23 +485,35 @@ def submit(self, fn, /, *args, **kwargs):
     ``concurrent.futures.thread.BrokenThreadPool`` once an initializer failed.
     """
     cdef Halt halt = self._halt
+    cdef FutureCore f
     if halt.flags() or _interpreter_exiting:
         halt.refuse()
-    f = halt.future_type()
+    f = FutureCore.__new__(halt.future_type)  # tp_new only: __init__ does nothing
+    f._fn = fn
+    f._args = args
+    f._kwargs = kwargs if kwargs else None
     try:
-        halt.push((f, fn, args, kwargs))
+        halt.push(f)
     except Closed:
+        f._fn = f._args = f._kwargs = None
         halt.refuse()
         raise
     return f
 
 
+def take_call(FutureCore fut):
+    """Detach ``(fn, args, kwargs)`` from a future that will not run (the references go
+    now, as a finished call's do)."""
+    call = (fut._fn, fut._args, fut._kwargs)
+    fut._fn = fut._args = fut._kwargs = None
+    return call
+
+
 def run_tasks(Halt halt, list tasks, object chunk_type, object halted):
-    """Run a list of tasks in order: ``(future, fn, args, kwargs)`` tuples, and map
-    chunks (``chunk.run(halt)``); after shutdown(cancel_futures=True) or a failed
-    initializer, ``halted(halt, task)`` instead."""
+    """Run a list of tasks in order: futures made by ``submit`` (their call attached),
+    and map chunks (``chunk.run(halt)``); after shutdown(cancel_futures=True) or a
+    failed initializer, ``halted(halt, task)`` instead."""
     cdef FutureCore fut
-    cdef tuple t
     cdef dict kwargs
     for task in tasks:
         if halt.flags() & (HALT_CANCEL | HALT_BROKEN):
@@ -504,16 +522,18 @@ def run_tasks(Halt halt, list tasks, object chunk_type, object halted):
         if type(task) is chunk_type:
             task.run(halt)
             continue
-        t = <tuple>task
-        fut = <FutureCore>t[0]
+        fut = <FutureCore>task
+        fn = fut._fn
+        args = fut._args
+        kwargs = fut._kwargs
+        fut._fn = fut._args = fut._kwargs = None
         if not fut.start():
             continue
-        kwargs = <dict>t[3]
         try:
-            if kwargs:
-                result = PyObject_Call_kw(t[1], t[2], <PyObject *>kwargs)
+            if kwargs is not None:
+                result = PyObject_Call_kw(fn, args, <PyObject *>kwargs)
             else:
-                result = PyObject_Call_kw(t[1], t[2], NULL)
+                result = PyObject_Call_kw(fn, args, NULL)
         except BaseException as exc:
             fut.finish(exc, True)
         else:

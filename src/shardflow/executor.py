@@ -31,7 +31,14 @@ from concurrent.futures import _base
 from concurrent.futures.thread import BrokenThreadPool, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from shardflow._executor import Chunk, FutureCore, Halt, run_tasks, set_interpreter_exiting
+from shardflow._executor import (
+    Chunk,
+    FutureCore,
+    Halt,
+    run_tasks,
+    set_interpreter_exiting,
+    take_call,
+)
 from shardflow._executor import submit as _compiled_submit
 from shardflow._validate import check_callable, check_int, check_str
 from shardflow.errors import Closed
@@ -86,7 +93,7 @@ class _Future(FutureCore, _base.Future[T]):
 
 
 def _make_handler(halt: Halt) -> Callable[[list[Any]], None]:
-    """The pool handler: runs a list of tasks (``(future, fn, args, kwargs)`` tuples and
+    """The pool handler: runs a list of tasks (futures with their call attached, and
     ``Chunk``s) in order."""
     active = halt.active
     get_ident = threading.get_ident
@@ -123,7 +130,8 @@ def _halted(halt: Halt, task: Any) -> None:
     if type(task) is Chunk:
         task.run(halt)  # cancels or fails every item, and completes the chunk
         return
-    fut = task[0]
+    fut = task
+    take_call(fut)
     if halt.cancel:
         fut.cancel()
     if fut.set_running_or_notify_cancel():
@@ -135,7 +143,8 @@ def _cancel_task(task: Any) -> None:
     if type(task) is Chunk:
         task.cancel_queued()
         return
-    fut = task[0]
+    fut = task
+    take_call(fut)
     fut.cancel()
     # Move it on to CANCELLED_AND_NOTIFIED as a worker would, so that wait() and
     # as_completed() callers blocked on it see it.
@@ -255,7 +264,7 @@ class Executor(ThreadPoolExecutor):
 
     else:
         # Compiled (shardflow._executor.submit): checks the executor's state, makes the
-        # future and pushes (future, fn, args, kwargs) to the pool, all in one C call.
+        # future with the call attached and pushes it to the pool, all in one C call.
         # Raises RuntimeError after shutdown() (and once the interpreter exits) and
         # BrokenThreadPool once an initializer failed.
         submit = _compiled_submit
@@ -329,7 +338,7 @@ class Executor(ThreadPoolExecutor):
                         if type(task) is Chunk:
                             task.cancelled = True
                         else:
-                            task[0].cancel()
+                            task.cancel()
             else:
                 pool.close()
         if wait:
