@@ -469,13 +469,15 @@ cdef class Halt:
         return BrokenThreadPool(self._broken)
 
 
-cdef bint _interpreter_exiting = False
+# Set once by the exit hook, read by every submit (atomic: a relaxed load suffices, it
+# only decides between refusing now and a moment later).
+cdef sf_atomic_u64 _interpreter_exiting
+sf_store_relaxed_u64(&_interpreter_exiting, 0)
 
 
 def set_interpreter_exiting():
     """From the exit hook: submits are refused from now on."""
-    global _interpreter_exiting
-    _interpreter_exiting = True
+    sf_store_relaxed_u64(&_interpreter_exiting, 1)
 
 
 def submit(self, fn, /, *args, **kwargs):
@@ -486,7 +488,7 @@ def submit(self, fn, /, *args, **kwargs):
     """
     cdef Halt halt = self._halt
     cdef FutureCore f
-    if halt.flags() or _interpreter_exiting:
+    if halt.flags() or sf_load_relaxed_u64(&_interpreter_exiting):
         halt.refuse()
     f = FutureCore.__new__(halt.future_type)  # tp_new only: __init__ does nothing
     f._fn = fn

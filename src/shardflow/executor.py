@@ -6,15 +6,16 @@ documents it (``submit``/``map``/``shutdown``, ``initializer``, ``BrokenThreadPo
 per task, for three reasons:
 
 * Tasks travel through the pool's compiled per-worker rings, and a worker hands a whole
-  run of queued tasks to one Python call (list mode), so there is no per-task queue lock,
-  semaphore or wake-up.
-* The futures are a ``concurrent.futures.Future`` subclass (``_Future``) whose
-  ``_condition`` is a bare ``RLock`` instead of a ``threading.Condition``: creating it is
-  one C call instead of a Python object graph, and completing a future nobody waits for
-  costs one lock round trip. Threads that do wait register a lock of their own (see
-  ``_Future.result``), the way ``wait()``/``as_completed()`` register their waiters.
-* ``map`` makes no future per item: it cuts the collected items into chunks, one pool
-  task per chunk, and yields the results in order.
+  run of queued tasks to one call of the compiled loop (``_executor.run_tasks``), so
+  there is no per-task queue lock, semaphore or wake-up. ``submit`` is one C call too.
+* The futures are a ``concurrent.futures.Future`` subclass (``_Future``) whose state and
+  ``_condition`` (a reentrant lock, not a ``threading.Condition``) are C fields of
+  ``_executor.FutureCore``; the future itself carries its call through the queue, so a
+  task allocates the future and the arguments tuple and nothing else. Threads that wait
+  in ``result()`` register a lock of their own, the way ``wait()``/``as_completed()``
+  register their waiters; completing a future nobody waits for takes no such lock.
+* ``map`` makes no future per item: it cuts the items into chunks (``_executor.Chunk``),
+  one pool task per chunk, and hands out each result, in order, as soon as it is there.
 """
 
 from __future__ import annotations
@@ -50,19 +51,7 @@ __all__ = ["Executor"]
 
 T = TypeVar("T")
 
-# The state names of concurrent.futures (``wait``/``as_completed`` compare ``_state``
-# with them, so a future of ours must use exactly these objects).
-PENDING = _base.PENDING
-RUNNING = _base.RUNNING
-CANCELLED = _base.CANCELLED
-CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
-FINISHED = _base.FINISHED
-_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
-_CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)
 LOGGER = _base.LOGGER
-
-_RLock = threading.RLock
-_allocate_lock = threading.Lock
 
 #: Most tasks a worker takes from its queue for one Python call. A task queued behind a
 #: long-running one on the same worker waits for it unless an idle worker steals it
