@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import itertools
+import sys
+import sysconfig
 import threading
 import weakref
 from concurrent.futures import (
@@ -232,3 +234,14 @@ def test_results_and_exceptions_wake_waiters_in_other_threads() -> None:
         for t in threads:
             t.join(WAIT)
     assert sorted(map(str, got)) == sorted(["ok"] * 3 + [str(ZeroDivisionError)] * 3)
+
+
+@pytest.mark.skipif(
+    not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="free-threaded builds only"
+)
+def test_the_executor_module_keeps_the_gil_off() -> None:
+    import shardflow._executor
+
+    with shardflow.Executor(max_workers=2) as ex:
+        assert list(ex.map(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
+    assert not sys._is_gil_enabled()  # type: ignore[attr-defined]
