@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 import shardflow
-from helpers import WAIT, run_script
+from helpers import WAIT, interrupt_when_ready, run_script
 
 EXECUTORS = {"ThreadPoolExecutor": ThreadPoolExecutor, "shardflow.Executor": shardflow.Executor}
 #: The standard executor's map() takes ``buffersize`` from Python 3.14 on.
@@ -650,3 +650,30 @@ def test_submit_during_interpreter_exit_is_refused(kind: str, tmp_path: Path) ->
     # ("after interpreter shutdown", or "after shutdown" once ThreadPoolExecutor's worker
     # marked its executor shut down: both are the RuntimeError of a refused submit.)
     assert "refused: cannot schedule new futures after" in result.stdout
+
+
+@pytest.mark.parametrize("wait_in", ["result", "map"])
+def test_ctrl_c_interrupts_a_wait_for_a_result(kind: str, wait_in: str, tmp_path: Path) -> None:
+    cls = "ThreadPoolExecutor" if kind == "ThreadPoolExecutor" else "shardflow.Executor"
+    waiting = "f.result()" if wait_in == "result" else "list(ex.map(gate.wait, [None] * 3))"
+    code, out, err = interrupt_when_ready(
+        f"""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        import shardflow
+
+        gate = threading.Event()
+        ex = {cls}(max_workers=1)
+        f = ex.submit(gate.wait)
+        print("ready", flush=True)
+        try:
+            {waiting}
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        finally:
+            gate.set()
+        """,
+        tmp_path,
+    )
+    assert code == 0, err
+    assert "interrupted" in out
