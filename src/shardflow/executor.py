@@ -177,10 +177,14 @@ class Executor(ThreadPoolExecutor):
       ``shardflow.DEFAULT_CAPACITY``); calls go round-robin and an idle worker steals
       half of a busy worker's queue. ``submit`` waits (without holding the GIL) while
       the chosen queue is full, where ``ThreadPoolExecutor`` queues without bound.
-    * A worker takes up to ``TASKS_PER_CALL`` queued calls at once; those wait for the
-      call before them on that worker rather than go to an idle worker. As the standard
-      documentation warns for any executor, calls that wait on other calls of the same
-      executor can deadlock.
+    * A worker takes up to ``TASKS_PER_CALL`` queued calls at once (that is where the
+      speed comes from); those wait for the call before them on that worker rather than
+      go to an idle worker (idle workers only steal calls still queued). So a call that
+      waits for a call submitted just after it can wait forever when both were taken by
+      the same worker, even with other workers idle, where ``ThreadPoolExecutor`` would
+      run the second on an idle thread. The standard documentation warns that calls
+      waiting on other calls of the same executor can deadlock; with this executor, do
+      not make calls wait for each other.
     * ``map`` makes no future per item (chunks of items, results kept in order); errors,
       timeouts, cancellation and ``buffersize`` behave as documented for
       ``Executor.map``. ``chunksize`` is ignored, as by ``ThreadPoolExecutor``.
