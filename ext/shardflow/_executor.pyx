@@ -169,6 +169,10 @@ cdef class FutureLock:
         return None
 
 
+# no_gc_clear: the collector must not set ``_condition`` to None under code that may
+# still run on a future in a garbage cycle (a finalizer, a weakref callback); cycles
+# through a future are broken by its other members (dict, results, tracebacks, cells).
+@cython.no_gc_clear
 cdef class FutureCore:
     """The state of a ``shardflow`` future (the ``concurrent.futures.Future`` subclass
     in ``shardflow.executor`` puts this first in its bases)."""
