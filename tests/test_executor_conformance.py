@@ -26,6 +26,9 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures import Executor as StdExecutor
+
+# The builtin TimeoutError from Python 3.11 on; on 3.10 concurrent.futures has its own.
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures.thread import BrokenThreadPool
 from pathlib import Path
 from typing import Any
@@ -128,9 +131,9 @@ def test_a_base_exception_in_a_task_goes_to_its_future(make: Make) -> None:
 
 def test_result_and_exception_time_out_on_a_running_task(make: Make, gate: threading.Event) -> None:
     _, running = busy_single_worker(make, gate)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(FuturesTimeoutError):
         running.result(timeout=0.01)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(FuturesTimeoutError):
         running.exception(timeout=0)
     assert running.running()
     gate.set()
@@ -266,7 +269,7 @@ def test_wait_first_completed_and_timeout(make: Make, gate: threading.Event) -> 
     quick = ex.submit(pow, 2, 3)
     done, not_done = wait([slow, quick], timeout=WAIT, return_when=FIRST_COMPLETED)
     assert done == {quick} and not_done == {slow}
-    with pytest.raises(TimeoutError):
+    with pytest.raises(FuturesTimeoutError):
         list(as_completed([slow], timeout=0.01))
     gate.set()
 
@@ -370,7 +373,7 @@ def test_map_timeout_counts_from_the_call(make: Make, gate: threading.Event) -> 
 
     results = ex.map(item, range(20), timeout=0.05)
     assert started.wait(WAIT)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(FuturesTimeoutError):
         next(results)
     gate.set()
     ex.shutdown(wait=True)

@@ -70,6 +70,9 @@ cdef object CANCELLED = _base.CANCELLED
 cdef object CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
 cdef object FINISHED = _base.FINISHED
 cdef object CancelledError = _base.CancelledError
+# The builtin TimeoutError from 3.11 on; on 3.10 concurrent.futures has its own class,
+# which is what callers of a Future catch there.
+cdef object FuturesTimeoutError = _base.TimeoutError
 cdef object InvalidStateError = _base.InvalidStateError
 cdef object LOGGER = _base.LOGGER
 cdef object _allocate_lock = threading.Lock
@@ -399,7 +402,7 @@ cdef class FutureCore:
         finally:
             lock.leave()
         if out is _NOT_DONE:
-            raise TimeoutError()
+            raise FuturesTimeoutError()
         return out
 
     def result(self, timeout=None):
@@ -704,4 +707,4 @@ cdef class Chunk:
             if r == PY_LOCK_INTR:
                 PyErr_CheckSignals()  # Ctrl-C raises here; otherwise wait on
                 continue
-            raise TimeoutError()
+            raise FuturesTimeoutError()
