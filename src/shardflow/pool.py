@@ -252,12 +252,13 @@ class ShardedPool(PoolCore, Generic[T]):
 
         Example:
             >>> import asyncio, shardflow
-            >>> pool = shardflow.ShardedPool(print, workers=1)
+            >>> seen = []
+            >>> pool = shardflow.ShardedPool(seen.append, workers=1)
             >>> asyncio.run(pool.asubmit("hello"))
             True
-            >>> pool.shutdown()
-            hello
-            []
+            >>> _ = pool.shutdown()
+            >>> seen
+            ['hello']
         """
         check_seconds("timeout", timeout, allow_inf=True)
         deadline = None
