@@ -680,3 +680,21 @@ def test_ctrl_c_interrupts_a_wait_for_a_result(kind: str, wait_in: str, tmp_path
     )
     assert code == 0, err
     assert "interrupted" in out
+
+
+def test_a_call_can_wait_for_the_result_of_a_call_submitted_after_it(make: Make) -> None:
+    """With an idle worker, a call blocked on ``result()`` of a later call gets it."""
+    ex = make(max_workers=2)
+
+    def first(ready: threading.Event, later: dict[str, Future[int]]) -> int:
+        assert ready.wait(WAIT)
+        return later["f"].result(WAIT) + 1
+
+    for _ in range(20):
+        later: dict[str, Future[int]] = {}
+        ready = threading.Event()
+        a = ex.submit(first, ready, later)
+        ex.submit(abs, -1)
+        later["f"] = ex.submit(abs, -41)
+        ready.set()
+        assert a.result(WAIT) == 42

@@ -172,6 +172,9 @@ cdef class FutureLock:
         return None
 
 
+cdef class Halt
+
+
 # no_gc_clear: the collector must not set ``_condition`` to None under code that may
 # still run on a future in a garbage cycle (a finalizer, a weakref callback); cycles
 # through a future are broken by its other members (dict, results, tracebacks, cells).
@@ -192,6 +195,10 @@ cdef class FutureCore:
     cdef object _fn
     cdef tuple _args
     cdef dict _kwargs        # None when the call has no keyword arguments
+    # Set by the one thread that takes the call (the worker holding it, or shutdown for a
+    # call it took back from the queue): the call runs at most once.
+    cdef bint _taken
+    cdef object _halt        # the Halt of the executor that made it (None: not ours)
 
     def __cinit__(self, *args, **kwargs):
         self._condition = FutureLock.__new__(FutureLock)
@@ -272,6 +279,48 @@ cdef class FutureCore:
                 w.release()
             self._wakeups.clear()
         return 0
+
+    cdef int run_call(self) except -1:
+        """Run the attached call and complete the future (by the thread that took it)."""
+        fn = self._fn
+        args = self._args
+        kwargs = self._kwargs
+        self._fn = self._args = self._kwargs = None
+        if not self.start():
+            return 0
+        try:
+            if kwargs is not None:
+                result = PyObject_Call_kw(fn, args, <PyObject *>kwargs)
+            else:
+                result = PyObject_Call_kw(fn, args, NULL)
+        except BaseException as exc:
+            self.finish(exc, True)
+        else:
+            self.finish(result, False)
+        return 0
+
+    cdef bint _help(self) except -1:
+        """A worker of this future's executor waits for it, and the call sits further
+        down the task list that worker is running: run it here and now, instead of
+        waiting for a call that would only start after this wait ends (a deadlock that
+        ThreadPoolExecutor avoids by handing it to another thread). Only the worker
+        holding the list ever gets here for this future, so ``_taken`` has one writer."""
+        cdef list tasks
+        if self._halt is None:
+            return False
+        tasks = (<Halt>self._halt).active.get(PyThread_get_thread_ident())
+        if tasks is None:
+            return False
+        for t in tasks:
+            if t is self:
+                break
+        else:
+            return False
+        if self._taken:
+            return False
+        self._taken = True
+        self.run_call()
+        return True
 
     def _invoke_callbacks(self):
         if self._callbacks:
@@ -370,6 +419,14 @@ cdef class FutureCore:
 
     cdef object _get(self, object timeout, bint want_result):
         cdef FutureLock lock = self._condition
+        lock.enter()
+        try:
+            out = self._outcome(want_result)
+        finally:
+            lock.leave()
+        if out is not _NOT_DONE:
+            return out
+        self._help()
         lock.enter()
         try:
             out = self._outcome(want_result)
@@ -501,6 +558,7 @@ def submit(self, fn, /, *args, **kwargs):
     f._fn = fn
     f._args = args
     f._kwargs = kwargs if kwargs else None
+    f._halt = halt
     try:
         halt.push(f)
     except Closed:
@@ -512,8 +570,11 @@ def submit(self, fn, /, *args, **kwargs):
 
 def take_call(FutureCore fut):
     """Detach ``(fn, args, kwargs)`` from a future that will not run (the references go
-    now, as a finished call's do)."""
+    now, as a finished call's do); None if the call was already taken (run)."""
+    if fut._taken:
+        return None
     call = (fut._fn, fut._args, fut._kwargs)
+    fut._taken = True
     fut._fn = fut._args = fut._kwargs = None
     return call
 
@@ -523,7 +584,6 @@ def run_tasks(Halt halt, list tasks, object chunk_type, object halted):
     and map chunks (``chunk.run(halt)``); after shutdown(cancel_futures=True) or a
     failed initializer, ``halted(halt, task)`` instead."""
     cdef FutureCore fut
-    cdef dict kwargs
     for task in tasks:
         if halt.flags() & (HALT_CANCEL | HALT_BROKEN):
             halted(halt, task)
@@ -532,21 +592,10 @@ def run_tasks(Halt halt, list tasks, object chunk_type, object halted):
             task.run(halt)
             continue
         fut = <FutureCore>task
-        fn = fut._fn
-        args = fut._args
-        kwargs = fut._kwargs
-        fut._fn = fut._args = fut._kwargs = None
-        if not fut.start():
-            continue
-        try:
-            if kwargs is not None:
-                result = PyObject_Call_kw(fn, args, <PyObject *>kwargs)
-            else:
-                result = PyObject_Call_kw(fn, args, NULL)
-        except BaseException as exc:
-            fut.finish(exc, True)
-        else:
-            fut.finish(result, False)
+        if fut._taken:
+            continue  # already run by a waiter on this thread (FutureCore._help)
+        fut._taken = True
+        fut.run_call()
 
 
 cdef object _monotonic = __import__("time").monotonic

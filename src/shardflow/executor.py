@@ -120,7 +120,8 @@ def _halted(halt: Halt, task: Any) -> None:
         task.run(halt)  # cancels or fails every item, and completes the chunk
         return
     fut = task
-    take_call(fut)
+    if take_call(fut) is None:
+        return  # a waiter on this worker already ran it (see _executor.FutureCore._help)
     if halt.cancel:
         fut.cancel()
     if fut.set_running_or_notify_cancel():
@@ -179,12 +180,13 @@ class Executor(ThreadPoolExecutor):
       the chosen queue is full, where ``ThreadPoolExecutor`` queues without bound.
     * A worker takes up to ``TASKS_PER_CALL`` queued calls at once (that is where the
       speed comes from); those wait for the call before them on that worker rather than
-      go to an idle worker (idle workers only steal calls still queued). So a call that
-      waits for a call submitted just after it can wait forever when both were taken by
-      the same worker, even with other workers idle, where ``ThreadPoolExecutor`` would
-      run the second on an idle thread. The standard documentation warns that calls
-      waiting on other calls of the same executor can deadlock; with this executor, do
-      not make calls wait for each other.
+      go to an idle worker (idle workers only steal calls still queued). A call that
+      waits in ``result()``/``exception()`` for a call further down its own worker's
+      list runs that call itself, so this common pattern does not deadlock; a call
+      that waits through ``wait()``/``as_completed()`` (or on a call its worker took
+      beyond that list) can wait forever where ``ThreadPoolExecutor`` would run the
+      other call on an idle thread. The standard documentation warns that calls waiting
+      on other calls of the same executor can deadlock: avoid it here too.
     * ``map`` makes no future per item (chunks of items, results kept in order); errors,
       timeouts, cancellation and ``buffersize`` behave as documented for
       ``Executor.map``. ``chunksize`` is ignored, as by ``ThreadPoolExecutor``.
