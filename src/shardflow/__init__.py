@@ -8,6 +8,7 @@ from __future__ import annotations
 from shardflow.batching import BatchProcessor
 from shardflow.breaker import BreakerMetrics, BreakerState, CircuitBreaker
 from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
+from shardflow.executor import Executor
 from shardflow.limiter import Limiter, LimiterMetrics
 from shardflow.metrics import PoolMetrics, ShardMetrics
 from shardflow.pipeline import Pipeline, PipelineReport, StageReport
@@ -25,6 +26,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "Closed",
+    "Executor",
     "Full",
     "Limiter",
     "LimiterMetrics",

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LIST",
         help="comma-separated sections to run, among memory, idle, throughput, gil, "
-        "stealing, latency, reuse (default: all)",
+        "stealing, latency, reuse, executor (default: all)",
     )
     bench.add_argument(
         "--json",

@@ -816,7 +816,17 @@ def _print_targets(targets: list[Target], out: TextIO) -> None:
 
 #: Sections of the report, in the order they run (``run_bench(sections=...)``,
 #: ``python -m shardflow bench --sections``).
-SECTIONS = ("memory", "idle", "throughput", "gil", "stealing", "latency", "reuse", "pipeline")
+SECTIONS = (
+    "memory",
+    "idle",
+    "throughput",
+    "gil",
+    "stealing",
+    "latency",
+    "reuse",
+    "pipeline",
+    "executor",
+)
 
 
 def run_bench(
@@ -961,6 +971,11 @@ def run_bench(
 
         report["pipeline"], pl_targets = pipeline_section(items, repeats, quick, out)
         targets += pl_targets
+    if "executor" in chosen:  # shardflow.Executor vs ThreadPoolExecutor, see _bench_executor
+        from shardflow._bench_executor import section_executor
+
+        report["executor"], ex_targets = section_executor(items, repeats, out)
+        targets += ex_targets
 
     print(f"\nload average at end: {_loadavg()}", file=out)
     print("\nTargets:", file=out)
