@@ -9,7 +9,7 @@ from shardflow.batching import BatchProcessor
 from shardflow.breaker import BreakerMetrics, BreakerState, CircuitBreaker
 from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
 from shardflow.limiter import Limiter, LimiterMetrics
-from shardflow.metrics import PoolMetrics, ShardMetrics
+from shardflow.metrics import Latency, MetricsDelta, PoolMetrics, ShardMetrics
 from shardflow.pool import DEFAULT_CAPACITY, ShardedPool
 from shardflow.ratelimiter import RateLimiter, RateLimiterMetrics
 from shardflow.retry import Retry, RetryMetrics
@@ -25,8 +25,10 @@ __all__ = [
     "CircuitOpen",
     "Closed",
     "Full",
+    "Latency",
     "Limiter",
     "LimiterMetrics",
+    "MetricsDelta",
     "PoolMetrics",
     "RateLimiter",
     "RateLimiterMetrics",
