@@ -85,6 +85,7 @@ typedef struct sf_ring {
     sf_atomic_u64 *stamps;    /* capacity / S submit times (ns), see "Queue-wait stamps" */
     uint64_t stamp_every;     /* S */
     uint64_t stamp_mask;      /* capacity / S - 1 */
+    uint64_t stamp_high;      /* ~(S - 1) */
     SF_PAD(_pad4);
 } sf_ring;
 
@@ -112,6 +113,7 @@ static inline int sf_ring_init(sf_ring *r, uint64_t capacity) {
     if (!r->slots) return -1;
     r->stamp_every = capacity < SF_RING_STAMP_EVERY ? capacity : SF_RING_STAMP_EVERY;
     r->stamp_mask = capacity / r->stamp_every - 1;
+    r->stamp_high = ~(r->stamp_every - 1);
     r->stamps = (sf_atomic_u64 *)calloc((size_t)(capacity / r->stamp_every), sizeof(sf_atomic_u64));
     if (!r->stamps) {
         free(r->slots);
@@ -223,14 +225,14 @@ static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
         k = n < room ? n : room;
         if (sf_cas_weak_seqcst_u64(&r->tail, &t, t + k)) break;
     }
-    {
-        /* Stamp every m % S == 0 in [t, t+k): one branch per claim, a clock read per S. */
-        uint64_t m = (t + r->stamp_every - 1) & ~(r->stamp_every - 1);
-        if (m < t + k) {
-            uint64_t now = (uint64_t)sf_now_ns();
-            for (; m < t + k; m += r->stamp_every)
-                sf_store_relaxed_u64(&r->stamps[(m / r->stamp_every) & r->stamp_mask], now);
-        }
+    /* Stamp every m % S == 0 in [t, t+k): [t, t+k) holds one iff t-1 and t+k-1 differ
+     * above the low log2(S) bits (t = 0 included: t-1 wraps to all ones). One xor, one
+     * and, one branch per claim; the loop and the clock read run once per S items. */
+    if (((t - 1) ^ (t + k - 1)) & r->stamp_high) {
+        uint64_t now = (uint64_t)sf_now_ns();
+        uint64_t m = (t + r->stamp_every - 1) & r->stamp_high;
+        for (; m < t + k; m += r->stamp_every)
+            sf_store_relaxed_u64(&r->stamps[(m / r->stamp_every) & r->stamp_mask], now);
     }
     for (uint64_t i = 0; i < k; i++) sf_store_relaxed_ptr(&r->slots[(t + i) & r->mask], items[i]);
     {
@@ -261,7 +263,7 @@ static inline uint64_t sf_ring_take(sf_ring *r, void **out, uint64_t max, uint64
         if (stamps) {
             /* Before the CAS: afterwards the producer of m + capacity may overwrite them. */
             unsigned ns = 0;
-            uint64_t m = (h + r->stamp_every - 1) & ~(r->stamp_every - 1);
+            uint64_t m = (h + r->stamp_every - 1) & r->stamp_high;
             for (; m < h + n && ns < SF_RING_MAX_STAMPS; m += r->stamp_every)
                 stamps[ns++] = sf_load_relaxed_u64(&r->stamps[(m / r->stamp_every) & r->stamp_mask]);
             *nstamps = ns;
