@@ -14,9 +14,11 @@ bound is 1%), so latency objectives are never met on paper only.
 
 What is recorded:
 
-* ``queue_wait``: from ``submit`` to a worker taking the item from its queue. Sampled: one
-  item in 64 (one per ring slot group; every item of smaller rings' first slot) carries a
-  submit time, so there is no clock read per item. Counts are therefore samples, not items.
+* ``queue_wait``: from ``submit`` to a worker taking the item from its queue. Sampled:
+  one item in min(64, capacity) carries a submit time (the producer reads the clock once
+  per 64 items, not per item), so counts are samples, not items. A worker records what it
+  takes from its own queue and what it steals; a single drain reports at most 64 samples
+  (drains are at most 4,096 items unless ``batch_size`` is larger).
 * ``service_time``: how long the handler ran. Batch handlers (lists): every call. Per-item
   handlers: one call in 16, so that the per-item path does not pay two clock reads per item.
 """
