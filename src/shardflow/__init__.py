@@ -10,7 +10,7 @@ from shardflow.breaker import BreakerMetrics, BreakerState, CircuitBreaker
 from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
 from shardflow.executor import Executor
 from shardflow.limiter import Limiter, LimiterMetrics
-from shardflow.metrics import PoolMetrics, ShardMetrics
+from shardflow.metrics import Latency, MetricsDelta, PoolMetrics, ShardMetrics
 from shardflow.pipeline import Pipeline, PipelineReport, StageReport
 from shardflow.pool import DEFAULT_CAPACITY, ShardedPool
 from shardflow.ratelimiter import RateLimiter, RateLimiterMetrics
@@ -28,8 +28,10 @@ __all__ = [
     "Closed",
     "Executor",
     "Full",
+    "Latency",
     "Limiter",
     "LimiterMetrics",
+    "MetricsDelta",
     "Pipeline",
     "PipelineReport",
     "PoolMetrics",

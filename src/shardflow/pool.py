@@ -31,7 +31,7 @@ from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCo
 from shardflow.breaker import CircuitBreaker
 from shardflow.errors import Closed, Full
 from shardflow.limiter import Limiter
-from shardflow.metrics import PoolMetrics, ShardMetrics
+from shardflow.metrics import Latency, PoolMetrics, ShardMetrics
 from shardflow.ratelimiter import RateLimiter
 from shardflow.retry import Retry
 
@@ -57,6 +57,7 @@ _ASUBMIT_FOREVER = 1e9  # seconds; longer timeouts (and inf) mean "no limit"
 
 _ON_FULL = {"block": ON_FULL_BLOCK, "raise": ON_FULL_RAISE, "drop": ON_FULL_DROP}
 _names = itertools.count(1)
+_pool_ids = itertools.count(1)
 _live: weakref.WeakSet[ShardedPool[Any]] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -212,6 +213,7 @@ class ShardedPool(PoolCore, Generic[T]):
         self.retry = retry
         self.ordered: bool = ordered
         self.name: str = name or f"ShardedPool-{next(_names)}"
+        self._pool_id = next(_pool_ids)  # tells snapshots of same-named pools apart
         self.on_full: str = on_full
         self.batch_timeout: float | None = batch_timeout
         self._lifecycle = threading.Lock()
@@ -362,10 +364,32 @@ class ShardedPool(PoolCore, Generic[T]):
         check_seconds("timeout", timeout, allow_inf=True)
         return bool(self._flush(timeout))
 
+    def snapshot(self) -> PoolMetrics:
+        """A snapshot of the counters and latency histograms: totals, merged latencies
+        (``queue_wait``, ``service_time``) and one ``ShardMetrics`` per shard, stamped
+        with ``taken_at`` (``time.monotonic()``). ``later - earlier`` gives a
+        ``MetricsDelta`` (counts and rates over the interval). Cheap enough to poll: no
+        lock, no pause of the workers (each field is exact, the set is not an atomic cut).
+        """
+        taken_at = time.monotonic()
+        shards = tuple(
+            ShardMetrics(
+                i,
+                *row,
+                queue_wait=Latency.from_histogram(*qw[1:]),
+                service_time=Latency.from_histogram(*st[1:]),
+            )
+            for i, (row, (qw, st)) in enumerate(
+                zip(self._shard_stats(), self._shard_latencies(), strict=True)
+            )
+        )
+        return PoolMetrics.from_shards(
+            shards, pool=self.name, taken_at=taken_at, pool_id=self._pool_id
+        )
+
     def metrics(self) -> PoolMetrics:
-        """A snapshot of the counters: totals and one ``ShardMetrics`` per shard."""
-        shards = tuple(ShardMetrics(i, *row) for i, row in enumerate(self._shard_stats()))
-        return PoolMetrics.from_shards(shards)
+        """The same as ``snapshot()``."""
+        return self.snapshot()
 
     def __enter__(self) -> ShardedPool[T]:
         return self
