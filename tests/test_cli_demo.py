@@ -62,6 +62,9 @@ def test_demo_runs_and_every_event_is_accounted_for(tmp_path: Path) -> None:
     assert sum(r[2] + r[3] + r[4] for r in rows) == 20_000
     for header in ("submitted", "processed", "failed", "dead letters", "stolen in", "high water"):
         assert header in out
+    # Latency percentiles from the pool's histograms (queue wait is sampled).
+    assert re.search(r"queue wait +p50 .* p99 .* max .*\(([\d,]+) samples\)", out)
+    assert re.search(r"service time +p50 .* p90 .* p999 .* \(([\d,]+) samples\)", out)
     assert "Downstream:" in out and "breaker: opened" in out and "retry:" in out
     assert "Dead letters:" in out
     lines = accounting(out)

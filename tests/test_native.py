@@ -140,13 +140,14 @@ def _assert_clean(r: subprocess.CompletedProcess[str], what: str) -> None:
 def test_stress_harness_passes_every_check(build_dir: Path, flavour: str) -> None:
     """Ring (exactly once, per-producer order, with a thief, capacities 8/64/1024), shard
     park protocol (capacities 8/64, close must wake the worker), counters, pool, and the
-    stealing scheduler (exactly once, exact flushes, stolen_in == stolen_out): every check
+    stealing scheduler (exactly once, exact flushes, stolen_in == stolen_out), queue-wait
+    stamps recorded once each, the histogram under concurrent readers: every check
     passes and no sanitizer reports anything."""
     binary = _build(build_dir, f"stress-{flavour}")
     r = _run_harness(binary, ["all", "--ops", str(OPS[flavour]), "--timeout", "90"])
     _assert_clean(r, f"stress-{flavour}")
     assert "stress    all: all checks passed" in r.stdout
-    for scenario in ("ring", "shard", "counters", "pool", "sched"):
+    for scenario in ("ring", "shard", "counters", "pool", "sched", "hist"):
         assert re.search(rf"^{scenario}\b.* OK$", r.stdout, re.M), r.stdout
 
 

@@ -37,6 +37,25 @@
  *     acquire before overwriting a slot;
  *   - a producer waiting for its turn loads `commit` with acquire so that its own release
  *     store also carries the earlier producers' slot writes to the consumer.
+ *
+ * Queue-wait stamps (sampled; no timestamp per item). Every S-th index (S = min(64,
+ * capacity), a power of two) carries a submit time in `stamps[(m / S) & (capacity/S - 1)]`:
+ *
+ *   producer  whose claimed range [t, t+k) contains indices m with m % S == 0 reads the
+ *             clock once and stores it (relaxed) into each such m's stamp, after the claim
+ *             CAS and BEFORE its release store of `commit` (so a consumer that acquired a
+ *             commit > m sees it; chained producers carry it on, as for slots). Cost on the
+ *             submit path: one compare per claim and one clock read per S items.
+ *   consumer  (sf_ring_take) that takes a range [h, h+n) reads the stamps of the m in it
+ *             BEFORE its take CAS. The stamp slot of m is next written by the producer of
+ *             m + capacity, which cannot claim before head passes m, i.e. before somebody's
+ *             take of m succeeded. So if OUR CAS succeeds, nobody took m before us and the
+ *             stamps we read are m's; if it fails, the copy is discarded with the slots.
+ *             Once the CAS succeeded it reads the clock once and reports now - stamp for
+ *             each m (at most SF_RING_MAX_STAMPS per take: in a huge drain the newest
+ *             samples are skipped, a bias towards older items that the docs state).
+ * Stamps are relaxed atomics: a losing consumer may read one while the next producer
+ * rewrites it, a benign race by the standard, as for slots.
  */
 #ifndef SF_RING_H
 #define SF_RING_H
@@ -48,6 +67,8 @@
 
 #define SF_RING_CLOSED ((uint64_t)1 << 63)
 #define SF_RING_MAX_CAPACITY ((uint64_t)1 << 30)
+#define SF_RING_STAMP_EVERY ((uint64_t)64) /* S, for rings of at least 64 slots */
+#define SF_RING_MAX_STAMPS 64               /* stamps reported per take, at most */
 
 typedef struct sf_ring {
     SF_PAD(_pad0);
@@ -61,6 +82,10 @@ typedef struct sf_ring {
     uint64_t capacity;        /* a power of two */
     uint64_t mask;
     sf_atomic_ptr *slots;
+    sf_atomic_u64 *stamps;    /* capacity / S submit times (ns), see "Queue-wait stamps" */
+    uint64_t stamp_every;     /* S */
+    uint64_t stamp_mask;      /* capacity / S - 1 */
+    uint64_t stamp_high;      /* ~(S - 1) */
     SF_PAD(_pad4);
 } sf_ring;
 
@@ -86,6 +111,15 @@ static inline int sf_ring_init(sf_ring *r, uint64_t capacity) {
      * costs address space, not memory, until used). */
     r->slots = (sf_atomic_ptr *)calloc((size_t)capacity, sizeof(sf_atomic_ptr));
     if (!r->slots) return -1;
+    r->stamp_every = capacity < SF_RING_STAMP_EVERY ? capacity : SF_RING_STAMP_EVERY;
+    r->stamp_mask = capacity / r->stamp_every - 1;
+    r->stamp_high = ~(r->stamp_every - 1);
+    r->stamps = (sf_atomic_u64 *)calloc((size_t)(capacity / r->stamp_every), sizeof(sf_atomic_u64));
+    if (!r->stamps) {
+        free(r->slots);
+        r->slots = NULL;
+        return -1;
+    }
     return 0;
 }
 
@@ -93,6 +127,8 @@ static inline int sf_ring_init(sf_ring *r, uint64_t capacity) {
 static inline void sf_ring_destroy(sf_ring *r) {
     free(r->slots);
     r->slots = NULL;
+    free(r->stamps);
+    r->stamps = NULL;
 }
 
 static inline uint64_t sf_ring_tail_index(sf_ring *r) {
@@ -189,6 +225,15 @@ static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
         k = n < room ? n : room;
         if (sf_cas_weak_seqcst_u64(&r->tail, &t, t + k)) break;
     }
+    /* Stamp every m % S == 0 in [t, t+k): [t, t+k) holds one iff t-1 and t+k-1 differ
+     * above the low log2(S) bits (t = 0 included: t-1 wraps to all ones). One xor, one
+     * and, one branch per claim; the loop and the clock read run once per S items. */
+    if (((t - 1) ^ (t + k - 1)) & r->stamp_high) {
+        uint64_t now = (uint64_t)sf_now_ns();
+        uint64_t m = (t + r->stamp_every - 1) & r->stamp_high;
+        for (; m < t + k; m += r->stamp_every)
+            sf_store_relaxed_u64(&r->stamps[(m / r->stamp_every) & r->stamp_mask], now);
+    }
     for (uint64_t i = 0; i < k; i++) sf_store_relaxed_ptr(&r->slots[(t + i) & r->mask], items[i]);
     {
         unsigned spins = 0;
@@ -202,8 +247,11 @@ static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
 }
 
 /* Take up to `max` items, oldest first. With `divisor` > 1 take at most ceil(avail/divisor)
- * (a thief takes half). Returns how many were taken. Safe against concurrent consumers. */
-static inline uint64_t sf_ring_pop_part(sf_ring *r, void **out, uint64_t max, uint64_t divisor) {
+ * (a thief takes half). Returns how many were taken. Safe against concurrent consumers.
+ * With `stamps` non-NULL, also returns in it the submit times of the sampled indices taken
+ * (at most SF_RING_MAX_STAMPS) and their number in *nstamps; see "Queue-wait stamps". */
+static inline uint64_t sf_ring_take(sf_ring *r, void **out, uint64_t max, uint64_t divisor,
+                                    uint64_t *stamps, unsigned *nstamps) {
     uint64_t h = sf_load_acquire_u64(&r->head);
     for (;;) {
         uint64_t c = sf_load_acquire_u64(&r->commit);
@@ -212,9 +260,21 @@ static inline uint64_t sf_ring_pop_part(sf_ring *r, void **out, uint64_t max, ui
         if (divisor > 1) n = (n + divisor - 1) / divisor;
         if (n > max) n = max;
         for (uint64_t i = 0; i < n; i++) out[i] = sf_load_relaxed_ptr(&r->slots[(h + i) & r->mask]);
+        if (stamps) {
+            /* Before the CAS: afterwards the producer of m + capacity may overwrite them. */
+            unsigned ns = 0;
+            uint64_t m = (h + r->stamp_every - 1) & r->stamp_high;
+            for (; m < h + n && ns < SF_RING_MAX_STAMPS; m += r->stamp_every)
+                stamps[ns++] = sf_load_relaxed_u64(&r->stamps[(m / r->stamp_every) & r->stamp_mask]);
+            *nstamps = ns;
+        }
         if (sf_cas_strong_seqcst_u64(&r->head, &h, h + n)) return n;
         /* Another consumer won: h now holds the current head; the copy is discarded. */
     }
+}
+
+static inline uint64_t sf_ring_pop_part(sf_ring *r, void **out, uint64_t max, uint64_t divisor) {
+    return sf_ring_take(r, out, max, divisor, NULL, NULL);
 }
 
 static inline uint64_t sf_ring_pop(sf_ring *r, void **out, uint64_t max) {

@@ -128,7 +128,7 @@ static inline uint64_t sf_sched_steal(sf_shard *shards, uint64_t nshards, uint64
         sf_shard *v = &shards[(self + d) % nshards];
         uint64_t n;
         if (!sf_ring_has_items(&v->ring)) continue;
-        n = sf_ring_pop_part(&v->ring, out, max, 2);
+        n = sf_shard_steal(&shards[self], v, out, max); /* records queue waits */
         if (n) {
             sf_fetch_add_relaxed_u64(&v->ctr.stolen_out, n);
             sf_counter_add(&shards[self].ctr.stolen_in, n);

@@ -21,7 +21,27 @@ cdef extern from "shardflow/_counters.h" nogil:
         sf_atomic_u64 flushed
 
 
+cdef extern from "shardflow/_hist.h" nogil:
+    ctypedef struct sf_hist:
+        sf_atomic_u64 count
+        sf_atomic_u64 sum_ns
+        sf_atomic_u64 max_ns
+        sf_atomic_u64 *buckets
+
+    uint64_t SF_HIST_BUCKETS
+    uint64_t SF_HIST_SUB_BITS
+    uint64_t SF_HIST_MAX_NS
+    int sf_hist_init(sf_hist *h)
+    void sf_hist_destroy(sf_hist *h)
+    uint64_t sf_hist_index(uint64_t v)
+    uint64_t sf_hist_lo(uint64_t idx)
+    uint64_t sf_hist_hi(uint64_t idx)
+    void sf_hist_record(sf_hist *h, uint64_t v)
+    void sf_hist_record_since(sf_hist *h, int64_t start_ns, int64_t now_ns)
+
+
 cdef extern from "shardflow/_shard.h" nogil:
+    uint64_t SF_SERVICE_SAMPLE_EVERY
     int64_t SF_WAIT_FINISHED
     int64_t SF_WAIT_TIMEOUT
     int64_t SF_WAIT_FLUSH
@@ -31,6 +51,9 @@ cdef extern from "shardflow/_shard.h" nogil:
         sf_counters ctr
         sf_event data_ev
         sf_event space_ev
+        sf_hist qwait
+        sf_hist service
+        uint64_t svc_tick
 
     int sf_shard_init(sf_shard *s, uint64_t capacity)
     void sf_shard_destroy(sf_shard *s)

@@ -44,6 +44,14 @@ from shardflow._ring cimport (
     sf_ring_wait_published,
 )
 from shardflow._shard cimport (
+    SF_HIST_BUCKETS,
+    SF_HIST_SUB_BITS,
+    SF_SERVICE_SAMPLE_EVERY,
+    sf_hist,
+    sf_hist_destroy,
+    sf_hist_init,
+    sf_hist_record,
+    sf_hist_record_since,
     SF_WAIT_FLUSH,
     sf_sched_flushed,
     sf_sched_flush_done,
@@ -484,12 +492,21 @@ cdef class PoolCore:
         cdef PyObject *item
         cdef PyObject *res
         cdef Py_ssize_t i
+        cdef int64_t t0
         for i in range(n):
             if sf_load_relaxed_int(&self.st.stop) == SF_STOP_HAND_BACK:
                 self._hand_back(sh, buf + i, n - i)
                 break
             item = <PyObject *>buf[i]
-            res = PyObject_CallOneArg(handler, item)
+            # Time one call in SF_SERVICE_SAMPLE_EVERY: two clock reads per item would cost
+            # more than the rest of the per-item path.
+            if (sh.svc_tick & (SF_SERVICE_SAMPLE_EVERY - 1)) == 0:
+                t0 = sf_now_ns()
+                res = PyObject_CallOneArg(handler, item)
+                sf_hist_record_since(&sh.service, t0, sf_now_ns())
+            else:
+                res = PyObject_CallOneArg(handler, item)
+            sh.svc_tick += 1
             if res == NULL:
                 self._failed(sh, item, 1)
             else:
@@ -664,6 +681,16 @@ cdef class PoolCore:
             ))
         return out
 
+    def _shard_latencies(self):
+        """One tuple per shard: (queue_wait, service_time), each (count, sum_ns, max_ns,
+        buckets) with buckets a tuple of (bucket index, count) for the non-empty buckets
+        of the log-linear layout of _hist.h (see ``shardflow.metrics``)."""
+        cdef Py_ssize_t i
+        out = []
+        for i in range(self.workers):
+            out.append((_read_hist(&self.shards[i].qwait), _read_hist(&self.shards[i].service)))
+        return out
+
     @property
     def live_workers(self):
         return sf_load_acquire_u32(&self.st.live)
@@ -827,6 +854,7 @@ cdef class _Worker:
         cdef Py_ssize_t i, k
         cdef PyObject *res
         cdef PyObject **slots
+        cdef int64_t t0
         batch = self.spare
         self.spare = None
         if batch is not None and (<PyListObject *>batch).allocated >= n:
@@ -838,7 +866,9 @@ cdef class _Worker:
             batch = PyList_New(n)
             for i in range(n):
                 PyList_SET_ITEM_steal(batch, i, <PyObject *>buf[i])
+        t0 = sf_now_ns()
         res = PyObject_CallOneArg(<PyObject *>core.handler, <PyObject *>batch)
+        sf_hist_record_since(&self.shard.service, t0, sf_now_ns())
         if res == NULL:
             core._failed(self.shard, <PyObject *>batch, n)
         else:
@@ -855,3 +885,47 @@ cdef class _Worker:
                 Py_DECREF_p(slots[i])
             self.spare = batch
         return 0
+
+
+# ---------------------------------------------------------------------- histograms
+
+cdef tuple _read_hist(sf_hist *h):
+    """(count, sum_ns, max_ns, ((index, count), ...)) from relaxed loads of h."""
+    cdef uint64_t i, c
+    buckets = []
+    if h.buckets != NULL:
+        for i in range(SF_HIST_BUCKETS):
+            c = sf_load_relaxed_u64(&h.buckets[i])
+            if c:
+                buckets.append((i, c))
+    return (sf_load_relaxed_u64(&h.count), sf_load_relaxed_u64(&h.sum_ns),
+            sf_load_relaxed_u64(&h.max_ns), tuple(buckets))
+
+
+HIST_SUB_BITS = SF_HIST_SUB_BITS
+HIST_BUCKETS = SF_HIST_BUCKETS
+
+
+@cython.final
+cdef class _HistogramHook:
+    """Test hook: a standalone C histogram (the one shards use), fed from Python."""
+
+    cdef sf_hist h
+
+    def __cinit__(self):
+        if sf_hist_init(&self.h) != 0:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        sf_hist_destroy(&self.h)
+
+    def record(self, values):
+        """Record each value (int ns >= 0) of the iterable."""
+        cdef uint64_t v
+        for x in values:
+            v = x
+            sf_hist_record(&self.h, v)
+
+    def read(self):
+        """(count, sum_ns, max_ns, ((index, count), ...)), as PoolCore._shard_latencies."""
+        return _read_hist(&self.h)

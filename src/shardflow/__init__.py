@@ -8,8 +8,10 @@ from __future__ import annotations
 from shardflow.batching import BatchProcessor
 from shardflow.breaker import BreakerMetrics, BreakerState, CircuitBreaker
 from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
+from shardflow.executor import Executor
 from shardflow.limiter import Limiter, LimiterMetrics
-from shardflow.metrics import PoolMetrics, ShardMetrics
+from shardflow.metrics import Latency, MetricsDelta, PoolMetrics, ShardMetrics
+from shardflow.pipeline import Pipeline, PipelineReport, StageReport
 from shardflow.pool import DEFAULT_CAPACITY, ShardedPool
 from shardflow.ratelimiter import RateLimiter, RateLimiterMetrics
 from shardflow.retry import Retry, RetryMetrics
@@ -24,9 +26,14 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "Closed",
+    "Executor",
     "Full",
+    "Latency",
     "Limiter",
     "LimiterMetrics",
+    "MetricsDelta",
+    "Pipeline",
+    "PipelineReport",
     "PoolMetrics",
     "RateLimiter",
     "RateLimiterMetrics",
@@ -35,5 +42,6 @@ __all__ = [
     "ShardMetrics",
     "ShardedPool",
     "ShardflowError",
+    "StageReport",
     "__version__",
 ]

@@ -1064,6 +1064,22 @@ def _run_reuse(ctx: BenchContext) -> SectionResult:
     return SectionResult("batch_reuse", data, targets)
 
 
+def _run_pipeline(ctx: BenchContext) -> SectionResult:
+    # 3 no-op stages vs a bare loop and stage threads over queues (_bench_pipeline).
+    from shardflow._bench_pipeline import pipeline_section
+
+    data, targets = pipeline_section(ctx.items, ctx.repeats, ctx.quick, ctx.out)
+    return SectionResult("pipeline", data, targets)
+
+
+def _run_executor(ctx: BenchContext) -> SectionResult:
+    # shardflow.Executor vs ThreadPoolExecutor, see _bench_executor
+    from shardflow._bench_executor import section_executor
+
+    data, targets = section_executor(ctx.items, ctx.repeats, ctx.out)
+    return SectionResult("executor", data, targets)
+
+
 def _run_sweep(ctx: BenchContext) -> SectionResult:
     return SectionResult("sweep", measure_sweep(ctx))
 
@@ -1081,6 +1097,8 @@ SECTIONS: dict[str, Section] = {
     "stealing": _run_stealing,
     "latency": _run_latency,
     "reuse": _run_reuse,
+    "pipeline": _run_pipeline,
+    "executor": _run_executor,
     "sweep": _run_sweep,
 }
 

@@ -346,15 +346,21 @@ def shard_table(m: PoolMetrics) -> list[str]:
 
 
 def latency_lines(m: PoolMetrics) -> list[str]:
-    """Queue-wait and service-time percentiles, when this build's pool measures them."""
+    """Queue-wait and service-time percentiles (``PoolMetrics.queue_wait`` /
+    ``.service_time``, sampled by the core), one line each; none for an empty one."""
     lines = []
-    for label, attr in (("queue wait", "queue_wait"), ("service time", "service_time")):
-        lat = getattr(m, attr, None)
-        if lat is None or not getattr(lat, "count", 0):
+    for label, lat in (("queue wait", m.queue_wait), ("service time", m.service_time)):
+        if not lat.count:
             continue
         cells = "  ".join(
-            f"{name} {_fmt_duration(getattr(lat, name))}"
-            for name in ("p50", "p90", "p99", "p999", "max")
+            f"{name} {_fmt_duration(value)}"
+            for name, value in (
+                ("p50", lat.p50),
+                ("p90", lat.p90),
+                ("p99", lat.p99),
+                ("p999", lat.p999),
+                ("max", lat.max),
+            )
         )
         lines.append(f"  {label:<13} {cells}  ({lat.count:,} samples)")
     return lines
@@ -573,7 +579,7 @@ def report(
             file=out,
         )
     else:
-        print("  (this build's PoolMetrics has no queue_wait/service_time)", file=out)
+        print("  (no samples: the run was too short)", file=out)
 
     sink = down.sink
     b = down.breaker.metrics()

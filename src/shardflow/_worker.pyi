@@ -7,6 +7,15 @@ from typing import Any
 ON_FULL_BLOCK: int
 ON_FULL_RAISE: int
 ON_FULL_DROP: int
+HIST_SUB_BITS: int
+HIST_BUCKETS: int
+
+# (count, sum_ns, max_ns, ((bucket index, count), ...))
+_HistData = tuple[int, int, int, tuple[tuple[int, int], ...]]
+
+class _HistogramHook:
+    def record(self, values: Iterable[int]) -> None: ...
+    def read(self) -> _HistData: ...
 
 class PoolCore:
     @property
@@ -54,3 +63,4 @@ class PoolCore:
     def _shard_stats(
         self,
     ) -> list[tuple[int, int, int, int, int, int, int, int, int, int, int]]: ...
+    def _shard_latencies(self) -> list[tuple[_HistData, _HistData]]: ...

@@ -7,10 +7,12 @@ hooks (fork, interpreter exit).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
@@ -27,9 +29,9 @@ from shardflow._validate import (
 )
 from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCore
 from shardflow.breaker import CircuitBreaker
-from shardflow.errors import Closed
+from shardflow.errors import Closed, Full
 from shardflow.limiter import Limiter
-from shardflow.metrics import PoolMetrics, ShardMetrics
+from shardflow.metrics import Latency, PoolMetrics, ShardMetrics
 from shardflow.ratelimiter import RateLimiter
 from shardflow.retry import Retry
 
@@ -47,8 +49,15 @@ T = TypeVar("T")
 DEFAULT_CAPACITY = 65536
 MAX_CAPACITY = 1 << 30
 
+# asubmit's back-off while a shard is full: short at first (a worker frees room within
+# microseconds when it is draining), capped so that a long wait costs ~500 wake-ups/s.
+_ASUBMIT_FIRST_DELAY = 50e-6
+_ASUBMIT_MAX_DELAY = 2e-3
+_ASUBMIT_FOREVER = 1e9  # seconds; longer timeouts (and inf) mean "no limit"
+
 _ON_FULL = {"block": ON_FULL_BLOCK, "raise": ON_FULL_RAISE, "drop": ON_FULL_DROP}
 _names = itertools.count(1)
+_pool_ids = itertools.count(1)
 _live: weakref.WeakSet[ShardedPool[Any]] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -204,6 +213,7 @@ class ShardedPool(PoolCore, Generic[T]):
         self.retry = retry
         self.ordered: bool = ordered
         self.name: str = name or f"ShardedPool-{next(_names)}"
+        self._pool_id = next(_pool_ids)  # tells snapshots of same-named pools apart
         self.on_full: str = on_full
         self.batch_timeout: float | None = batch_timeout
         self._lifecycle = threading.Lock()
@@ -230,6 +240,44 @@ class ShardedPool(PoolCore, Generic[T]):
 
     # submit(item, timeout=None) -> bool and submit_many(iterable, timeout=None) -> int
     # are inherited from the compiled core.
+
+    async def asubmit(self, item: T, timeout: float | None = None) -> bool:
+        """``submit`` for asyncio: wait for room in the shard without blocking the loop.
+
+        Tries a non-blocking submit; while the shard is full (``on_full="block"``) it
+        backs off with ``await asyncio.sleep``, from 50 us doubling to 2 ms, and tries
+        again. An item is therefore queued by exactly one attempt, and only between two
+        awaits: if the task is cancelled (or ``timeout`` runs out: ``Full``, carrying
+        ``unsent=[item]``) the item was not submitted, never half-submitted or submitted
+        twice. Returns True when queued; with ``on_full="drop"`` or ``"raise"`` it does
+        what ``submit`` does at once. Raises ``Closed`` after ``close()``.
+
+        Example:
+            >>> import asyncio, shardflow
+            >>> seen = []
+            >>> pool = shardflow.ShardedPool(seen.append, workers=1)
+            >>> asyncio.run(pool.asubmit("hello"))
+            True
+            >>> _ = pool.shutdown()
+            >>> seen
+            ['hello']
+        """
+        check_seconds("timeout", timeout, allow_inf=True)
+        deadline = None
+        if timeout is not None and timeout < _ASUBMIT_FOREVER:
+            deadline = time.monotonic() + timeout
+        delay = _ASUBMIT_FIRST_DELAY
+        while True:
+            try:
+                return self.submit(item, 0)
+            except Full as exc:
+                if self.on_full != "block":
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    exc.args = (f"shard stayed full ({self.capacity} items) for {timeout} s",)
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _ASUBMIT_MAX_DELAY)
 
     @property
     def closed(self) -> bool:
@@ -316,10 +364,32 @@ class ShardedPool(PoolCore, Generic[T]):
         check_seconds("timeout", timeout, allow_inf=True)
         return bool(self._flush(timeout))
 
+    def snapshot(self) -> PoolMetrics:
+        """A snapshot of the counters and latency histograms: totals, merged latencies
+        (``queue_wait``, ``service_time``) and one ``ShardMetrics`` per shard, stamped
+        with ``taken_at`` (``time.monotonic()``). ``later - earlier`` gives a
+        ``MetricsDelta`` (counts and rates over the interval). Cheap enough to poll: no
+        lock, no pause of the workers (each field is exact, the set is not an atomic cut).
+        """
+        taken_at = time.monotonic()
+        shards = tuple(
+            ShardMetrics(
+                i,
+                *row,
+                queue_wait=Latency.from_histogram(*qw[1:]),
+                service_time=Latency.from_histogram(*st[1:]),
+            )
+            for i, (row, (qw, st)) in enumerate(
+                zip(self._shard_stats(), self._shard_latencies(), strict=True)
+            )
+        )
+        return PoolMetrics.from_shards(
+            shards, pool=self.name, taken_at=taken_at, pool_id=self._pool_id
+        )
+
     def metrics(self) -> PoolMetrics:
-        """A snapshot of the counters: totals and one ``ShardMetrics`` per shard."""
-        shards = tuple(ShardMetrics(i, *row) for i, row in enumerate(self._shard_stats()))
-        return PoolMetrics.from_shards(shards)
+        """The same as ``snapshot()``."""
+        return self.snapshot()
 
     def __enter__(self) -> ShardedPool[T]:
         return self

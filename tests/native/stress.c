@@ -34,6 +34,15 @@
  *             flush_done) checking that every value pushed before its request was handed
  *             over when the flush returns. Then exactly-once (bitmap, count, sum, xor),
  *             sum(stolen_in) == sum(stolen_out), no hold, idle bit or announcement left.
+ *   hist      a latency histogram (_hist.h): one writer records known values (spread over
+ *             the whole range and beyond it) while readers merge the buckets with relaxed
+ *             loads (count and max never go backwards, a merge never exceeds the final
+ *             count); then count, sum and max are exact, the buckets add up to the count,
+ *             every value lies within its bucket's [lo, hi], buckets tile [0, 2^40) and a
+ *             bucket is at most 1/128 of its lower bound wide.
+ *   (shard and sched also check the queue-wait stamps of _ring.h: every stamped index,
+ *   one per min(64, capacity) items, is recorded exactly once into the histogram of the
+ *   worker that took it, thefts included, while a reader merges those histograms.)
  *   all       every scenario above, in turn (ring and shard at several capacities).
  *
  * Exit status: 0 when every check passes, 1 on a failed check, 2 on bad usage,
@@ -50,6 +59,7 @@
 
 #include "shardflow/_atomic.h"
 #include "shardflow/_counters.h"
+#include "shardflow/_hist.h"
 #include "shardflow/_park.h"
 #include "shardflow/_pool.h"
 #include "shardflow/_ring.h"
@@ -444,6 +454,60 @@ static int scenario_ring(uint64_t capacity, int thief) {
     return atomic_load(&failures) == before;
 }
 
+/* ------------------------------------------------------------------ queue-wait stamps */
+
+/* Reader of the workers' queue-wait histograms while they record (TSan checks the
+ * relaxed single-writer protocol; the checks: counts and maxima never go backwards). */
+typedef struct hist_reader_ctx {
+    sf_shard *shards;
+    uint64_t nshards;
+    sf_atomic_int stop;
+    uint64_t reads;
+} hist_reader_ctx;
+
+static void *hist_reader(void *arg) {
+    hist_reader_ctx *c = arg;
+    uint64_t last_count[64] = {0}, last_max[64] = {0}; /* nshards <= 64 */
+    uint64_t *acc = xcalloc(SF_HIST_BUCKETS, sizeof(uint64_t));
+    while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
+        for (uint64_t i = 0; i < c->nshards; i++) {
+            sf_hist *h = &c->shards[i].qwait;
+            uint64_t n = sf_load_relaxed_u64(&h->count), mx = sf_load_relaxed_u64(&h->max_ns);
+            CHECK(n >= last_count[i], "stamps: shard %" PRIu64 " qwait count went back", i);
+            CHECK(mx >= last_max[i], "stamps: shard %" PRIu64 " qwait max went back", i);
+            last_count[i] = n;
+            last_max[i] = mx;
+            sf_hist_merge_into(h, acc);
+        }
+        c->reads++;
+        sf_thread_yield();
+    }
+    free(acc);
+    return NULL;
+}
+
+/* After the workers exited: each stamped index was recorded once, by whoever took it. */
+static void check_stamps(const char *who, sf_shard *shards, uint64_t nshards) {
+    uint64_t stamped = 0, recorded = 0;
+    for (uint64_t i = 0; i < nshards; i++) {
+        sf_ring *r = &shards[i].ring;
+        sf_hist *h = &shards[i].qwait;
+        uint64_t sum = 0;
+        stamped += (sf_ring_tail_index(r) + r->stamp_every - 1) / r->stamp_every;
+        recorded += sf_load_relaxed_u64(&h->count);
+        for (uint64_t b = 0; b < SF_HIST_BUCKETS; b++) sum += sf_load_relaxed_u64(&h->buckets[b]);
+        CHECK(sum == sf_load_relaxed_u64(&h->count),
+              "%s: shard %" PRIu64 ": buckets add up to %" PRIu64 ", count %" PRIu64, who, i, sum,
+              (uint64_t)sf_load_relaxed_u64(&h->count));
+        /* A wait longer than the watchdog's limit would be a garbage stamp. */
+        CHECK(sf_load_relaxed_u64(&h->max_ns) <= (uint64_t)opt.timeout_s * 1000000000u,
+              "%s: shard %" PRIu64 ": queue wait max %" PRIu64 " ns", who, i,
+              (uint64_t)sf_load_relaxed_u64(&h->max_ns));
+    }
+    CHECK(stamped == recorded, "%s: %" PRIu64 " stamped indices, %" PRIu64 " queue waits recorded",
+          who, stamped, recorded);
+}
+
 /* ------------------------------------------------------------------ (b) shard */
 
 typedef struct shard_ctx {
@@ -558,6 +622,7 @@ static int scenario_shard(uint64_t capacity) {
     watchdog_disarm();
 
     ledger_verify(&c.led, "shard");
+    check_stamps("shard", c.shard, 1);
     CHECK(sf_ring_finished(&c.shard->ring), "shard: worker finished but ring not finished");
     {
         void *one = (void *)(uintptr_t)1;
@@ -581,6 +646,99 @@ static int scenario_shard(uint64_t capacity) {
     sf_shard_destroy(c.shard);
     sf_shards_free(c.shard);
     sf_pool_destroy(&c.pool);
+    return atomic_load(&failures) == before;
+}
+
+
+/* ------------------------------------------------------------------ histogram */
+
+typedef struct hist_ctx {
+    sf_hist h;
+    uint64_t n;
+    sf_atomic_int done;
+} hist_ctx;
+
+static uint64_t hist_value(uint64_t i) {
+    /* Spread over every power of two up to 2^42 (beyond the last bucket), low bits mixed. */
+    uint64_t x = i * 0x9E3779B97F4A7C15ULL;
+    return (x >> 20) >> (x % 43);
+}
+
+static void *hist_writer(void *arg) {
+    hist_ctx *c = arg;
+    for (uint64_t i = 0; i < c->n; i++) sf_hist_record(&c->h, hist_value(i));
+    atomic_store_explicit(&c->done, 1, memory_order_release);
+    return NULL;
+}
+
+static void *hist_merger(void *arg) {
+    hist_ctx *c = arg;
+    uint64_t *acc = xcalloc(SF_HIST_BUCKETS, sizeof(uint64_t));
+    uint64_t last = 0;
+    for (;;) {
+        int done = atomic_load_explicit(&c->done, memory_order_acquire);
+        uint64_t n = sf_load_relaxed_u64(&c->h.count), total = 0;
+        CHECK(n >= last && n <= c->n, "hist: count %" PRIu64 " after %" PRIu64, n, last);
+        last = n;
+        memset(acc, 0, SF_HIST_BUCKETS * sizeof(uint64_t));
+        sf_hist_merge_into(&c->h, acc);
+        for (uint64_t b = 0; b < SF_HIST_BUCKETS; b++) total += acc[b];
+        CHECK(total <= c->n, "hist: merged %" PRIu64 " values of %" PRIu64, total, c->n);
+        if (done) break;
+        sf_thread_yield();
+    }
+    free(acc);
+    return NULL;
+}
+
+static int scenario_hist(void) {
+    hist_ctx c;
+    pthread_t w, r[2];
+    int before = atomic_load(&failures);
+    int64_t t0 = sf_now_ns();
+    uint64_t sum = 0, mx = 0, total = 0, prev_hi = 0;
+    memset(&c, 0, sizeof c);
+    if (sf_hist_init(&c.h)) {
+        fprintf(stderr, "sf_hist_init failed\n");
+        exit(2);
+    }
+    c.n = opt.ops;
+    atomic_init(&c.done, 0);
+    start(&r[0], hist_merger, &c);
+    start(&r[1], hist_merger, &c);
+    start(&w, hist_writer, &c);
+    join(w);
+    join(r[0]);
+    join(r[1]);
+    for (uint64_t i = 0; i < c.n; i++) {
+        uint64_t v = hist_value(i), idx = sf_hist_index(v), cv = v > SF_HIST_MAX_NS ? SF_HIST_MAX_NS : v;
+        sum += v;
+        if (v > mx) mx = v;
+        if (i < 100000)
+            CHECK(sf_hist_lo(idx) <= cv && cv <= sf_hist_hi(idx),
+                  "hist: %" PRIu64 " outside its bucket %" PRIu64 " [%" PRIu64 ", %" PRIu64 "]", v,
+                  idx, sf_hist_lo(idx), sf_hist_hi(idx));
+    }
+    for (uint64_t b = 0; b < SF_HIST_BUCKETS; b++) {
+        uint64_t lo = sf_hist_lo(b), hi = sf_hist_hi(b);
+        total += atomic_load(&c.h.buckets[b]);
+        CHECK(b == 0 ? lo == 0 : lo == prev_hi + 1, "hist: bucket %" PRIu64 " leaves a gap", b);
+        CHECK(hi >= lo && (lo < 256 || (hi - lo + 1) * 128 <= lo),
+              "hist: bucket %" PRIu64 " [%" PRIu64 ", %" PRIu64 "] too wide", b, lo, hi);
+        prev_hi = hi;
+    }
+    CHECK(prev_hi == SF_HIST_MAX_NS, "hist: buckets end at %" PRIu64, prev_hi);
+    CHECK(atomic_load(&c.h.count) == c.n && total == c.n,
+          "hist: count %" PRIu64 ", buckets %" PRIu64 ", recorded %" PRIu64,
+          (uint64_t)atomic_load(&c.h.count), total, c.n);
+    CHECK(atomic_load(&c.h.sum_ns) == sum, "hist: sum differs");
+    CHECK(atomic_load(&c.h.max_ns) == mx, "hist: max %" PRIu64 " != %" PRIu64,
+          (uint64_t)atomic_load(&c.h.max_ns), mx);
+    printf("hist      values=%" PRIu64 " buckets=%" PRIu64 " max=%" PRIu64 " %.2fs %s\n", c.n,
+           (uint64_t)SF_HIST_BUCKETS, mx, (double)(sf_now_ns() - t0) / 1e9,
+           atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    sf_hist_destroy(&c.h);
     return atomic_load(&failures) == before;
 }
 
@@ -1015,6 +1173,10 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
         start(&wt[i], sched_worker, &wa[i]);
     }
     start(&ft, sched_flusher, c);
+    hist_reader_ctx hr = {.shards = c->shards, .nshards = nshards, .reads = 0};
+    pthread_t hrt;
+    atomic_init(&hr.stop, 0);
+    start(&hrt, hist_reader, &hr);
     for (int i = 0; i < P; i++) {
         pa[i] = (sched_arg){c, i};
         start(&pt[i], sched_producer, &pa[i]);
@@ -1041,7 +1203,10 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
     CHECK(sf_pool_wait_idle(c->pool, -1) == 1, "sched: wait_idle after the workers exited");
     watchdog_disarm();
 
+    atomic_store_explicit(&hr.stop, 1, memory_order_release);
+    join(hrt);
     ledger_verify(&c->led, "sched");
+    check_stamps("sched", c->shards, nshards);
     uint64_t in = 0, out = 0;
     for (uint64_t i = 0; i < nshards; i++) {
         in += atomic_load(&c->shards[i].ctr.stolen_in);
@@ -1079,7 +1244,7 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
 
 static void usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s ring|shard|counters|pool|sched|all [--ops N] [--capacity C] [--producers P]\n"
+            "usage: %s ring|shard|counters|pool|sched|hist|all [--ops N] [--capacity C] [--producers P]\n"
             "          [--timeout SECONDS] [--seed X]\n",
             argv0);
     exit(2);
@@ -1158,6 +1323,10 @@ int main(int argc, char **argv) {
             scenario_sched(256, 4);
             opt.ops = ops;
         }
+    }
+    if (all || !strcmp(scenario, "hist")) {
+        known = 1;
+        scenario_hist();
     }
     if (!known) usage(argv[0]);
     int f = atomic_load(&failures);

@@ -1,0 +1,311 @@
+"""One stage of a ``shardflow.Pipeline``: its batch handler, its counters and its pool.
+
+A stage is a ``ShardedPool`` in list mode. Its handler applies the user's function to a
+whole batch and hands the outputs to the next stage with one ``submit_many`` (which blocks,
+GIL released, while the next stage is full: that is the backpressure). Nothing here runs
+per item except inside ``map``/``list``/``compress``/``chain`` calls over a batch.
+
+Exactly once, also when the function raises: outputs are collected with
+``out.extend(map(fn, it))``. ``list.extend`` keeps what it appended before an exception,
+and ``it`` is then positioned just after the failing item, so the failing item is
+``items[len(out)]`` and the loop resumes after it. No item is ever given to ``fn`` twice.
+
+Ordered pipelines move *units* instead of items: a unit ``(seq, count, values)`` stands
+for ``count`` consecutive source items starting at index ``seq``; each stage replaces
+``values`` with their outputs (fewer when filtered or failed, more after ``flat_map``), in
+order, and every unit reaches the pipeline's reorder buffer, which releases the units'
+values in ``seq`` order. A unit holds up to a stage batch of items, so ordering costs a
+little Python per unit, not per item.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterable
+from itertools import chain, compress
+from typing import Any
+
+from shardflow.metrics import PoolMetrics
+from shardflow.pool import ShardedPool
+
+__all__ = ["KINDS", "Stage", "apply_each"]
+
+#: Operators a stage can be; ``sink`` ends a pipeline.
+KINDS = ("map", "filter", "flat_map", "batch", "sink")
+
+#: Marks a failed item in ``apply_each``'s result (aligned with the inputs).
+FAILED: Any = object()
+
+#: Items a ShardedPool worker may hold privately beyond its ring (its drain buffer: the
+#: core's ``DRAIN_CHUNK``). Used only to state the memory bound of a pipeline.
+WORKER_DRAIN = 4096
+
+Emit = Callable[[list[Any]], object]
+DeadLetter = Callable[[Any, BaseException], object]
+
+
+def apply_each(
+    fn: Callable[[Any], Any], items: list[Any], fail: Callable[[int, BaseException], None]
+) -> tuple[list[Any], int]:
+    """``[fn(x) for x in items]`` calling ``fn`` exactly once per item; an item whose call
+    raises an ``Exception`` gets ``FAILED`` in the result and ``fail(index, exc)`` is
+    called. Returns ``(results aligned with items, number of failures)``."""
+    out: list[Any] = []
+    it = iter(items)
+    failures = 0
+    while True:
+        try:
+            out.extend(map(fn, it))
+            return out, failures
+        except Exception as exc:
+            failures += 1
+            fail(len(out), exc)
+            out.append(FAILED)
+
+
+def _as_list(fn: Callable[[Any], Iterable[Any]]) -> Callable[[Any], list[Any]]:
+    # flat_map: the expansion is materialized inside the call, so an error raised while
+    # iterating it is the item's error, attributed to the item, before any output escapes.
+    def expand(x: Any) -> list[Any]:
+        return list(fn(x))
+
+    return expand
+
+
+class Stage:
+    """A stage's configuration, counters and (once started) pool. Internal to Pipeline."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        fn: Callable[[Any], Any] | None,
+        *,
+        workers: int,
+        key: Callable[[Any], Hashable] | None,
+        capacity: int,
+        batch_size: int,
+        batch_timeout: float | None,
+        dead_letter: DeadLetter | list[Any] | None,
+        pool_options: dict[str, Any],
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.fn = fn
+        self.workers = workers
+        self.key = key
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.batch_timeout = batch_timeout
+        self.dead_letter = dead_letter
+        self.pool_options = pool_options
+        self.pool: ShardedPool[Any] | None = None
+        self.units = False  # set by the pipeline: this stage moves (seq, values) units
+        # Counters, updated once per batch under the lock (several workers may run the
+        # handler at once; on free-threaded builds `+=` is not atomic).
+        self.lock = threading.Lock()
+        self.received = 0
+        self.succeeded = 0
+        self.emitted = 0
+        self.filtered = 0
+        self.failed = 0
+        self.dead_lettered = 0
+        self.unsent = 0
+        self.errors: list[tuple[Any, BaseException]] = []
+        self.final_metrics: PoolMetrics | None = None
+
+    # ------------------------------------------------------------------ errors
+
+    def route_error(
+        self, item: Any, exc: BaseException, fail_fast: bool, record: Callable[..., None]
+    ) -> None:
+        """An item's function raised: fail fast records it (the pipeline stops its source
+        and raises the first one); continue sends it to the dead letter, else keeps it."""
+        if fail_fast:
+            with self.lock:
+                self.failed += 1
+                self.errors.append((item, exc))
+            record(exc, self.name)
+            return
+        dl = self.dead_letter
+        if dl is None:
+            with self.lock:
+                self.dead_lettered += 1
+                self.errors.append((item, exc))
+            return
+        try:
+            if isinstance(dl, list):
+                with self.lock:
+                    dl.append((item, exc))
+            else:
+                dl(item, exc)
+        except Exception as refused:
+            # The dead letter refused it: a failure, kept in the report, never dropped.
+            refused.__context__ = exc
+            with self.lock:
+                self.failed += 1
+                self.errors.append((item, refused))
+            return
+        with self.lock:
+            self.dead_lettered += 1
+
+    # ------------------------------------------------------------------ handlers
+
+    def make_handler(
+        self,
+        emit: Emit,
+        fail_fast: bool,
+        record: Callable[..., None],
+    ) -> Callable[[list[Any]], None]:
+        """The batch handler given to this stage's pool."""
+        if self.kind == "batch":
+            return self._batch_handler(emit, record)
+        assert self.fn is not None
+        fn = _as_list(self.fn) if self.kind == "flat_map" else self.fn
+        kind = self.kind
+        route = self.route_error
+
+        def hand_on(out: list[Any]) -> None:
+            self.hand_on(emit, out, record)
+
+        def outputs(items: list[Any]) -> tuple[list[Any], list[Any], int]:
+            """(flat outputs, per-item results with FAILED marks, failures) for a list."""
+
+            def fail(i: int, exc: BaseException) -> None:
+                route(items[i], exc, fail_fast, record)
+
+            res, nfail = apply_each(fn, items, fail)
+            if kind == "map":
+                flat = res if not nfail else [r for r in res if r is not FAILED]
+            elif kind == "filter":
+                if nfail:
+                    flat = [
+                        x for x, keep in zip(items, res, strict=True) if keep is not FAILED and keep
+                    ]
+                else:
+                    flat = list(compress(items, res))
+            elif kind == "flat_map":
+                flat = list(chain.from_iterable(r for r in res if r is not FAILED))
+            else:  # sink: the function's results are not passed on
+                flat = []
+            return flat, res, nfail
+
+        lock = self.lock
+
+        if not self.units:
+
+            def handle(batch: list[Any]) -> None:
+                n = len(batch)
+                flat, _, nfail = outputs(batch)
+                out = len(flat)
+                with lock:
+                    self.received += n
+                    if kind == "filter":
+                        self.succeeded += out
+                        self.filtered += n - nfail - out
+                    else:
+                        self.succeeded += n - nfail
+                    self.emitted += out
+                if flat:
+                    hand_on(flat)
+
+            return handle
+
+        def handle_units(batch: list[Any]) -> None:
+            # Units (seq, count, values): one pass of the function per unit's values, so
+            # the outputs of a unit stay in order and together.
+            units: list[Any] = []
+            n_in = n_fail = n_out = 0
+            for seq, count, values in batch:
+                flat, _, nfail = outputs(values)
+                units.append((seq, count, flat))
+                n_in += len(values)
+                n_fail += nfail
+                n_out += len(flat)
+            with lock:
+                self.received += n_in
+                if kind == "filter":
+                    self.succeeded += n_out
+                    self.filtered += n_in - n_fail - n_out
+                else:
+                    self.succeeded += n_in - n_fail
+                self.emitted += n_out
+            hand_on(units)
+
+        return handle_units
+
+    def hand_on(self, emit: Emit, out: list[Any], record: Callable[..., None]) -> None:
+        """Pass outputs to the next stage. If it refuses some (its ``key`` function raised,
+        or the pipeline was stopped), they are counted as ``unsent``, kept in ``errors``
+        and the error stops the pipeline like a fail-fast error: nothing vanishes."""
+        try:
+            emit(out)
+        except Exception as exc:
+            taken = list(getattr(exc, "unsent", ()))
+            submitted = getattr(exc, "submitted", 0)
+            lost = taken + out[submitted + len(taken) :]
+            # Counted in values, as `emitted` is (a unit holds one, or a list of them).
+            k = sum(len(u[2]) for u in lost) if self.units else len(lost)
+            with self.lock:
+                self.emitted -= k
+                self.unsent += k
+                self.errors.extend((x, exc) for x in lost)
+            record(exc, self.name)
+
+    def _batch_handler(
+        self, emit: Emit, record: Callable[..., None]
+    ) -> Callable[[list[Any]], None]:
+        lock = self.lock
+
+        def handle(batch: list[Any]) -> None:
+            # A copy: the pool recycles the list it hands us once we return.
+            group = list(batch)
+            with lock:
+                self.received += len(group)
+                self.succeeded += len(group)
+                self.emitted += 1
+            self.hand_on(emit, [group], record)
+
+        return handle
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(
+        self,
+        handler: Callable[[list[Any]], None],
+        on_error: Callable[[Any, BaseException], object],
+        prefix: str,
+        unit: int = 1,
+    ) -> None:
+        """Create the pool. ``unit``: items per unit of an ordered pipeline; the pool
+        counts units, so its batch size and capacity are the stage's divided by it."""
+        key = self.key
+        if key is not None and self.units:
+            user_key = key
+
+            def key(unit: Any) -> Hashable:
+                # Keyed ordered stages move one-item units: route by that item's key (by
+                # the first one after a flat_map; an emptied unit goes anywhere).
+                return user_key(unit[2][0]) if unit[2] else unit[0]
+
+        timeout = self.batch_timeout
+        if self.kind == "batch" and timeout is None:
+            # batch(size) without a timeout waits for full groups; only the end of the
+            # stream (close, which flushes) hands over a partial one. ~31 years.
+            timeout = 1e9
+        batch_size, capacity = self.batch_size, self.capacity
+        if self.units:
+            batch_size = max(1, batch_size // unit)
+            capacity = max(1, capacity // unit)
+        self.pool = ShardedPool(
+            handler,
+            workers=self.workers,
+            key=key,
+            capacity=capacity,
+            batch_size=batch_size,
+            batch_timeout=timeout,
+            lists=True,
+            on_error=on_error,
+            name=f"{prefix}-{self.name}",
+            **self.pool_options,
+        )

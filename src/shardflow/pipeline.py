@@ -1,0 +1,969 @@
+"""``Pipeline``: stages of sharded pools connected by bounded rings.
+
+``Pipeline(source).map(f).filter(p).flat_map(g).batch(100).sink(h)`` builds a chain of
+stages; each stage is a ``ShardedPool`` whose handler applies its function to a batch and
+hands the outputs to the next stage with one ``submit_many``. A full stage blocks the one
+before it (GIL released), up to the source: backpressure runs end to end, and the items
+in flight are bounded by the stages' capacities (``Pipeline.max_in_flight()``), however
+fast the source is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Generic, Literal, TypeVar, cast
+
+from shardflow._guard import dead_letter_target, guard
+from shardflow._stage import WORKER_DRAIN, DeadLetter, Stage
+from shardflow._validate import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_instance,
+    check_int,
+    check_seconds,
+    check_str,
+)
+from shardflow.breaker import CircuitBreaker
+from shardflow.errors import Closed
+from shardflow.limiter import Limiter
+from shardflow.metrics import PoolMetrics
+from shardflow.pool import MAX_CAPACITY
+from shardflow.ratelimiter import RateLimiter
+from shardflow.retry import Retry
+
+__all__ = [
+    "DEFAULT_STAGE_BATCH",
+    "DEFAULT_STAGE_CAPACITY",
+    "Pipeline",
+    "PipelineReport",
+    "StageReport",
+]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+#: Per-shard ring capacity of a stage when neither the stage nor the pipeline gives one.
+#: Smaller than ShardedPool's default: a pipeline holds several rings, and its memory bound
+#: is their sum.
+DEFAULT_STAGE_CAPACITY = 8192
+#: Items a stage's handler gets per call. Large, because the stage's per-batch Python
+#: (counters, one submit_many) is paid once per batch; under the GIL that is what decides
+#: the throughput of cheap functions.
+DEFAULT_STAGE_BATCH = 512
+#: Items the source hands to the first stage per ``submit_many`` (and how often the
+#: feeding loop looks at the stop flag).
+SOURCE_CHUNK = 1024
+#: Batches the result channel holds (iteration): the iterator's share of the bound.
+CHANNEL_BATCHES = 8
+#: Blocking waits of the pipeline itself (window, channel) wake this often (s) to look at
+#: the stop flag; Ctrl-C interrupts them at once anyway.
+POLL = 0.05
+
+_END: Any = object()
+_ERRORS = ("fail_fast", "continue")
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What one stage did. Exact once the pipeline finished:
+
+    ``received == succeeded + filtered + failed + dead_lettered``
+
+    ``emitted`` counts what the stage passed on: equal to ``succeeded`` for ``map`` and
+    ``filter``; for ``flat_map`` the sum of the expansions of the ``succeeded`` items (0
+    to many each); for ``batch`` the number of groups, holding ``succeeded`` items in
+    all; 0 for ``sink``. Each stage's ``emitted`` is the next stage's ``received`` (for
+    ``batch``, the groups are the next stage's items).
+
+    ``failed``: items whose function raised with ``errors="fail_fast"``, or whose dead
+    letter refused them. ``dead_lettered``: with ``errors="continue"``, items handed to
+    the stage's dead letter, or kept in ``errors`` when the stage has none. ``errors``
+    holds ``(item, exception)`` for every failed item and every dead-lettered item kept
+    in the report.
+
+    ``unsent``: outputs the next stage refused because its ``key`` function raised (the
+    error then stops the pipeline as a fail-fast error does, whatever ``errors`` says);
+    they are in ``errors`` too (with ``ordered=True`` as the ``(seq, count, values)``
+    runs that were refused), and not in ``emitted``.
+    """
+
+    name: str
+    kind: str
+    received: int
+    succeeded: int
+    emitted: int
+    filtered: int
+    failed: int
+    dead_lettered: int
+    errors: tuple[tuple[Any, BaseException], ...]
+    metrics: PoolMetrics
+    unsent: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        """``received == succeeded + filtered + failed + dead_lettered``."""
+        return self.received == self.succeeded + self.filtered + self.failed + self.dead_lettered
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    """What a pipeline run did: the source, every stage, and the results.
+
+    ``source_items`` is how many items the source yielded (all of them reach the first
+    stage: ``stages[0].received == source_items``); ``source_error`` is the exception the
+    source raised, if any. ``results`` counts the items the last non-sink stage passed on
+    (to the sink, to the iterator, or, for ``run()`` without a sink, counted and
+    dropped). ``stopped_early`` is True when a fail-fast error stopped the source.
+    ``source_unsent``: items the first stage refused because its ``key`` function raised
+    (that error is raised); ``stages[0].received == source_items - source_unsent``.
+    """
+
+    source_items: int
+    source_error: BaseException | None
+    stages: tuple[StageReport, ...]
+    results: int
+    elapsed: float
+    stopped_early: bool
+    source_unsent: int = 0
+
+    def stage(self, name: str) -> StageReport:
+        """The report of the stage called ``name``."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def balanced(self) -> bool:
+        """Every stage balanced, and each stage received what the one before emitted."""
+        upstream = self.source_items - self.source_unsent
+        for s in self.stages:
+            if not s.balanced or s.received != upstream:
+                return False
+            upstream = s.emitted
+        return True
+
+
+class Pipeline(Generic[T]):
+    """Stages of sharded worker pools, connected by bounded rings, fed by an iterable.
+
+    Build it with ``map``, ``filter``, ``flat_map``, ``batch`` and optionally ``sink``
+    (each returns the pipeline), then either ``run()`` it to the end, which returns a
+    ``PipelineReport``, or iterate over it (``for`` or ``async for``) to get the results.
+    A pipeline runs once.
+
+    Every stage is a ``ShardedPool`` (``workers`` threads, one bounded ring each); its
+    handler applies the stage's function to a batch and hands the outputs to the next
+    stage with one ``submit_many``, which waits while the next stage is full. So the
+    source is read only as fast as the slowest stage goes, and at most
+    ``max_in_flight()`` items are inside the pipeline at once.
+
+    Args:
+        source: any iterable; it is read from one thread (the caller's for ``run()``, a
+            feeder thread when iterating).
+        ordered: yield (and sink) results in source order. Runs of consecutive items
+            (units of up to the smallest stage ``batch_size``; of one item when a stage
+            has a ``key``) carry their source index through the stages, and a reorder
+            buffer releases them in order; the source may not run more than ``window``
+            items ahead of the oldest unfinished one. Default: completion order. Within a
+            stage with a ``key``, items of one key keep their order either way, as in
+            ``ShardedPool``.
+        window: the reorder window of ``ordered=True`` (items); default 8192.
+        errors: ``"fail_fast"`` (default): the first exception raised by a stage's
+            function (or by the source) stops the source, lets what is already inside
+            drain, and is raised, with its traceback, from ``run()`` or the iterator; it
+            carries the report as ``pipeline_report``. ``"continue"``: a failing item
+            goes to its stage's dead letter (a callable ``(item, exc)``, a list, or a
+            queue with ``put_nowait``), else is kept in the report; the pipeline goes on.
+        capacity: default per-shard ring capacity of the stages.
+        source_chunk: items read from the source per hand-off to the first stage
+            (default 1024). A chunk is handed over once it is full or the source ends,
+            so for a source that yields slowly (a socket, a queue) pass a small value,
+            down to 1, to let each item in as soon as it is yielded.
+        name: prefix of the stages' thread names.
+
+    Stage arguments (``map``, ``filter``, ``flat_map``, ``sink``): ``workers`` (default
+    1: under the GIL more workers help only functions that release it), ``key``,
+    ``capacity``, ``batch_size`` (items per handler call), ``batch_timeout``, the guards
+    ``breaker``, ``limiter``, ``rate_limiter``, ``retry`` (applied per item, as in
+    ``ShardedPool``), ``dead_letter`` and ``name``.
+
+    Ctrl-C (``KeyboardInterrupt``) during ``run()`` or iteration stops the pipeline at
+    once: the source is no longer read, queued items are dropped, and the exception
+    propagates. ``metrics()`` gives each stage's ``PoolMetrics``.
+
+    Example:
+        >>> import shardflow
+        >>> p = shardflow.Pipeline(range(10)).map(lambda x: x * x).filter(lambda x: x % 2)
+        >>> sorted(p)
+        [1, 9, 25, 49, 81]
+        >>> p.report.stage("filter-2").filtered
+        5
+    """
+
+    def __init__(
+        self,
+        source: Iterable[T],
+        *,
+        ordered: bool = False,
+        window: int | None = None,
+        errors: Literal["fail_fast", "continue"] = "fail_fast",
+        capacity: int | None = None,
+        source_chunk: int = SOURCE_CHUNK,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(source, Iterable):
+            raise TypeError(f"source must be an iterable, got {source!r} ({type(source).__name__})")
+        check_bool("ordered", ordered)
+        if window is None:
+            window = 8192
+        check_int("window", window, lo=1, hi=MAX_CAPACITY)
+        check_choice("errors", errors, _ERRORS)
+        if capacity is None:
+            capacity = DEFAULT_STAGE_CAPACITY
+        check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
+        check_int("source_chunk", source_chunk, lo=1, hi=1 << 20)
+        check_str("name", name)
+        self._source: Iterable[Any] = source
+        self.source_chunk = source_chunk
+        self.ordered = ordered
+        self.window = window
+        self.errors: str = errors
+        self.capacity = capacity
+        self.name = name or "Pipeline"
+        self._stages: list[Stage] = []
+        self._started = False
+        self._has_sink = False
+        #: The report of the finished run (also after iteration); None before.
+        self.report: PipelineReport | None = None
+        # Run state.
+        self._stop = threading.Event()
+        self._aborted = False
+        self._err_lock = threading.Lock()
+        self._first_error: BaseException | None = None
+        self._source_items = 0
+        self._source_unsent = 0
+        self._source_error: BaseException | None = None
+        self._results = 0
+        self._results_lock = threading.Lock()
+        self._t0 = 0.0
+        # Ordered mode: the reorder buffer and the window the source waits on.
+        self._order = threading.Condition()
+        self._pending: dict[int, Any] = {}
+        self._unit = 1
+        self._released = 0
+        self._final: Callable[[list[Any]], object] = self._count_results
+
+    # ------------------------------------------------------------------ building
+
+    def _add(
+        self,
+        kind: str,
+        fn: Callable[[Any], Any] | None,
+        *,
+        workers: int,
+        key: Callable[[Any], Hashable] | None,
+        capacity: int | None,
+        batch_size: int,
+        batch_timeout: float | None,
+        breaker: CircuitBreaker | None = None,
+        limiter: Limiter | None = None,
+        rate_limiter: RateLimiter | None = None,
+        retry: Retry | None = None,
+        dead_letter: DeadLetter | list[Any] | Any | None = None,
+        name: str | None = None,
+    ) -> None:
+        if self._started:
+            raise RuntimeError(f"{self.name}: cannot add a stage to a pipeline that started")
+        if self._has_sink:
+            raise ValueError(f"{self.name}: sink() ends the pipeline; no stage can follow it")
+        if self.ordered and kind != "sink" and self._stages and self._stages[-1].kind == "batch":
+            # Groups are cut in order from the reorder buffer; a stage after them would
+            # need a second one.
+            raise ValueError(
+                f"{self.name}: with ordered=True only sink() can follow batch(); "
+                "use ordered=False, or group the ordered results yourself"
+            )
+        if fn is not None:
+            check_callable("fn", fn)
+        check_int("workers", workers, lo=1, hi=4096)
+        check_callable("key", key, optional=True)
+        if capacity is None:
+            capacity = self.capacity
+        check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
+        check_int("batch_size", batch_size, lo=1, hi=1 << 20)
+        check_seconds("batch_timeout", batch_timeout)
+        check_instance("breaker", breaker, CircuitBreaker)
+        check_instance("limiter", limiter, Limiter)
+        check_instance("rate_limiter", rate_limiter, RateLimiter)
+        check_instance("retry", retry, Retry)
+        check_str("name", name)
+        dl: DeadLetter | list[Any] | None
+        if dead_letter is None or isinstance(dead_letter, list):
+            dl = dead_letter
+        else:
+            dl = dead_letter_target(dead_letter)
+        if name is None:
+            name = f"{kind}-{len(self._stages) + 1}"
+        if any(s.name == name for s in self._stages):
+            raise ValueError(f"name must be unique among the stages, got {name!r} twice")
+        if fn is not None:
+            fn = guard(fn, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry)
+        self._stages.append(
+            Stage(
+                kind,
+                name,
+                fn,
+                workers=workers,
+                key=key,
+                capacity=capacity,
+                batch_size=batch_size,
+                batch_timeout=batch_timeout,
+                dead_letter=dl,
+                pool_options={},
+            )
+        )
+
+    def map(
+        self,
+        fn: Callable[[T], U],
+        *,
+        workers: int = 1,
+        key: Callable[[T], Hashable] | None = None,
+        capacity: int | None = None,
+        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        limiter: Limiter | None = None,
+        rate_limiter: RateLimiter | None = None,
+        retry: Retry | None = None,
+        dead_letter: DeadLetter | list[Any] | Any | None = None,
+        name: str | None = None,
+    ) -> Pipeline[U]:
+        """Add a stage that passes on ``fn(item)`` for every item.
+
+        Example:
+            >>> import shardflow
+            >>> list(shardflow.Pipeline([1, 2, 3]).map(str, name="as-text"))
+            ['1', '2', '3']
+        """
+        self._add(
+            "map",
+            fn,
+            workers=workers,
+            key=key,
+            capacity=capacity,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+            breaker=breaker,
+            limiter=limiter,
+            rate_limiter=rate_limiter,
+            retry=retry,
+            dead_letter=dead_letter,
+            name=name,
+        )
+        return cast("Pipeline[U]", self)
+
+    def filter(
+        self,
+        pred: Callable[[T], object],
+        *,
+        workers: int = 1,
+        key: Callable[[T], Hashable] | None = None,
+        capacity: int | None = None,
+        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_timeout: float | None = None,
+        dead_letter: DeadLetter | list[Any] | Any | None = None,
+        name: str | None = None,
+    ) -> Pipeline[T]:
+        """Add a stage that passes on the items for which ``pred(item)`` is true; the
+        others count as ``filtered``.
+
+        Example:
+            >>> import shardflow
+            >>> sorted(shardflow.Pipeline(range(6)).filter(lambda x: x % 3 == 0))
+            [0, 3]
+        """
+        self._add(
+            "filter",
+            pred,
+            workers=workers,
+            key=key,
+            capacity=capacity,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+            dead_letter=dead_letter,
+            name=name,
+        )
+        return self
+
+    def flat_map(
+        self,
+        fn: Callable[[T], Iterable[U]],
+        *,
+        workers: int = 1,
+        key: Callable[[T], Hashable] | None = None,
+        capacity: int | None = None,
+        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        limiter: Limiter | None = None,
+        rate_limiter: RateLimiter | None = None,
+        retry: Retry | None = None,
+        dead_letter: DeadLetter | list[Any] | Any | None = None,
+        name: str | None = None,
+    ) -> Pipeline[U]:
+        """Add a stage that passes on every element of ``fn(item)`` (zero or more per
+        item). The iterable is consumed inside the item's call, so an exception raised
+        while iterating it fails that item and none of its elements are passed on.
+
+        Example:
+            >>> import shardflow
+            >>> sorted(shardflow.Pipeline([1, 2]).flat_map(lambda x: [x] * x))
+            [1, 2, 2]
+        """
+        self._add(
+            "flat_map",
+            fn,
+            workers=workers,
+            key=key,
+            capacity=capacity,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+            breaker=breaker,
+            limiter=limiter,
+            rate_limiter=rate_limiter,
+            retry=retry,
+            dead_letter=dead_letter,
+            name=name,
+        )
+        return cast("Pipeline[U]", self)
+
+    def batch(
+        self,
+        size: int,
+        timeout: float | None = None,
+        *,
+        capacity: int | None = None,
+        name: str | None = None,
+    ) -> Pipeline[list[T]]:
+        """Add a stage that groups items into lists of ``size`` (the last one may be
+        shorter). With ``timeout`` a partial group is passed on once its first item has
+        waited that long (seconds); without, only the end of the stream cuts one short.
+        One worker. With ``ordered=True`` the groups are cut in source order; only
+        ``sink()`` may follow then.
+
+        Example:
+            >>> import shardflow
+            >>> list(shardflow.Pipeline(range(5)).batch(2))
+            [[0, 1], [2, 3], [4]]
+        """
+        check_int("size", size, lo=1, hi=1 << 20)
+        check_seconds("timeout", timeout, positive=True)
+        self._add(
+            "batch",
+            None,
+            workers=1,
+            key=None,
+            capacity=capacity,
+            batch_size=size,
+            batch_timeout=timeout,
+            name=name,
+        )
+        return cast("Pipeline[list[T]]", self)
+
+    def sink(
+        self,
+        fn: Callable[[T], object],
+        *,
+        workers: int = 1,
+        key: Callable[[T], Hashable] | None = None,
+        capacity: int | None = None,
+        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        limiter: Limiter | None = None,
+        rate_limiter: RateLimiter | None = None,
+        retry: Retry | None = None,
+        dead_letter: DeadLetter | list[Any] | Any | None = None,
+        name: str | None = None,
+    ) -> Pipeline[T]:
+        """End the pipeline with a stage that calls ``fn(item)`` for every item and passes
+        nothing on; ``run()`` it. With ``ordered=True`` and one worker, ``fn`` sees the
+        items in source order.
+
+        Example:
+            >>> import shardflow
+            >>> seen = []
+            >>> shardflow.Pipeline(range(3)).sink(seen.append).run().results
+            3
+            >>> seen
+            [0, 1, 2]
+        """
+        self._add(
+            "sink",
+            fn,
+            workers=workers,
+            key=key,
+            capacity=capacity,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+            breaker=breaker,
+            limiter=limiter,
+            rate_limiter=rate_limiter,
+            retry=retry,
+            dead_letter=dead_letter,
+            name=name,
+        )
+        self._has_sink = True
+        return self
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages' names, in order."""
+        return tuple(s.name for s in self._stages)
+
+    def max_in_flight(self) -> int:
+        """An upper bound on the items inside the pipeline at any moment (source items
+        taken and not yet through the last stage, counted per stage). Per stage and
+        worker: its ring (capacity rounded up to a power of two), its private drain
+        buffer and batch, and one batch of outputs being handed on; plus the source's
+        chunk, the result channel (iteration) and, ordered, the reorder window. A
+        ``flat_map`` multiplies what follows it by its expansion."""
+        largest = max([s.batch_size for s in self._stages] + [self.source_chunk])
+        tail = self._tail_start()
+        if self.ordered:
+            # Before the reorder buffer the window bounds everything; a release hands on
+            # up to a window's worth of items at once.
+            largest = max(largest, self.window)
+        total = self.source_chunk + CHANNEL_BATCHES * largest
+        for i, s in enumerate(self._stages):
+            if self.ordered and i < tail:
+                continue
+            ring = 1
+            while ring < s.capacity:
+                ring <<= 1
+            total += s.workers * (ring + WORKER_DRAIN + 2 * s.batch_size)
+        if self.ordered:
+            total += self.window
+        return total
+
+    def _tail_start(self) -> int:
+        """Index of the first stage that takes plain values in order: the sink, and with
+        ordered=True a batch() right before it (or at the end)."""
+        stages = self._stages
+        tail = len(stages)
+        if tail and stages[tail - 1].kind == "sink":
+            tail -= 1
+        if self.ordered and tail and stages[tail - 1].kind == "batch":
+            tail -= 1
+        return tail
+
+    def metrics(self) -> dict[str, PoolMetrics]:
+        """Each started stage's ``PoolMetrics`` (see ``ShardedPool.metrics()``), by stage
+        name, in order; empty before the pipeline starts. With ``ordered=True`` the pools
+        of the stages before the reorder buffer move units (runs of items), and count
+        those; ``StageReport`` counts items."""
+        out: dict[str, PoolMetrics] = {}
+        for s in self._stages:
+            if s.pool is not None:
+                out[s.name] = s.pool.metrics()
+            elif s.final_metrics is not None:
+                out[s.name] = s.final_metrics
+        return out
+
+    def __repr__(self) -> str:
+        chain_ = " -> ".join(self.stage_names) or "(no stages)"
+        return f"<Pipeline {self.name!r} {chain_} ordered={self.ordered} errors={self.errors!r}>"
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> PipelineReport:
+        """Drive the pipeline to the end in this thread; return the report.
+
+        Results of the last stage go to the sink, or are counted and dropped when there
+        is none (iterate instead to get them). With ``errors="fail_fast"`` the first
+        error is raised here once what was inside has drained. Ctrl-C stops the
+        pipeline and raises ``KeyboardInterrupt``.
+        """
+        self._begin(self._count_results)
+        try:
+            self._feed()
+            self._drain()
+        except BaseException:
+            self._abort()
+            raise
+        return self._finish()
+
+    def __iter__(self) -> Iterator[T]:
+        """Run the pipeline (the source is read by a feeder thread) and yield the results
+        as they come out of the last stage. Leaving the loop early stops the pipeline.
+        The report is in ``self.report`` afterwards."""
+        return self._iterate()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        """``async for``: as ``for``, but every wait for results runs in a worker thread
+        (``asyncio.to_thread``), so the event loop is never blocked."""
+        return self._aiterate()
+
+    def _iterate(self) -> Iterator[T]:
+        chan = self._open_channel()
+        done = False
+        try:
+            while True:
+                got = self._next_batch(chan)
+                if got is _END:
+                    break
+                yield from got
+            done = True
+        finally:
+            if not done:
+                self._abort()
+        self._close_channel()
+        self._finish()
+
+    async def _aiterate(self) -> AsyncIterator[T]:
+        chan = self._open_channel()
+        done = False
+        try:
+            while True:
+                try:
+                    got = chan.get_nowait()
+                except queue.Empty:
+                    got = await asyncio.to_thread(self._next_batch, chan)
+                if got is _END:
+                    break
+                for item in got:
+                    yield item
+            done = True
+        finally:
+            if not done:
+                self._abort()
+        await asyncio.to_thread(self._close_channel)
+        self._finish()
+
+    # ------------------------------------------------------------------ internals
+
+    def _begin(self, final: Callable[[list[Any]], object]) -> None:
+        if self._started:
+            raise RuntimeError(f"{self.name}: a pipeline runs once; build a new one")
+        self._started = True
+        self._t0 = time.perf_counter()
+        stages = self._stages
+        # The tail takes plain values: the sink, and with ordered=True a batch() right
+        # before it (or at the end), which must see values in order to cut groups in
+        # order. Ordered: the stages before the tail move (seq, value) units into the
+        # reorder buffer, which releases values in order to the tail / the channel / the
+        # counter, from one thread at a time (single producer, one-worker FIFO stages).
+        tail = self._tail_start()
+        self._tail = tail
+        body = stages[:tail]
+        if self.ordered:
+            for s in body:
+                s.units = True
+        # Items per unit: a stage batch (so a unit is one handler call's worth), or 1 when
+        # a stage routes by key (a unit goes to one shard, and keys differ per item).
+        unit = 1
+        if self.ordered and body and not any(st.key is not None for st in body):
+            unit = max(1, min([self.source_chunk, self.window] + [st.batch_size for st in body]))
+        self._unit = unit
+        fail_fast = self.errors == "fail_fast"
+        # Start from the end, so that each handler knows where its outputs go.
+        emit: Callable[[list[Any]], object] = final
+        for i, s in reversed(list(enumerate(stages))):
+            if i == tail - 1:
+                self._final = emit
+                if self.ordered:
+                    emit = self._reorder
+            s.start(
+                s.make_handler(_discard if s.kind == "sink" else emit, fail_fast, self._record),
+                self._internal_error(s),
+                self.name,
+                unit,
+            )
+            assert s.pool is not None
+            emit = s.pool.submit_many
+        if tail == 0:
+            self._final = emit
+        self._entry = emit
+
+    def _feed(self) -> None:
+        """Read the source into the first stage, in chunks, until it ends or the pipeline
+        stops (a fail-fast error, Ctrl-C)."""
+        target = self._entry
+        units = self.ordered and any(s.units for s in self._stages)
+        unit = self._unit
+        window = self.window
+        order = self._order
+        stop = self._stop
+        seq = 0
+        try:
+            it = iter(self._source)
+        except Exception as exc:
+            self._source_failed(exc)
+            return
+        while not stop.is_set():
+            n = self.source_chunk
+            if units:
+                # The window: at most `window` items ahead of the oldest unreleased one.
+                # Read without the lock (one int, written by the reorder buffer): the
+                # buffer may hold the lock while it waits for room in the sink.
+                room = window - (seq - self._released)
+                if room <= 0:
+                    with order:
+                        room = window - (seq - self._released)
+                        while room <= 0 and not stop.is_set():
+                            order.wait(POLL)
+                            room = window - (seq - self._released)
+                if room <= 0:
+                    break
+                n = min(n, room)
+            chunk: list[Any] = []
+            failed = False
+            try:
+                chunk.extend(islice(it, n))
+            except Exception as exc:
+                # What the source yielded before it raised still goes through.
+                self._source_failed(exc)
+                failed = True
+            if not chunk:
+                break
+            self._source_items += len(chunk)
+            got = len(chunk)
+            if units:
+                # (seq, count, values): `unit` consecutive items per unit.
+                chunk = [
+                    (seq + i, len(part), part)
+                    for i in range(0, got, unit)
+                    for part in (chunk[i : i + unit],)
+                ]
+                seq += got
+            try:
+                target(chunk)
+            except Exception as exc:
+                if self._aborted:
+                    raise
+                # The first stage's key function raised: what it refused is counted as
+                # unsent, and the error stops the pipeline (see StageReport.unsent).
+                taken = list(getattr(exc, "unsent", ()))
+                lost = taken + chunk[getattr(exc, "submitted", 0) + len(taken) :]
+                self._source_unsent += sum(u[1] for u in lost) if units else len(lost)
+                self._record(exc, "source")
+                break
+            if failed or got < n:
+                break
+
+    def _drain(self) -> None:
+        """The source ended: close each stage once the one before it finished, in order,
+        so that every item already inside is handled."""
+        for i, s in enumerate(self._stages):
+            if i == self._tail and self.ordered:
+                self._release_leftovers()
+            assert s.pool is not None
+            s.pool.close()
+            s.pool.join()
+        if self.ordered and self._tail == len(self._stages):
+            self._release_leftovers()
+
+    def _release_leftovers(self) -> None:
+        # Every unit reaches the buffer unless a stage could not hand it on (an error,
+        # recorded); release what is left in seq order so that nothing stays behind.
+        with self._order:
+            pend = self._pending
+            out: list[Any] = []
+            for seq in sorted(pend):
+                out += pend.pop(seq)[2]
+            if out:
+                self._final(out)
+
+    def _reorder(self, units: list[Any]) -> None:
+        """Take the units the last stage finished; release the values of every unit now
+        complete, in seq order. Called by that stage's workers."""
+        with self._order:
+            pend = self._pending
+            for u in units:
+                pend[u[0]] = u
+            nxt = self._released
+            out: list[Any] = []
+            while nxt in pend:
+                u = pend.pop(nxt)
+                out += u[2]
+                nxt += u[1]
+            if nxt == self._released:
+                return
+            self._released = nxt
+            self._order.notify_all()
+            # Under the lock, so that releases reach the next step in order.
+            if out:
+                self._final(out)
+
+    def _count_results(self, values: list[Any]) -> None:
+        with self._results_lock:
+            self._results += len(values)
+
+    def _record(self, exc: BaseException, where: str) -> None:
+        """A fail-fast error: remember the first, stop the source."""
+        with self._err_lock:
+            if self._first_error is None:
+                self._first_error = exc
+        # No notify of the window condition here: this runs in stage handlers, and the
+        # reorder buffer may hold that lock while it waits for room in the sink (whose
+        # handler may be the caller). The source sees the flag within POLL seconds.
+        self._stop.set()
+
+    def _source_failed(self, exc: BaseException) -> None:
+        self._source_error = exc
+        if self.errors == "fail_fast":
+            self._record(exc, "source")
+
+    def _internal_error(self, stage: Stage) -> Callable[[Any, BaseException], None]:
+        """on_error of a stage's pool: the handler itself raised (the next stage refused
+        the outputs, or a bug). After an abort that is expected and ignored; otherwise the
+        batch counts as failed and the error is raised like a fail-fast error."""
+
+        def on_error(batch: Any, exc: BaseException) -> None:
+            if self._aborted:
+                return
+            with stage.lock:
+                stage.failed += len(batch) if isinstance(batch, list) else 1
+                stage.errors.append((batch, exc))
+            self._record(exc, stage.name)
+
+        return on_error
+
+    def _abort(self) -> None:
+        """Stop everything now (Ctrl-C, an iterator left early): stop reading the source,
+        drop what is queued, wake every wait. Workers finish the call they are in."""
+        self._aborted = True
+        self._stop.set()
+        for s in self._stages:
+            if s.pool is not None:
+                try:
+                    s.pool.shutdown(wait=False, cancel=True)
+                except Exception:
+                    pass
+
+    def _finish(self) -> PipelineReport:
+        stages = []
+        for s in self._stages:
+            assert s.pool is not None
+            m = s.pool.metrics()
+            s.final_metrics = m
+            with s.lock:
+                stages.append(
+                    StageReport(
+                        name=s.name,
+                        kind=s.kind,
+                        received=s.received,
+                        succeeded=s.succeeded,
+                        emitted=s.emitted,
+                        filtered=s.filtered,
+                        failed=s.failed,
+                        dead_lettered=s.dead_lettered,
+                        errors=tuple(s.errors),
+                        metrics=m,
+                        unsent=s.unsent,
+                    )
+                )
+        last = [s for s in stages if s.kind != "sink"]
+        if self._has_sink:
+            results = stages[-1].received
+        elif last:
+            results = last[-1].emitted
+        else:
+            results = self._source_items
+        report = PipelineReport(
+            source_items=self._source_items,
+            source_error=self._source_error,
+            stages=tuple(stages),
+            results=results,
+            elapsed=time.perf_counter() - self._t0,
+            stopped_early=self._first_error is not None,
+            source_unsent=self._source_unsent,
+        )
+        self.report = report
+        err = self._first_error
+        if err is not None:
+            try:
+                err.pipeline_report = report  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+            raise err
+        return report
+
+    # ------------------------------------------------------------------ iteration
+
+    def _open_channel(self) -> queue.Queue[Any]:
+        if self._has_sink:
+            raise ValueError(
+                f"{self.name}: a pipeline that ends with sink() has no results to iterate; "
+                "call run()"
+            )
+        # Bounded in batches: each put is one list of results, so the per-item cost of
+        # the hand-off to the caller's thread is a fraction of one queue operation.
+        chan: queue.Queue[Any] = queue.Queue(maxsize=CHANNEL_BATCHES)
+
+        def put(values: list[Any]) -> None:
+            # The results go to the counter too, then to the caller; waits poll the abort
+            # flag so that a consumer that left never leaves a worker blocked here.
+            while not self._aborted:
+                try:
+                    chan.put(values, timeout=POLL)
+                    return
+                except queue.Full:
+                    continue
+
+        self._begin(put)
+        self._feeder = threading.Thread(
+            target=self._feed_all, args=(chan,), name=f"{self.name}-source", daemon=True
+        )
+        self._feeder.start()
+        return chan
+
+    def _feed_all(self, chan: queue.Queue[Any]) -> None:
+        """The feeder thread of an iterated pipeline: source, drain, end marker."""
+        try:
+            self._feed()
+            self._drain()
+        except Closed:
+            if not self._aborted:
+                raise
+        except BaseException as exc:
+            if not self._aborted:
+                # Unexpected (the source's own errors are handled in _feed): raise it
+                # from the iterator and stop the stages, which were not drained.
+                self._record(exc, "feeder")
+                self._abort()
+        finally:
+            while not self._aborted:
+                try:
+                    chan.put(_END, timeout=POLL)
+                    break
+                except queue.Full:
+                    continue
+
+    def _next_batch(self, chan: queue.Queue[Any]) -> Any:
+        """The next list of results, or _END; waits in slices (Ctrl-C works, an abort
+        ends the wait)."""
+        while True:
+            try:
+                return chan.get(timeout=POLL)
+            except queue.Empty:
+                if self._aborted:
+                    return _END
+
+    def _close_channel(self) -> None:
+        self._feeder.join()
+
+
+def _discard(values: list[Any]) -> None:
+    """Where a sink's (empty) outputs go."""
