@@ -4,14 +4,29 @@ refuses bad options the argparse way. No timing is asserted: figures depend on t
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from shardflow._bench import CONTENDERS, REUSE_CONTENDERS, STEAL_COST_CONTENDERS, steal_contenders
+from shardflow._bench import (
+    CONTENDERS,
+    REUSE_CONTENDERS,
+    SECTIONS,
+    STEAL_COST_CONTENDERS,
+    SWEEP_BATCHES,
+    SWEEP_SERIES,
+    SWEEP_WORKERS,
+    BenchContext,
+    SectionResult,
+    Target,
+    run_bench,
+    steal_contenders,
+)
 
 RATIOS = ("vs_simplequeue", "vs_tpe", "vs_bare_loop")
 
@@ -28,9 +43,11 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = _run("bench", "--quick", "--json", str(out))
+    chart = tmp_path / "bench.png"
+    proc = _run("bench", "--quick", "--json", str(out), "--chart", str(chart))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert f"wrote {out}" in proc.stdout and f"wrote {chart}" in proc.stdout
 
     # The table: a header naming the ratio columns and one row per contender.
     assert "items/s" in proc.stdout
@@ -101,6 +118,18 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert off["lists_allocated"] == off["batches"]
     assert "Pooled batch lists" in proc.stdout
 
+    # The sweep: items/s per series at every point of both axes, and its chart.
+    sweep = report["sweep"]
+    assert sweep["workers"]["values"] == list(SWEEP_WORKERS)
+    assert sweep["batch_size"]["values"] == list(SWEEP_BATCHES)
+    for axis in ("workers", "batch_size"):
+        assert set(sweep[axis]["series"]) == set(SWEEP_SERIES)
+        for name, ys in sweep[axis]["series"].items():
+            assert len(ys) == len(sweep[axis]["values"]), (axis, name)
+            assert all(y > 0 for y in ys), (axis, name)
+    assert "Sweep over workers" in proc.stdout and "Sweep over batch size" in proc.stdout
+    _check_png(chart)
+
     targets = report["targets"]
     assert len(targets) >= 14
     for t in targets:
@@ -147,3 +176,61 @@ def test_missing_command_is_an_argparse_error() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "error:" in proc.stderr
+
+
+def _check_png(path: Path) -> None:
+    """A real, non-trivial PNG: signature, and a size matplotlib reads back."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(str(path)).shape[:2]
+    assert width > 800 and height > 400
+
+
+def test_chart_needs_the_sweep_section(tmp_path: Path) -> None:
+    proc = _run("bench", "--quick", "--sections", "latency", "--chart", str(tmp_path / "c.png"))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    errors = proc.stderr.splitlines()
+    assert len(errors) == 1 and "--chart" in errors[0] and "sweep" in errors[0]
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_chart_without_matplotlib_is_one_line_before_anything_runs(tmp_path: Path) -> None:
+    # A matplotlib package that cannot be imported, first on the path.
+    fake = tmp_path / "fake" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "shardflow", "bench", "--chart", str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "fake")},
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # refused before the (long) benchmark started
+    errors = proc.stderr.splitlines()
+    assert len(errors) == 1
+    assert "pip install 'shardflow[plot]'" in errors[0]
+
+
+def test_a_registered_section_runs_and_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry other sections plug into: one entry in SECTIONS."""
+
+    def mine(ctx: BenchContext) -> SectionResult:
+        print("my section ran", file=ctx.out)
+        return SectionResult(
+            "mine", {"items": ctx.items}, [Target("mine works", 2.0, ">=", 1)], ["a note"]
+        )
+
+    monkeypatch.setitem(SECTIONS, "mine", mine)
+    out = io.StringIO()
+    report = run_bench(items=10, repeats=1, quick=True, out=out, sections=["mine"])
+    assert report["mine"] == {"items": 10}
+    assert report["config"]["sections"] == ["mine"]
+    assert report["targets"][0]["passed"] is True
+    text = out.getvalue()
+    assert "my section ran" in text and "PASS  mine works" in text and "note: a note" in text

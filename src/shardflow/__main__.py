@@ -1,14 +1,20 @@
 """Command line: ``python -m shardflow <command>`` (also installed as ``shardflow``).
 
 Commands:
+    demo    the main job on a built-in workload, with the exact accounting of every event
+            (see ``shardflow._demo``)
+    run     a JSON-lines or CSV file through your handler (see ``shardflow._runfile``)
     bench   side-by-side throughput benchmarks against the stdlib (see ``shardflow._bench``)
 
 Each command is a subparser with a handler taking the parsed namespace and returning the
-exit code, so that more commands plug in without touching the others. Bad options are
-argparse errors: a usage line, one ``error:`` line, exit status 2, no traceback.
+exit code, so that more commands plug in without touching the others. A bad option, a
+missing file or an unimportable handler is one ``error:`` line on stderr and exit status
+2, never a traceback.
 
 Example:
-    $ python -m shardflow bench --quick --json bench.json
+    $ shardflow demo --events 50000
+    $ shardflow run events.jsonl --handler jobs:handle --key user
+    $ python -m shardflow bench --quick --json bench.json --chart bench.png
     $ python -m shardflow bench --sections stealing,latency
 """
 
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +47,121 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: an int in ``[lo, hi]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer between {lo} and {hi}, got {text!r}"
+            ) from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer between {lo} and {hi}, got {value}"
+            )
+        return value
+
+    return parse
+
+
+def _any_int(text: str) -> int:
+    """argparse type: any integer (a seed)."""
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0, got {text!r}"
+        ) from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is ONE line on stderr (no usage block) and exit status 2:
+    ``shardflow run: error: argument --workers: expected ... (see shardflow run --help)``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+#: Upper bounds of the CLI's sizes: generous, but refusing typos such as 10**9 workers.
+MAX_WORKERS = 1024
+MAX_BATCH = 1 << 20
+
+
+def _add_pool_options(p: argparse.ArgumentParser, *, batch_default: int) -> None:
+    p.add_argument(
+        "--workers",
+        type=_bounded_int(1, MAX_WORKERS),
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="worker threads (shards); default: the CPU count (%(default)s here)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_bounded_int(1, MAX_BATCH),
+        default=batch_default,
+        metavar="N",
+        help="items per handler call; 1 hands single items (default %(default)s)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (rich if installed, else one plain line); "
+        "default: only when stderr is a terminal",
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from shardflow._demo import DemoConfig, run_demo
+
+    return run_demo(
+        DemoConfig(
+            events=args.events,
+            seconds=args.seconds,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            unordered=args.unordered,
+            progress=args.progress,
+        )
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from shardflow._runfile import RunConfig, UsageError, run_file
+
+    try:
+        return run_file(
+            RunConfig(
+                path=args.file,
+                handler=args.handler,
+                workers=args.workers,
+                key=args.key,
+                batch_size=args.batch_size,
+                format=args.format,
+                dead_letter=args.dead_letter,
+                progress=args.progress,
+            )
+        )
+    except UsageError as exc:
+        parser: argparse.ArgumentParser = args.parser
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+
 def _sections(text: str) -> list[str]:
     """argparse type: comma-separated section names of ``shardflow._bench.SECTIONS``."""
     from shardflow._bench import SECTIONS
@@ -56,6 +179,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and option errors do not pay for the benchmark module.
     from shardflow._bench import run_bench
 
+    if args.chart is not None:
+        from shardflow._chart import MISSING_MATPLOTLIB, matplotlib_available
+
+        # Refused before anything runs: a long benchmark must not end without its chart.
+        if not matplotlib_available():
+            args.parser.error(MISSING_MATPLOTLIB)
+        if args.sections is not None and "sweep" not in args.sections:
+            args.parser.error(
+                "argument --chart: the chart draws the sweep section; add it to --sections"
+            )
+        for path in (args.chart, args.json):
+            folder = os.path.dirname(os.path.abspath(path)) if path is not None else "."
+            if not os.path.isdir(folder):
+                args.parser.error(f"directory {folder!r} of {path!r} does not exist")
+
     items = args.items if args.items is not None else (QUICK_ITEMS if args.quick else FULL_ITEMS)
     repeats = (
         args.repeats
@@ -69,16 +207,109 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
+        print(f"\nwrote {args.json}", file=sys.stdout)
+    if args.chart is not None:
+        from shardflow._chart import write_chart
+
+        write_chart(report, args.chart)
+        print(f"wrote {args.chart}", file=sys.stdout)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``shardflow`` argument parser, one subparser per command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shardflow",
         description="shardflow command line tools.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from shardflow._demo import DEFAULT_EVENTS
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job on a built-in workload, with the exact accounting of every event",
+        description=(
+            "Process a synthetic event stream (zipf-distributed user keys; sha256 + crc32 of "
+            "8-24 KiB payloads, which release the GIL, plus Python work) through a keyed "
+            "ShardedPool, writing to a flaky downstream (1%% of writes fail, one outage) "
+            "behind Retry, Limiter and CircuitBreaker, with dead letters. Prints a progress "
+            "bar, a per-shard table, latency percentiles and the accounting of every event "
+            "as checked equations."
+        ),
+        epilog="Exit status: 0 when the accounting balances, 1 when it does not, "
+        "2 for a bad option, 130 after Ctrl-C.",
+    )
+    bound = demo.add_mutually_exclusive_group()
+    bound.add_argument(
+        "--events",
+        type=_bounded_int(1, 1 << 40),
+        default=DEFAULT_EVENTS,
+        metavar="N",
+        help="events to process (default %(default)s: 10-20 s on 2 cores)",
+    )
+    bound.add_argument(
+        "--seconds",
+        type=_positive_seconds,
+        default=None,
+        metavar="S",
+        help="run for S seconds instead of a number of events",
+    )
+    _add_pool_options(demo, batch_default=1)
+    demo.add_argument(
+        "--seed", type=_any_int, default=1, metavar="INT", help="random seed (default 1)"
+    )
+    demo.add_argument(
+        "--unordered",
+        action="store_true",
+        help="let idle workers steal keyed events (gives up per-user order)",
+    )
+    demo.set_defaults(command_fn=_cmd_demo, parser=demo)
+
+    run = sub.add_parser(
+        "run",
+        help="process a JSON-lines or CSV file of records with your handler",
+        description=(
+            "Read FILE (one JSON object per line, or CSV with a header row), call HANDLER "
+            "on every record (a dict; a list of dicts with --batch-size > 1) from a "
+            "ShardedPool, and report counts, rate and a per-shard table. Malformed lines "
+            "and handler exceptions go to the dead-letter file with their line numbers "
+            "and the error; they never stop the run."
+        ),
+        epilog="Exit status: 0 when every record was processed; 1 when some lines went to "
+        "the dead-letter file; 2 when the run could not start (bad option, missing file, "
+        "unimportable handler); 130 after Ctrl-C.",
+    )
+    run.add_argument("file", metavar="FILE", help="the input file")
+    run.add_argument(
+        "--handler",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="the function to call with each record, imported with the current directory "
+        "on sys.path (e.g. jobs:handle)",
+    )
+    run.add_argument(
+        "--key",
+        default=None,
+        metavar="FIELD",
+        help="route records by this field: records with the same value are handled in file "
+        "order (default: round-robin)",
+    )
+    _add_pool_options(run, batch_default=1)
+    run.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default=None,
+        help="input format (default: csv for *.csv, else jsonl)",
+    )
+    run.add_argument(
+        "--dead-letter",
+        default=None,
+        metavar="PATH",
+        help="where malformed lines and failed records go, one JSON object per line "
+        "(default: FILE.dead.jsonl; rewritten on every run)",
+    )
+    run.set_defaults(command_fn=_cmd_run, parser=run)
 
     bench = sub.add_parser(
         "bench",
@@ -116,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LIST",
         help="comma-separated sections to run, among memory, idle, throughput, gil, "
-        "stealing, latency, reuse, executor (default: all)",
+        "stealing, latency, reuse, executor, sweep (default: all)",
     )
     bench.add_argument(
         "--json",
@@ -124,7 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also write the full report (medians, samples, ratios, targets) as JSON",
     )
-    bench.set_defaults(handler=_cmd_bench)
+    bench.add_argument(
+        "--chart",
+        metavar="FILE.png",
+        default=None,
+        help="also draw the sweep section (items/s against workers and against batch "
+        "size, ShardedPool vs stdlib thread pools) as a PNG; needs matplotlib "
+        "(pip install 'shardflow[plot]')",
+    )
+    bench.set_defaults(command_fn=_cmd_bench, parser=bench)
     return parser
 
 
@@ -135,8 +374,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    command: Callable[[argparse.Namespace], int] = args.command_fn
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the commands' own handling (e.g. during a benchmark): no traceback.
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `shardflow demo | head`: the reader left; nothing more to say to it.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the exit flush
+        except OSError:
+            pass
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ pool burns, and memory (RSS growth through a bounded pool, reference counts afte
 work stealing (sha256 items on skewed, uniform and single-shard keys, steal on and off,
 with a plain-thread control of the parallelism the machine gives, and what stealing costs
 the per-item no-op path); the latency a batch deadline gives a lone item; and recycled
-batch lists (``reuse_batches``) with their allocation counts. ``SECTIONS`` names them;
-``run_bench(sections=...)`` runs a subset.
+batch lists (``reuse_batches``) with their allocation counts; and a sweep of items/s
+against workers and against batch size, ShardedPool vs the stdlib thread pools (drawn by
+``shardflow._chart`` for ``bench --chart``). ``SECTIONS`` is the registry: name -> a
+``Section`` (``BenchContext -> SectionResult``); ``run_bench(sections=...)`` runs a subset.
 Targets are checked against the measured ratios; nothing is hard-coded.
 """
 
@@ -120,23 +122,33 @@ def run_tpe(n: int) -> tuple[int, float]:
     return m, dt
 
 
-def _run_queue(q: queue.Queue[Any] | queue.SimpleQueue[Any], n: int) -> tuple[int, float]:
+def _run_queue(
+    q: queue.Queue[Any] | queue.SimpleQueue[Any],
+    n: int,
+    workers: int = WORKERS,
+    fn: Callable[[Any], None] = noop,
+    items: Any = None,
+) -> tuple[int, float]:
+    """``workers`` threads consume ``q`` and call ``fn`` on each item; the main thread puts
+    ``items`` (default ``range(n)``), then a sentinel per thread; ``n`` is what is reported
+    as moved."""
+
     def consume() -> None:
         get = q.get
-        fn = noop
+        call = fn  # a local, as in the other contenders' loops
         stop = _STOP
         while True:
             x = get()
             if x is stop:
                 return
-            fn(x)
+            call(x)
 
-    threads = [threading.Thread(target=consume, daemon=True) for _ in range(WORKERS)]
+    threads = [threading.Thread(target=consume, daemon=True) for _ in range(workers)]
     for t in threads:
         t.start()
     put = q.put
     t0 = time.perf_counter()
-    for x in range(n):
+    for x in range(n) if items is None else items:
         put(x)
     for _ in threads:
         put(_STOP)
@@ -656,6 +668,153 @@ def measure_batch_allocations(items: int) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- sweep
+
+SWEEP_WORKERS = (1, 2, 4, 8)
+SWEEP_BATCHES = (1, 4, 16, 64, 256, 1024)
+#: The workers sweep's handler: sha256 of a buffer this big (over 2 KiB, so hashlib
+#: releases the GIL and workers can run in parallel; small enough that the cost per item
+#: of the pool still shows).
+SWEEP_SHA_BYTES = 4 * 1024
+SWEEP_POOL = "ShardedPool (submit_many)"
+SWEEP_TPE = "ThreadPoolExecutor.submit"
+SWEEP_QUEUE = "threads over queue.SimpleQueue"
+#: Series of both sweeps, in legend order.
+SWEEP_SERIES = (SWEEP_POOL, SWEEP_TPE, SWEEP_QUEUE)
+
+
+def _sweep_sha(buf: bytes) -> None:
+    hashlib.sha256(buf).digest()
+
+
+def _sweep_workers_runners(workers: int, buf: bytes) -> dict[str, Runner]:
+    """sha256 of ``SWEEP_SHA_BYTES`` per item with ``workers`` threads, three ways."""
+
+    def pool(n: int) -> tuple[int, float]:
+        p: ShardedPool[bytes] = ShardedPool(_sweep_sha, workers=workers)
+        items = [buf] * n
+        t0 = time.perf_counter()
+        p.submit_many(items)
+        p.close()
+        p.join()
+        return n, time.perf_counter() - t0
+
+    def tpe(n: int) -> tuple[int, float]:
+        with ThreadPoolExecutor(workers) as ex:
+            wait_futures([ex.submit(time.sleep, 0.005) for _ in range(workers)])
+            sub = ex.submit
+            t0 = time.perf_counter()
+            wait_futures([sub(_sweep_sha, buf) for _ in range(n)])
+            return n, time.perf_counter() - t0
+
+    def threads(n: int) -> tuple[int, float]:
+        return _run_queue(
+            queue.SimpleQueue(), n, workers=workers, fn=_sweep_sha, items=itertools.repeat(buf, n)
+        )
+
+    return {SWEEP_POOL: pool, SWEEP_TPE: tpe, SWEEP_QUEUE: threads}
+
+
+def _sweep_batch_runners(batch: int, tpe_calls: int) -> dict[str, Runner]:
+    """No-op items, 2 workers, handed over in batches of ``batch``, three ways: the pool's
+    ``batch_size``; lists of ``batch`` items submitted to a ``ThreadPoolExecutor`` (at
+    most ``tpe_calls`` submits, a Future each is slow); lists put on a ``SimpleQueue``."""
+
+    def pool(n: int) -> tuple[int, float]:
+        if batch == 1:
+            p: ShardedPool[int] = ShardedPool(noop, workers=WORKERS)
+        else:
+            p = ShardedPool(noop_batch, workers=WORKERS, batch_size=batch)
+        t0 = time.perf_counter()
+        p.submit_many(range(n))
+        p.close()
+        p.join()
+        return n, time.perf_counter() - t0
+
+    def chunks(n: int) -> list[range]:
+        return [range(i, min(i + batch, n)) for i in range(0, n, batch)]
+
+    def tpe(n: int) -> tuple[int, float]:
+        m = min(n, max(1, tpe_calls) * batch)
+        parts = chunks(m)
+        with ThreadPoolExecutor(WORKERS) as ex:
+            wait_futures([ex.submit(time.sleep, 0.005) for _ in range(WORKERS)])
+            sub = ex.submit
+            t0 = time.perf_counter()
+            wait_futures([sub(noop_batch, list(part)) for part in parts])
+            return m, time.perf_counter() - t0
+
+    def threads(n: int) -> tuple[int, float]:
+        parts = (list(part) for part in chunks(n))
+        return _run_queue(queue.SimpleQueue(), n, fn=noop_batch, items=parts)
+
+    return {SWEEP_POOL: pool, SWEEP_TPE: tpe, SWEEP_QUEUE: threads}
+
+
+def _sweep(
+    axis: str, values: tuple[int, ...], runners: dict[int, dict[str, Runner]], n: int, repeats: int
+) -> dict[str, Any]:
+    """Interleave every (value, series) contender, round by round; medians per series."""
+    flat = {f"{series} {axis}={v}": run for v in values for series, run in runners[v].items()}
+    rates = interleaved(flat, lambda _name: n, repeats)
+    series: dict[str, list[float]] = {name: [] for name in SWEEP_SERIES}
+    samples: dict[str, list[list[float]]] = {name: [] for name in SWEEP_SERIES}
+    for v in values:
+        for name in SWEEP_SERIES:
+            r = rates[f"{name} {axis}={v}"]
+            series[name].append(statistics.median(r))
+            samples[name].append(r)
+    return {"axis": axis, "values": list(values), "items": n, "series": series, "samples": samples}
+
+
+def measure_sweep(ctx: BenchContext) -> dict[str, Any]:
+    """Throughput (items/s) of ShardedPool against the stdlib thread-pool baselines
+    across ``SWEEP_WORKERS`` workers (sha256 of 4 KiB per item, GIL released) and across
+    ``SWEEP_BATCHES`` batch sizes (no-op items, 2 workers). Prints two tables; the result
+    feeds ``shardflow._chart.write_chart``."""
+    out = ctx.out
+    buf = os.urandom(SWEEP_SHA_BYTES)
+    sha_n = 500 if ctx.quick else 10_000
+    noop_n = min(ctx.items, 20_000 if ctx.quick else 100_000)
+    tpe_calls = max(1, noop_n // TPE_DIVISOR)
+    by_workers = _sweep(
+        "workers",
+        SWEEP_WORKERS,
+        {w: _sweep_workers_runners(w, buf) for w in SWEEP_WORKERS},
+        sha_n,
+        ctx.repeats,
+    )
+    by_workers["handler"] = f"sha256 of {SWEEP_SHA_BYTES // 1024} KiB (GIL released)"
+    by_batch = _sweep(
+        "batch_size",
+        SWEEP_BATCHES,
+        {b: _sweep_batch_runners(b, tpe_calls) for b in SWEEP_BATCHES},
+        noop_n,
+        ctx.repeats,
+    )
+    by_batch["handler"] = f"no-op, {WORKERS} workers"
+    by_batch["tpe_max_submits"] = tpe_calls
+    for sweep, title in (
+        (by_workers, f"Sweep over workers: {by_workers['handler']}, {sha_n:,} items"),
+        (
+            by_batch,
+            f"Sweep over batch size: {by_batch['handler']}, {noop_n:,} items "
+            f"(ThreadPoolExecutor: at most {tpe_calls:,} submits of one list each)",
+        ),
+    ):
+        print(f"\n{title}; items/s", file=out)
+        rows = [[sweep["axis"], *(str(v) for v in sweep["values"])]]
+        for name in SWEEP_SERIES:
+            rows.append([name, *(_fmt_rate(x).strip() for x in sweep["series"][name])])
+        _table(rows, out)
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "workers": by_workers,
+        "batch_size": by_batch,
+    }
+
+
 # --------------------------------------------------------------------------- measurement
 
 
@@ -814,19 +973,134 @@ def _print_targets(targets: list[Target], out: TextIO) -> None:
         print(f"  {verdict}  {t.name.ljust(width)}  measured {measured}", file=out)
 
 
-#: Sections of the report, in the order they run (``run_bench(sections=...)``,
-#: ``python -m shardflow bench --sections``).
-SECTIONS = (
-    "memory",
-    "idle",
-    "throughput",
-    "gil",
-    "stealing",
-    "latency",
-    "reuse",
-    "pipeline",
-    "executor",
-)
+@dataclass(frozen=True)
+class BenchContext:
+    """What every section gets: the run's sizes and where to print."""
+
+    items: int  #: no-op items per contender per round
+    repeats: int  #: interleaved rounds (medians are reported)
+    quick: bool  #: smoke-test sizes
+    out: TextIO
+
+
+@dataclass
+class SectionResult:
+    """What a section returns: its part of the JSON report under ``key``, its target
+    checks and notes (printed after the targets)."""
+
+    key: str
+    data: dict[str, Any]
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+#: A section: measures, prints its own table to ``ctx.out``, returns its result.
+Section = Callable[[BenchContext], SectionResult]
+
+
+def _run_memory(ctx: BenchContext) -> SectionResult:
+    mem_items = 200_000 if ctx.quick else 5_000_000
+    ref_items = 10_000 if ctx.quick else 100_000
+    memory = measure_memory(mem_items, ref_items)
+    print(
+        f"\nMemory: {mem_items:,} items through capacity=1024: RSS "
+        f"{memory['rss_before_mb']:.1f} -> {memory['rss_after_mb']:.1f} MB "
+        f"({memory['rss_growth_mb']:+.2f} MB); refcount change after {ref_items:,} "
+        f"submits: {memory['refcount_leak']}",
+        file=ctx.out,
+    )
+    targets = [
+        Target(
+            f"RSS growth over {mem_items:,} items < 20 MB",
+            memory["rss_growth_mb"],
+            "<",
+            20,
+            unit="MB",
+        )
+    ]
+    for mode, leak in memory["refcount_leak"].items():
+        targets.append(Target(f"refcount restored after join ({mode})", leak, "==", 0, unit="refs"))
+    return SectionResult("memory", memory, targets)
+
+
+def _run_idle(ctx: BenchContext) -> SectionResult:
+    idle_seconds = 0.2 if ctx.quick else 1.0
+    idle = measure_idle(8, idle_seconds)
+    print(
+        f"\nIdle: 8 workers for {idle_seconds:g} s burnt {idle['cpu_ms']:.2f} ms CPU "
+        f"({idle['cpu_ms_per_s']:.2f} ms per second)",
+        file=ctx.out,
+    )
+    target = Target(
+        "idle 8 workers < 20 ms CPU per second", idle["cpu_ms_per_s"], "<", 20, unit="ms/s"
+    )
+    return SectionResult("idle", idle, [target])
+
+
+def _run_throughput(ctx: BenchContext) -> SectionResult:
+    data, targets = _section_throughput(ctx.items, ctx.repeats, ctx.out)
+    return SectionResult("throughput", data, targets)
+
+
+def _run_gil(ctx: BenchContext) -> SectionResult:
+    data, targets = _section_gil(200 if ctx.quick else 4_000, ctx.repeats, ctx.out)
+    return SectionResult("gil_release", data, targets)
+
+
+def _run_stealing(ctx: BenchContext) -> SectionResult:
+    steal_items = 300 if ctx.quick else STEAL_ITEMS
+    data, targets = _section_stealing(steal_items, ctx.items, ctx.repeats, ctx.out)
+    return SectionResult("stealing", data, targets, list(data["notes"]))
+
+
+def _run_latency(ctx: BenchContext) -> SectionResult:
+    data, targets = _section_latency(10 if ctx.quick else 80, ctx.out)
+    return SectionResult("batch_latency", data, targets)
+
+
+def _run_reuse(ctx: BenchContext) -> SectionResult:
+    alloc_items = 20_000 if ctx.quick else 100_000
+    data, targets = _section_reuse(ctx.items, alloc_items, ctx.repeats, ctx.out)
+    return SectionResult("batch_reuse", data, targets)
+
+
+def _run_pipeline(ctx: BenchContext) -> SectionResult:
+    # 3 no-op stages vs a bare loop and stage threads over queues (_bench_pipeline).
+    from shardflow._bench_pipeline import pipeline_section
+
+    data, targets = pipeline_section(ctx.items, ctx.repeats, ctx.quick, ctx.out)
+    return SectionResult("pipeline", data, targets)
+
+
+def _run_executor(ctx: BenchContext) -> SectionResult:
+    # shardflow.Executor vs ThreadPoolExecutor, see _bench_executor
+    from shardflow._bench_executor import section_executor
+
+    data, targets = section_executor(ctx.items, ctx.repeats, ctx.out)
+    return SectionResult("executor", data, targets)
+
+
+def _run_sweep(ctx: BenchContext) -> SectionResult:
+    return SectionResult("sweep", measure_sweep(ctx))
+
+
+#: The sections of the report, in the order they run (``run_bench(sections=...)``,
+#: ``python -m shardflow bench --sections``). To add one, write a ``Section`` and
+#: register it with one line: ``SECTIONS["name"] = run_my_section``.
+#: Memory first, on a clean heap: after the throughput runs, arenas freed by them would
+#: absorb (and hide) growth. Idle next, while nothing else of ours runs.
+SECTIONS: dict[str, Section] = {
+    "memory": _run_memory,
+    "idle": _run_idle,
+    "throughput": _run_throughput,
+    "gil": _run_gil,
+    "stealing": _run_stealing,
+    "latency": _run_latency,
+    "reuse": _run_reuse,
+    "pipeline": _run_pipeline,
+    "executor": _run_executor,
+    "sweep": _run_sweep,
+}
 
 
 def run_bench(
@@ -843,31 +1117,31 @@ def run_bench(
             ``items // 20``); also the items of the steal-cost and ``reuse_batches``
             comparisons.
         repeats: rounds; each round runs every contender once; the report is the median.
-        quick: shrink the GIL, stealing, latency, idle and memory sections too (for tests
-            and smoke runs); ``items`` and ``repeats`` are used as given.
+        quick: shrink the GIL, stealing, latency, idle, memory and sweep sections too (for
+            tests and smoke runs); ``items`` and ``repeats`` are used as given.
         out: where the report goes.
         sections: which of ``SECTIONS`` to run; None runs them all.
 
     Returns:
-        A JSON-able dict: ``config``, one key per section run (``throughput``,
-        ``gil_release``, ``idle``, ``memory``, ``stealing``, ``batch_latency``,
-        ``batch_reuse``) and the list of target checks of those sections.
+        A JSON-able dict: ``config``, one key per section run (``memory``, ``idle``,
+        ``throughput``, ``gil_release``, ``stealing``, ``batch_latency``, ``batch_reuse``,
+        ``sweep`` ...) and the list of target checks of those sections.
+
+    Example:
+        >>> import io
+        >>> report = run_bench(items=1000, repeats=1, quick=True, sections=["throughput"],
+        ...                    out=io.StringIO())
+        >>> sorted(report["throughput"]) == sorted(CONTENDERS)
+        True
     """
     if items < 1:
         raise ValueError(f"items must be >= 1, got {items!r}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats!r}")
-    chosen = SECTIONS if sections is None else tuple(sections)
+    chosen = tuple(SECTIONS) if sections is None else tuple(sections)
     unknown = [name for name in chosen if name not in SECTIONS]
     if unknown or not chosen:
         raise ValueError(f"sections must be among {', '.join(SECTIONS)}; got {list(chosen)!r}")
-    sha_items = 200 if quick else 4_000
-    steal_items = 300 if quick else STEAL_ITEMS
-    latency_items = 10 if quick else 80
-    alloc_items = 20_000 if quick else 100_000
-    idle_seconds = 0.2 if quick else 1.0
-    mem_items = 200_000 if quick else 5_000_000
-    ref_items = 10_000 if quick else 100_000
 
     print(
         f"shardflow bench: {items:,} no-op items x {repeats} interleaved rounds, "
@@ -903,83 +1177,20 @@ def run_bench(
     }
     targets: list[Target] = []
     notes: list[str] = []
-
-    # Memory first, on a clean heap: after the throughput runs, arenas freed by them would
-    # absorb (and hide) growth. Idle next, while nothing else of ours runs.
-    if "memory" in chosen:
-        report["memory"] = measure_memory(mem_items, ref_items)
-    if "idle" in chosen:
-        report["idle"] = measure_idle(8, idle_seconds)
-
-    if "throughput" in chosen:
-        report["throughput"], tp_targets = _section_throughput(items, repeats, out)
-        targets += tp_targets
-    if "gil" in chosen:
-        report["gil_release"], gil_targets = _section_gil(sha_items, repeats, out)
-        targets += gil_targets
-    if "idle" in chosen or "memory" in chosen:
-        print(file=out)
-    if "idle" in chosen:
-        idle = report["idle"]
-        print(
-            f"Idle: 8 workers for {idle_seconds:g} s burnt {idle['cpu_ms']:.2f} ms CPU "
-            f"({idle['cpu_ms_per_s']:.2f} ms per second)",
-            file=out,
-        )
-        targets.append(
-            Target(
-                "idle 8 workers < 20 ms CPU per second", idle["cpu_ms_per_s"], "<", 20, unit="ms/s"
-            )
-        )
-    if "memory" in chosen:
-        memory = report["memory"]
-        print(
-            f"Memory: {mem_items:,} items through capacity=1024: RSS "
-            f"{memory['rss_before_mb']:.1f} -> {memory['rss_after_mb']:.1f} MB "
-            f"({memory['rss_growth_mb']:+.2f} MB); refcount change after {ref_items:,} "
-            f"submits: {memory['refcount_leak']}",
-            file=out,
-        )
-        targets.append(
-            Target(
-                f"RSS growth over {mem_items:,} items < 20 MB",
-                memory["rss_growth_mb"],
-                "<",
-                20,
-                unit="MB",
-            )
-        )
-        for mode, leak in memory["refcount_leak"].items():
-            targets.append(
-                Target(f"refcount restored after join ({mode})", leak, "==", 0, unit="refs")
-            )
-    out.flush()
-
-    if "stealing" in chosen:
-        report["stealing"], st_targets = _section_stealing(steal_items, items, repeats, out)
-        targets += st_targets
-        notes += report["stealing"]["notes"]
-    if "latency" in chosen:
-        report["batch_latency"], lat_targets = _section_latency(latency_items, out)
-        targets += lat_targets
-    if "reuse" in chosen:
-        report["batch_reuse"], re_targets = _section_reuse(items, alloc_items, repeats, out)
-        targets += re_targets
-    if "pipeline" in chosen:
-        # 3 no-op stages vs a bare loop and stage threads over queues (_bench_pipeline).
-        from shardflow._bench_pipeline import pipeline_section
-
-        report["pipeline"], pl_targets = pipeline_section(items, repeats, quick, out)
-        targets += pl_targets
-    if "executor" in chosen:  # shardflow.Executor vs ThreadPoolExecutor, see _bench_executor
-        from shardflow._bench_executor import section_executor
-
-        report["executor"], ex_targets = section_executor(items, repeats, out)
-        targets += ex_targets
+    ctx = BenchContext(items=items, repeats=repeats, quick=quick, out=out)
+    for name, section in SECTIONS.items():
+        if name not in chosen:
+            continue
+        result = section(ctx)
+        report[result.key] = result.data
+        targets += result.targets
+        notes += result.notes
+        out.flush()
 
     print(f"\nload average at end: {_loadavg()}", file=out)
-    print("\nTargets:", file=out)
-    _print_targets(targets, out)
+    if targets:
+        print("\nTargets:", file=out)
+        _print_targets(targets, out)
     for note in notes:
         print(f"  note: {note}", file=out)
     out.flush()
