@@ -16,6 +16,7 @@ the worker runs, and nobody is woken unless it sleeps.
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
@@ -682,14 +683,34 @@ cdef class PoolCore:
         return out
 
     def _shard_latencies(self):
-        """One tuple per shard: (queue_wait, service_time), each (count, sum_ns, max_ns,
-        buckets) with buckets a tuple of (bucket index, count) for the non-empty buckets
-        of the log-linear layout of _hist.h (see ``shardflow.metrics``)."""
+        """The latency histograms, read with relaxed loads: ``(per_shard, merged)``.
+        ``per_shard`` holds one ``(queue_wait, service_time)`` pair per shard, ``merged``
+        the pair summed over the shards; each histogram is ``(sum_ns, max_ns, packed)``,
+        ``packed`` being the non-empty buckets as native uint64 (index, count) pairs in
+        index order (``Latency.from_packed``). Copying and merging here, in C, is what
+        keeps a snapshot cheap: no Python object per bucket."""
         cdef Py_ssize_t i
-        out = []
-        for i in range(self.workers):
-            out.append((_read_hist(&self.shards[i].qwait), _read_hist(&self.shards[i].service)))
-        return out
+        cdef uint64_t sums[2]
+        cdef uint64_t maxs[2]
+        # [scratch | queue-wait sums | service-time sums]
+        cdef uint64_t *acc = <uint64_t *>calloc(3 * SF_HIST_BUCKETS, sizeof(uint64_t))
+        if acc == NULL:
+            raise MemoryError()
+        sums[0] = sums[1] = maxs[0] = maxs[1] = 0
+        try:
+            per_shard = []
+            for i in range(self.workers):
+                per_shard.append((
+                    _pack_hist(&self.shards[i].qwait, acc, acc + SF_HIST_BUCKETS,
+                               &sums[0], &maxs[0]),
+                    _pack_hist(&self.shards[i].service, acc, acc + 2 * SF_HIST_BUCKETS,
+                               &sums[1], &maxs[1]),
+                ))
+            merged = ((sums[0], maxs[0], _pack_counts(acc + SF_HIST_BUCKETS)),
+                      (sums[1], maxs[1], _pack_counts(acc + 2 * SF_HIST_BUCKETS)))
+            return per_shard, merged
+        finally:
+            free(acc)
 
     @property
     def live_workers(self):
@@ -900,6 +921,44 @@ cdef tuple _read_hist(sf_hist *h):
                 buckets.append((i, c))
     return (sf_load_relaxed_u64(&h.count), sf_load_relaxed_u64(&h.sum_ns),
             sf_load_relaxed_u64(&h.max_ns), tuple(buckets))
+
+
+cdef tuple _pack_hist(sf_hist *h, uint64_t *scratch, uint64_t *acc, uint64_t *sum_acc,
+                      uint64_t *max_acc):
+    """(sum_ns, max_ns, packed) of h; adds its buckets into acc and its sum/max into
+    sum_acc/max_acc. Each bucket is loaded once (into scratch), so the packed pairs and
+    the merged sums agree even while the worker records."""
+    cdef uint64_t i, c
+    cdef uint64_t s = sf_load_relaxed_u64(&h.sum_ns)
+    cdef uint64_t m = sf_load_relaxed_u64(&h.max_ns)
+    sum_acc[0] += s
+    if m > max_acc[0]:
+        max_acc[0] = m
+    if h.buckets == NULL:
+        return (s, m, b"")
+    for i in range(SF_HIST_BUCKETS):
+        c = sf_load_relaxed_u64(&h.buckets[i])
+        scratch[i] = c
+        acc[i] += c
+    return (s, m, _pack_counts(scratch))
+
+
+cdef bytes _pack_counts(const uint64_t *counts):
+    """The non-zero entries of counts[0:SF_HIST_BUCKETS] as uint64 (index, count) pairs."""
+    cdef Py_ssize_t i, k = 0
+    cdef uint64_t *out
+    for i in range(SF_HIST_BUCKETS):
+        if counts[i]:
+            k += 1
+    packed = PyBytes_FromStringAndSize(NULL, 2 * k * <Py_ssize_t>sizeof(uint64_t))
+    out = <uint64_t *>PyBytes_AS_STRING(packed)
+    k = 0
+    for i in range(SF_HIST_BUCKETS):
+        if counts[i]:
+            out[2 * k] = i
+            out[2 * k + 1] = counts[i]
+            k += 1
+    return packed
 
 
 HIST_SUB_BITS = SF_HIST_SUB_BITS

@@ -12,6 +12,8 @@ HIST_BUCKETS: int
 
 # (count, sum_ns, max_ns, ((bucket index, count), ...))
 _HistData = tuple[int, int, int, tuple[tuple[int, int], ...]]
+#: (sum_ns, max_ns, packed (index, count) uint64 pairs)
+_PackedHist = tuple[int, int, bytes]
 
 class _HistogramHook:
     def record(self, values: Iterable[int]) -> None: ...
@@ -63,4 +65,6 @@ class PoolCore:
     def _shard_stats(
         self,
     ) -> list[tuple[int, int, int, int, int, int, int, int, int, int, int]]: ...
-    def _shard_latencies(self) -> list[tuple[_HistData, _HistData]]: ...
+    def _shard_latencies(
+        self,
+    ) -> tuple[list[tuple[_PackedHist, _PackedHist]], tuple[_PackedHist, _PackedHist]]: ...

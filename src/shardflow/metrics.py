@@ -26,8 +26,11 @@ What is recorded:
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from functools import cached_property
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -65,7 +68,7 @@ def _represent_ns(index: int, max_ns: int) -> int:
     return min(bucket_bounds(index)[1], max_ns)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Latency:
     """A latency distribution; every time is in seconds (float).
 
@@ -73,7 +76,8 @@ class Latency:
     (exact). Percentiles are computed from the histogram: each value is represented by its
     bucket's upper bound capped at ``max``, so a percentile is never below the exact order
     statistic and at most 0.8% above it (documented bound: 1%). An empty distribution
-    reports 0.0 everywhere.
+    reports 0.0 everywhere. The percentiles are computed when first read, so taking a
+    snapshot costs no percentile arithmetic nobody asks for.
 
     Example:
         >>> import shardflow
@@ -87,12 +91,10 @@ class Latency:
     count: int
     sum: float
     max: float
-    p50: float
-    p90: float
-    p99: float
-    p999: float
-    _buckets: Buckets = field(default=(), repr=False)
+    #: the non-empty buckets as native uint64 pairs (index, count), in index order
+    _packed: bytes = field(default=b"", repr=False)
     _max_ns: int = field(default=0, repr=False)
+    _sum_ns: int = field(default=0, repr=False)
 
     @classmethod
     def empty(cls) -> Latency:
@@ -104,36 +106,69 @@ class Latency:
         cls, sum_ns: int, max_ns: int, buckets: Iterable[tuple[int, int]]
     ) -> Latency:
         """Build from raw histogram data: total ns, maximum ns and (index, count) pairs
-        (what the compiled core returns; indices as in ``bucket_bounds``)."""
-        bk = tuple(sorted((int(i), int(c)) for i, c in buckets if c > 0))
-        count = sum(c for _, c in bk)
+        (indices as in ``bucket_bounds``)."""
+        bk = sorted((int(i), int(c)) for i, c in buckets if c > 0)
+        return cls.from_packed(sum_ns, max_ns, array("Q", chain.from_iterable(bk)).tobytes())
+
+    @classmethod
+    def from_packed(cls, sum_ns: int, max_ns: int, packed: bytes) -> Latency:
+        """Build from what the compiled core returns: total ns, maximum ns and the
+        non-empty buckets as native uint64 (index, count) pairs in index order."""
+        count = sum(memoryview(packed).cast("Q")[1::2]) if packed else 0
         if count == 0:
             return _EMPTY
-        pct = [_percentile_ns(bk, count, max_ns, q) for q in (50.0, 90.0, 99.0, 99.9)]
         return cls(
             count=count,
             sum=sum_ns / 1e9,
             max=max_ns / 1e9,
-            p50=pct[0] / 1e9,
-            p90=pct[1] / 1e9,
-            p99=pct[2] / 1e9,
-            p999=pct[3] / 1e9,
-            _buckets=bk,
+            _packed=packed,
             _max_ns=max_ns,
+            _sum_ns=sum_ns,
         )
 
     @classmethod
     def merge(cls, parts: Iterable[Latency]) -> Latency:
         """One distribution holding every value of ``parts`` (e.g. all shards)."""
         acc: dict[int, int] = {}
-        total = 0.0
+        total = 0
         mx = 0
         for p in parts:
             for i, c in p._buckets:
                 acc[i] = acc.get(i, 0) + c
-            total += p.sum
+            total += p._sum_ns
             mx = max(mx, p._max_ns)
-        return cls.from_histogram(round(total * 1e9), mx, acc.items())
+        return cls.from_histogram(total, mx, acc.items())
+
+    @cached_property
+    def _buckets(self) -> Buckets:
+        words = memoryview(self._packed).cast("Q")
+        return tuple(zip(words[::2], words[1::2], strict=True))
+
+    @cached_property
+    def p50(self) -> float:
+        """Median (seconds)."""
+        return self.percentile(50.0)
+
+    @cached_property
+    def p90(self) -> float:
+        """90th percentile (seconds)."""
+        return self.percentile(90.0)
+
+    @cached_property
+    def p99(self) -> float:
+        """99th percentile (seconds)."""
+        return self.percentile(99.0)
+
+    @cached_property
+    def p999(self) -> float:
+        """99.9th percentile (seconds)."""
+        return self.percentile(99.9)
+
+    def __repr__(self) -> str:
+        return (
+            f"Latency(count={self.count}, p50={self.p50!r}, p90={self.p90!r}, "
+            f"p99={self.p99!r}, p999={self.p999!r}, max={self.max!r}, sum={self.sum!r})"
+        )
 
     @property
     def mean(self) -> float:
@@ -186,7 +221,7 @@ class Latency:
             return _EMPTY
         top = max(i for i, _ in live)
         mx = min(self._max_ns, bucket_bounds(top)[1])
-        return Latency.from_histogram(max(0, round((self.sum - earlier.sum) * 1e9)), mx, live)
+        return Latency.from_histogram(max(0, self._sum_ns - earlier._sum_ns), mx, live)
 
 
 def _percentile_ns(bk: Buckets, count: int, max_ns: int, q: float) -> float:
@@ -203,7 +238,7 @@ def _percentile_ns(bk: Buckets, count: int, max_ns: int, q: float) -> float:
     return float(max_ns)
 
 
-_EMPTY = Latency(count=0, sum=0.0, max=0.0, p50=0.0, p90=0.0, p99=0.0, p999=0.0)
+_EMPTY = Latency(count=0, sum=0.0, max=0.0)
 
 
 @dataclass(frozen=True)
@@ -307,8 +342,11 @@ class PoolMetrics:
         pool: str = "",
         taken_at: float = 0.0,
         pool_id: int = 0,
+        queue_wait: Latency | None = None,
+        service_time: Latency | None = None,
     ) -> PoolMetrics:
-        """Totals of ``shards``, latencies merged."""
+        """Totals of ``shards``; the latencies merged, unless given (the pool passes the
+        merge the compiled core already did)."""
         return cls(
             submitted=sum(s.submitted for s in shards),
             processed=sum(s.processed for s in shards),
@@ -321,8 +359,14 @@ class PoolMetrics:
             dead_lettered=sum(s.dead_lettered for s in shards),
             pool=pool,
             taken_at=taken_at,
-            queue_wait=Latency.merge(s.queue_wait for s in shards),
-            service_time=Latency.merge(s.service_time for s in shards),
+            queue_wait=(
+                Latency.merge(s.queue_wait for s in shards) if queue_wait is None else queue_wait
+            ),
+            service_time=(
+                Latency.merge(s.service_time for s in shards)
+                if service_time is None
+                else service_time
+            ),
             pool_id=pool_id,
         )
 

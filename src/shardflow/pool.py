@@ -372,19 +372,23 @@ class ShardedPool(PoolCore, Generic[T]):
         lock, no pause of the workers (each field is exact, the set is not an atomic cut).
         """
         taken_at = time.monotonic()
+        per_shard, (qw_all, st_all) = self._shard_latencies()
         shards = tuple(
             ShardMetrics(
                 i,
                 *row,
-                queue_wait=Latency.from_histogram(*qw[1:]),
-                service_time=Latency.from_histogram(*st[1:]),
+                queue_wait=Latency.from_packed(*qw),
+                service_time=Latency.from_packed(*st),
             )
-            for i, (row, (qw, st)) in enumerate(
-                zip(self._shard_stats(), self._shard_latencies(), strict=True)
-            )
+            for i, (row, (qw, st)) in enumerate(zip(self._shard_stats(), per_shard, strict=True))
         )
         return PoolMetrics.from_shards(
-            shards, pool=self.name, taken_at=taken_at, pool_id=self._pool_id
+            shards,
+            pool=self.name,
+            taken_at=taken_at,
+            pool_id=self._pool_id,
+            queue_wait=Latency.from_packed(*qw_all),
+            service_time=Latency.from_packed(*st_all),
         )
 
     def metrics(self) -> PoolMetrics:
