@@ -23,9 +23,14 @@ from shardflow import (
     CircuitBreaker,
     CircuitOpen,
     Closed,
+    Executor,
     Full,
+    Latency,
     Limiter,
     LimiterMetrics,
+    MetricsDelta,
+    Pipeline,
+    PipelineReport,
     PoolMetrics,
     RateLimiter,
     RateLimiterMetrics,
@@ -34,6 +39,7 @@ from shardflow import (
     ShardedPool,
     ShardflowError,
     ShardMetrics,
+    StageReport,
 )
 
 if TYPE_CHECKING:
@@ -291,6 +297,44 @@ def exceptions() -> None:
     assert_type(shardflow.__version__, str)
 
 
+def pipelines() -> None:
+    p = Pipeline(range(100)).map(lambda x: x * 2).filter(lambda x: x % 3 == 0)
+    out: list[int] = list(p)
+    assert len(out) == 34
+    report = Pipeline(["a", "bb"], ordered=True).flat_map(list).map(str.upper).run()
+    assert_type(report, PipelineReport)
+    assert_type(report.stages[0], StageReport)
+    assert report.balanced and report.results == 3
+
+    async def collect() -> list[str]:
+        return [x async for x in Pipeline(["x", "y"]).map(str.upper)]
+
+    assert sorted(asyncio.run(collect())) == ["X", "Y"]
+
+
+def executor_and_snapshots() -> None:
+    with Executor(max_workers=2) as ex:
+        fut = ex.submit(pow, 2, 8)
+        assert fut.result() == 256
+        assert list(ex.map(abs, [-1, -2], buffersize=1)) == [1, 2]
+    pool: ShardedPool[int]
+    with ShardedPool(lambda item: None, workers=2, name="typed") as pool:
+        before = pool.snapshot()
+        pool.submit_many(range(100))
+        pool.flush()
+        after = pool.snapshot()
+
+        async def feed() -> bool:
+            return await pool.asubmit(7)
+
+        assert asyncio.run(feed())
+    delta = after - before
+    assert_type(delta, MetricsDelta)
+    assert_type(after.service_time, Latency)
+    assert_type(after.queue_wait.p99, float)
+    assert delta.processed == 100 and delta.rate("processed") >= 0.0
+
+
 def main() -> None:
     pool_without_key()
     pool_with_key_and_policies()
@@ -300,6 +344,8 @@ def main() -> None:
     limiters()
     retries()
     exceptions()
+    pipelines()
+    executor_and_snapshots()
 
 
 if __name__ == "__main__":
