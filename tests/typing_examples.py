@@ -317,8 +317,8 @@ def executor_and_snapshots() -> None:
         fut = ex.submit(pow, 2, 8)
         assert fut.result() == 256
         assert list(ex.map(abs, [-1, -2], buffersize=1)) == [1, 2]
-    pool: ShardedPool[int]
-    with ShardedPool(lambda item: None, workers=2, name="typed") as pool:
+    pool: ShardedPool[int] = ShardedPool(lambda item: None, workers=2, name="typed")
+    with pool:
         before = pool.snapshot()
         pool.submit_many(range(100))
         pool.flush()
