@@ -171,3 +171,21 @@ def test_import_without_prometheus_client_names_the_extra(monkeypatch: pytest.Mo
     monkeypatch.delitem(sys.modules, "shardflow.prometheus", raising=False)
     with pytest.raises(ImportError, match=r"shardflow\[prometheus\]"):
         import shardflow.prometheus  # noqa: F401
+
+
+def test_a_guard_reachable_twice_is_exported_once() -> None:
+    # Passed on its own and attached to two pools: one series set, under the first pool,
+    # so that sums over the pool label do not count its calls two or three times.
+    breaker = shardflow.CircuitBreaker(name="shared")
+    registry = CollectorRegistry()
+    pools = [
+        shardflow.ShardedPool(lambda item: None, workers=1, name=n, breaker=breaker)
+        for n in ("a", "b")
+    ]
+    ShardflowCollector(breaker, *pools, registry=registry)
+    for pool in pools:
+        pool.submit_many(range(3))
+        pool.shutdown()
+    fams = scrape(registry)
+    calls = samples(fams["shardflow_breaker_calls"], "shardflow_breaker_calls_total")
+    assert [(s.labels, s.value) for s in calls] == [({"pool": "a", "name": "shared"}, 6.0)]

@@ -157,9 +157,15 @@ class ShardflowCollector(Collector):
             registry.register(self)
 
     def _guards(self) -> Iterator[tuple[str, str, Any]]:
-        """(pool label, name label, guard) for every guard, attached or standalone."""
+        """(pool label, name label, guard) for every guard, attached or standalone.
+
+        Each guard is exported once, whatever the number of times it is reachable (passed
+        on its own and attached to a pool, or shared by two pools): under the first pool
+        it is attached to, else with ``pool=""``. Exporting it twice would make sums over
+        the ``pool`` label count its calls twice."""
         pool_cls = _pool_class()
         seen: dict[str, int] = {}
+        done: set[int] = set()
 
         def label(obj: Any, kind: str) -> str:
             name = getattr(obj, "name", None)
@@ -169,22 +175,24 @@ class ShardflowCollector(Collector):
             seen[kind] = n + 1
             return f"{kind}-{n}"
 
+        found: list[tuple[str, str, Any]] = []
         for obj in self._objects:
             if isinstance(obj, pool_cls):
-                for attr, kind in (
-                    ("breaker", "breaker"),
-                    ("limiter", "limiter"),
-                    ("rate_limiter", "rate_limiter"),
-                ):
+                for attr in ("breaker", "limiter", "rate_limiter"):
                     g = getattr(obj, attr, None)
                     if g is not None:
-                        yield obj.name, label(g, kind), g
-            elif isinstance(obj, CircuitBreaker):
-                yield "", label(obj, "breaker"), obj
+                        found.append((obj.name, attr, g))
+        for obj in self._objects:
+            if isinstance(obj, CircuitBreaker):
+                found.append(("", "breaker", obj))
             elif isinstance(obj, Limiter):
-                yield "", label(obj, "limiter"), obj
-            else:
-                yield "", label(obj, "rate_limiter"), obj
+                found.append(("", "limiter", obj))
+            elif isinstance(obj, RateLimiter):
+                found.append(("", "rate_limiter", obj))
+        for pool_label, kind, g in found:
+            if id(g) not in done:
+                done.add(id(g))
+                yield pool_label, label(g, kind), g
 
     def collect(self) -> Iterator[Metric]:
         """Called by the registry on every scrape."""
