@@ -234,3 +234,14 @@ def test_a_registered_section_runs_and_reports(monkeypatch: pytest.MonkeyPatch) 
     assert report["targets"][0]["passed"] is True
     text = out.getvalue()
     assert "my section ran" in text and "PASS  mine works" in text and "note: a note" in text
+
+
+def test_help_names_every_registered_section() -> None:
+    # The help text is written out (so that --help does not import the benchmarks); it
+    # must not fall behind the registry.
+    from shardflow._bench import SECTIONS
+
+    proc = _run("bench", "--help", timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert f"among {', '.join(SECTIONS)} (default: all)" in text
