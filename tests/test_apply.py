@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -86,3 +87,52 @@ def test_arguments_must_be_lists() -> None:
         map_extend([], lambda x: x, (1, 2))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         map_extend((), lambda x: x, [1])  # type: ignore[arg-type]
+
+
+class CallableObject:
+    """No vectorcall slot on its instances: map_extend falls back to a generic call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: int) -> int:
+        self.calls += 1
+        return x + 100
+
+
+class Box:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def scale(self, x: int) -> int:
+        return x * self.k
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x - 1,  # Python function
+        abs,  # builtin (METH_O)
+        str,  # a type
+        Box(3).scale,  # bound method
+        CallableObject(),  # instance with __call__
+        functools.partial(pow, 2),  # partial over a builtin
+    ],
+    ids=["function", "builtin", "type", "bound method", "__call__", "partial"],
+)
+def test_every_kind_of_callable_gives_what_map_gives(fn: Any) -> None:
+    items = list(range(-5, 300))
+    out: list[Any] = []
+    map_extend(out, fn, items)
+    assert out == list(map(fn, items))
+
+
+def test_errors_from_a_builtin_propagate_with_the_index_kept() -> None:
+    items: list[Any] = [1, "x", 3]
+    out: list[Any] = []
+    with pytest.raises(TypeError):
+        map_extend(out, abs, items)
+    assert out == [1]
+    out.append(None)
+    map_extend(out, abs, items)
+    assert out == [1, None, 3]
