@@ -40,4 +40,20 @@ static inline int sf_is_uniquely_referenced(PyObject *o) {
 #endif
 }
 
+/* May submit_many read `o`'s item array directly? An exact tuple always (immutable); an
+ * exact list only where the GIL serializes access to it: on free-threaded builds another
+ * thread may resize a list while it is read, so lists take the iterator path there. */
+static inline int sf_seq_fast_ok(PyObject *o) {
+#if defined(Py_GIL_DISABLED)
+    return PyTuple_CheckExact(o);
+#else
+    return PyList_CheckExact(o) || PyTuple_CheckExact(o);
+#endif
+}
+
+/* The item array of an exact list or tuple (sf_seq_fast_ok(o) must be true). */
+static inline PyObject **sf_seq_items(PyObject *o) {
+    return PyList_CheckExact(o) ? ((PyListObject *)o)->ob_item : ((PyTupleObject *)o)->ob_item;
+}
+
 #endif /* SF_PYCOMPAT_H */

@@ -94,6 +94,7 @@ cdef extern from "Python.h":
     # Cython add INCREF/DECREF pairs around every item.
     PyObject *PyObject_CallOneArg(PyObject *callable, PyObject *arg)
     void Py_DECREF_p "Py_DECREF"(PyObject *o)
+    void Py_INCREF_p "Py_INCREF"(PyObject *o)
     void PyList_SET_ITEM_steal "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject *o)
     object PyList_New(Py_ssize_t n)
     int PyErr_CheckSignals() except -1
@@ -109,6 +110,8 @@ cdef extern from "Python.h":
 cdef extern from "shardflow/_pycompat.h":
     object sf_take_exception()
     bint sf_is_uniquely_referenced(object o)
+    bint sf_seq_fast_ok(object o)
+    PyObject **sf_seq_items(object o)
 
 
 cdef extern from "shardflow/_pool.h" nogil:
@@ -391,7 +394,30 @@ cdef class PoolCore:
             free(fill)
             raise MemoryError()
         cdef bint routing = False  # `item` was taken from the iterable, not yet staged
+        cdef Py_ssize_t pos, run
+        cdef PyObject **src
         try:
+            if not keyed and sf_seq_fast_ok(items):
+                # Fast path: a list or tuple, no key function. Runs of up to SUBMIT_CHUNK
+                # items are copied from the sequence's item array (under the GIL, so the
+                # copy and the INCREFs see one state of a list even if another thread
+                # changes it between runs), then pushed like staged items: one routing
+                # decision and one push per run, the same shard choice as below.
+                pos = 0
+                while pos < Py_SIZE(items):
+                    run = Py_SIZE(items) - pos
+                    if run > SUBMIT_CHUNK:
+                        run = SUBMIT_CHUNK
+                    s = self._route(None)
+                    src = sf_seq_items(items) + pos
+                    for j in range(run):
+                        Py_INCREF_p(src[j])
+                        stage[s * SUBMIT_CHUNK + j] = <void *>src[j]
+                    fill[s] = run
+                    pos += run
+                    self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s], deadline, timeout,
+                                      &submitted)
+                return submitted
             for item in items:
                 routing = True
                 if keyed:

@@ -3,12 +3,14 @@
 A stage is a ``ShardedPool`` in list mode. Its handler applies the user's function to a
 whole batch and hands the outputs to the next stage with one ``submit_many`` (which blocks,
 GIL released, while the next stage is full: that is the backpressure). Nothing here runs
-per item except inside ``map``/``list``/``compress``/``chain`` calls over a batch.
+per item except inside compiled ``map_extend`` and ``list``/``compress``/``chain`` calls
+over a batch.
 
-Exactly once, also when the function raises: outputs are collected with
-``out.extend(map(fn, it))``. ``list.extend`` keeps what it appended before an exception,
-and ``it`` is then positioned just after the failing item, so the failing item is
-``items[len(out)]`` and the loop resumes after it. No item is ever given to ``fn`` twice.
+Exactly once, also when the function raises: outputs are collected with the compiled
+``map_extend(out, fn, items)`` (``shardflow._apply``), which appends ``fn(items[i])`` from
+``i = len(out)`` on and keeps what it appended before an exception. So the failing item is
+``items[len(out)]``; the loop appends a placeholder and resumes after it. No item is ever
+given to ``fn`` twice.
 
 Ordered pipelines move *units* instead of items: a unit ``(seq, count, values)`` stands
 for ``count`` consecutive source items starting at index ``seq``; each stage replaces
@@ -25,6 +27,7 @@ from collections.abc import Callable, Hashable, Iterable
 from itertools import chain, compress
 from typing import Any
 
+from shardflow._apply import map_extend
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import ShardedPool
 
@@ -51,11 +54,10 @@ def apply_each(
     raises an ``Exception`` gets ``FAILED`` in the result and ``fail(index, exc)`` is
     called. Returns ``(results aligned with items, number of failures)``."""
     out: list[Any] = []
-    it = iter(items)
     failures = 0
     while True:
         try:
-            out.extend(map(fn, it))
+            map_extend(out, fn, items)
             return out, failures
         except Exception as exc:
             failures += 1

@@ -706,11 +706,19 @@ class Pipeline(Generic[T]):
         order = self._order
         stop = self._stop
         seq = 0
-        try:
-            it = iter(self._source)
-        except Exception as exc:
-            self._source_failed(exc)
-            return
+        source = self._source
+        # range, list and tuple sources are cut by slicing: a chunk is built in C, without
+        # an islice step per item (the same items, in the same order, as iterating; a
+        # list is read by position, as its iterator does).
+        sliced = type(source) in (range, list, tuple)
+        pos = 0
+        it: Iterator[Any] = iter(())
+        if not sliced:
+            try:
+                it = iter(source)
+            except Exception as exc:
+                self._source_failed(exc)
+                return
         while not stop.is_set():
             n = self.source_chunk
             if units:
@@ -729,12 +737,17 @@ class Pipeline(Generic[T]):
                 n = min(n, room)
             chunk: list[Any] = []
             failed = False
-            try:
-                chunk.extend(islice(it, n))
-            except Exception as exc:
-                # What the source yielded before it raised still goes through.
-                self._source_failed(exc)
-                failed = True
+            if sliced:
+                part = source[pos : pos + n]  # type: ignore[index]
+                chunk = part if type(part) is list else list(part)
+                pos += len(chunk)
+            else:
+                try:
+                    chunk.extend(islice(it, n))
+                except Exception as exc:
+                    # What the source yielded before it raised still goes through.
+                    self._source_failed(exc)
+                    failed = True
             if not chunk:
                 break
             self._source_items += len(chunk)
