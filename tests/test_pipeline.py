@@ -224,42 +224,50 @@ def test_unordered_is_the_default_and_loses_nothing() -> None:
 # --------------------------------------------------------------------------- backpressure
 
 
-def test_a_slow_sink_bounds_what_the_source_yields_ahead() -> None:
-    n = 200_000
-    yielded = [0]
-    gate = threading.Event()
-    entered = threading.Event()
+class StuckSink:
+    """A counting source and a sink that blocks on item 0 until released: the fixture of
+    the backpressure tests (how far the source runs ahead while the sink is stuck)."""
 
-    def source() -> Iterator[int]:
-        for i in range(n):
-            yielded[0] += 1
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.yielded = 0
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def source(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.yielded += 1
             yield i
 
-    def sink(x: int) -> None:
+    def sink(self, x: int) -> None:
         if x == 0:
-            entered.set()
-            assert gate.wait(WAIT)
+            self.entered.set()
+            assert self.gate.wait(WAIT)
 
+
+def test_a_slow_sink_bounds_what_the_source_yields_ahead() -> None:
+    n = 200_000
+    stuck = StuckSink(n)
     p = (
-        Pipeline(source(), capacity=256)
+        Pipeline(stuck.source(), capacity=256)
         .map(lambda x: x, batch_size=32)
         .map(lambda x: x, batch_size=32)
-        .sink(sink, batch_size=32)
+        .sink(stuck.sink, batch_size=32)
     )
     result: list[PipelineReport] = []
     runner = threading.Thread(target=lambda: result.append(p.run()))
     runner.start()
     try:
-        assert entered.wait(WAIT)
+        assert stuck.entered.wait(WAIT)
         # With the sink stuck, every ring fills up and then the source must stop.
         assert wait_until(
             lambda: all(m.depth == m.shards[0].depth == 256 for m in p.metrics().values())
         ), p.metrics()
-        ahead = yielded[0]
+        ahead = stuck.yielded
         rings = 3 * 256
         assert rings <= ahead <= p.max_in_flight() < n
     finally:
-        gate.set()
+        stuck.gate.set()
         runner.join(WAIT)
     assert not runner.is_alive()
     assert result[0].results == n
@@ -268,41 +276,28 @@ def test_a_slow_sink_bounds_what_the_source_yields_ahead() -> None:
 
 def test_ordered_backpressure_with_a_stuck_sink() -> None:
     n = 30_000
-    yielded = [0]
-    gate = threading.Event()
-    entered = threading.Event()
-
-    def source() -> Iterator[int]:
-        for i in range(n):
-            yielded[0] += 1
-            yield i
-
-    def sink(x: int) -> None:
-        if x == 0:
-            entered.set()
-            assert gate.wait(WAIT)
-
+    stuck = StuckSink(n)
     p = (
-        Pipeline(source(), ordered=True, window=100_000, capacity=256)
+        Pipeline(stuck.source(), ordered=True, window=100_000, capacity=256)
         .map(lambda x: x, batch_size=64)
         .map(lambda x: x, batch_size=64)
-        .sink(sink, batch_size=64)
+        .sink(stuck.sink, batch_size=64)
     )
     result: list[PipelineReport] = []
     runner = threading.Thread(target=lambda: result.append(p.run()))
     runner.start()
     try:
-        assert entered.wait(WAIT)
+        assert stuck.entered.wait(WAIT)
         # Ordered stages move runs of 64 items: their rings hold 256 // 64 = 4 runs.
         # With the sink stuck every ring fills up, then the source must stop, long
         # before the (large) window would stop it.
         full = [4, 4, 256]
         assert wait_until(lambda: [m.depth for m in p.metrics().values()] == full), p.metrics()
-        ahead = yielded[0]
+        ahead = stuck.yielded
         assert 256 * 4 <= ahead <= p.max_in_flight()
         assert ahead < 100_000  # the window did not stop it: the rings did
     finally:
-        gate.set()
+        stuck.gate.set()
         runner.join(WAIT)
     assert not runner.is_alive()
     assert result[0].results == n
