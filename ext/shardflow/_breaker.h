@@ -298,7 +298,8 @@ static inline int sf_br_should_trip(sf_breaker *b, uint64_t consecutive, int64_t
 /* Admission when the state is not closed/disabled (the caller checked that fast case with
  * one load). Returns SF_BR_ALLOW (closed/disabled: record with *token), SF_BR_TRIAL
  * (half-open permit: record or release with *token), or SF_BR_REJECT with *remaining_ns
- * until the next trial (-1: forced open, 0: half-open and all permits taken). *trans is the
+ * until the next trial (-1: forced open, 0: half-open and all permits taken, or
+ * reopened under this call after it made the open -> half_open move). *trans is the
  * open -> half_open transition this call made, or -1. */
 static inline int sf_breaker_acquire(sf_breaker *b, int64_t now, uint64_t *token,
                                      int64_t *remaining_ns, int *trans) {
@@ -323,6 +324,15 @@ static inline int sf_breaker_acquire(sf_breaker *b, int64_t now, uint64_t *token
             if (left > 0) {
                 sf_fetch_add_relaxed_u64(&b->rejections, 1);
                 *remaining_ns = left;
+                return SF_BR_REJECT;
+            }
+            if (*trans >= 0) {
+                /* This call already moved open -> half_open and a failed trial reopened
+                 * the breaker before it got a permit. Moving it again would be a second
+                 * transition that *trans cannot report (listeners would miss one): refuse,
+                 * the caller may try again at once. */
+                sf_fetch_add_relaxed_u64(&b->rejections, 1);
+                *remaining_ns = 0;
                 return SF_BR_REJECT;
             }
             sf_br_ho_init(b, gen + 1);
