@@ -112,6 +112,13 @@ def run_script(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` of children that get SIGINT: a shell starts background jobs with
+    SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt
+    handler (the child would ignore the test's Ctrl-C and run until killed)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
     """Run ``code``; once it prints "ready", let it enter its wait, then send SIGINT.
     Returns (returncode, stdout, stderr)."""
@@ -121,6 +128,7 @@ def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout is not None

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from helpers import default_sigint
 from shardflow import _demo
 from shardflow._demo import DemoConfig, FlakySink, event_stream, run_demo, zipf_cdf
 
@@ -183,6 +184,7 @@ def test_ctrl_c_stops_promptly_and_still_accounts_for_every_event(tmp_path: Path
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout is not None
