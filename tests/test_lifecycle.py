@@ -193,3 +193,18 @@ def test_ctrl_c_interrupts_a_blocked_call_promptly(tmp_path: Path, call: str) ->
     assert "not interrupted" not in out
     assert "KeyboardInterrupt" in err, err
     assert returncode != 0
+
+
+def test_importing_shardflow_does_not_import_asyncio(tmp_path: Path) -> None:
+    # asyncio (and ssl under it) is most of what an import would cost; only the async
+    # methods need it, and they import it when first awaited.
+    result = run_script(
+        """
+        import sys
+        import shardflow
+        print(sorted(m for m in ("asyncio", "ssl") if m in sys.modules))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -7,7 +7,6 @@ The same limiter serves threads and any number of asyncio event loops at once.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import time
@@ -98,6 +97,8 @@ class Limiter(LimiterCore):
         if timeout is not None and timeout <= 0:
             self._count_timeout()
             return False
+        import asyncio  # lazily: keeps `import shardflow` cheap
+
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _ASYNC_BACKOFF_START
         self._waiting_add(1)

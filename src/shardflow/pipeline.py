@@ -10,7 +10,6 @@ fast the source is.
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 import time
@@ -632,6 +631,8 @@ class Pipeline(Generic[T]):
         self._finish()
 
     async def _aiterate(self) -> AsyncIterator[T]:
+        import asyncio  # lazily: keeps `import shardflow` cheap
+
         chan = self._open_channel()
         done = False
         try:

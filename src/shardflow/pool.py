@@ -7,7 +7,6 @@ hooks (fork, interpreter exit).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import itertools
 import os
@@ -262,6 +261,8 @@ class ShardedPool(PoolCore, Generic[T]):
             >>> seen
             ['hello']
         """
+        import asyncio  # lazily: keeps `import shardflow` cheap
+
         check_seconds("timeout", timeout, allow_inf=True)
         deadline = None
         if timeout is not None and timeout < _ASUBMIT_FOREVER:

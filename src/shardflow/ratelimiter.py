@@ -7,7 +7,6 @@ with a CAS loop, so threads (and event loops) share it without a lock.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -107,6 +106,8 @@ class RateLimiter(RateLimiterCore):
         if wait is None:
             return False
         if wait > 0:
+            import asyncio  # lazily: keeps `import shardflow` cheap
+
             await asyncio.sleep(wait)
         return True
 

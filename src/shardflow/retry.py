@@ -7,7 +7,6 @@ guarded by a lock (correct on free-threaded builds too).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import math
@@ -197,7 +196,7 @@ class Retry:
         self.deadline = deadline
         self._clock = time.monotonic if clock is None else clock
         self._sleep = time.sleep if sleep is None else sleep
-        self._async_sleep = asyncio.sleep if async_sleep is None else async_sleep
+        self._async_sleep = async_sleep  # None: asyncio.sleep, imported when first needed
         self._random = _random.random if random is None else random
         self._budget = (
             None
@@ -282,7 +281,12 @@ class Retry:
                 if d is None:
                     raise
             if d > 0:
-                await self._async_sleep(d)
+                if self._async_sleep is None:
+                    import asyncio  # lazily: keeps `import shardflow` cheap
+
+                    await asyncio.sleep(d)
+                else:
+                    await self._async_sleep(d)
             attempt += 1
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
