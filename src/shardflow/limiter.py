@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from shardflow import _aio
 from shardflow._limiter import LimiterCore
 from shardflow._validate import check_int, check_seconds
 
@@ -97,8 +98,6 @@ class Limiter(LimiterCore):
         if timeout is not None and timeout <= 0:
             self._count_timeout()
             return False
-        import asyncio  # lazily: keeps `import shardflow` cheap
-
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _ASYNC_BACKOFF_START
         self._waiting_add(1)
@@ -111,9 +110,9 @@ class Limiter(LimiterCore):
                             break
                         self._count_timeout()
                         return False
-                    await asyncio.sleep(min(delay, left))
+                    await _aio.sleep(min(delay, left))
                 else:
-                    await asyncio.sleep(delay)
+                    await _aio.sleep(delay)
                 if self.try_acquire():
                     break
                 delay = min(delay * 2, _ASYNC_BACKOFF_MAX)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, Literal, TypeVar, cast
 
+from shardflow import _aio
 from shardflow._guard import dead_letter_target, guard
 from shardflow._stage import WORKER_DRAIN, DeadLetter, Stage
 from shardflow._validate import (
@@ -631,8 +632,6 @@ class Pipeline(Generic[T]):
         self._finish()
 
     async def _aiterate(self) -> AsyncIterator[T]:
-        import asyncio  # lazily: keeps `import shardflow` cheap
-
         chan = self._open_channel()
         done = False
         try:
@@ -640,7 +639,7 @@ class Pipeline(Generic[T]):
                 try:
                     got = chan.get_nowait()
                 except queue.Empty:
-                    got = await asyncio.to_thread(self._next_batch, chan)
+                    got = await _aio.to_thread(self._next_batch, chan)
                 if got is _END:
                     break
                 for item in got:
@@ -649,7 +648,7 @@ class Pipeline(Generic[T]):
         finally:
             if not done:
                 self._abort()
-        await asyncio.to_thread(self._close_channel)
+        await _aio.to_thread(self._close_channel)
         self._finish()
 
     # ------------------------------------------------------------------ internals

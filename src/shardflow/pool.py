@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
+from shardflow import _aio
 from shardflow._guard import dead_letter_target, guard
 from shardflow._validate import (
     check_bool,
@@ -261,8 +262,6 @@ class ShardedPool(PoolCore, Generic[T]):
             >>> seen
             ['hello']
         """
-        import asyncio  # lazily: keeps `import shardflow` cheap
-
         check_seconds("timeout", timeout, allow_inf=True)
         deadline = None
         if timeout is not None and timeout < _ASUBMIT_FOREVER:
@@ -277,7 +276,7 @@ class ShardedPool(PoolCore, Generic[T]):
                 if deadline is not None and time.monotonic() >= deadline:
                     exc.args = (f"shard stayed full ({self.capacity} items) for {timeout} s",)
                     raise
-            await asyncio.sleep(delay)
+            await _aio.sleep(delay)
             delay = min(delay * 2, _ASUBMIT_MAX_DELAY)
 
     @property

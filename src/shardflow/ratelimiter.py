@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shardflow import _aio
 from shardflow._limiter import RateLimiterCore
 from shardflow._validate import check_callable, check_int
 
@@ -106,9 +107,7 @@ class RateLimiter(RateLimiterCore):
         if wait is None:
             return False
         if wait > 0:
-            import asyncio  # lazily: keeps `import shardflow` cheap
-
-            await asyncio.sleep(wait)
+            await _aio.sleep(wait)
         return True
 
     def metrics(self) -> RateLimiterMetrics:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from shardflow import _aio
 from shardflow._validate import check_callable, check_choice, check_int, check_seconds
 from shardflow.errors import CircuitOpen
 
@@ -196,7 +197,7 @@ class Retry:
         self.deadline = deadline
         self._clock = time.monotonic if clock is None else clock
         self._sleep = time.sleep if sleep is None else sleep
-        self._async_sleep = async_sleep  # None: asyncio.sleep, imported when first needed
+        self._async_sleep = _aio.sleep if async_sleep is None else async_sleep
         self._random = _random.random if random is None else random
         self._budget = (
             None
@@ -281,12 +282,7 @@ class Retry:
                 if d is None:
                     raise
             if d > 0:
-                if self._async_sleep is None:
-                    import asyncio  # lazily: keeps `import shardflow` cheap
-
-                    await asyncio.sleep(d)
-                else:
-                    await self._async_sleep(d)
+                await self._async_sleep(d)
             attempt += 1
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
