@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 #: Upper bound for anything the tests wait on. Generous: the machine is small and noisy,
 #: and a bound is only reached when something is broken (a hang), never in a passing run.
@@ -119,11 +119,18 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
-    """Run ``code``; once it prints "ready", let it enter its wait, then send SIGINT.
-    Returns (returncode, stdout, stderr)."""
+def interrupt(
+    argv: list[str],
+    tmp_path: Path,
+    started: Callable[[IO[str]], None],
+    wait: float = 0.3,
+    timeout: float = CHILD_TIMEOUT,
+) -> tuple[int, str, str]:
+    """Start ``argv``; once ``started(its stdout)`` returned (it reads and checks the lines
+    that say the child got going), let it run ``wait`` s more, then send SIGINT.
+    Returns (returncode, stdout after what ``started`` read, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        argv,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -132,21 +139,34 @@ def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line == "ready", (line, proc.stderr.read() if proc.stderr else "")
-        # Give the child time to enter the wait, so that the signal interrupts the wait
-        # itself (sent earlier it would be honoured as well, just less interestingly).
+        started(proc.stdout)
         try:
-            proc.wait(0.3)
+            proc.wait(wait)
         except subprocess.TimeoutExpired:
             pass
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+        out, err = proc.communicate(timeout=timeout)
+    except AssertionError as exc:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"{exc}\nstderr: {err}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     return proc.returncode, out, err
+
+
+def interrupt_when_ready(code: str, tmp_path: Path) -> tuple[int, str, str]:
+    """Run ``code``; once it prints "ready", let it enter its wait, then send SIGINT
+    (sent earlier it would be honoured as well, just less interestingly).
+    Returns (returncode, stdout, stderr)."""
+
+    def ready(stdout: IO[str]) -> None:
+        line = stdout.readline().strip()
+        assert line == "ready", line
+
+    return interrupt([sys.executable, "-c", textwrap.dedent(code)], tmp_path, ready)
 
 
 # --------------------------------------------------------------------------- producer kinds

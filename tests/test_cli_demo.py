@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import io
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
-from helpers import default_sigint
+from helpers import interrupt
 from shardflow import _demo
 from shardflow._demo import DemoConfig, FlakySink, event_stream, run_demo, zipf_cdf
 
@@ -178,30 +177,19 @@ def test_flaky_sink_fails_in_its_outage_then_recovers() -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child there")
 def test_ctrl_c_stops_promptly_and_still_accounts_for_every_event(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
+    def started(stdout: IO[str]) -> None:
+        assert stdout.readline().startswith("shardflow demo: 100,000,000 events")
+        stdout.readline()
+
+    # Let it get going for 0.5 s: the pool has taken events once they start being handled.
+    code, out, err = interrupt(
         [sys.executable, "-m", "shardflow", "demo", "--events", "100000000", "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        preexec_fn=default_sigint,
+        tmp_path,
+        started,
+        wait=0.5,
+        timeout=CHILD_TIMEOUT,
     )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("shardflow demo: 100,000,000 events")
-        proc.stdout.readline()
-        # Let it get going: the pool has taken events once they start being handled.
-        try:
-            proc.wait(0.5)
-        except subprocess.TimeoutExpired:
-            pass
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "Traceback" not in err
     lines = accounting(out)
     assert all(line.rstrip().endswith("OK") for line in lines), lines
