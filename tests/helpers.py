@@ -112,13 +112,6 @@ def run_script(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` of children that get SIGINT: a shell starts background jobs with
-    SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt
-    handler (the child would ignore the test's Ctrl-C and run until killed)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def interrupt(
     argv: list[str],
     tmp_path: Path,
@@ -135,7 +128,6 @@ def interrupt(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout is not None
