@@ -163,6 +163,9 @@ cdef enum:
 ON_FULL_BLOCK = 0
 ON_FULL_RAISE = 1
 ON_FULL_DROP = 2
+#: Items a worker may hold privately beyond its ring (its drain buffer): the pipeline's
+#: memory bound counts them.
+WORKER_DRAIN = DRAIN_CHUNK
 
 
 _NO_ITEM = object()

@@ -39,10 +39,6 @@ KINDS = ("map", "filter", "flat_map", "batch", "sink")
 #: Marks a failed item in ``apply_each``'s result (aligned with the inputs).
 FAILED: Any = object()
 
-#: Items a ShardedPool worker may hold privately beyond its ring (its drain buffer: the
-#: core's ``DRAIN_CHUNK``). Used only to state the memory bound of a pipeline.
-WORKER_DRAIN = 4096
-
 Emit = Callable[[list[Any]], object]
 DeadLetter = Callable[[Any, BaseException], object]
 

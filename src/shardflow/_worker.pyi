@@ -7,6 +7,7 @@ from typing import Any
 ON_FULL_BLOCK: int
 ON_FULL_RAISE: int
 ON_FULL_DROP: int
+WORKER_DRAIN: int
 HIST_SUB_BITS: int
 HIST_BUCKETS: int
 

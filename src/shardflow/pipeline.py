@@ -20,7 +20,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 from shardflow import _aio
 from shardflow._guard import dead_letter_target, guard
-from shardflow._stage import WORKER_DRAIN, DeadLetter, Stage
+from shardflow._stage import DeadLetter, Stage
 from shardflow._validate import (
     check_bool,
     check_callable,
@@ -30,6 +30,7 @@ from shardflow._validate import (
     check_seconds,
     check_str,
 )
+from shardflow._worker import WORKER_DRAIN
 from shardflow.breaker import CircuitBreaker
 from shardflow.errors import Closed
 from shardflow.limiter import Limiter
