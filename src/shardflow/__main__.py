@@ -373,7 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns the exit status; argparse exits with status 2 on bad options.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Reported by the command's parser, so the message names it (`shardflow demo:`).
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     command: Callable[[argparse.Namespace], int] = args.command_fn
     try:
         return command(args)
