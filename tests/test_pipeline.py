@@ -413,12 +413,11 @@ def key_fails_on(bad: int) -> Any:
 
 
 @pytest.mark.parametrize("ordered", [False, True])
-@pytest.mark.parametrize("errors", ["fail_fast", "continue"])
-def test_a_key_function_that_raises_stops_the_pipeline_and_is_counted(
-    errors: Any, ordered: bool
+def test_fail_fast_a_key_function_that_raises_stops_the_pipeline_and_is_counted(
+    ordered: bool,
 ) -> None:
     p = (
-        Pipeline(range(5000), errors=errors, capacity=64, ordered=ordered)
+        Pipeline(range(5000), errors="fail_fast", capacity=64, ordered=ordered)
         .map(lambda x: x, batch_size=16)
         .map(lambda x: x, workers=2, key=key_fails_on(1234), batch_size=16)
     )
@@ -430,6 +429,67 @@ def test_a_key_function_that_raises_stops_the_pipeline_and_is_counted(
     # ordered: the errors hold the (seq, count, values) units that were not handed on
     lost = [v for x, _ in before.errors for v in (x[2] if ordered else [x])]
     assert 1234 in lost
+    check_accounting(p.report)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_continue_a_key_function_that_raises_dead_letters_the_item_and_goes_on(
+    ordered: bool,
+) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    p = (
+        Pipeline(range(5000), errors="continue", capacity=64, ordered=ordered)
+        .map(lambda x: x, batch_size=16)
+        .map(lambda x: x, workers=2, key=key_fails_on(1234), batch_size=16, dead_letter=dead)
+    )
+    got = list(p)
+    want = [x for x in range(5000) if x != 1234]
+    assert (got if ordered else sorted(got)) == want
+    assert [(x, type(e)) for x, e in dead] == [(1234, LookupError)]
+    assert p.report is not None
+    keyed = p.report.stages[1]
+    assert (keyed.received, keyed.dead_lettered, keyed.succeeded) == (5000, 1, 4999)
+    assert p.report.stages[0].unsent == 0
+    check_accounting(p.report)
+
+
+def test_continue_key_errors_at_the_first_stage_and_unhashable_keys() -> None:
+    def key(x: int) -> Any:
+        if x % 11 == 0:
+            return [x]  # unhashable: TypeError while routing
+        if x % 7 == 0:
+            raise LookupError(x)
+        return x % 5
+
+    report = (
+        Pipeline(range(3000), errors="continue", source_chunk=100)
+        .map(lambda x: x, workers=2, key=key, batch_size=32)
+        .run()
+    )
+    bad = [x for x in range(3000) if x % 11 == 0 or x % 7 == 0]
+    first = report.stages[0]
+    assert report.source_unsent == 0
+    assert (first.received, first.dead_lettered) == (3000, len(bad))
+    assert sorted(x for x, _ in first.errors) == bad
+    assert {type(e) for _, e in first.errors} == {TypeError, LookupError}
+    assert report.results == 3000 - len(bad)
+    check_accounting(report)
+
+
+def test_continue_ordered_key_error_after_flat_map_dead_letters_the_whole_unit() -> None:
+    # Keyed ordered stages move one-item units; after a flat_map a unit holds that item's
+    # expansion, routed by its first value: when that key raises, all of it is refused.
+    p = (
+        Pipeline(range(2000), errors="continue", ordered=True)
+        .flat_map(lambda x: [x, x + 0.5])
+        .map(lambda x: x, workers=2, key=key_fails_on(700))
+    )
+    got = list(p)
+    assert got == [y for x in range(2000) if x != 700 for y in (x, x + 0.5)]
+    assert p.report is not None
+    keyed = p.report.stages[1]
+    assert sorted(x for x, _ in keyed.errors) == [700, 700.5]
+    assert (keyed.received, keyed.dead_lettered) == (4000, 2)
     check_accounting(p.report)
 
 

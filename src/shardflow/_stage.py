@@ -28,6 +28,7 @@ from itertools import chain, compress
 from typing import Any
 
 from shardflow._apply import map_extend
+from shardflow.errors import Closed
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import ShardedPool
 
@@ -146,6 +147,58 @@ class Stage:
             return
         with self.lock:
             self.dead_lettered += 1
+
+    def key_failed(self, item: Any, exc: BaseException, record: Callable[..., None]) -> Any:
+        """With ``errors="continue"``: this stage's key function raised for ``item`` (a
+        unit with ``ordered=True``), so it never entered the pool. It is received here and
+        dead-lettered like an item whose function raised. Returns what to submit in its
+        place: nothing for an item; for a unit, the unit emptied of its values (the reorder
+        buffer waits for every unit; an empty one is routed by its ``seq``)."""
+        values = item[2] if self.units else [item]
+        with self.lock:
+            self.received += len(values)
+        for value in values:
+            self.route_error(value, exc, False, record)
+        return (item[0], item[1], []) if self.units else None
+
+    def skipping_bad_keys(self, submit: Emit, record: Callable[..., None]) -> Emit:
+        """``submit`` (this stage's ``submit_many``) for ``errors="continue"``: an item whose
+        key function raises goes to ``key_failed`` and the rest still go in. Other errors
+        (``Closed`` when the pipeline stops) propagate with ``submitted``/``unsent`` set
+        for the whole list, as ``submit_many`` sets them."""
+
+        def submit_all(items: list[Any]) -> None:
+            total = len(items)
+            made: list[Any] = []  # emptied units put in place of refused ones
+            while True:
+                try:
+                    submit(items)
+                    return
+                except Closed as exc:
+                    # Not sent: what submit_many says, and everything after it; minus the
+                    # emptied units (their values are accounted for already). `submitted`
+                    # is set so that the caller's slice of its own list is empty.
+                    unsent = list(getattr(exc, "unsent", ()))
+                    unsent += items[getattr(exc, "submitted", 0) + len(unsent) :]
+                    exc.unsent = [u for u in unsent if not any(u is m for m in made)]
+                    exc.submitted = total
+                    raise
+                except Exception as exc:
+                    # submit_many's `unsent` starts with the item it was routing when the
+                    # key function raised, then what it had staged (all from before it).
+                    unsent = list(getattr(exc, "unsent", ()))
+                    if not unsent:
+                        raise
+                    rest = unsent[1:] + items[getattr(exc, "submitted", 0) + len(unsent) :]
+                    instead = self.key_failed(unsent[0], exc, record)
+                    if instead is not None:
+                        made.append(instead)
+                        rest.insert(0, instead)
+                    items = rest
+                    if not items:
+                        return
+
+        return submit_all
 
     # ------------------------------------------------------------------ handlers
 

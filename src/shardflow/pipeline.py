@@ -89,10 +89,12 @@ class StageReport:
     holds ``(item, exception)`` for every failed item and every dead-lettered item kept
     in the report.
 
-    ``unsent``: outputs the next stage refused because its ``key`` function raised (the
-    error then stops the pipeline as a fail-fast error does, whatever ``errors`` says);
-    they are in ``errors`` too (with ``ordered=True`` as the ``(seq, count, values)``
-    runs that were refused), and not in ``emitted``.
+    A stage's ``key`` function that raises for an item: with ``errors="continue"`` the
+    item is that stage's error like any other (``received``, then dead-lettered); with
+    ``"fail_fast"`` the item never enters the stage and is counted as ``unsent`` by the
+    stage before (``unsent``: outputs the next stage refused; they are in ``errors`` too,
+    with ``ordered=True`` as the ``(seq, count, values)`` runs that were refused, and
+    not in ``emitted``), and the error stops the pipeline.
     """
 
     name: str
@@ -123,7 +125,8 @@ class PipelineReport:
     (to the sink, to the iterator, or, for ``run()`` without a sink, counted and
     dropped). ``stopped_early`` is True when a fail-fast error stopped the source.
     ``source_unsent``: items the first stage refused because its ``key`` function raised
-    (that error is raised); ``stages[0].received == source_items - source_unsent``.
+    with ``errors="fail_fast"`` (that error is raised);
+    ``stages[0].received == source_items - source_unsent``.
     """
 
     source_items: int
@@ -181,8 +184,9 @@ class Pipeline(Generic[T]):
             function (or by the source) stops the source, lets what is already inside
             drain, and is raised, with its traceback, from ``run()`` or the iterator; it
             carries the report as ``pipeline_report``. ``"continue"``: a failing item
-            goes to its stage's dead letter (a callable ``(item, exc)``, a list, or a
-            queue with ``put_nowait``), else is kept in the report; the pipeline goes on.
+            (its function, or its stage's ``key`` function, raised) goes to its stage's
+            dead letter (a callable ``(item, exc)``, a list, or a queue with
+            ``put_nowait``), else is kept in the report; the pipeline goes on.
         capacity: default per-shard ring capacity of the stages.
         source_chunk: items read from the source per hand-off to the first stage
             (default 1024). A chunk is handed over once it is full or the source ends,
@@ -693,6 +697,9 @@ class Pipeline(Generic[T]):
             )
             assert s.pool is not None
             emit = s.pool.submit_many
+            if s.key is not None and not fail_fast:
+                # continue: an item whose key function raises is this stage's error.
+                emit = s.skipping_bad_keys(emit, self._record)
         if tail == 0:
             self._final = emit
         self._entry = emit
