@@ -163,7 +163,8 @@ class Stage:
 
     def skipping_bad_keys(self, submit: Emit, record: Callable[..., None]) -> Emit:
         """``submit`` (this stage's ``submit_many``) for ``errors="continue"``: an item whose
-        key function raises goes to ``key_failed`` and the rest still go in. Other errors
+        key function raises goes to ``key_failed`` and the rest still go in (those staged
+        before it are submitted again: their key function runs a second time). Other errors
         (``Closed`` when the pipeline stops) propagate with ``submitted``/``unsent`` set
         for the whole list, as ``submit_many`` sets them."""
 
