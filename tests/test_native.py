@@ -1,8 +1,9 @@
 """The C core, tested without Python in the way: stress, sanitizers, model checking.
 
 * ``tests/native/stress.c`` hammers the ring, the park protocol, the counters, the pool's
-  live/done protocol and the stealing scheduler (``_sched.h``: steal-half, thief wake-ups,
-  flush acknowledgements and flush holds) from pthreads. It is built three ways (plain
+  live/done protocol, the stealing scheduler (``_sched.h``: steal-half, thief wake-ups,
+  flush acknowledgements and flush holds), the latency histogram and the circuit breaker
+  from pthreads. It is built three ways (plain
   ``-O2``, ThreadSanitizer, AddressSanitizer + UndefinedBehaviorSanitizer) and every build
   must exit 0 with no sanitizer report. No suppression file exists, on purpose.
 * ``tests/native/interleave.c`` replays exact interleavings of the ring and the breaker (a
@@ -147,7 +148,7 @@ def test_stress_harness_passes_every_check(build_dir: Path, flavour: str) -> Non
     r = _run_harness(binary, ["all", "--ops", str(OPS[flavour]), "--timeout", "90"])
     _assert_clean(r, f"stress-{flavour}")
     assert "stress    all: all checks passed" in r.stdout
-    for scenario in ("ring", "shard", "counters", "pool", "sched", "hist"):
+    for scenario in ("ring", "shard", "counters", "pool", "sched", "hist", "breaker"):
         assert re.search(rf"^{scenario}\b.* OK$", r.stdout, re.M), r.stdout
 
 

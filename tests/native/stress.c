@@ -40,6 +40,14 @@
  *             count); then count, sum and max are exact, the buckets add up to the count,
  *             every value lies within its bucket's [lo, hi], buckets tile [0, 2^40) and a
  *             bucket is at most 1/128 of its lower bound wide.
+ *   breaker   a circuit breaker (_breaker.h) hammered by 4 threads: admission (one load when
+ *             closed, sf_breaker_acquire otherwise) and sf_breaker_record, every k-th call
+ *             failing, with the reset timeout 0 so it cycles closed -> open -> half_open
+ *             all the time; three set-ups (consecutive failures, a count window, a time
+ *             window). Every transition is reported to exactly one caller (the sum of
+ *             reported transitions equals the generations the state word moved), no more
+ *             than half_open_max_calls trials ever run at once, none is left in flight,
+ *             and the calls/failures totals are exact.
  *   (shard and sched also check the queue-wait stamps of _ring.h: every stamped index,
  *   one per min(64, capacity) items, is recorded exactly once into the histogram of the
  *   worker that took it, thefts included, while a reader merges those histograms.)
@@ -58,6 +66,7 @@
 #include <unistd.h>
 
 #include "shardflow/_atomic.h"
+#include "shardflow/_breaker.h"
 #include "shardflow/_counters.h"
 #include "shardflow/_hist.h"
 #include "shardflow/_park.h"
@@ -742,6 +751,105 @@ static int scenario_hist(void) {
     return atomic_load(&failures) == before;
 }
 
+/* ------------------------------------------------------------------ breaker */
+
+#define BREAKER_THREADS 4
+
+typedef struct breaker_ctx {
+    sf_breaker *b;
+    uint64_t n;            /* calls per thread */
+    unsigned fail_every;
+    sf_atomic_u64 inside;  /* trials running now */
+    sf_atomic_u64 most;    /* most trials ever running at once */
+    sf_atomic_u64 reported;/* transitions reported to callers */
+    sf_atomic_u64 records; /* outcomes recorded */
+    sf_atomic_u64 fails;   /* of which failures */
+} breaker_ctx;
+
+static int is_move(int t) { return t >= 0 && (t >> 4) != (t & 15); }
+
+static void *breaker_caller(void *arg) {
+    breaker_ctx *c = arg;
+    uint64_t reported = 0, fails = 0, records = 0;
+    for (uint64_t i = 0; i < c->n; i++) {
+        uint64_t w = sf_load_acquire_u64(&c->b->state), token = w, x, m;
+        int64_t remaining = 0;
+        int r = SF_BR_ALLOW, t = -1, flags;
+        if (SF_BR_STATE(w) != SF_BR_CLOSED && SF_BR_STATE(w) != SF_BR_DISABLED)
+            r = sf_breaker_acquire(c->b, sf_now_ns(), &token, &remaining, &t);
+        reported += (uint64_t)is_move(t);
+        if (r == SF_BR_REJECT) continue;
+        if (r == SF_BR_TRIAL) {
+            x = sf_fetch_add_acqrel_u64(&c->inside, 1) + 1;
+            m = sf_load_relaxed_u64(&c->most);
+            while (x > m && !sf_cas_acqrel_u64(&c->most, &m, x)) {}
+            for (int k = 0; k < 16; k++) sf_cpu_relax();
+            sf_fetch_sub_relaxed_u64(&c->inside, 1);
+        }
+        flags = (c->fail_every && (i + 1) % c->fail_every == 0) ? SF_BR_FAIL : SF_BR_OK;
+        fails += flags == SF_BR_FAIL;
+        records++;
+        reported += (uint64_t)is_move(sf_breaker_record(c->b, token, flags, sf_now_ns()));
+    }
+    sf_fetch_add_relaxed_u64(&c->reported, reported);
+    sf_fetch_add_relaxed_u64(&c->records, records);
+    sf_fetch_add_relaxed_u64(&c->fails, fails);
+    return NULL;
+}
+
+static int scenario_breaker(const char *name, int win_kind, unsigned fail_every) {
+    breaker_ctx c;
+    pthread_t t[BREAKER_THREADS];
+    int64_t t0 = sf_now_ns();
+    int before = atomic_load(&failures);
+    uint64_t gen;
+    memset(&c, 0, sizeof c);
+    c.b = xcalloc(1, sizeof *c.b);
+    sf_breaker_zero(c.b);
+    c.b->reset_ns = 0;
+    c.b->ho_max = 2;
+    c.b->success_threshold = 3;
+    if (win_kind == SF_WIN_NONE) {
+        c.b->max_failures = 1;
+    } else {
+        c.b->failure_rate = 0.2;
+        c.b->minimum_calls = 5;
+        if (sf_breaker_alloc_window(c.b, win_kind, win_kind == SF_WIN_COUNT ? 16 : 8,
+                                    win_kind == SF_WIN_COUNT ? 1 : 100000)) {
+            fprintf(stderr, "sf_breaker_alloc_window failed\n");
+            exit(2);
+        }
+    }
+    c.n = opt.ops / BREAKER_THREADS ? opt.ops / BREAKER_THREADS : 1;
+    c.fail_every = fail_every;
+    watchdog_arm("breaker", NULL, NULL, NULL);
+    for (int i = 0; i < BREAKER_THREADS; i++) start(&t[i], breaker_caller, &c);
+    for (int i = 0; i < BREAKER_THREADS; i++) join(t[i]);
+    watchdog_disarm();
+    gen = SF_BR_GEN(atomic_load(&c.b->state));
+    CHECK(atomic_load(&c.reported) == gen,
+          "breaker %s: %" PRIu64 " transitions made, %" PRIu64 " reported", name, gen,
+          (uint64_t)atomic_load(&c.reported));
+    CHECK(gen > 0, "breaker %s: never moved", name);
+    CHECK(atomic_load(&c.most) <= c.b->ho_max, "breaker %s: %" PRIu64 " trials at once > %u",
+          name, (uint64_t)atomic_load(&c.most), c.b->ho_max);
+    CHECK(SF_HO_INFLIGHT(atomic_load(&c.b->ho)) == 0, "breaker %s: trials left in flight",
+          name);
+    CHECK(atomic_load(&c.b->calls) == atomic_load(&c.records),
+          "breaker %s: calls %" PRIu64 " != %" PRIu64 " recorded", name,
+          (uint64_t)atomic_load(&c.b->calls), (uint64_t)atomic_load(&c.records));
+    CHECK(atomic_load(&c.b->failures) == atomic_load(&c.fails), "breaker %s: failures wrong",
+          name);
+    printf("breaker   %-11s calls=%" PRIu64 " transitions=%" PRIu64 " most_trials=%" PRIu64
+           " %.2fs %s\n",
+           name, (uint64_t)atomic_load(&c.records), gen, (uint64_t)atomic_load(&c.most),
+           (double)(sf_now_ns() - t0) / 1e9, atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    sf_breaker_free(c.b);
+    free(c.b);
+    return atomic_load(&failures) == before;
+}
+
 /* ------------------------------------------------------------------ (c) counters */
 
 #define RARE_WRITERS 2
@@ -1244,7 +1352,7 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
 
 static void usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s ring|shard|counters|pool|sched|hist|all [--ops N] [--capacity C] [--producers P]\n"
+            "usage: %s ring|shard|counters|pool|sched|hist|breaker|all [--ops N] [--capacity C] [--producers P]\n"
             "          [--timeout SECONDS] [--seed X]\n",
             argv0);
     exit(2);
@@ -1327,6 +1435,12 @@ int main(int argc, char **argv) {
     if (all || !strcmp(scenario, "hist")) {
         known = 1;
         scenario_hist();
+    }
+    if (all || !strcmp(scenario, "breaker")) {
+        known = 1;
+        scenario_breaker("consecutive", SF_WIN_NONE, 5);
+        scenario_breaker("count", SF_WIN_COUNT, 3);
+        scenario_breaker("time", SF_WIN_TIME, 3);
     }
     if (!known) usage(argv[0]);
     int f = atomic_load(&failures);
