@@ -165,8 +165,10 @@ class Stage:
         """``submit`` (this stage's ``submit_many``) for ``errors="continue"``: an item whose
         key function raises goes to ``key_failed`` and the rest still go in (those staged
         before it are submitted again: their key function runs a second time). Other errors
-        (``Closed`` when the pipeline stops) propagate with ``submitted``/``unsent`` set
-        for the whole list, as ``submit_many`` sets them."""
+        (``Closed`` when the pipeline stops) propagate; a ``Closed`` carries in ``unsent``
+        everything of ``items`` not sent and not accounted for, and ``submitted`` is set
+        to ``len(items)`` so that the caller's ``items[submitted + len(unsent):]`` is
+        empty."""
 
         def submit_all(items: list[Any]) -> None:
             total = len(items)
