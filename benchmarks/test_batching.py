@@ -20,14 +20,9 @@ from typing import Any
 import pytest
 
 from shardflow import BatchProcessor, ShardedPool
-from shardflow._bench import (
-    BATCH,
-    LATENCY_BATCH_SIZE,
-    LATENCY_TIMEOUT,
-    WORKERS,
-    count_batch_lists,
-    noop_batch,
-)
+from shardflow.bench.common import BATCH, WORKERS, noop_batch
+from shardflow.bench.latency import LATENCY_BATCH_SIZE, LATENCY_TIMEOUT
+from shardflow.bench.reuse import count_batch_lists
 
 GROUP = "batch-deadline"
 REUSE_GROUP = "batch-reuse"

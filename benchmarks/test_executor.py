@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from shardflow import Executor
-from shardflow._bench import WORKERS, noop
+from shardflow.bench.common import WORKERS, noop
 
 EXECUTORS: dict[str, Callable[[], StdExecutor]] = {
     "ThreadPoolExecutor": lambda: ThreadPoolExecutor(WORKERS),

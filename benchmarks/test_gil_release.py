@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from shardflow import ShardedPool
-from shardflow._bench import SHA_BUF_SIZE, WORKERS, run_sha_threads, sha256_handler
+from shardflow.bench.common import SHA_BUF_SIZE, WORKERS, sha256_handler
+from shardflow.bench.gil import run_sha_threads
 
 GROUP = "gil-release-sha256"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shardflow._bench_pipeline import (
+from shardflow.bench.pipeline import (
     QUEUE_DIVISOR,
     run_bare,
     run_boundedqueue,

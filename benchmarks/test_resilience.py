@@ -3,7 +3,7 @@ instead (pybreaker, threading.Semaphore). Each benchmark round runs LOOP operati
 the harness's own per-round cost does not drown a ~50 ns operation: divide by LOOP.
 
 Run: ``python -m pytest benchmarks/test_resilience.py -p no:cacheprovider``;
-``python -m shardflow._bench_resilience`` prints the side-by-side table with ratios.
+``python -m shardflow.bench.resilience`` prints the side-by-side table with ratios.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from shardflow.breaker import CircuitBreaker
-from shardflow.limiter import Limiter
+from shardflow.resilience.breaker import CircuitBreaker
+from shardflow.resilience.limiter import Limiter
 
 LOOP = 1000
 
@@ -89,7 +89,7 @@ def test_uncontended_acquire_release(benchmark, kind):
 
 def test_bench_resilience_table_runs():
     """The side-by-side script works (small n; its numbers are not asserted)."""
-    from shardflow._bench_resilience import bench_resilience
+    from shardflow.bench.resilience import bench_resilience
 
     result = bench_resilience(n=2000, rounds=3, show=False)
     assert set(result) == {"ns", "overhead_ns", "limiter_ns", "ratios"}

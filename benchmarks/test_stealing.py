@@ -4,7 +4,7 @@ Group ``work-stealing``: zipf-skewed keys (s=1.2 over 1,000 keys, fixed seed) wi
 ``steal=True`` and ``steal=False``, uniform keys with ``steal=True``, every item on one
 shard with ``steal=True`` and ``steal=False``, and the plain-thread control (two threads
 with a static split, one thread): the parallelism the machine gives. A round is one
-``shardflow._bench.StealRun`` call: build the pool, ``submit_many`` every item, wait until
+``shardflow.bench.StealRun`` call: build the pool, ``submit_many`` every item, wait until
 the handler finished the last one with the pool still open (``close()`` wakes idle
 workers, which would hide a missing thief wake-up), then close and join. pytest-benchmark
 times the whole call (construction and a 5 ms settle included); ``extra_info`` holds
@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 
 from shardflow import ShardedPool
-from shardflow._bench import (
+from shardflow.bench.common import noop
+from shardflow.bench.gil import run_sha_threads
+from shardflow.bench.stealing import (
     StealRun,
     _key_identity,
     _key_zero,
-    noop,
     run_sha_one_thread,
-    run_sha_threads,
     uniform_keys,
     zipf_keys,
 )

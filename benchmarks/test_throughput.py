@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from shardflow import ShardedPool
-from shardflow._bench import BATCH, WORKERS, noop, noop_batch
+from shardflow.bench.common import BATCH, WORKERS, noop, noop_batch
 
 GROUP = "noop-throughput"
 _STOP = object()

@@ -6,15 +6,15 @@ The public API is re-exported here; modules starting with ``_`` are private.
 from __future__ import annotations
 
 from shardflow.batching import BatchProcessor
-from shardflow.breaker import BreakerMetrics, BreakerState, CircuitBreaker
 from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
 from shardflow.executor import Executor
-from shardflow.limiter import Limiter, LimiterMetrics
 from shardflow.metrics import Latency, MetricsDelta, PoolMetrics, ShardMetrics
 from shardflow.pipeline import Pipeline, PipelineReport, StageReport
 from shardflow.pool import DEFAULT_CAPACITY, ShardedPool
-from shardflow.ratelimiter import RateLimiter, RateLimiterMetrics
-from shardflow.retry import Retry, RetryMetrics
+from shardflow.resilience.breaker import BreakerMetrics, BreakerState, CircuitBreaker
+from shardflow.resilience.limiter import Limiter, LimiterMetrics
+from shardflow.resilience.ratelimiter import RateLimiter, RateLimiterMetrics
+from shardflow.resilience.retry import Retry, RetryMetrics
 
 __version__ = "0.1.0.dev0"
 

@@ -19,7 +19,6 @@ from itertools import islice
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from shardflow import _aio
-from shardflow._guard import dead_letter_target, guard
 from shardflow._stage import DeadLetter, Stage
 from shardflow._validate import (
     check_bool,
@@ -31,13 +30,14 @@ from shardflow._validate import (
     check_str,
 )
 from shardflow._worker import WORKER_DRAIN
-from shardflow.breaker import CircuitBreaker
 from shardflow.errors import Closed
-from shardflow.limiter import Limiter
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import MAX_CAPACITY
-from shardflow.ratelimiter import RateLimiter
-from shardflow.retry import Retry
+from shardflow.resilience.breaker import CircuitBreaker
+from shardflow.resilience.guard import dead_letter_target, guard
+from shardflow.resilience.limiter import Limiter
+from shardflow.resilience.ratelimiter import RateLimiter
+from shardflow.resilience.retry import Retry
 
 __all__ = [
     "DEFAULT_STAGE_BATCH",

@@ -1,8 +1,9 @@
 """``ShardedPool``: a worker per shard, a bounded lock-free queue per worker.
 
-The hot paths (``submit``, ``submit_many`` and the worker loop) are compiled, in
+The hot paths (``submit``, ``submit_many`` and the shard loop) are compiled, in
 ``shardflow._worker``; this module adds validation, lifecycle and the process-level
-hooks (fork, interpreter exit).
+hooks (fork, interpreter exit). Where the shard loops run (threads today) is the
+backend's business: ``shardflow.backends``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
 from shardflow import _aio
-from shardflow._guard import dead_letter_target, guard
 from shardflow._validate import (
     check_bool,
     check_callable,
@@ -28,12 +28,14 @@ from shardflow._validate import (
     check_str,
 )
 from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCore
-from shardflow.breaker import CircuitBreaker
+from shardflow.backends import Backend, resolve_backend
 from shardflow.errors import Closed, Full
-from shardflow.limiter import Limiter
 from shardflow.metrics import Latency, PoolMetrics, ShardMetrics
-from shardflow.ratelimiter import RateLimiter
-from shardflow.retry import Retry
+from shardflow.resilience.breaker import CircuitBreaker
+from shardflow.resilience.guard import dead_letter_target, guard
+from shardflow.resilience.limiter import Limiter
+from shardflow.resilience.ratelimiter import RateLimiter
+from shardflow.resilience.retry import Retry
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "ShardedPool"]
 
@@ -112,6 +114,8 @@ class ShardedPool(PoolCore, Generic[T]):
             if the dead letter refuses one (a full queue), it counts as ``failed`` and goes
             to ``on_error``/logging instead. Accounting stays exact:
             ``submitted == processed + failed + dead_lettered + dropped + returned``.
+        backend: where the shard loops run: ``"thread"`` (the default: daemon threads of
+            this process) or a ``shardflow.backends.Backend``.
 
     Exceptions that are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) raised
     by the handler are counted and routed like the others, the worker goes on, and the
@@ -159,6 +163,7 @@ class ShardedPool(PoolCore, Generic[T]):
         rate_limiter: RateLimiter | None = None,
         retry: Retry | None = None,
         dead_letter: Callable[[Any, BaseException], object] | Any | None = None,
+        backend: str | Backend = "thread",
     ) -> None:
         check_callable("handler", handler)
         if workers is None:
@@ -182,6 +187,7 @@ class ShardedPool(PoolCore, Generic[T]):
         check_instance("rate_limiter", rate_limiter, RateLimiter)
         check_instance("retry", retry, Retry)
         dead_letter_fn = None if dead_letter is None else dead_letter_target(dead_letter)
+        resolved_backend = resolve_backend(backend)
         keeps_order = key is not None and ordered
         if steal is None:
             steal = not keeps_order
@@ -191,9 +197,17 @@ class ShardedPool(PoolCore, Generic[T]):
                 "pass ordered=False to allow stealing keyed items, or leave steal=None"
             )
 
+        name = name or f"ShardedPool-{next(_names)}"
+        runner = resolved_backend.runner(pool_name=name, workers=workers)
         self._core_init(
-            guard(
-                handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry
+            runner.wrap(
+                guard(
+                    handler,
+                    breaker=breaker,
+                    limiter=limiter,
+                    rate_limiter=rate_limiter,
+                    retry=retry,
+                )
             ),
             workers,
             key,
@@ -212,31 +226,25 @@ class ShardedPool(PoolCore, Generic[T]):
         self.rate_limiter = rate_limiter
         self.retry = retry
         self.ordered: bool = ordered
-        self.name: str = name or f"ShardedPool-{next(_names)}"
+        self.name: str = name
+        self.backend: Backend = resolved_backend
+        self._runner = runner
         self._pool_id = next(_pool_ids)  # tells snapshots of same-named pools apart
         self.on_full: str = on_full
         self.batch_timeout: float | None = batch_timeout
         self._lifecycle = threading.Lock()
         self._closed = False
         self._exit_wait = True
-        self._threads: list[threading.Thread] = []
         with _live_lock:
             _live.add(self)
         self._start_workers()
 
     def _start_workers(self) -> None:
-        for i in range(self.workers):
-            t = threading.Thread(
-                target=self._run_worker, args=(i,), name=f"{self.name}-worker-{i}", daemon=True
-            )
-            self._worker_starting()
-            try:
-                t.start()
-            except BaseException:
-                self._worker_start_failed()
-                self.shutdown(wait=True)
-                raise
-            self._threads.append(t)
+        try:
+            self._runner.start(self._run_worker, self._worker_starting, self._worker_start_failed)
+        except BaseException:
+            self.shutdown(wait=True)
+            raise
 
     # submit(item, timeout=None) -> bool and submit_many(iterable, timeout=None) -> int
     # are inherited from the compiled core.
@@ -308,8 +316,7 @@ class ShardedPool(PoolCore, Generic[T]):
         check_seconds("timeout", timeout, allow_inf=True)
         if not self._wait_workers(timeout):
             return False
-        for t in self._threads:
-            t.join()
+        self._runner.join()
         fatal = self._take_fatal()
         if fatal is not None:
             raise fatal
@@ -340,8 +347,7 @@ class ShardedPool(PoolCore, Generic[T]):
         returned: list[Any] = []
         if wait:
             self._wait_workers(None)
-            for t in self._threads:
-                t.join()
+            self._runner.join()
         if cancel:
             returned = self._take_leftovers()
         if wait:
@@ -405,15 +411,19 @@ class ShardedPool(PoolCore, Generic[T]):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
+        where = self._runner.describe()
         return (
             f"<ShardedPool {self.name!r} {state} workers={self.workers} "
-            f"capacity={self.capacity} batch_size={self.batch_size} steal={self.steal}>"
+            f"capacity={self.capacity} batch_size={self.batch_size} steal={self.steal}"
+            + ("" if where == "thread" else f" backend={where}")
+            + ">"
         )
 
 
 def _after_fork_in_child() -> None:
     for pool in list(_live):
         pool._mark_forked()
+        pool._runner.after_fork_in_child()
     # The parent's lock may have been held by another thread at fork time.
     global _live_lock
     _live_lock = threading.Lock()

@@ -79,10 +79,10 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
         "shardflow.prometheus needs prometheus_client: pip install 'shardflow[prometheus]'"
     ) from exc
 
-from shardflow.breaker import BreakerState, CircuitBreaker
-from shardflow.limiter import Limiter
 from shardflow.metrics import Latency
-from shardflow.ratelimiter import RateLimiter
+from shardflow.resilience.breaker import BreakerState, CircuitBreaker
+from shardflow.resilience.limiter import Limiter
+from shardflow.resilience.ratelimiter import RateLimiter
 
 if TYPE_CHECKING:
     from shardflow.pool import ShardedPool

@@ -42,8 +42,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from shardflow._demo import Check, accounting_lines, pool_equation, shard_table
-from shardflow._progress import Progress, from_metrics, want_progress
+from shardflow.cli.demo import Check, accounting_lines, pool_equation, shard_table
+from shardflow.cli.progress import Progress, from_metrics, want_progress
 from shardflow.pool import ShardedPool
 
 __all__ = [

@@ -1,13 +1,13 @@
 """The PNG chart of ``shardflow bench --chart FILE.png`` (needs matplotlib: the ``plot``
 extra, ``pip install 'shardflow[plot]'``).
 
-Two panels from the bench report's ``sweep`` section (``shardflow._bench.measure_sweep``):
+Two panels from the bench report's ``sweep`` section (``shardflow.bench.measure_sweep``):
 throughput against the number of workers (a handler that releases the GIL) and against
 the batch size (no-op items), ShardedPool next to the stdlib thread-pool baselines, with
 log-scaled axes, units, a legend and the Python version and CPU count in the title.
 
 Example:
-    >>> from shardflow._chart import matplotlib_available
+    >>> from shardflow.cli.chart import matplotlib_available
     >>> isinstance(matplotlib_available(), bool)
     True
 """

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from shardflow.limiter import Limiter, LimiterMetrics
+from shardflow.resilience.limiter import Limiter, LimiterMetrics
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from shardflow._bench_pipeline import (
+from shardflow.bench.pipeline import (
     BARE,
     BOUNDEDQ,
     PIPE,

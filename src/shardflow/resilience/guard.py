@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shardflow.breaker import CircuitBreaker
-from shardflow.limiter import Limiter
-from shardflow.ratelimiter import RateLimiter
-from shardflow.retry import Retry
+from shardflow.resilience.breaker import CircuitBreaker
+from shardflow.resilience.limiter import Limiter
+from shardflow.resilience.ratelimiter import RateLimiter
+from shardflow.resilience.retry import Retry
 
 Handler = Callable[[Any], object]
 

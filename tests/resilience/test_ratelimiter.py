@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from shardflow.ratelimiter import RateLimiter, RateLimiterMetrics
+from shardflow.resilience.ratelimiter import RateLimiter, RateLimiterMetrics
 
 
 class FakeTime:

@@ -15,8 +15,8 @@ from typing import IO, Any
 import pytest
 
 from helpers import interrupt
-from shardflow import _demo
-from shardflow._demo import DemoConfig, FlakySink, event_stream, run_demo, zipf_cdf
+from shardflow.cli import demo as _demo
+from shardflow.cli.demo import DemoConfig, FlakySink, event_stream, run_demo, zipf_cdf
 
 CHILD_TIMEOUT = 120
 

@@ -1,4 +1,4 @@
-"""ShardedPool with breaker, limiter, rate limiter, retry and dead letters (pool.py, _guard.py)."""
+"""ShardedPool with breaker, limiter, rate limiter, retry and dead letters (resilience/guard.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ stderr is a terminal" (``want_progress``).
 
 Example:
     >>> import io, shardflow
-    >>> from shardflow._progress import Progress, from_metrics
+    >>> from shardflow.cli.progress import Progress, from_metrics
     >>> pool = shardflow.ShardedPool(lambda x: None, workers=2)
     >>> out = io.StringIO()
     >>> with Progress(lambda: from_metrics(pool.metrics()), total=1000, stream=out,

@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from shardflow._bench import (
-    CONTENDERS,
-    REUSE_CONTENDERS,
-    SECTIONS,
-    STEAL_COST_CONTENDERS,
-    SWEEP_BATCHES,
-    SWEEP_SERIES,
-    SWEEP_WORKERS,
-    BenchContext,
-    SectionResult,
-    Target,
-    run_bench,
-    steal_contenders,
-)
+from shardflow.bench import SECTIONS, run_bench
+from shardflow.bench.common import BenchContext, SectionResult, Target
+from shardflow.bench.reuse import REUSE_CONTENDERS
+from shardflow.bench.stealing import STEAL_COST_CONTENDERS, steal_contenders
+from shardflow.bench.sweep import SWEEP_BATCHES, SWEEP_SERIES, SWEEP_WORKERS
+from shardflow.bench.throughput import CONTENDERS
 
 RATIOS = ("vs_simplequeue", "vs_tpe", "vs_bare_loop")
 
@@ -239,7 +231,7 @@ def test_a_registered_section_runs_and_reports(monkeypatch: pytest.MonkeyPatch) 
 def test_help_names_every_registered_section() -> None:
     # The help text is written out (so that --help does not import the benchmarks); it
     # must not fall behind the registry.
-    from shardflow._bench import SECTIONS
+    from shardflow.bench import SECTIONS
 
     proc = _run("bench", "--help", timeout=30)
     assert proc.returncode == 0, proc.stderr

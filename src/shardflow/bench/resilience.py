@@ -10,7 +10,7 @@ call of:
 * ``Limiter`` vs ``threading.Semaphore``, uncontended, via ``with`` and via explicit
   ``acquire()``/``release()``.
 
-Run: ``python -c "from shardflow._bench_resilience import bench_resilience; bench_resilience()"``
+Run: ``python -c "from shardflow.bench.resilience import bench_resilience; bench_resilience()"``
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def _timer(body: Callable[[int], None], n: int) -> float:
 
 
 def _contenders() -> dict[str, Callable[[int], None]]:
-    from shardflow.breaker import CircuitBreaker
-    from shardflow.limiter import Limiter
+    from shardflow.resilience.breaker import CircuitBreaker
+    from shardflow.resilience.limiter import Limiter
 
     f = _noop
     breaker = CircuitBreaker(max_failures=5, reset_timeout=30)

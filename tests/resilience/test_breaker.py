@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from shardflow.breaker import BreakerState, CircuitBreaker
 from shardflow.errors import CircuitOpen, ShardflowError
+from shardflow.resilience.breaker import BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 FORCED, DISABLED = BreakerState.FORCED_OPEN, BreakerState.DISABLED

@@ -11,7 +11,7 @@ here, the same call) and waiting until the last one is done:
   QUEUE_DIVISOR`` items, it is slow; reported as items/s);
 * ``Pipeline(...).map(f).map(f).map(f).run()``, and the same with ``ordered=True``.
 
-Contenders run interleaved round by round (``shardflow._bench.interleaved``); the report
+Contenders run interleaved round by round (``shardflow.bench.interleaved``); the report
 gives medians and ratios. Peak memory: a fresh interpreter per size runs one pipeline and
 reports its peak RSS (``VmHWM``, or ``ru_maxrss`` where /proc is missing), for the pipeline
 and for the SimpleQueue threads.
@@ -31,6 +31,17 @@ import threading
 import time
 from typing import Any, TextIO
 
+from shardflow.bench.common import (
+    BenchContext,
+    Runner,
+    SectionResult,
+    Target,
+    fmt_rate,
+    interleaved,
+    print_table,
+    safe_ratio,
+)
+
 __all__ = ["pipeline_section", "rss_child"]
 
 #: The bounded-queue contender moves this fraction of the items (about 1 us per hand-off).
@@ -44,7 +55,7 @@ BOUNDEDQ = f"3 threads over Queue({QUEUE_MAXSIZE})"
 PIPE = "Pipeline .map(f) x3 .run()"
 PIPE_ORDERED = "Pipeline ordered=True"
 
-_STOP = object()
+STOP = object()
 
 
 def identity(x: object) -> object:
@@ -71,7 +82,7 @@ def _run_threads(make: Any, n: int) -> tuple[int, float]:
             k = 0
             while True:
                 x = get()
-                if x is _STOP:
+                if x is STOP:
                     done[0] = k
                     return
                 f(x)
@@ -79,8 +90,8 @@ def _run_threads(make: Any, n: int) -> tuple[int, float]:
         put = q_out.put
         while True:
             x = get()
-            if x is _STOP:
-                put(_STOP)
+            if x is STOP:
+                put(STOP)
                 return
             put(f(x))
 
@@ -95,7 +106,7 @@ def _run_threads(make: Any, n: int) -> tuple[int, float]:
     put = qs[0].put
     for x in range(n):
         put(x)
-    put(_STOP)
+    put(STOP)
     for t in threads:
         t.join()
     dt = time.perf_counter() - t0
@@ -170,7 +181,7 @@ def rss_child(kind: str, n: int) -> None:
 
 
 def measure_rss(kind: str, n: int) -> dict[str, Any]:
-    code = f"from shardflow._bench_pipeline import rss_child; rss_child({kind!r}, {n})"
+    code = f"from shardflow.bench.pipeline import rss_child; rss_child({kind!r}, {n})"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
     )
@@ -181,8 +192,7 @@ def measure_rss(kind: str, n: int) -> dict[str, Any]:
 def pipeline_section(
     items: int, repeats: int, quick: bool, out: TextIO
 ) -> tuple[dict[str, Any], list[Any]]:
-    """Run the section; returns (report dict, list of ``shardflow._bench.Target``)."""
-    from shardflow._bench import Runner, Target, _fmt_rate, _ratio, _table, interleaved
+    """Run the section; returns (report dict, list of ``shardflow.bench.Target``)."""
 
     runners: dict[str, Runner] = {
         BARE: run_bare,
@@ -197,7 +207,7 @@ def pipeline_section(
 
     print(
         f"\nPipeline: 3 no-op stages, {items:,} items x {repeats} interleaved rounds "
-        f"({BOUNDEDQ} moves {n_for(BOUNDEDQ):,}); load average {_loadavg()}",
+        f"({BOUNDEDQ} moves {n_for(BOUNDEDQ):,}); load average {loadavg()}",
         file=out,
     )
     out.flush()
@@ -208,12 +218,12 @@ def pipeline_section(
         rows.append(
             [
                 name,
-                _fmt_rate(med[name]),
-                f"{_ratio(med[name], med[BARE]):.2f}x",
-                f"{_ratio(med[name], med[SIMPLEQ]):.2f}x",
+                fmt_rate(med[name]),
+                f"{safe_ratio(med[name], med[BARE]):.2f}x",
+                f"{safe_ratio(med[name], med[SIMPLEQ]):.2f}x",
             ]
         )
-    _table(rows, out)
+    print_table(rows, out)
 
     sizes = (items // 20, items // 2) if quick else (1_000_000, 10_000_000)
     rss: dict[str, list[dict[str, Any]]] = {"pipeline": [], "simplequeue": []}
@@ -243,15 +253,22 @@ def pipeline_section(
         "repeats": repeats,
         "rates": rates,
         "medians": med,
-        "ratios_vs_bare": {k: _ratio(v, med[BARE]) for k, v in med.items()},
+        "ratios_vs_bare": {k: safe_ratio(v, med[BARE]) for k, v in med.items()},
         "rss": rss,
-        "loadavg_end": _loadavg(),
+        "loadavg_end": loadavg(),
     }
     return report, targets
 
 
-def _loadavg() -> str:
+def loadavg() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except (AttributeError, OSError):
         return "n/a"
+
+
+def run_section(ctx: BenchContext) -> SectionResult:
+    """The ``pipeline`` section of ``shardflow bench``: 3 no-op stages vs a bare loop and
+    stage threads over queues."""
+    data, targets = pipeline_section(ctx.items, ctx.repeats, ctx.quick, ctx.out)
+    return SectionResult("pipeline", data, targets)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shardflow._runfile import UsageError, detect_format, load_handler
+from shardflow.cli.run import UsageError, detect_format, load_handler
 
 CHILD_TIMEOUT = 120
 
@@ -52,7 +52,7 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     directory is NOT on sys.path by the interpreter's doing (``-c`` puts "" first; it is
     removed), so importing the handler relies on ``run`` adding it."""
     code = (
-        "import sys; sys.path.remove(''); from shardflow.__main__ import main; "
+        "import sys; sys.path.remove(''); from shardflow.cli.main import main; "
         "sys.exit(main(sys.argv[1:]))"
     )
     return subprocess.run(
@@ -273,7 +273,7 @@ def test_load_handler_and_detect_format_in_process() -> None:
 def test_the_readme_run_example_runs_as_written(tmp_path: Path) -> None:
     """The README's `shardflow run` block, run by bash (``shardflow`` and ``python`` are
     this interpreter, whether or not its scripts directory is on PATH)."""
-    readme = Path(__file__).resolve().parent.parent / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "README.md"
     blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
     (block,) = [b for b in blocks if "shardflow run events.jsonl" in b]
     script = block.replace("shardflow run", f"{sys.executable} -m shardflow run").replace(

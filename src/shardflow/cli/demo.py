@@ -48,12 +48,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from shardflow._progress import Progress, from_metrics, want_progress
-from shardflow.breaker import BreakerState, CircuitBreaker
-from shardflow.limiter import Limiter
+from shardflow.cli.progress import Progress, from_metrics, want_progress
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import ShardedPool
-from shardflow.retry import Retry
+from shardflow.resilience.breaker import BreakerState, CircuitBreaker
+from shardflow.resilience.limiter import Limiter
+from shardflow.resilience.retry import Retry
 
 __all__ = [
     "DEFAULT_EVENTS",

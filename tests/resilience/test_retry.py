@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from shardflow.breaker import CircuitBreaker
 from shardflow.errors import CircuitOpen
-from shardflow.retry import Retry, RetryMetrics
+from shardflow.resilience.breaker import CircuitBreaker
+from shardflow.resilience.retry import Retry, RetryMetrics
 
 
 class FakeTime:

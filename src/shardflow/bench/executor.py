@@ -1,7 +1,7 @@
 """The "executor" section of ``python -m shardflow bench``: ``shardflow.Executor`` against
 ``concurrent.futures.ThreadPoolExecutor``, side by side in one process.
 
-Four contenders, interleaved round by round (``_bench.interleaved``: the order rotates
+Four contenders, interleaved round by round (``common.interleaved``: the order rotates
 each round), every one on the same no-op function and the same number of tasks:
 
 * ``submit + wait``: ``futures = [ex.submit(noop, x) for x in range(n)]`` then
@@ -25,7 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, TextIO
 
-from shardflow._bench import WORKERS, Target, _fmt_rate, _ratio, _table, interleaved, noop
+from shardflow.bench.common import (
+    WORKERS,
+    BenchContext,
+    SectionResult,
+    Target,
+    fmt_rate,
+    interleaved,
+    noop,
+    print_table,
+    safe_ratio,
+)
 from shardflow.executor import Executor
 
 __all__ = ["CONTENDERS", "section_executor"]
@@ -104,8 +114,8 @@ def section_executor(items: int, repeats: int, out: TextIO) -> tuple[dict[str, A
     n = min(items, MAX_TASKS)
     rates = interleaved(CONTENDERS, lambda _name: n, repeats)
     med = {name: statistics.median(r) for name, r in rates.items()}
-    submit_ratio = _ratio(med[SF_SUBMIT], med[TPE_SUBMIT])
-    map_ratio = _ratio(med[SF_MAP], med[TPE_MAP])
+    submit_ratio = safe_ratio(med[SF_SUBMIT], med[TPE_SUBMIT])
+    map_ratio = safe_ratio(med[SF_MAP], med[TPE_MAP])
     print(
         f"\nExecutors: {n:,} no-op tasks per contender per round, {WORKERS} workers",
         file=out,
@@ -113,8 +123,8 @@ def section_executor(items: int, repeats: int, out: TextIO) -> tuple[dict[str, A
     rows = [["contender", "tasks/s", "vs ThreadPoolExecutor"]]
     for name in CONTENDERS:
         base = med[TPE_MAP] if "map" in name else med[TPE_SUBMIT]
-        rows.append([name, _fmt_rate(med[name]), f"{_ratio(med[name], base):.2f}x"])
-    _table(rows, out)
+        rows.append([name, fmt_rate(med[name]), f"{safe_ratio(med[name], base):.2f}x"])
+    print_table(rows, out)
     out.flush()
     section = {
         "tasks": n,
@@ -129,3 +139,10 @@ def section_executor(items: int, repeats: int, out: TextIO) -> tuple[dict[str, A
         Target("Executor map >= 10x ThreadPoolExecutor", map_ratio, ">=", 10),
     ]
     return section, targets
+
+
+def run_section(ctx: BenchContext) -> SectionResult:
+    """The ``executor`` section of ``shardflow bench``: ``shardflow.Executor`` vs
+    ``ThreadPoolExecutor``."""
+    data, targets = section_executor(ctx.items, ctx.repeats, ctx.out)
+    return SectionResult("executor", data, targets)

@@ -1,4 +1,4 @@
-"""The progress display (``shardflow._progress``): fed from pool counters by a polling
+"""The progress display (``shardflow.cli.progress``): fed from pool counters by a polling
 thread, plain or rich, shown on terminals only unless asked, never fatal to a run."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 import shardflow
 from helpers import CHILD_TIMEOUT, WAIT, wait_until
-from shardflow._progress import Progress, Snapshot, from_metrics, rich_available, want_progress
+from shardflow.cli.progress import Progress, Snapshot, from_metrics, rich_available, want_progress
 
 
 class FakeTTY(io.StringIO):

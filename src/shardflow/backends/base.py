@@ -1,0 +1,90 @@
+"""The seam between a pool and the place its shards run.
+
+A pool (``ShardedPool``, and everything built on it: ``BatchProcessor``, ``Executor``,
+``Pipeline`` stages) splits into two halves:
+
+* the **front**, always in the caller's process, compiled in ``shardflow._worker``:
+  routing (key -> shard), per-key order, the bounded per-shard rings, size-or-time
+  batching, stealing, flush, accounting and metrics; and
+* the **runners**, one per shard, that drain a shard and call the handler. Where they run
+  is the backend's business: threads of this process (``ThreadBackend``), or, in the
+  backends to come, a parent-side loop per shard that ships each batch to a worker
+  process or a Ray actor and brings the outcomes back ("run this batch over there").
+
+A ``Backend`` is configuration that many pools may share (a cluster address, a start
+method ...); ``Backend.runner(...)`` makes the per-pool ``ShardRunner`` that owns the
+threads, processes or actors of one pool. The pool drives it in this order, and only
+this order:
+
+1. ``wrap(handler)`` once, before the core exists: the callable the shard loops will
+   invoke (the handler itself for threads; a proxy to the remote side otherwise). Guards
+   (breaker, limiter, rate limiter, retry) are already composed around ``handler``.
+2. ``start(run_shard)`` once: arrange for ``run_shard(i)`` to be called exactly once for
+   every shard ``i`` in ``range(workers)``, each in its own thread of control, and return
+   without waiting. ``run_shard`` is the compiled shard loop: it returns when the shard is
+   closed and drained (or stopped); the core counts it out itself. ``start`` must call
+   ``starting()`` before each shard's thread starts and, if that start fails,
+   ``start_failed()`` and re-raise (so that ``join`` never waits for a shard that never
+   ran).
+3. ``join()``, after the core reported every shard loop finished: release what the
+   runner holds (join threads, stop worker processes, free actors). Idempotent.
+4. ``after_fork_in_child()`` in a forked child, where the runner's threads do not exist:
+   forget them without waiting (the pool itself refuses further use in the child).
+
+Contracts 1-8 of the engineering guide hold whatever the runner: nothing lost, nothing
+run twice (except, for remote backends, the one batch that was running when a worker
+died, which the backend documents), per-key order, bounded memory.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+Handler = Callable[[Any], object]
+
+
+class ShardRunner(abc.ABC):
+    """Runs one pool's shard loops; made by ``Backend.runner`` (see the module doc for
+    the order in which a pool calls these methods)."""
+
+    def wrap(self, handler: Handler) -> Handler:
+        """The callable the shard loops call with an item or a batch; by default
+        ``handler`` itself (the shard loop runs in this process)."""
+        return handler
+
+    @abc.abstractmethod
+    def start(
+        self,
+        run_shard: Callable[[int], None],
+        starting: Callable[[], None],
+        start_failed: Callable[[], None],
+    ) -> None:
+        """Start one thread of control per shard calling ``run_shard(i)``; return at once."""
+
+    @abc.abstractmethod
+    def join(self) -> None:
+        """Release the runner's resources once every shard loop has returned."""
+
+    def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Forget resources that do not exist in a forked child (without waiting)."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A short description for ``repr(pool)``, e.g. ``"thread"``."""
+
+
+class Backend(abc.ABC):
+    """Where a pool's shards run. Pass one as ``ShardedPool(..., backend=...)``, or its
+    name (``"thread"``)."""
+
+    #: The name accepted by ``backend=`` for this backend's default configuration.
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
+        """A new runner for one pool of ``workers`` shards named ``pool_name``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
