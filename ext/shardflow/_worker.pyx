@@ -218,6 +218,23 @@ cdef inline int64_t _slice_deadline(int64_t deadline) nogil:
     return s
 
 
+@cython.final
+cdef class BatchOutcome:
+    """Returned by a backend's wrapped handler (``shardflow.backends.base``) for a batch
+    that ran elsewhere and in which some items failed: ``failures`` lists ``(index,
+    exception)`` pairs, index into the batch. The pool routes each failed item alone (its
+    dead letter, ``on_error``, counters, exactly as a per-item failure) and counts the
+    other items as processed, so one bad item never fails its batch."""
+
+    cdef readonly list failures
+
+    def __init__(self, failures):
+        self.failures = list(failures)
+
+    def __repr__(self):
+        return f"BatchOutcome(failures={self.failures!r})"
+
+
 cdef class PoolCore:
     """Compiled state and hot paths of ``shardflow.ShardedPool`` (use that class)."""
 
@@ -547,12 +564,16 @@ cdef class PoolCore:
         return 0
 
     cdef void _failed(self, sf_shard *sh, PyObject *what, Py_ssize_t count) noexcept:
-        """Route the exception the handler just raised; never lets anything escape.
+        """Route the exception the handler just raised; never lets anything escape."""
+        self._route_failure(sh, what, count, sf_take_exception())
+
+    cdef void _route_failure(self, sf_shard *sh, PyObject *what, Py_ssize_t count,
+                             object exc) noexcept:
+        """Route ``exc``, raised for ``what`` (an item, or a batch of ``count``).
 
         With a dead letter, the item (or batch) goes there and counts as dead-lettered; if
         the dead letter refuses it (raises, e.g. a full queue), it counts as failed and is
         reported like any failure, so nothing vanishes."""
-        exc = sf_take_exception()
         try:
             if not isinstance(exc, Exception):
                 # KeyboardInterrupt, SystemExit & co: remembered and re-raised by the next
@@ -579,6 +600,31 @@ cdef class PoolCore:
                 _log.exception("shardflow on_error callback failed")
             except BaseException:
                 pass
+
+    cdef Py_ssize_t _route_outcome(self, sf_shard *sh, list batch, BatchOutcome outcome,
+                                   Py_ssize_t n) noexcept:
+        """Route the failed items of a batch (``outcome.failures``) one by one, each with
+        its own exception; returns how many items that accounts for. An outcome that does
+        not fit the batch (an index out of range or repeated, a non-exception) is a
+        backend bug: the whole batch is then reported as failed with a RuntimeError saying
+        so, never half-counted."""
+        cdef Py_ssize_t index
+        try:
+            checked = []
+            seen = set()
+            for entry in outcome.failures:
+                index, exc = entry
+                if not (0 <= index < n) or index in seen or not isinstance(exc, BaseException):
+                    raise ValueError(f"bad failure entry {entry!r} for a batch of {n}")
+                seen.add(index)
+                checked.append((index, exc))
+        except BaseException as bad:
+            self._route_failure(sh, <PyObject *>batch, n, RuntimeError(
+                f"shardflow backend returned a BatchOutcome that does not fit its batch: {bad}"))
+            return n
+        for index, exc in checked:
+            self._route_failure(sh, <PyObject *>batch[index], 1, exc)
+        return len(checked)
 
     cdef int _hand_back(self, sf_shard *sh, void **buf, Py_ssize_t n) except -1:
         """Give n unstarted items back to shutdown(cancel=True). Consumes the references."""
@@ -921,6 +967,12 @@ cdef class _Worker:
         sf_hist_record_since(&self.shard.service, t0, sf_now_ns())
         if res == NULL:
             core._failed(self.shard, <PyObject *>batch, n)
+        elif type(<object>res) is BatchOutcome:
+            # A backend ran the batch elsewhere and some items failed there: those are
+            # routed one by one, the others count as processed.
+            k = core._route_outcome(self.shard, batch, <BatchOutcome>(<object>res), n)
+            Py_DECREF_p(res)
+            sf_counter_add(&self.shard.ctr.processed, n - k)
         else:
             Py_DECREF_p(res)
             sf_counter_add(&self.shard.ctr.processed, n)

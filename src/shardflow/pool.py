@@ -199,6 +199,8 @@ class ShardedPool(PoolCore, Generic[T]):
 
         name = name or f"ShardedPool-{next(_names)}"
         runner = resolved_backend.runner(pool_name=name, workers=workers)
+        per_item = batch_size == 1 and not lists
+        batch_size, batch_timeout, lists = runner.batch_shape(batch_size, batch_timeout, lists)
         self._core_init(
             runner.wrap(
                 guard(
@@ -207,7 +209,8 @@ class ShardedPool(PoolCore, Generic[T]):
                     limiter=limiter,
                     rate_limiter=rate_limiter,
                     retry=retry,
-                )
+                ),
+                per_item=per_item,
             ),
             workers,
             key,

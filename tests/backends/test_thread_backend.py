@@ -13,6 +13,7 @@ import shardflow
 from shardflow.backends import (
     BACKENDS,
     Backend,
+    BatchOutcome,
     ShardRunner,
     ThreadBackend,
     resolve_backend,
@@ -66,8 +67,8 @@ class _Recording(ShardRunner):
         self.workers = workers
         self.threads: list[threading.Thread] = []
 
-    def wrap(self, handler: Handler) -> Handler:
-        self.log.append("wrap")
+    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
+        self.log.append(f"wrap per_item={per_item}")
 
         def wrapped(item: Any) -> object:
             return handler(item * 10)
@@ -122,7 +123,7 @@ def test_a_custom_backend_is_driven_in_the_documented_order() -> None:
     pool.shutdown()
     # The runner's wrap() is what the shard loops call.
     assert sorted(seen) == [x * 10 for x in range(50)]
-    assert backend.log == ["runner custom 3", "wrap", "start", "join"]
+    assert backend.log == ["runner custom 3", "wrap per_item=True", "start", "join"]
     m = pool.metrics()
     assert (m.submitted, m.processed) == (50, 50)
 
@@ -155,3 +156,87 @@ def test_a_runner_that_cannot_start_fails_the_constructor_without_hanging() -> N
         shardflow.ShardedPool(print, workers=2, backend=backend)
     # The pool shut itself down and joined the runner (which waited for shard 0's loop).
     assert backend.log[-1] == "join"
+
+
+class _Shipping(_Recording):
+    """A runner that ships lists even for per-item pools and runs the handler per item
+    "over there", reporting per-item failures with a BatchOutcome (as remote backends do)."""
+
+    def __init__(self, log: list[str], workers: int, bad_outcome: bool = False) -> None:
+        super().__init__(log, workers)
+        self.bad_outcome = bad_outcome
+
+    def batch_shape(
+        self, batch_size: int, batch_timeout: float | None, lists: bool
+    ) -> tuple[int, float | None, bool]:
+        return 64, None, True
+
+    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
+        assert per_item
+
+        def run_batch(batch: list[Any]) -> object:
+            self.log.append(f"batch {len(batch)}")
+            if self.bad_outcome:
+                return BatchOutcome([(len(batch), ValueError("past the end"))])
+            failures = []
+            for i, item in enumerate(batch):
+                try:
+                    handler(item)
+                except Exception as exc:
+                    failures.append((i, exc))
+            return BatchOutcome(failures) if failures else None
+
+        return run_batch
+
+
+class _ShippingBackend(_RecordingBackend):
+    def __init__(self, bad_outcome: bool = False) -> None:
+        super().__init__()
+        self.bad_outcome = bad_outcome
+
+    def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
+        return _Shipping(self.log, workers, self.bad_outcome)
+
+
+def test_per_item_failures_inside_a_shipped_batch_are_routed_one_by_one() -> None:
+    backend = _ShippingBackend()
+    done: list[int] = []
+    dead: list[tuple[Any, BaseException]] = []
+
+    def handle(x: int) -> None:
+        if x % 7 == 0:
+            raise ValueError(f"bad {x}")
+        done.append(x)
+
+    pool = shardflow.ShardedPool(
+        handle, workers=2, backend=backend, dead_letter=lambda i, e: dead.append((i, e))
+    )
+    pool.submit_many(range(1000))
+    pool.shutdown()
+    bad = [x for x in range(1000) if x % 7 == 0]
+    assert sorted(done) == [x for x in range(1000) if x % 7]
+    # Each failed item reached the dead letter alone, with its own exception.
+    assert sorted(i for i, _ in dead) == bad
+    assert all(str(e) == f"bad {i}" for i, e in dead)
+    m = pool.metrics()
+    assert (m.submitted, m.processed, m.dead_lettered, m.failed) == (
+        1000,
+        1000 - len(bad),
+        len(bad),
+        0,
+    )
+    assert any(entry.startswith("batch ") and entry != "batch 1" for entry in backend.log)
+
+
+def test_an_outcome_that_does_not_fit_its_batch_fails_the_batch_with_a_clear_error() -> None:
+    backend = _ShippingBackend(bad_outcome=True)
+    errors: list[tuple[Any, BaseException]] = []
+    pool = shardflow.ShardedPool(
+        lambda x: None, workers=1, backend=backend, on_error=lambda w, e: errors.append((w, e))
+    )
+    pool.submit_many(range(10))
+    pool.shutdown()
+    m = pool.metrics()
+    assert (m.submitted, m.processed, m.failed) == (10, 0, 10)
+    assert sorted(x for batch, _ in errors for x in batch) == list(range(10))
+    assert all("does not fit its batch" in str(e) for _, e in errors)

@@ -9,10 +9,10 @@ its name in ``BACKENDS``.
 
 from __future__ import annotations
 
-from shardflow.backends.base import Backend, ShardRunner
+from shardflow.backends.base import Backend, BatchOutcome, ShardRunner
 from shardflow.backends.thread import ThreadBackend
 
-__all__ = ["BACKENDS", "Backend", "ShardRunner", "ThreadBackend", "resolve_backend"]
+__all__ = ["BACKENDS", "Backend", "BatchOutcome", "ShardRunner", "ThreadBackend", "resolve_backend"]
 
 #: ``backend=`` names and the backend each one means (its default configuration).
 BACKENDS: dict[str, type[Backend]] = {ThreadBackend.name: ThreadBackend}

@@ -16,9 +16,18 @@ method ...); ``Backend.runner(...)`` makes the per-pool ``ShardRunner`` that own
 threads, processes or actors of one pool. The pool drives it in this order, and only
 this order:
 
-1. ``wrap(handler)`` once, before the core exists: the callable the shard loops will
-   invoke (the handler itself for threads; a proxy to the remote side otherwise). Guards
-   (breaker, limiter, rate limiter, retry) are already composed around ``handler``.
+0. ``batch_shape(batch_size, batch_timeout, lists)`` once: how the shard loops hand work
+   over. The default keeps the user's choice; a runner that ships work elsewhere can ask
+   for lists even for a per-item handler (one message per batch), and then calls the
+   handler per item on its side.
+1. ``wrap(handler, per_item=...)`` once, before the core exists: the callable the shard
+   loops will invoke (the handler itself for threads; a proxy to the remote side
+   otherwise). ``per_item`` says whether ``handler`` takes one item (True) or a list.
+   Guards (breaker, limiter, rate limiter, retry) are already composed around
+   ``handler``. With lists, the wrapped callable reports the outcome of the batch: it
+   returns normally when every item succeeded, raises when the batch as a whole failed,
+   or returns a ``BatchOutcome`` listing ``(index, exception)`` for the items that failed
+   (each is then routed alone; the rest count as processed).
 2. ``start(run_shard)`` once: arrange for ``run_shard(i)`` to be called exactly once for
    every shard ``i`` in ``range(workers)``, each in its own thread of control, and return
    without waiting. ``run_shard`` is the compiled shard loop: it returns when the shard is
@@ -42,6 +51,10 @@ import abc
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from shardflow._worker import BatchOutcome
+
+__all__ = ["Backend", "BatchOutcome", "Handler", "ShardRunner"]
+
 Handler = Callable[[Any], object]
 
 
@@ -49,7 +62,14 @@ class ShardRunner(abc.ABC):
     """Runs one pool's shard loops; made by ``Backend.runner`` (see the module doc for
     the order in which a pool calls these methods)."""
 
-    def wrap(self, handler: Handler) -> Handler:
+    def batch_shape(
+        self, batch_size: int, batch_timeout: float | None, lists: bool
+    ) -> tuple[int, float | None, bool]:
+        """How shard loops hand work to ``wrap``'s callable: ``(batch_size, batch_timeout,
+        lists)`` for the core. By default what the user asked for."""
+        return batch_size, batch_timeout, lists
+
+    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
         """The callable the shard loops call with an item or a batch; by default
         ``handler`` itself (the shard loop runs in this process)."""
         return handler
