@@ -58,7 +58,7 @@
  *   producer waiting for space: same with            consumer after releasing: same with
  *   head/space_word)                                 head/space_word)
  *   ------                                           --------
- *   W0 spin: poll tail (acquire), bounded            N1 store tail              (release)
+ *   W0 poll tail (acquire), bounded: busy, then yield N1 store tail              (release)
  *   W1 exchange(word, 1)                 (acq_rel)   N2 fence                   (seq_cst)
  *   W2 fence                             (seq_cst)   N3 if load(word) == 0: return
  *   W3 if tail moved or closed: word = 0; return     N4 if exchange(word, 0) == 1:
@@ -235,6 +235,42 @@ static inline int sf_shm_notify(sf_atomic_u32 *w) {
     return 1;
 }
 
+/* ---------------- the bounded spin (W0) ---------------- */
+
+/* Poll for up to spin_ns: busy (cpu_relax) for the first SF_SHM_PAUSE_NS, then yielding the
+ * CPU between polls. On an oversubscribed machine the peer may be waiting for this very
+ * CPU, and a pure busy spin then delays it by the whole spin: measured on the 2-core VM
+ * with other load (benchmarks/shmring_rtt.py), a 20 us busy spin made the round trip
+ * ~54 us in most rounds instead of ~3 us. */
+#define SF_SHM_PAUSE_NS 2000
+
+typedef struct sf_shm_spin {
+    int64_t end, pause_end;
+    unsigned i;
+} sf_shm_spin;
+
+static inline void sf_shm_spin_start(sf_shm_spin *s, int64_t spin_ns) {
+    int64_t now = spin_ns > 0 ? sf_now_ns() : 0;
+    s->end = spin_ns > 0 ? now + spin_ns : 0;
+    s->pause_end = now + (spin_ns < SF_SHM_PAUSE_NS ? spin_ns : SF_SHM_PAUSE_NS);
+    s->i = 0;
+}
+
+/* 1: poll again; 0: the spin is over (park). */
+static inline int sf_shm_spin_more(sf_shm_spin *s) {
+    if (s->end == 0) return 0;
+    if ((++s->i & 15) == 0) {
+        int64_t now = sf_now_ns();
+        if (now >= s->end) return 0;
+        if (now >= s->pause_end) {
+            sf_thread_yield();
+            return 1;
+        }
+    }
+    sf_cpu_relax();
+    return 1;
+}
+
 /* ---------------- set-up ---------------- */
 
 static inline int sf_shmring_valid_capacity(uint64_t c) {
@@ -359,13 +395,11 @@ static inline int sf_shmring_reserve(sf_shmring *r, uint64_t n, unsigned char **
         uint64_t need = SF_SHM_RECORD_SIZE(n);
         if (to_end < need) need += to_end;
         /* W0: bounded spin */
-        int64_t spin_end = spin_ns > 0 ? sf_now_ns() + spin_ns : 0;
-        for (unsigned i = 1;; i++) {
+        sf_shm_spin s;
+        sf_shm_spin_start(&s, spin_ns);
+        do {
             if (sf_shmring_space_ready(r, t, need)) goto retry;
-            if ((i & 63) == 0 && sf_now_ns() >= spin_end) break;
-            if (spin_ns <= 0) break;
-            sf_cpu_relax();
-        }
+        } while (sf_shm_spin_more(&s));
         /* W1-W3 */
         (void)sf_exchange_acqrel_u32(&h->space_word, 1);
         sf_fence_seqcst();
@@ -460,13 +494,11 @@ static inline int sf_shmring_peek(sf_shmring *r, unsigned char **ptr, uint64_t *
     sf_counter_add(&r->st.empty_waits, 1);
     for (;;) {
         uint64_t hd = sf_load_relaxed_u64(&h->head);
-        int64_t spin_end = spin_ns > 0 ? sf_now_ns() + spin_ns : 0;
-        for (unsigned i = 1;; i++) { /* W0 */
+        sf_shm_spin s; /* W0 */
+        sf_shm_spin_start(&s, spin_ns);
+        do {
             if (sf_shmring_data_ready(r, hd)) goto retry;
-            if ((i & 63) == 0 && sf_now_ns() >= spin_end) break;
-            if (spin_ns <= 0) break;
-            sf_cpu_relax();
-        }
+        } while (sf_shm_spin_more(&s));
         (void)sf_exchange_acqrel_u32(&h->data_word, 1); /* W1 */
         sf_fence_seqcst();                                             /* W2 */
         if (sf_shmring_data_ready(r, hd)) {                            /* W3 */
