@@ -242,7 +242,13 @@ static inline int sf_shm_notify(sf_atomic_u32 *w) {
  * CPU, and a pure busy spin then delays it by the whole spin: measured on the 2-core VM
  * with other load (benchmarks/shmring_rtt.py), a 20 us busy spin made the round trip
  * ~54 us in most rounds instead of ~3 us. */
+#ifndef SF_SHM_PAUSE_NS
 #define SF_SHM_PAUSE_NS 2000
+#endif
+
+#ifndef SF_SHM_YIELD_EVERY
+#define SF_SHM_YIELD_EVERY 16 /* polls between yields after SF_SHM_PAUSE_NS (power of 2 >= 16) */
+#endif
 
 typedef struct sf_shm_spin {
     int64_t end, pause_end;
@@ -262,7 +268,7 @@ static inline int sf_shm_spin_more(sf_shm_spin *s) {
     if ((++s->i & 15) == 0) {
         int64_t now = sf_now_ns();
         if (now >= s->end) return 0;
-        if (now >= s->pause_end) {
+        if (now >= s->pause_end && (s->i & (SF_SHM_YIELD_EVERY - 1)) == 0) {
             sf_thread_yield();
             return 1;
         }
