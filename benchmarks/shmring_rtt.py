@@ -15,9 +15,10 @@ the per-round p50 and p99, and the p50 ratio to the Pipe round trip.
 
 Contenders (the child echoes the unpickled batch back, pickled again):
 
-* ``shmring spin 20us``: default rings (busy-poll up to 20 us, then futex);
-* ``shmring no spin``: ``spin_us=0`` on both sides, so every wait that finds nothing parks
-  on the futex and every hop is a futex wake-up (the floor of a parked worker);
+* ``shmring spin Xus``: rings with ``spin_us=X`` on both sides (busy-poll up to X us, then
+  futex), one contender per value of ``--spins`` (default: ShmRing's default and 0);
+  ``shmring no spin`` (0): every wait that finds nothing parks on the futex and every hop
+  is a futex wake-up (the floor of a parked worker);
 * ``shmring idle gap``: default rings, but the parent sleeps ``--gap-us`` (default 300 us)
   between requests, so the child has gone to sleep each time (not timed: only the trip);
 * ``Pipe``: ``conn.send(batch)`` / ``conn.recv()``, the child ``send(recv())``; and the
@@ -42,7 +43,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from shardflow._shmring import RingClosed, ShmRing
+from shardflow._shmring import DEFAULT_SPIN_US, RingClosed, ShmRing
 
 BATCH = list(range(16))  # a small batch: 16 ints, 60 bytes pickled
 
@@ -157,10 +158,12 @@ class PoolContender(Contender):
 
 def rtt(args: argparse.Namespace) -> None:
     ctx = multiprocessing.get_context(args.start_method)
+    spins = [float(x) for x in args.spins.split(",")]
     contenders: list[Contender] = [
-        RingContender("shmring spin 20us", ctx, 20, 0),
-        RingContender("shmring no spin", ctx, 0, 0),
-        RingContender(f"shmring idle gap {args.gap_us:g}us", ctx, 20, args.gap_us),
+        RingContender(f"shmring spin {x:g}us" if x else "shmring no spin", ctx, x, 0) for x in spins
+    ]
+    contenders += [
+        RingContender(f"shmring idle gap {args.gap_us:g}us", ctx, DEFAULT_SPIN_US, args.gap_us),
         PipeContender(ctx),
         PipeContender(ctx, args.gap_us),
         PoolContender(ctx),
@@ -173,7 +176,7 @@ def rtt(args: argparse.Namespace) -> None:
     finally:
         for c in contenders:
             c.close()
-    pipe = statistics.median(contenders[3].p50)
+    pipe = statistics.median(next(c for c in contenders if c.name == "Pipe").p50)
     print(
         f"round trip of a {len(pickle.dumps(BATCH, 5))}-byte pickled batch, one in flight; "
         f"{args.rounds} rounds x {args.trips} trips, start method {args.start_method}, "
@@ -238,6 +241,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--trips", type=int, default=2000)
     ap.add_argument("--gap-us", type=float, default=300.0)
+    ap.add_argument(
+        "--spins",
+        default=f"{DEFAULT_SPIN_US},0",
+        help="comma-separated spin_us values, one ring contender each (0: futex only)",
+    )
     ap.add_argument(
         "--start-method",
         default="fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn",

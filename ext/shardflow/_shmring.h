@@ -58,7 +58,7 @@
  *   producer waiting for space: same with            consumer after releasing: same with
  *   head/space_word)                                 head/space_word)
  *   ------                                           --------
- *   W0 poll tail (acquire), bounded: busy, then yield N1 store tail              (release)
+ *   W0 spin: poll tail (acquire), bounded            N1 store tail              (release)
  *   W1 exchange(word, 1)                 (acq_rel)   N2 fence                   (seq_cst)
  *   W2 fence                             (seq_cst)   N3 if load(word) == 0: return
  *   W3 if tail moved or closed: word = 0; return     N4 if exchange(word, 0) == 1:
@@ -164,6 +164,11 @@ typedef struct sf_shmring_hdr {
 
 _Static_assert(sizeof(sf_shmring_hdr) <= SF_SHM_DATA_OFFSET, "header must fit its page");
 
+typedef struct sf_shm_adapt {
+    uint32_t shift; /* spins are spin_ns >> shift (none from 6 on) */
+    uint32_t waits;
+} sf_shm_adapt;
+
 /* Process-local counters: each is written by one side only (single-writer, relaxed). */
 typedef struct sf_shmring_stats {
     sf_atomic_u64 records_put, bytes_put, pads, full_waits, producer_parks, wakes_sent_data;
@@ -183,6 +188,7 @@ typedef struct sf_shmring {
     uint64_t tail_cache;
     uint64_t peek_size; /* record size of the peeked record (0: none) */
     uint64_t peek_len;  /* its payload bytes */
+    sf_shm_adapt prod_adapt, cons_adapt; /* each side's adaptive spin */
     sf_shmring_stats st;
 } sf_shmring;
 
@@ -237,44 +243,51 @@ static inline int sf_shm_notify(sf_atomic_u32 *w) {
 
 /* ---------------- the bounded spin (W0) ---------------- */
 
-/* Poll for up to spin_ns: busy (cpu_relax) for the first SF_SHM_PAUSE_NS, then yielding the
- * CPU between polls. On an oversubscribed machine the peer may be waiting for this very
- * CPU, and a pure busy spin then delays it by the whole spin: measured on the 2-core VM
- * with other load (benchmarks/shmring_rtt.py), a 20 us busy spin made the round trip
- * ~54 us in most rounds instead of ~3 us. */
-#ifndef SF_SHM_PAUSE_NS
-#define SF_SHM_PAUSE_NS 2000
-#endif
-
-#ifndef SF_SHM_YIELD_EVERY
-#define SF_SHM_YIELD_EVERY 16 /* polls between yields after SF_SHM_PAUSE_NS (power of 2 >= 16) */
-#endif
+/* Busy-poll (cpu_relax) for up to spin_ns, checking the clock every 16 polls; then the
+ * caller parks. No sched_yield phase: on a shared machine a yield hands the CPU to
+ * unrelated processes for a whole time slice. Measured on the loaded 2-core VM (native
+ * stress, scenario shmring, the forked echo with a 20 us spin and three busy threads):
+ * yielding between polls after 2 us took 3-11 s per 100k records against 1.4-1.8 s for a
+ * busy spin. The price of a busy spin is paid when the peer waits for this very CPU: then
+ * it is delayed by the whole spin, which is why the spin must stay short (the caller picks
+ * it; ShmRing's default comes from benchmarks/shmring_rtt.py). */
 
 typedef struct sf_shm_spin {
-    int64_t end, pause_end;
+    int64_t end;
     unsigned i;
 } sf_shm_spin;
 
 static inline void sf_shm_spin_start(sf_shm_spin *s, int64_t spin_ns) {
-    int64_t now = spin_ns > 0 ? sf_now_ns() : 0;
-    s->end = spin_ns > 0 ? now + spin_ns : 0;
-    s->pause_end = now + (spin_ns < SF_SHM_PAUSE_NS ? spin_ns : SF_SHM_PAUSE_NS);
+    s->end = spin_ns > 0 ? sf_now_ns() + spin_ns : 0;
     s->i = 0;
 }
 
 /* 1: poll again; 0: the spin is over (park). */
 static inline int sf_shm_spin_more(sf_shm_spin *s) {
     if (s->end == 0) return 0;
-    if ((++s->i & 15) == 0) {
-        int64_t now = sf_now_ns();
-        if (now >= s->end) return 0;
-        if (now >= s->pause_end && (s->i & (SF_SHM_YIELD_EVERY - 1)) == 0) {
-            sf_thread_yield();
-            return 1;
-        }
-    }
+    if ((++s->i & 15) == 0 && sf_now_ns() >= s->end) return 0;
     sf_cpu_relax();
     return 1;
+}
+
+/* Adaptive spin (as glibc's adaptive mutex does): a wait whose spin ended without the
+ * condition halves the next spins (down to none after 6 misses); a spin that saw it
+ * restores the full spin; every 32nd wait probes with the full spin, so spinning comes
+ * back once the peer has a CPU of its own again. The reason: when the peer waits for this
+ * very CPU, every spin delays it by the whole spin (benchmarks/shmring_rtt.py on the loaded
+ * 2-core VM: a fixed 10-20 us spin gave round trips of ~2 us in some rounds and 30-50 us
+ * in others, a futex-only wait ~8 us in all). */
+static inline int64_t sf_shm_adapt_spin(sf_shm_adapt *a, int64_t spin_ns) {
+    if (spin_ns <= 0) return 0;
+    a->waits++;
+    if (a->shift == 0 || (a->waits & 31) == 0) return spin_ns;
+    return a->shift >= 6 ? 0 : spin_ns >> a->shift;
+}
+
+static inline void sf_shm_adapt_result(sf_shm_adapt *a, int64_t spun_ns, int hit) {
+    if (spun_ns <= 0) return;
+    if (hit) a->shift = 0;
+    else if (a->shift < 6) a->shift++;
 }
 
 /* ---------------- set-up ---------------- */
@@ -386,7 +399,7 @@ static inline int sf_shmring_space_ready(sf_shmring *r, uint64_t t, uint64_t nee
     return t + need - sf_load_acquire_u64(&r->hdr->head) <= r->capacity;
 }
 
-/* Blocking reserve: spin up to spin_ns, then park on space_word until deadline_ns
+/* Blocking reserve: spin up to spin_ns (adaptive, see above), then park on space_word until deadline_ns
  * (monotonic ns; required). Same results as try_reserve, plus SF_SHM_TIMEOUT. */
 static inline int sf_shmring_reserve(sf_shmring *r, uint64_t n, unsigned char **out,
                                      int64_t spin_ns, int64_t deadline_ns) {
@@ -394,6 +407,8 @@ static inline int sf_shmring_reserve(sf_shmring *r, uint64_t n, unsigned char **
     int rc = sf_shmring_try_reserve(r, n, out);
     if (rc != SF_SHM_FULL) return rc;
     sf_counter_add(&r->st.full_waits, 1);
+    int64_t spin = sf_shm_adapt_spin(&r->prod_adapt, spin_ns);
+    int first = 1;
     for (;;) {
         /* What would make try_reserve succeed: room for the record after any padding. */
         uint64_t t = sf_load_relaxed_u64(&h->tail);
@@ -402,10 +417,14 @@ static inline int sf_shmring_reserve(sf_shmring *r, uint64_t n, unsigned char **
         if (to_end < need) need += to_end;
         /* W0: bounded spin */
         sf_shm_spin s;
-        sf_shm_spin_start(&s, spin_ns);
+        int hit = 0;
+        sf_shm_spin_start(&s, spin);
         do {
-            if (sf_shmring_space_ready(r, t, need)) goto retry;
+            if (sf_shmring_space_ready(r, t, need)) { hit = 1; break; }
         } while (sf_shm_spin_more(&s));
+        if (first) sf_shm_adapt_result(&r->prod_adapt, spin, hit);
+        first = 0;
+        if (hit) goto retry;
         /* W1-W3 */
         (void)sf_exchange_acqrel_u32(&h->space_word, 1);
         sf_fence_seqcst();
@@ -490,7 +509,7 @@ static inline int sf_shmring_data_ready(sf_shmring *r, uint64_t hd) {
     return (sf_load_seqcst_u32(&r->hdr->closed) & SF_SHM_WRITER_CLOSED) != 0;
 }
 
-/* Blocking peek: spin up to spin_ns, then park on data_word until deadline_ns (monotonic
+/* Blocking peek: spin up to spin_ns (adaptive, see above), then park on data_word until deadline_ns (monotonic
  * ns; required). Same results as try_peek, plus SF_SHM_TIMEOUT. */
 static inline int sf_shmring_peek(sf_shmring *r, unsigned char **ptr, uint64_t *len,
                                   uint32_t *tag, int64_t spin_ns, int64_t deadline_ns) {
@@ -498,13 +517,19 @@ static inline int sf_shmring_peek(sf_shmring *r, unsigned char **ptr, uint64_t *
     int rc = sf_shmring_try_peek(r, ptr, len, tag);
     if (rc != SF_SHM_EMPTY) return rc;
     sf_counter_add(&r->st.empty_waits, 1);
+    int64_t spin = sf_shm_adapt_spin(&r->cons_adapt, spin_ns);
+    int first = 1;
     for (;;) {
         uint64_t hd = sf_load_relaxed_u64(&h->head);
         sf_shm_spin s; /* W0 */
-        sf_shm_spin_start(&s, spin_ns);
+        int hit = 0;
+        sf_shm_spin_start(&s, spin);
         do {
-            if (sf_shmring_data_ready(r, hd)) goto retry;
+            if (sf_shmring_data_ready(r, hd)) { hit = 1; break; }
         } while (sf_shm_spin_more(&s));
+        if (first) sf_shm_adapt_result(&r->cons_adapt, spin, hit);
+        first = 0;
+        if (hit) goto retry;
         (void)sf_exchange_acqrel_u32(&h->data_word, 1); /* W1 */
         sf_fence_seqcst();                                             /* W2 */
         if (sf_shmring_data_ready(r, hd)) {                            /* W3 */

@@ -19,7 +19,8 @@ backend uses per shard (a task ring parent -> worker, a result ring worker -> pa
   itself and calls ``write`` per frame, so it copies anyway, and its per-call set-up costs
   more than ``dumps``). ``get`` unpickles straight from the mapping (a read-only
   ``memoryview`` over the record, released before the record is).
-* Waits spin briefly, then park on a shared futex word with the GIL released, in slices
+* Waits spin briefly (adaptively: up to ``spin_us``, less after spins that found nothing,
+  see ``_shmring.h``), then park on a shared futex word with the GIL released, in slices
   (``check_interval``): between slices the peer's sentinel (``watch``) and pending signals
   are checked, so a dead peer is reported as ``PeerDead`` and Ctrl-C is never stuck.
 * One producer thread and one consumer thread at a time (per ring, across both
@@ -113,7 +114,7 @@ cdef object _dumps = pickle.dumps
 cdef object _loads = pickle.loads
 
 DEFAULT_SPIN_US = 20
-"""Default busy-poll before parking, in microseconds."""
+"""Default longest busy-poll before parking, in microseconds (adaptive below that)."""
 DEFAULT_CHECK_INTERVAL = 0.05
 """Default park slice, in seconds: how often a long wait checks the peer and signals."""
 
