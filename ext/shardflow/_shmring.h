@@ -31,7 +31,10 @@
  * for a padding header. The payload is therefore one contiguous span: the consumer can
  * unpickle straight from the mapping. The largest record is the whole data area
  * (len <= capacity - 8); a bigger one is SF_SHM_TOO_BIG, which the caller handles (split
- * the batch, or take an overflow path): it is never a wait.
+ * the batch, or take an overflow path): it is never a wait. A record that needs padding
+ * first waits until the consumer has consumed the padding, even in an otherwise empty ring
+ * (so a thread that is both producer and consumer cannot put a near-capacity record at an
+ * offset other than 0 without a get in between).
  *
  * Producer (one thread of one process at a time):
  *   reserve(n)  needs R = SF_SHM_RECORD_SIZE(n) contiguous bytes; if the end is closer than
@@ -74,6 +77,9 @@
  * seq_cst fetch_or of the closed flags followed by N3-N4 on both words, so a waiter's W3
  * (which re-checks the flags) pairs with it the same way. tools/model/shmpark.pml checks
  * this exhaustively (and finds the lost wake-up without the fences).
+ *
+ * W0 is a busy spin of at most spin_ns, adaptive (see sf_shm_adapt_spin below): it never
+ * yields, and shrinks to nothing while spins keep missing.
  *
  * Cost when nobody sleeps: a fence and one load per publication; no syscall. Every wait has
  * a deadline (the caller slices long waits and uses each timeout as a liveness check of the
