@@ -277,6 +277,38 @@ def test_bad_arguments_name_the_parameter() -> None:
         assert isinstance(RingTimeout("x"), RingError)
 
 
+def test_large_records_between_threads() -> None:
+    """Records above the size copied with the GIL released (64 KiB), through a ring
+    that holds only a few of them."""
+    rng = random.Random(5)
+    records = [_payload(rng, rng.randrange(60_000, 300_000)) for _ in range(40)]
+    with ShmRing.create(1 << 20) as ring:
+
+        def produce() -> None:
+            for r in records:
+                ring.put(r, timeout=WAIT)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        got = [ring.get_bytes(timeout=WAIT) for _ in records]
+        t.join(WAIT)
+        assert got == records
+
+
+def test_ctrl_c_interrupts_a_long_wait() -> None:
+    """A get with no timeout parks in slices and checks signals between them."""
+    import _thread
+
+    with ShmRing.create(64, check_interval=0.02) as ring:
+        timer = threading.Timer(0.1, _thread.interrupt_main)
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                ring.get()
+        finally:
+            timer.join(WAIT)
+
+
 # ------------------------------------------------------------------ two processes
 
 
@@ -298,7 +330,7 @@ def _next(results: ShmRing) -> Any:
     return pickle.loads(data) if results.last_tag == 1 else data
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_a_child_process_echoes_every_record_in_order(method: str) -> None:
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"start method {method!r} is not available here")
