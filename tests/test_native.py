@@ -2,15 +2,21 @@
 
 * ``tests/native/stress.c`` hammers the ring, the park protocol, the counters, the pool's
   live/done protocol, the stealing scheduler (``_sched.h``: steal-half, thief wake-ups,
-  flush acknowledgements and flush holds), the latency histogram and the circuit breaker
-  from pthreads. It is built three ways (plain
+  flush acknowledgements and flush holds), the latency histogram, the circuit breaker and
+  the shared-memory byte ring (``_shmring.h``: two threads on one mapping, then a forked
+  echo process on fresh mappings of the memfds) from pthreads. It is built three ways (plain
   ``-O2``, ThreadSanitizer, AddressSanitizer + UndefinedBehaviorSanitizer) and every build
-  must exit 0 with no sanitizer report. No suppression file exists, on purpose.
+  must exit 0 with no sanitizer report. No suppression file exists, on purpose. A fourth
+  build (``stress-portable``, ``-DSF_SHM_PORTABLE``) runs the shared-memory ring on its
+  non-Linux branch (polling park, ``shm_open`` + unlink).
 * ``tests/native/interleave.c`` replays exact interleavings of the ring and the breaker (a
   thread preempted at one chosen load) in a single thread.
 * ``tools/model/park.pml`` is checked exhaustively with spin: no lost wake-up (invalid end
   state), no item taken twice, every claimed item consumed; and a negative control shows the
   model does find a lost wake-up when the consumer re-checks the wrong variable.
+* ``tools/model/shmpark.pml`` models the cross-process park protocol of ``_shmring.h``
+  (a sleeping flag per futex word, seq_cst fences on both sides, futex wait with a
+  timeout): no lost wake-up, and a negative control without the fences finds one.
 * ``tools/model/steal.pml`` models the thief wake-up protocol of ``_sched.h`` (two workers,
   producers pushing to one shard): no item taken twice, and items are never left queued
   while every worker sleeps.
@@ -37,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "tests" / "native"
 MODEL = ROOT / "tools" / "model" / "park.pml"
 STEAL_MODEL = ROOT / "tools" / "model" / "steal.pml"
+SHM_MODEL = ROOT / "tools" / "model" / "shmpark.pml"
 
 CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 MAKE = shutil.which("make")
@@ -148,8 +155,22 @@ def test_stress_harness_passes_every_check(build_dir: Path, flavour: str) -> Non
     r = _run_harness(binary, ["all", "--ops", str(OPS[flavour]), "--timeout", "90"])
     _assert_clean(r, f"stress-{flavour}")
     assert "stress    all: all checks passed" in r.stdout
-    for scenario in ("ring", "shard", "counters", "pool", "sched", "hist", "breaker"):
+    for scenario in ("ring", "shard", "counters", "pool", "sched", "hist", "breaker", "shmring"):
         assert re.search(rf"^{scenario}\b.* OK$", r.stdout, re.M), r.stdout
+    if flavour != "tsan":  # TSan cannot follow a forked child sharing memory: threads only
+        assert re.search(r"^shmring +process .* OK$", r.stdout, re.M), r.stdout
+
+
+@needs_native
+def test_shared_memory_ring_on_its_portable_branch(build_dir: Path) -> None:
+    """The non-Linux branch of _shmring.h (park by polling the word with short sleeps,
+    shm_open + immediate shm_unlink), built and run on Linux: threads and a forked
+    process, order, bytes and checksums."""
+    binary = _build(build_dir, "stress-portable")
+    r = _run_harness(binary, ["shmring", "--ops", "24000", "--timeout", "90"])
+    _assert_clean(r, "stress-portable shmring")
+    assert re.search(r"^shmring +threads .* OK$", r.stdout, re.M), r.stdout
+    assert re.search(r"^shmring +process .* OK$", r.stdout, re.M), r.stdout
 
 
 @needs_native
@@ -270,3 +291,38 @@ def test_steal_model_finds_the_old_o2_gap(tmp_path: Path) -> None:
         tmp_path, "-DNPROD=1", "-DITEMS=2", "-DOWNER_STUCK", "-DO2_PUBLISHED", model=STEAL_MODEL
     )
     assert "assertion violated" in report and "errors: 1" in report, report
+
+
+# ------------------------------------------------------------------ shmpark.pml
+
+
+def needs_shm_model(fn):
+    for mark in [
+        *_spin_marks[:2],
+        pytest.mark.skipif(not SHM_MODEL.is_file(), reason="tools/model/shmpark.pml not found"),
+    ]:
+        fn = mark(fn)
+    return fn
+
+
+@needs_shm_model
+@pytest.mark.parametrize(
+    "defines",
+    [("-DITEMS=3", "-DCAP=1"), ("-DITEMS=8", "-DCAP=2"), ("-DITEMS=8", "-DCAP=2", "-DTIMEOUTS")],
+)
+def test_shm_park_model_has_no_lost_wakeup(tmp_path: Path, defines: tuple[str, ...]) -> None:
+    """The cross-process park of _shmring.h (sleeping flag + fences + futex): records in
+    order and once, and no side left asleep forever, without relying on the timeout (and
+    with timeouts/spurious returns at any moment under -DTIMEOUTS)."""
+    report = _verify(tmp_path, *defines, model=SHM_MODEL)
+    assert "errors: 0" in report, (defines, report)
+    assert "invalid end states\t+" in report, report
+    assert _states(report) > 1_000, (defines, report)
+
+
+@needs_shm_model
+def test_shm_park_model_finds_the_lost_wakeup_without_the_notifier_fence(tmp_path: Path) -> None:
+    """Negative control: without N2 (the fence between publishing the index and loading
+    the sleeping flag), the model finds a side asleep forever."""
+    report = _verify(tmp_path, "-DITEMS=3", "-DCAP=1", "-DNO_NOTIFY_FENCE", model=SHM_MODEL)
+    assert "invalid end state" in report and "errors: 1" in report, report

@@ -64,6 +64,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <signal.h>
+#include <sys/wait.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 #include "shardflow/_atomic.h"
 #include "shardflow/_breaker.h"
@@ -74,6 +79,7 @@
 #include "shardflow/_ring.h"
 #include "shardflow/_sched.h"
 #include "shardflow/_shard.h"
+#include "shardflow/_shmring.h"
 
 /* ------------------------------------------------------------------ options, checks */
 
@@ -1348,11 +1354,234 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
     return atomic_load(&failures) == before;
 }
 
+/* ------------------------------------------------------------------ shmring */
+
+/* The shared-memory byte ring (_shmring.h). Record i carries a length drawn from a stream
+ * both sides can replay (seeded alike), bytes shm_byte(i, j) and tag i; the producer
+ * sometimes reserves more than it commits. The consumer checks order (tag), length and
+ * every byte, plus a checksum of (i, len) on both sides. Spin 0 on some runs forces the
+ * futex path on every wait; deadlines are short (50 ms slices, as the Python layer uses
+ * them) and a TIMEOUT just waits again: a lost wake-up costs a slice, a hang (no progress)
+ * is the watchdog's. Two modes:
+ *   threads  producer and consumer threads on two handles of ONE mapping (TSan sees the
+ *            release/acquire pairs on head/tail and the byte accesses);
+ *   process  fork(): the child maps both memfds afresh (other addresses) and echoes ring
+ *            A into ring B; the parent produces on A from a thread and consumes B. */
+
+#define SHM_SLICE_NS 50000000LL
+
+#if defined(__SANITIZE_THREAD__)
+#define SHM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SHM_TSAN 1
+#endif
+#endif
+
+static inline uint8_t shm_byte(uint64_t i, uint64_t j) {
+    return (uint8_t)(i * 131u + j * 7u + (i >> 8));
+}
+
+static uint64_t shm_len(uint64_t *s, uint64_t cap) {
+    uint64_t r = rnd(s), max = cap - SF_SHM_HDR;
+    switch (r & 31) {
+    case 0: return max; /* only fits after the consumer took everything and the padding */
+    case 1: case 2: case 3: return (r >> 8) % (max + 1);
+    default: return (r >> 8) % (max < 64 ? max + 1 : 65);
+    }
+}
+
+static inline uint64_t shm_mix(uint64_t i, uint64_t len) {
+    return (i + 1) * 0x9e3779b97f4a7c15ULL ^ (len << 17);
+}
+
+typedef struct shm_side {
+    sf_shmring r;
+    uint64_t n, cap, seed;
+    int64_t spin_ns;
+    uint64_t sum;
+    sf_atomic_u64 *progress;
+} shm_side;
+
+static void *shm_producer(void *arg) {
+    shm_side *s = arg;
+    uint64_t lens = s->seed, extra = s->seed ^ 0xabcdef;
+    for (uint64_t i = 0; i < s->n; i++) {
+        uint64_t len = shm_len(&lens, s->cap), want = len, max = s->cap - SF_SHM_HDR;
+        uint64_t x = rnd(&extra);
+        if ((x & 7) == 0 && len + (x >> 8) % 24 <= max) want = len + (x >> 8) % 24;
+        unsigned char *p;
+        int rc;
+        do {
+            rc = sf_shmring_reserve(&s->r, want, &p, s->spin_ns, sf_now_ns() + SHM_SLICE_NS);
+        } while (rc == SF_SHM_TIMEOUT);
+        if (rc != SF_SHM_OK) {
+            fail("shmring producer: reserve(%" PRIu64 ") returned %d at record %" PRIu64, want,
+                 rc, i);
+            break;
+        }
+        for (uint64_t j = 0; j < len; j++) p[j] = shm_byte(i, j);
+        s->sum += shm_mix(i, len);
+        sf_shmring_commit(&s->r, len, (uint32_t)i);
+    }
+    sf_shmring_close(&s->r, SF_SHM_WRITER_CLOSED);
+    return NULL;
+}
+
+static void *shm_consumer(void *arg) {
+    shm_side *s = arg;
+    uint64_t lens = s->seed, i = 0;
+    for (;; i++) {
+        unsigned char *p;
+        uint64_t len;
+        uint32_t tag;
+        int rc;
+        do {
+            rc = sf_shmring_peek(&s->r, &p, &len, &tag, s->spin_ns, sf_now_ns() + SHM_SLICE_NS);
+        } while (rc == SF_SHM_TIMEOUT);
+        if (rc == SF_SHM_CLOSED) break;
+        if (rc != SF_SHM_OK) {
+            fail("shmring consumer: peek returned %d at record %" PRIu64, rc, i);
+            break;
+        }
+        uint64_t want = shm_len(&lens, s->cap);
+        CHECK(tag == (uint32_t)i, "shmring: record %" PRIu64 " has tag %u (out of order)", i, tag);
+        CHECK(len == want, "shmring: record %" PRIu64 " has %" PRIu64 " bytes, expected %" PRIu64,
+              i, len, want);
+        uint64_t bad = 0;
+        for (uint64_t j = 0; j < len && j < want; j++) bad += p[j] != shm_byte(i, j);
+        CHECK(bad == 0, "shmring: record %" PRIu64 ": %" PRIu64 " corrupt bytes", i, bad);
+        s->sum += shm_mix(i, len);
+        sf_shmring_release(&s->r);
+        if (s->progress) atomic_fetch_add(s->progress, 1);
+    }
+    CHECK(i == s->n, "shmring consumer: %" PRIu64 " records of %" PRIu64, i, s->n);
+    return NULL;
+}
+
+/* Child of the process mode: echo A -> B until A is closed. Returns the failures. */
+static int shm_echo(sf_shmring *a, sf_shmring *b, int64_t spin_ns) {
+    for (;;) {
+        unsigned char *p, *q;
+        uint64_t len;
+        uint32_t tag;
+        int rc;
+        do {
+            rc = sf_shmring_peek(a, &p, &len, &tag, spin_ns, sf_now_ns() + SHM_SLICE_NS);
+        } while (rc == SF_SHM_TIMEOUT);
+        if (rc == SF_SHM_CLOSED) break;
+        if (rc != SF_SHM_OK) return 1;
+        do {
+            rc = sf_shmring_reserve(b, len, &q, spin_ns, sf_now_ns() + SHM_SLICE_NS);
+        } while (rc == SF_SHM_TIMEOUT);
+        if (rc != SF_SHM_OK) return 1;
+        memcpy(q, p, len);
+        sf_shmring_commit(b, len, tag);
+        sf_shmring_release(a);
+    }
+    sf_shmring_close(b, SF_SHM_WRITER_CLOSED);
+    return 0;
+}
+
+static void *shm_new(uint64_t cap, int *fd) {
+    uint64_t size = sf_shmring_map_size(cap);
+    *fd = sf_shm_create(size);
+    if (*fd < 0) {
+        fprintf(stderr, "sf_shm_create: %s\n", strerror(errno));
+        exit(2);
+    }
+    void *m = sf_shm_map(*fd, size);
+    if (!m) {
+        fprintf(stderr, "sf_shm_map: %s\n", strerror(errno));
+        exit(2);
+    }
+    sf_shmring_format(m, cap);
+    return m;
+}
+
+static int scenario_shmring(uint64_t cap, int process, int64_t spin_ns) {
+    int before = atomic_load(&failures);
+    int64_t t0 = sf_now_ns();
+    uint64_t size = sf_shmring_map_size(cap);
+    sf_atomic_u64 progress;
+    atomic_init(&progress, 0);
+    shm_side *prod = xcalloc(1, sizeof *prod), *cons = xcalloc(1, sizeof *cons);
+    int fda, fdb = -1;
+    void *ma = shm_new(cap, &fda), *mb = NULL;
+    /* a handle refuses a mapping that is not a ring of this size */
+    CHECK(sf_shmring_open(&prod->r, ma, size + 4096) == -1, "shmring: open accepted a bad size");
+    prod->n = cons->n = opt.ops;
+    prod->cap = cons->cap = cap;
+    prod->seed = cons->seed = opt.seed ^ cap;
+    prod->spin_ns = cons->spin_ns = spin_ns;
+    cons->progress = &progress;
+    CHECK(sf_shmring_open(&prod->r, ma, size) == 0, "shmring: open failed");
+    watchdog_arm(process ? "shmring-process" : "shmring", NULL, NULL, &progress);
+    pthread_t tp, tc;
+    if (!process) {
+        CHECK(sf_shmring_open(&cons->r, ma, size) == 0, "shmring: open failed");
+        start(&tp, shm_producer, prod);
+        start(&tc, shm_consumer, cons);
+        join(tp);
+        join(tc);
+    } else {
+        mb = shm_new(cap, &fdb);
+        CHECK(sf_shmring_open(&cons->r, mb, size) == 0, "shmring: open failed");
+        fflush(stdout);
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("fork");
+            exit(2);
+        }
+        if (pid == 0) {
+#if defined(__linux__)
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+            /* Fresh mappings at other addresses, as a spawned worker would have. */
+            void *ca = sf_shm_map(fda, size), *cb = sf_shm_map(fdb, size);
+            sf_shmring a, b;
+            if (!ca || !cb || sf_shmring_open(&a, ca, size) || sf_shmring_open(&b, cb, size))
+                _exit(2);
+            int bad = shm_echo(&a, &b, spin_ns);
+            _exit(bad ? 1 : 0);
+        }
+        start(&tp, shm_producer, prod);
+        shm_consumer(cons);
+        join(tp);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "shmring: the echo process ended with status %d", status);
+    }
+    watchdog_disarm();
+    CHECK(prod->sum == cons->sum, "shmring: checksum %" PRIx64 " sent, %" PRIx64 " received",
+          prod->sum, cons->sum);
+    CHECK(sf_shmring_used(&prod->r) == 0, "shmring: %" PRIu64 " bytes left in the ring",
+          sf_shmring_used(&prod->r));
+    uint64_t parks = atomic_load(&prod->r.st.producer_parks) + atomic_load(&cons->r.st.consumer_parks);
+    uint64_t pads = atomic_load(&prod->r.st.pads);
+    printf("shmring   %-7s cap=%-6" PRIu64 " spin=%-5" PRId64 " records=%" PRIu64 " pads=%" PRIu64
+           " parks=%" PRIu64 " %.2fs %s\n",
+           process ? "process" : "threads", cap, spin_ns, opt.ops, pads, parks,
+           (double)(sf_now_ns() - t0) / 1e9, atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    sf_shm_unmap(ma, size);
+    close(fda);
+    if (mb) {
+        sf_shm_unmap(mb, size);
+        close(fdb);
+    }
+    free(prod);
+    free(cons);
+    return atomic_load(&failures) == before;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s ring|shard|counters|pool|sched|hist|breaker|all [--ops N] [--capacity C] [--producers P]\n"
+            "usage: %s ring|shard|counters|pool|sched|hist|breaker|shmring|all [--ops N] [--capacity C] [--producers P]\n"
             "          [--timeout SECONDS] [--seed X]\n",
             argv0);
     exit(2);
@@ -1441,6 +1670,28 @@ int main(int argc, char **argv) {
         scenario_breaker("consecutive", SF_WIN_NONE, 5);
         scenario_breaker("count", SF_WIN_COUNT, 3);
         scenario_breaker("time", SF_WIN_TIME, 3);
+    }
+    if (all || !strcmp(scenario, "shmring")) {
+        known = 1;
+        uint64_t ops = opt.ops;
+        /* A share of the budget per run (4 runs; under "all" an eighth, to keep it short). */
+        opt.ops = ops / (all ? 8 : 4) ? ops / (all ? 8 : 4) : 1;
+        if (opt.capacity) {
+            scenario_shmring(opt.capacity < 64 ? 64 : opt.capacity, 0, 2000);
+            scenario_shmring(opt.capacity < 64 ? 64 : opt.capacity, 1, 0);
+        } else {
+            /* Threads (TSan's view), with and without a spin, a tiny ring (a padding record
+             * every few records) and a larger one; then two processes (fork). TSan cannot
+             * follow a forked child that shares memory with its parent, so the process runs
+             * are for the plain and ASan builds. */
+            scenario_shmring(64, 0, 0);
+            scenario_shmring(4096, 0, 2000);
+#if !defined(SHM_TSAN)
+            scenario_shmring(256, 1, 0);
+            scenario_shmring(4096, 1, 20000);
+#endif
+        }
+        opt.ops = ops;
     }
     if (!known) usage(argv[0]);
     int f = atomic_load(&failures);
