@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from shardflow._shmring import PeerDead, RingClosed, RingTimeout, ShmRing
+from shardflow._shmring import PeerDead, RingClosed, RingError, RingTimeout, ShmRing
 from shardflow.backends import _process_worker as wire
 from shardflow.backends.base import Backend, BatchOutcome, Handler, ShardRunner
 from shardflow.errors import ShardflowError
@@ -99,6 +99,10 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+class _Unpicklable(Exception):
+    """Internal: a batch did not pickle (nothing was sent)."""
+
+
 class _Crash(Exception):
     """Internal: the worker died while batch ``seq`` ran; ``reason`` says how."""
 
@@ -135,9 +139,8 @@ class _Worker:
         death_r.close()
         self.tasks.watch(self.process.sentinel)
         self.results.watch(self.process.sentinel)
-        self._await_ready(runner, shard)
 
-    def _await_ready(self, runner: _ProcessRunner, shard: int) -> None:
+    def await_ready(self, runner: _ProcessRunner, shard: int) -> None:
         """Wait for the worker to load the handler; a worker that cannot (an import that
         fails there, a crash at start) makes the pool's constructor raise, instead of a
         crash loop that would fail every item."""
@@ -262,8 +265,18 @@ class _ProcessRunner(ShardRunner):
                 f"threads ({threading.active_count()}): a forked worker could inherit a lock "
                 "held by one of them; use the default (forkserver) or 'spawn'"
             )
-        for shard in self.shards:  # all workers first: their start is the slow part
+        # All workers first, started together (their start is the slow part), then each
+        # one's handshake; a worker that fails it fails the constructor.
+        for shard in self.shards:
             shard.worker = _Worker(self, shard.index)
+        for shard in self.shards:
+            worker = shard.worker
+            assert worker is not None
+            try:
+                worker.await_ready(self, shard.index)
+            except BaseException:
+                shard.worker = None  # released by await_ready; the others by join()
+                raise
         for shard in self.shards:
             t = threading.Thread(
                 target=self._shard_main,
@@ -291,82 +304,91 @@ class _ProcessRunner(ShardRunner):
         shard: _Shard = self.local.shard
         if shard.broken is not None:
             raise ShardBroken(shard.broken)
-        items = list(batch)
         failures: list[tuple[int, BaseException]] = []
-        # Items that cannot be pickled fail alone; the others go (the slow path only runs
-        # when the batch as a whole did not pickle).
-        try:
-            payload_items = items
-            offsets = list(range(len(items)))
-            pickle.dumps(items, 5)
-        except Exception:
-            payload_items, offsets = [], []
-            for i, item in enumerate(items):
-                try:
-                    pickle.dumps(item, 5)
-                except Exception as exc:
-                    failures.append(
-                        (
-                            i,
-                            TypeError(
-                                f"backend='process' could not pickle an item of type "
-                                f"{type(item).__qualname__} ({type(exc).__name__}: {exc})"
-                            ),
-                        )
-                    )
-                else:
-                    payload_items.append(item)
-                    offsets.append(i)
-        if not self.per_item and failures:
-            raise failures[0][1]
-        pending = list(range(len(payload_items)))  # positions in payload_items still to run
-        attempts: dict[int, int] = {}
-        while pending:
+        payload: list[Any] = batch
+        offsets: list[int] | None = None  # payload position -> batch index (None: same)
+        start = 0  # payload[start:] has not run yet
+        attempts = 0  # runs of payload[start] that ended in a crash
+        while start < len(payload):
             if shard.broken is not None:
-                for pos in pending:
-                    failures.append((offsets[pos], ShardBroken(shard.broken)))
+                for pos in range(start, len(payload)):
+                    failures.append(
+                        (pos if offsets is None else offsets[pos], ShardBroken(shard.broken))
+                    )
                 break
-            # After a crash the suspect runs alone; everything else in one go.
-            alone = attempts.get(pending[0], 0) > 0
-            chunk = pending[:1] if alone else pending
+            # After a crash the suspect runs alone; otherwise everything left in one go.
+            if attempts:
+                chunk = payload[start : start + 1]
+            else:
+                chunk = payload if start == 0 else payload[start:]
             try:
-                self._send(shard, [payload_items[p] for p in chunk], chunk, offsets, failures)
-                pending = pending[len(chunk) :]
+                self._send(shard, chunk, start, offsets, failures)
+                start += len(chunk)
+                attempts = 0
+            except _Unpicklable:
+                # Slow path, rare: find the items that do not pickle; they fail alone.
+                payload, offsets = self._picklable(payload, failures)
+                if not self.per_item and failures:
+                    raise failures[0][1] from None
             except _Crash as crash:
-                suspect_at = self._suspect(shard)
-                suspect_at = 0 if suspect_at < 0 or suspect_at >= len(chunk) else suspect_at
-                suspect = chunk[suspect_at]
+                at = int(self._suspect(shard))
+                at = 0 if at < 0 or at >= len(chunk) else at
+                start += at  # those before the suspect ran (their failures came back)
                 pid, exitcode = self._replace(shard)
-                n = attempts[suspect] = attempts.get(suspect, 0) + 1
-                # Those before the suspect ran (their failures, if any, already came back).
-                pending = pending[suspect_at:]
-                if n >= self.max_attempts:
+                attempts += 1
+                if attempts >= self.max_attempts:
                     lost = WorkerLost(
                         f"{self.pool_name} shard {shard.index}: the worker process (pid "
-                        f"{pid}) {crash.reason} while handling this item, {n} time(s); "
-                        "given up",
+                        f"{pid}) {crash.reason} while handling this item, {attempts} "
+                        "time(s); given up",
                         pid=pid,
                         exitcode=exitcode,
-                        attempts=n,
+                        attempts=attempts,
                     )
                     if not self.per_item:
                         raise lost from None
-                    failures.append((offsets[suspect], lost))
-                    pending.remove(suspect)
+                    failures.append((start if offsets is None else offsets[start], lost))
+                    start += 1
+                    attempts = 0
         if failures:
             if not self.per_item:
                 raise failures[0][1]
             return BatchOutcome(failures)
         return None
 
+    @staticmethod
+    def _picklable(
+        items: list[Any], failures: list[tuple[int, BaseException]]
+    ) -> tuple[list[Any], list[int]]:
+        payload, offsets = [], []
+        for i, item in enumerate(items):
+            try:
+                pickle.dumps(item, 5)
+            except Exception as exc:
+                failures.append(
+                    (
+                        i,
+                        TypeError(
+                            f"backend='process' could not pickle an item of type "
+                            f"{type(item).__qualname__} ({type(exc).__name__}: {exc})"
+                        ),
+                    )
+                )
+            else:
+                payload.append(item)
+                offsets.append(i)
+        return payload, offsets
+
     def _send(
         self,
         shard: _Shard,
         items: list[Any],
-        positions: list[int],
-        offsets: list[int],
+        start: int,
+        offsets: list[int] | None,
         failures: list[tuple[int, BaseException]],
     ) -> None:
+        """Run ``items`` (``payload[start:start + len(items)]``) in the worker; failures
+        are recorded by batch index. Raises _Crash if the worker dies meanwhile."""
         worker = shard.worker
         assert worker is not None
         shard.seq += 1
@@ -375,6 +397,10 @@ class _ProcessRunner(ShardRunner):
             worker.tasks.put_pickled((seq, items))
         except PeerDead:
             raise _Crash(self._how(worker)) from None
+        except RingError:
+            raise
+        except Exception as exc:  # pickling failed before anything was written
+            raise _Unpicklable() from exc
         overrun_at = None if self.task_timeout is None else time.monotonic() + self.task_timeout
         seen_index = -2
         while True:
@@ -401,10 +427,11 @@ class _ProcessRunner(ShardRunner):
             if mseq != seq:  # pragma: no cover - a stale record from a replaced worker
                 continue
             if kind == wire.FAILED:
-                index, exc = rest
+                index, raised = rest
                 if index < 0:
-                    raise exc
-                failures.append((offsets[positions[index]], exc))
+                    raise raised
+                pos = start + index
+                failures.append((pos if offsets is None else offsets[pos], raised))
             elif kind == wire.DONE:
                 return
 
@@ -436,7 +463,9 @@ class _ProcessRunner(ShardRunner):
             )
         else:
             try:
-                shard.worker = _Worker(self, shard.index)
+                fresh = _Worker(self, shard.index)
+                fresh.await_ready(self, shard.index)
+                shard.worker = fresh
             except RuntimeError as exc:
                 shard.broken = f"{exc}; the shard takes no more items"
         return pid, exitcode
