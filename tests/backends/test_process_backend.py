@@ -342,3 +342,30 @@ def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_interpreter_exit_with_a_live_pool_hands_everything_over(tmp_path: Path) -> None:
+    # As with threads: no shutdown() call, yet every queued item is handled at exit, even
+    # though multiprocessing's own exit hook would terminate daemonic workers.
+    out = tmp_path / "records"
+    out.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import shardflow, proc_handlers as ph
+        if __name__ == "__main__":
+            handler = ph.Recorder({str(out)!r}, sleep_on=frozenset(range(0, 400, 50)), sleep=0.02)
+            pool = shardflow.ShardedPool(handler, workers=2, backend="process")
+            pool.submit_many(range(400))
+            print(pool.metrics().unfinished, flush=True)
+        """
+    )
+    path = tmp_path / "exits.py"
+    path.write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) > 0  # items were still pending when exit began
+    assert sorted(int(r[2]) for r in ph.read_records(str(out))) == list(range(400))

@@ -43,8 +43,10 @@ What differs from threads, and why:
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.util  # its exit hook must be registered before ours (_drain_at_exit)
 import pickle
 import signal
 import threading
@@ -570,3 +572,22 @@ class ProcessBackend(Backend):
             f"ProcessBackend(start_method={self.mp_context.get_start_method()!r}, "
             f"max_attempts={self.max_attempts}, task_timeout={self.task_timeout})"
         )
+
+
+def _drain_at_exit() -> None:
+    """Interpreter exit with live process pools: hand every queued item over (as threads
+    do), then stop the workers, all before ``multiprocessing``'s own exit hook runs, which
+    would terminate the (daemonic) workers and the forkserver under the pools' feet.
+    atexit runs hooks last-registered-first, and this one is registered after
+    ``multiprocessing.util`` registered its own (imported above for that reason: it is
+    otherwise imported only when the first process starts)."""
+    from shardflow import pool as pool_module
+
+    pool_module._at_exit()
+    for pool in list(pool_module._live):
+        runner = getattr(pool, "_runner", None)
+        if isinstance(runner, _ProcessRunner) and pool._exit_wait:
+            runner.join()
+
+
+atexit.register(_drain_at_exit)
