@@ -87,3 +87,14 @@ class LoadsOnlyHere:
 
     def __call__(self, x: Any) -> None:
         pass
+
+
+class BatchLog:
+    """Appends each batch's length and items to ``<dir>/<pid>`` (a batch handler)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def __call__(self, batch: list[Any]) -> None:
+        with open(Path(self.directory) / str(os.getpid()), "a") as f:
+            f.write(" ".join(map(str, batch)) + "\n")

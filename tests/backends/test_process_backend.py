@@ -369,3 +369,15 @@ def test_interpreter_exit_with_a_live_pool_hands_everything_over(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) > 0  # items were still pending when exit began
     assert sorted(int(r[2]) for r in ph.read_records(str(out))) == list(range(400))
+
+
+def test_a_batch_processor_runs_its_batches_in_a_worker_process(tmp_path: Path) -> None:
+    with shardflow.BatchProcessor(
+        ph.BatchLog(str(tmp_path)), batch_size=50, batch_timeout=0.05, backend="process"
+    ) as bp:
+        bp.put_many(range(500))
+    (log,) = list(tmp_path.iterdir())
+    assert int(log.name) != os.getpid()
+    batches = [line.split() for line in log.read_text().splitlines()]
+    assert all(len(b) <= 50 for b in batches)
+    assert [int(x) for b in batches for x in b] == list(range(500))
