@@ -23,6 +23,7 @@ import proc_handlers as ph
 import pytest
 
 import shardflow
+from helpers import interrupt
 from shardflow.backends import ProcessBackend
 from shardflow.backends.process import RemoteError, WorkerLost
 
@@ -381,3 +382,39 @@ def test_a_batch_processor_runs_its_batches_in_a_worker_process(tmp_path: Path) 
     batches = [line.split() for line in log.read_text().splitlines()]
     assert all(len(b) <= 50 for b in batches)
     assert [int(x) for b in batches for x in b] == list(range(500))
+
+
+def test_ctrl_c_interrupts_a_blocked_submit_and_the_workers_stop(tmp_path: Path) -> None:
+    out = tmp_path / "records"
+    out.mkdir()
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import shardflow, proc_handlers as ph
+if __name__ == "__main__":
+    slow = ph.Recorder({str(out)!r}, sleep_on=frozenset(range(1000)), sleep=0.05)
+    pool = shardflow.ShardedPool(slow, workers=1, capacity=2, backend="process")
+    print(*pool._runner.worker_pids(), flush=True)
+    pool.submit_many(range(3))
+    print("ready", flush=True)
+    pool.submit_many(range(3, 1000))
+    print("not interrupted", flush=True)
+"""
+    pids: list[int] = []
+
+    def ready(stdout: Any) -> None:
+        pids.extend(int(p) for p in stdout.readline().split())
+        assert stdout.readline().strip() == "ready"
+
+    returncode, rest, err = interrupt([sys.executable, "-c", code], tmp_path, ready)
+    assert "not interrupted" not in rest
+    assert "KeyboardInterrupt" in err, err
+    assert returncode != 0
+    # What was queued at the interrupt was handled at exit (as with threads), and the
+    # worker is gone.
+    handled = sorted(int(r[2]) for r in ph.read_records(str(out)))
+    assert handled == list(range(len(handled))) and len(handled) >= 3
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pids and not any(alive(p) for p in pids)
