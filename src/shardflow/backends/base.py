@@ -62,8 +62,8 @@ class ShardRunner(abc.ABC):
     """Runs one pool's shard loops; made by ``Backend.runner`` (see the module doc for
     the order in which a pool calls these methods)."""
 
-    #: Whether a breaker, limiter or rate limiter composed around the handler stays one
-    #: object shared by every shard. False for runners that copy the handler elsewhere
+    #: Whether a breaker, limiter, rate limiter or retry composed around the handler stays
+    #: one object shared by every shard. False for runners that copy the handler elsewhere
     #: (a worker process each): the pool then refuses those guards rather than silently
     #: splitting their state.
     shares_guards: ClassVar[bool] = True

@@ -31,9 +31,9 @@ What differs from threads, and why:
   pickled fails (``TypeError`` naming its type) and is routed like a handler failure; an
   exception that cannot be pickled comes back as ``RemoteError`` with its text and
   traceback;
-* a breaker, limiter or rate limiter in the guards would be copied into each worker and
-  no longer shared: ``ShardedPool`` refuses them with this backend for now (``retry`` is
-  fine: it runs in the worker, per item);
+* a breaker, limiter, rate limiter or retry in the guards would be copied into each
+  worker, its state (and metrics) no longer shared: ``ShardedPool`` refuses them with this
+  backend for now (the design: one word per guard in a shared segment);
 * the handler's return values are not sent back (as with threads, they are ignored);
 * ``service_time`` covers the round trip of a batch (pickling and IPC included);
 * default start method: ``forkserver`` where available (``spawn`` elsewhere): never a
