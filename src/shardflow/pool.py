@@ -199,6 +199,20 @@ class ShardedPool(PoolCore, Generic[T]):
 
         name = name or f"ShardedPool-{next(_names)}"
         runner = resolved_backend.runner(pool_name=name, workers=workers)
+        if not runner.shares_guards:
+            for param, given in (
+                ("breaker", breaker),
+                ("limiter", limiter),
+                ("rate_limiter", rate_limiter),
+                ("retry", retry),
+            ):
+                if given is not None:
+                    raise ValueError(
+                        f"{param}= is not supported with backend={runner.describe()!r} yet: "
+                        "each worker would get its own copy, so its state (limits, the "
+                        "breaker's state, the retry budget) and its metrics would no longer "
+                        "be shared; use it inside the handler, or the thread backend"
+                    )
         per_item = batch_size == 1 and not lists
         batch_size, batch_timeout, lists = runner.batch_shape(batch_size, batch_timeout, lists)
         self._core_init(

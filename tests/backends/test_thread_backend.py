@@ -28,7 +28,7 @@ def test_thread_is_the_default_and_a_registered_name() -> None:
         assert "backend=" not in repr(pool)  # the default says nothing
     finally:
         pool.shutdown()
-    assert BACKENDS["thread"] is ThreadBackend
+    assert BACKENDS["thread"] == "shardflow.backends.thread:ThreadBackend"
     assert isinstance(resolve_backend("thread"), ThreadBackend)
 
 
@@ -44,7 +44,7 @@ def test_a_backend_instance_is_used_as_given() -> None:
 @pytest.mark.parametrize(
     ("value", "exc", "words"),
     [
-        ("threads", ValueError, ["backend must be one of 'thread'", "'threads'"]),
+        ("threads", ValueError, ["backend must be one of 'thread', 'process'", "'threads'"]),
         ("", ValueError, ["backend must be one of", "''"]),
         (3, TypeError, ["backend must be a str", "int 3"]),
         (ThreadBackend, TypeError, ["the class ThreadBackend", "pass ThreadBackend()"]),

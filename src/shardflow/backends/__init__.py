@@ -1,21 +1,52 @@
 """Execution backends: where a pool's shards run (see ``shardflow.backends.base`` for the
 seam and its contract).
 
-- ``thread``: ``ThreadBackend``, shard loops in daemon threads of this process (default).
+- ``thread``: ``ThreadBackend``, shard loops in daemon threads of this process (default);
+- ``process``: ``ProcessBackend``, the handler in a worker process per shard, fed through
+  shared-memory rings (imported on first use).
 
-The process and Ray backends plug in here, as modules beside ``thread``; each registers
-its name in ``BACKENDS``.
+Each backend is a module beside ``thread``; its name is registered in ``BACKENDS``.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from shardflow.backends.base import Backend, BatchOutcome, ShardRunner
 from shardflow.backends.thread import ThreadBackend
 
-__all__ = ["BACKENDS", "Backend", "BatchOutcome", "ShardRunner", "ThreadBackend", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BatchOutcome",
+    "ProcessBackend",
+    "ShardRunner",
+    "ThreadBackend",
+    "resolve_backend",
+]
 
-#: ``backend=`` names and the backend each one means (its default configuration).
-BACKENDS: dict[str, type[Backend]] = {ThreadBackend.name: ThreadBackend}
+#: ``backend=`` names and the backend each one means (its default configuration), as
+#: ``"module:Class"`` so that a backend's module is imported only when it is used.
+BACKENDS: dict[str, str] = {
+    "thread": "shardflow.backends.thread:ThreadBackend",
+    "process": "shardflow.backends.process:ProcessBackend",
+}
+
+
+def _backend_class(name: str) -> type[Backend]:
+    module, _, cls = BACKENDS[name].partition(":")
+    found: type[Backend] = getattr(importlib.import_module(module), cls)
+    return found
+
+
+def __getattr__(name: str) -> Any:
+    # ProcessBackend & co. on first use: `import shardflow` stays free of multiprocessing.
+    for spec in BACKENDS.values():
+        module, _, cls = spec.partition(":")
+        if cls == name:
+            return getattr(importlib.import_module(module), cls)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_backend(backend: str | Backend) -> Backend:
@@ -28,12 +59,13 @@ def resolve_backend(backend: str | Backend) -> Backend:
         return backend
     if isinstance(backend, str):
         try:
-            return BACKENDS[backend]()
+            cls = _backend_class(backend)
         except KeyError:
             raise ValueError(
                 f"backend must be one of {', '.join(map(repr, BACKENDS))} or a "
                 f"shardflow.backends.Backend, got {backend!r}"
             ) from None
+        return cls()
     if isinstance(backend, type) and issubclass(backend, Backend):
         raise TypeError(
             f"backend must be a Backend instance, got the class {backend.__name__}; "

@@ -62,6 +62,12 @@ class ShardRunner(abc.ABC):
     """Runs one pool's shard loops; made by ``Backend.runner`` (see the module doc for
     the order in which a pool calls these methods)."""
 
+    #: Whether a breaker, limiter, rate limiter or retry composed around the handler stays
+    #: one object shared by every shard. False for runners that copy the handler elsewhere
+    #: (a worker process each): the pool then refuses those guards rather than silently
+    #: splitting their state.
+    shares_guards: ClassVar[bool] = True
+
     def batch_shape(
         self, batch_size: int, batch_timeout: float | None, lists: bool
     ) -> tuple[int, float | None, bool]:

@@ -54,6 +54,7 @@ from shardflow.bench import (
     latency,
     memory,
     pipeline,
+    process,
     reuse,
     stealing,
     sweep,
@@ -89,6 +90,7 @@ SECTIONS: dict[str, Section] = {
     "reuse": reuse.run_section,
     "pipeline": pipeline.run_section,
     "executor": executor.run_section,
+    "process": process.run_section,
     "sweep": sweep.run_section,
 }
 

@@ -1,0 +1,102 @@
+"""The worker-process side of the process backend (``shardflow.backends.process``).
+
+One worker process serves one shard. It reads batches from its task ring, calls the
+handler, and writes what happened to its result ring. Protocol (records pickled with
+protocol 5 by ``ShmRing.put_pickled``; every record carries the batch's sequence number):
+
+parent -> worker (task ring)
+    ``(seq, items)``   run this batch (``items`` is a list);
+    ``None``           no more batches: exit.
+worker -> parent (result ring)
+    ``(0, READY, None)``           the handler is loaded, batches may come; or
+    ``(0, READY, exc)``            loading the handler failed (the worker then exits);
+    ``(seq, FAILED, index, exc)``  item ``index`` of batch ``seq`` raised ``exc`` (index
+                                   -1: a batch handler raised for the whole batch). Sent as
+                                   it happens, so a failure reported before a crash is
+                                   never lost or counted as processed;
+    ``(seq, DONE, n)``             batch ``seq`` is finished (``n`` items ran).
+shared progress word (int64, one per shard)
+    the index of the item being handled; written before each call, so that after a crash
+    the parent knows which item was running: those before it ran, it is the suspect, those
+    after it never started.
+
+The worker ignores SIGINT (Ctrl-C is the parent's to handle: it stops feeding batches and
+the worker exits when told, or when the parent dies: its task ring watches the read end
+of a pipe whose only write end the parent holds).
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import traceback
+from typing import Any
+
+from shardflow._shmring import PeerDead, RingClosed, ShmRing
+
+FAILED = 1
+DONE = 2
+READY = 3
+
+
+class RemoteError(Exception):
+    """An exception a handler raised in a worker process that could not be pickled back:
+    its type name, message and traceback, as text."""
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it pickles (and unpickles), else a ``RemoteError`` describing it."""
+    try:
+        pickle.loads(pickle.dumps(exc, 5))
+        return exc
+    except Exception as why:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return RemoteError(
+            f"{type(exc).__qualname__}: {exc} (could not be sent back from the worker "
+            f"process: {type(why).__name__}: {why})\nremote traceback:\n{text}"
+        )
+
+
+def main(
+    tasks: ShmRing,
+    results: ShmRing,
+    handler_pickle: bytes,
+    per_item: bool,
+    progress: Any,
+    death: Any,
+) -> None:
+    """Worker process entry point (``multiprocessing.Process`` target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tasks.watch(death.fileno())
+    results.watch(death.fileno())
+    put = results.put_pickled
+    try:
+        handler = pickle.loads(handler_pickle)
+    except BaseException as exc:
+        put((0, READY, _portable(exc)))
+        return
+    put((0, READY, None))
+    mark = memoryview(progress).cast("B").cast("q")
+    while True:
+        try:
+            msg = tasks.get()
+        except (PeerDead, RingClosed):
+            return  # the parent is gone (or closed the ring): nothing left to do
+        if msg is None:
+            return
+        seq, items = msg
+        if per_item:
+            for i, item in enumerate(items):
+                mark[0] = i
+                try:
+                    handler(item)
+                except BaseException as exc:  # routed by the parent, like a thread worker
+                    put((seq, FAILED, i, _portable(exc)))
+        else:
+            mark[0] = 0
+            try:
+                handler(items)
+            except BaseException as exc:
+                put((seq, FAILED, -1, _portable(exc)))
+        mark[0] = -1
+        put((seq, DONE, len(items)))

@@ -1,0 +1,593 @@
+"""``ProcessBackend``: every shard runs its handler in a worker process of its own.
+
+Under the GIL a Python handler gets no speed-up from threads; in a worker process per
+shard it does. The pool itself stays in the caller's process, unchanged: routing, per-key
+order, the bounded rings, size-or-time batching, accounting and metrics. What crosses the
+process boundary is "run this batch over there" (``_process_worker`` has the protocol):
+
+* per shard, a task ring and a result ring in shared memory (``shardflow._shmring``:
+  memfd-backed, nothing in /dev/shm even after SIGKILL; waits park on a futex with a
+  timeout that doubles as a liveness check of the peer);
+* a parent thread per shard runs the compiled shard loop and, for each batch, pickles it
+  once into the task ring and waits for the outcome. Per-item pools are shipped in lists
+  of up to ``ship_batch_size`` items (whatever is queued, no waiting), and the worker calls
+  the handler once per item;
+* one batch is in flight per shard, so per-key order holds, across crashes too.
+
+Nothing is lost when a worker dies (SIGKILL, a segfault in the handler, ``os._exit``,
+out of memory, or ``task_timeout`` running out): a shared progress word says which item
+was running. The items before it ran (their failures were reported as they happened);
+the suspect item is retried alone in a fresh worker, up to ``max_attempts`` runs in all,
+then failed with ``WorkerLost`` (dead letter, ``on_error``); the items after it run in the
+replacement worker. **The suspect item may therefore run more than once**: side effects
+of a handler that crashes its worker are at-least-once. After ``max_crashes`` worker
+deaths within ``crash_window`` seconds a shard is marked broken: its batches fail with
+``ShardBroken`` (counted, routed; nothing hangs).
+
+What differs from threads, and why:
+* the handler (with its guards) is pickled once per worker: it must be importable
+  (a module-level function or a picklable callable); ``ShardedPool`` raises ``TypeError``
+  at construction otherwise. Items and exceptions cross by pickle: an item that cannot be
+  pickled fails (``TypeError`` naming its type) and is routed like a handler failure; an
+  exception that cannot be pickled comes back as ``RemoteError`` with its text and
+  traceback;
+* a breaker, limiter, rate limiter or retry in the guards would be copied into each
+  worker, its state (and metrics) no longer shared: ``ShardedPool`` refuses them with this
+  backend for now (the design: one word per guard in a shared segment);
+* the handler's return values are not sent back (as with threads, they are ignored);
+* ``service_time`` covers the round trip of a batch (pickling and IPC included);
+* default start method: ``forkserver`` where available (``spawn`` elsewhere): never a
+  bare ``fork`` of a process whose shardflow threads are running. Pass ``mp_context`` to
+  choose; a ``fork`` context is refused while other threads run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.util  # its exit hook must be registered before ours (_drain_at_exit)
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from shardflow._shmring import PeerDead, RingClosed, RingError, RingTimeout, ShmRing
+from shardflow.backends import _process_worker as wire
+from shardflow.backends.base import Backend, BatchOutcome, Handler, ShardRunner
+from shardflow.errors import ShardflowError
+
+__all__ = ["ProcessBackend", "RemoteError", "ShardBroken", "WorkerLost"]
+
+RemoteError = wire.RemoteError
+
+_SLICE = 0.05  # seconds between liveness checks while waiting on a worker
+_JOIN_TIMEOUT = 5.0  # seconds a worker gets to exit after "no more batches"
+
+
+class WorkerLost(ShardflowError):
+    """The worker process died (or overran ``task_timeout``) while handling this item,
+    ``attempts`` times in a row; ``exitcode`` is the last death's (``-N``: signal N)."""
+
+    def __init__(self, message: str, *, pid: int, exitcode: int | None, attempts: int) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_worker_lost, (str(self), self.pid, self.exitcode, self.attempts))
+
+
+def _worker_lost(message: str, pid: int, exitcode: int | None, attempts: int) -> WorkerLost:
+    return WorkerLost(message, pid=pid, exitcode=exitcode, attempts=attempts)
+
+
+class ShardBroken(ShardflowError):
+    """A shard whose worker kept dying (``max_crashes`` deaths within ``crash_window``
+    seconds) takes no more batches; its items fail with this error."""
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class _Unpicklable(Exception):
+    """Internal: a batch did not pickle (nothing was sent)."""
+
+
+class _Crash(Exception):
+    """Internal: the worker died while batch ``seq`` ran; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Worker:
+    """One live worker process and its rings (replaced whole after a crash)."""
+
+    def __init__(self, runner: _ProcessRunner, shard: int) -> None:
+        ctx = runner.ctx
+        self.tasks = ShmRing.create(runner.ring_bytes)
+        self.results = ShmRing.create(runner.ring_bytes)
+        self.progress = ctx.RawArray("q", 1)
+        self.mark = memoryview(self.progress).cast("B").cast("q")
+        self.mark[0] = -1
+        death_r, self.death_w = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=wire.main,
+            args=(
+                self.tasks,
+                self.results,
+                runner.handler_pickle,
+                runner.per_item,
+                self.progress,
+                death_r,
+            ),
+            name=f"{runner.pool_name}-worker-{shard}",
+            daemon=True,
+        )
+        self.process.start()
+        death_r.close()
+        self.tasks.watch(self.process.sentinel)
+        self.results.watch(self.process.sentinel)
+
+    def await_ready(self, runner: _ProcessRunner, shard: int) -> None:
+        """Wait for the worker to load the handler; a worker that cannot (an import that
+        fails there, a crash at start) makes the pool's constructor raise, instead of a
+        crash loop that would fail every item."""
+        where = f"{runner.pool_name} shard {shard}: the worker process (pid {self.pid})"
+        try:
+            msg = self.results.get(timeout=runner.start_timeout)
+        except PeerDead:
+            self.process.join(1.0)
+            code = self.process.exitcode
+            self.release()
+            raise RuntimeError(
+                f"{where} died while starting ({_describe_exit(code)}); its stderr says why"
+            ) from None
+        except RingTimeout:
+            self.kill()
+            self.release()
+            raise RuntimeError(
+                f"{where} did not load the handler within {runner.start_timeout} s"
+            ) from None
+        _, _, failure = msg
+        if failure is not None:
+            self.process.join(_JOIN_TIMEOUT)
+            self.kill()
+            self.release()
+            raise RuntimeError(f"{where} could not load the handler: {failure}") from failure
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or -1
+
+    def stop(self, timeout: float) -> None:
+        """Ask the worker to exit, then make sure it did; frees the rings."""
+        if self.process.is_alive():
+            try:
+                self.tasks.put_pickled(None, timeout=timeout)
+            except (RingTimeout, PeerDead, RingClosed):
+                pass
+            self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+        self.release()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+
+    def release(self) -> None:
+        self.death_w.close()
+        self.mark.release()
+        self.tasks.close()
+        self.results.close()
+        self.process.close()
+
+
+class _Shard:
+    """The parent's state of one shard: its worker, the batch counter, crash history."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.worker: _Worker | None = None
+        self.seq = 0
+        self.deaths: list[float] = []
+        self.broken: str | None = None
+
+
+class _ProcessRunner(ShardRunner):
+    shares_guards: ClassVar[bool] = False
+
+    def __init__(self, backend: ProcessBackend, pool_name: str, workers: int) -> None:
+        # typeshed's BaseContext lacks Process; every concrete context has it.
+        self.ctx: Any = backend.mp_context
+        self.pool_name = pool_name
+        self.workers = workers
+        self.ring_bytes = backend.ring_bytes
+        self.ship_batch_size = backend.ship_batch_size
+        self.max_attempts = backend.max_attempts
+        self.task_timeout = backend.task_timeout
+        self.max_crashes = backend.max_crashes
+        self.crash_window = backend.crash_window
+        self.start_timeout = backend.start_timeout
+        self.handler_pickle = b""
+        self.per_item = True
+        self.shards = [_Shard(i) for i in range(workers)]
+        self.threads: list[threading.Thread] = []
+        self.local = threading.local()
+        self.joined = False
+
+    # ------------------------------------------------------------ set-up (seam order)
+
+    def batch_shape(
+        self, batch_size: int, batch_timeout: float | None, lists: bool
+    ) -> tuple[int, float | None, bool]:
+        if batch_size == 1 and not lists:
+            # One message per run of queued items; no waiting for more (batch_timeout None).
+            return self.ship_batch_size, None, True
+        return batch_size, batch_timeout, lists
+
+    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
+        try:
+            self.handler_pickle = pickle.dumps(handler, 5)
+            pickle.loads(self.handler_pickle)
+        except Exception as exc:
+            raise TypeError(
+                f"backend='process' sends the handler to each worker process by pickle, and "
+                f"{handler!r} cannot be pickled ({type(exc).__name__}: {exc}); use a "
+                "module-level function or a picklable callable object"
+            ) from exc
+        self.per_item = per_item
+        return self._run_batch
+
+    def start(
+        self,
+        run_shard: Callable[[int], None],
+        starting: Callable[[], None],
+        start_failed: Callable[[], None],
+    ) -> None:
+        if self.ctx.get_start_method() == "fork" and threading.active_count() > 1:
+            raise ValueError(
+                "backend='process' with a 'fork' mp_context while this process runs other "
+                f"threads ({threading.active_count()}): a forked worker could inherit a lock "
+                "held by one of them; use the default (forkserver) or 'spawn'"
+            )
+        # All workers first, started together (their start is the slow part), then each
+        # one's handshake; a worker that fails it fails the constructor.
+        for shard in self.shards:
+            shard.worker = _Worker(self, shard.index)
+        for shard in self.shards:
+            worker = shard.worker
+            assert worker is not None
+            try:
+                worker.await_ready(self, shard.index)
+            except BaseException:
+                shard.worker = None  # released by await_ready; the others by join()
+                raise
+        for shard in self.shards:
+            t = threading.Thread(
+                target=self._shard_main,
+                args=(run_shard, shard),
+                name=f"{self.pool_name}-dispatch-{shard.index}",
+                daemon=True,
+            )
+            starting()
+            try:
+                t.start()
+            except BaseException:
+                start_failed()
+                raise
+            self.threads.append(t)
+
+    def _shard_main(self, run_shard: Callable[[int], None], shard: _Shard) -> None:
+        self.local.shard = shard
+        run_shard(shard.index)
+
+    # ------------------------------------------------------------ one batch
+
+    def _run_batch(self, batch: list[Any]) -> BatchOutcome | None:
+        """Called by shard ``i``'s loop, in its dispatch thread: run ``batch`` in the
+        worker, through crashes, and report per-item failures."""
+        shard: _Shard = self.local.shard
+        if shard.broken is not None:
+            raise ShardBroken(shard.broken)
+        failures: list[tuple[int, BaseException]] = []
+        payload: list[Any] = batch
+        offsets: list[int] | None = None  # payload position -> batch index (None: same)
+        start = 0  # payload[start:] has not run yet
+        attempts = 0  # runs of payload[start] that ended in a crash
+        while start < len(payload):
+            if shard.broken is not None:
+                for pos in range(start, len(payload)):
+                    failures.append(
+                        (pos if offsets is None else offsets[pos], ShardBroken(shard.broken))
+                    )
+                break
+            # After a crash the suspect runs alone; otherwise everything left in one go.
+            if attempts:
+                chunk = payload[start : start + 1]
+            else:
+                chunk = payload if start == 0 else payload[start:]
+            try:
+                self._send(shard, chunk, start, offsets, failures)
+                start += len(chunk)
+                attempts = 0
+            except _Unpicklable:
+                # Slow path, rare: find the items that do not pickle; they fail alone.
+                payload, offsets = self._picklable(payload, failures)
+                if not self.per_item and failures:
+                    raise failures[0][1] from None
+            except _Crash as crash:
+                at = int(self._suspect(shard))
+                at = 0 if at < 0 or at >= len(chunk) else at
+                start += at  # those before the suspect ran (their failures came back)
+                pid, exitcode = self._replace(shard)
+                attempts += 1
+                if attempts >= self.max_attempts:
+                    lost = WorkerLost(
+                        f"{self.pool_name} shard {shard.index}: the worker process (pid "
+                        f"{pid}) {crash.reason} while handling this item, {attempts} "
+                        "time(s); given up",
+                        pid=pid,
+                        exitcode=exitcode,
+                        attempts=attempts,
+                    )
+                    if not self.per_item:
+                        raise lost from None
+                    failures.append((start if offsets is None else offsets[start], lost))
+                    start += 1
+                    attempts = 0
+        if failures:
+            if not self.per_item:
+                raise failures[0][1]
+            return BatchOutcome(failures)
+        return None
+
+    @staticmethod
+    def _picklable(
+        items: list[Any], failures: list[tuple[int, BaseException]]
+    ) -> tuple[list[Any], list[int]]:
+        payload, offsets = [], []
+        for i, item in enumerate(items):
+            try:
+                pickle.dumps(item, 5)
+            except Exception as exc:
+                failures.append(
+                    (
+                        i,
+                        TypeError(
+                            f"backend='process' could not pickle an item of type "
+                            f"{type(item).__qualname__} ({type(exc).__name__}: {exc})"
+                        ),
+                    )
+                )
+            else:
+                payload.append(item)
+                offsets.append(i)
+        return payload, offsets
+
+    def _send(
+        self,
+        shard: _Shard,
+        items: list[Any],
+        start: int,
+        offsets: list[int] | None,
+        failures: list[tuple[int, BaseException]],
+    ) -> None:
+        """Run ``items`` (``payload[start:start + len(items)]``) in the worker; failures
+        are recorded by batch index. Raises _Crash if the worker dies meanwhile."""
+        worker = shard.worker
+        assert worker is not None
+        shard.seq += 1
+        seq = shard.seq
+        try:
+            worker.tasks.put_pickled((seq, items))
+        except PeerDead:
+            raise _Crash(self._how(worker)) from None
+        except RingError:
+            raise
+        except Exception as exc:  # pickling failed before anything was written
+            raise _Unpicklable() from exc
+        overrun_at = None if self.task_timeout is None else time.monotonic() + self.task_timeout
+        seen_index = -2
+        while True:
+            try:
+                msg = worker.results.get(timeout=_SLICE)
+            except RingTimeout:
+                if not worker.process.is_alive():
+                    raise _Crash(self._how(worker)) from None
+                if overrun_at is not None:
+                    now = time.monotonic()
+                    index = worker.mark[0]
+                    if index != seen_index:  # a new item started: its own deadline
+                        seen_index = index
+                        overrun_at = now + self.task_timeout  # type: ignore[operator]
+                    elif now >= overrun_at:
+                        worker.kill()
+                        raise _Crash(
+                            f"overran task_timeout={self.task_timeout} s and was killed"
+                        ) from None
+                continue
+            except PeerDead:
+                raise _Crash(self._how(worker)) from None
+            mseq, kind, *rest = msg
+            if mseq != seq:  # pragma: no cover - a stale record from a replaced worker
+                continue
+            if kind == wire.FAILED:
+                index, raised = rest
+                if index < 0:
+                    raise raised
+                pos = start + index
+                failures.append((pos if offsets is None else offsets[pos], raised))
+            elif kind == wire.DONE:
+                return
+
+    def _how(self, worker: _Worker) -> str:
+        worker.process.join(1.0)
+        return _describe_exit(worker.process.exitcode)
+
+    def _suspect(self, shard: _Shard) -> int:
+        worker = shard.worker
+        assert worker is not None
+        return int(worker.mark[0])
+
+    def _replace(self, shard: _Shard) -> tuple[int, int | None]:
+        """Start a fresh worker (new rings) after a death; returns the dead one's pid and
+        exit code. Marks the shard broken after too many deaths in the window."""
+        old = shard.worker
+        assert old is not None
+        old.kill()
+        pid, exitcode = old.pid, old.process.exitcode
+        old.release()
+        shard.worker = None
+        now = time.monotonic()
+        shard.deaths = [t for t in shard.deaths if now - t < self.crash_window] + [now]
+        if len(shard.deaths) >= self.max_crashes:
+            shard.broken = (
+                f"{self.pool_name} shard {shard.index}: its worker process died "
+                f"{len(shard.deaths)} times within {self.crash_window} s (last: pid {pid}, "
+                f"{_describe_exit(exitcode)}); the shard takes no more items"
+            )
+        else:
+            try:
+                fresh = _Worker(self, shard.index)
+                fresh.await_ready(self, shard.index)
+                shard.worker = fresh
+            except RuntimeError as exc:
+                shard.broken = f"{exc}; the shard takes no more items"
+        return pid, exitcode
+
+    # ------------------------------------------------------------ teardown
+
+    def join(self) -> None:
+        if self.joined:
+            return
+        self.joined = True
+        for t in self.threads:
+            t.join()
+        for shard in self.shards:
+            if shard.worker is not None:
+                shard.worker.stop(_JOIN_TIMEOUT)
+                shard.worker = None
+
+    def after_fork_in_child(self) -> None:
+        # The dispatch threads do not exist here and the workers belong to the parent.
+        self.threads = []
+        self.shards = []
+        self.joined = True
+
+    def describe(self) -> str:
+        return f"process({self.ctx.get_start_method()})"
+
+    def worker_pids(self) -> list[int]:
+        return [s.worker.pid for s in self.shards if s.worker is not None]
+
+
+class ProcessBackend(Backend):
+    """Shards run their handler in worker processes (one per shard) fed through
+    shared-memory rings; see the module documentation for what differs from threads.
+
+    Args:
+        mp_context: a ``multiprocessing`` context (as ``ProcessPoolExecutor`` takes);
+            default ``forkserver`` where available, else ``spawn``.
+        ship_batch_size: with a per-item handler, the most items one message carries.
+        ring_bytes: size of each shard's task and result ring; a batch that pickles to
+            more than this fails (``RecordTooLarge``).
+        max_attempts: runs of an item whose worker keeps dying before it fails with
+            ``WorkerLost`` (1: never retried).
+        task_timeout: seconds one item (a batch, for batch handlers) may run; a worker
+            that overruns it is killed and the item treated as a crash. None: no limit.
+        max_crashes, crash_window: a shard whose worker dies ``max_crashes`` times within
+            ``crash_window`` seconds is marked broken (``ShardBroken``).
+        start_timeout: seconds a new worker gets to load the handler; a worker that fails
+            to start makes the pool's constructor raise ``RuntimeError``.
+
+    Example (a module-level handler; a pool of 2 worker processes)::
+
+        pool = shardflow.ShardedPool(mymodule.handle, workers=2, backend="process")
+    """
+
+    name: ClassVar[str] = "process"
+
+    def __init__(
+        self,
+        *,
+        mp_context: multiprocessing.context.BaseContext | None = None,
+        ship_batch_size: int = 256,
+        ring_bytes: int = 8 << 20,
+        max_attempts: int = 3,
+        task_timeout: float | None = None,
+        max_crashes: int = 10,
+        crash_window: float = 10.0,
+        start_timeout: float = 60.0,
+    ) -> None:
+        from shardflow._validate import check_int, check_seconds
+
+        if mp_context is None:
+            method = (
+                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            )
+            mp_context = multiprocessing.get_context(method)
+        elif not isinstance(mp_context, multiprocessing.context.BaseContext):
+            raise TypeError(
+                "mp_context must be a multiprocessing context (multiprocessing."
+                f"get_context('spawn'|'forkserver'|'fork')), got {mp_context!r}"
+            )
+        check_int("ship_batch_size", ship_batch_size, lo=1, hi=1 << 20)
+        check_int("ring_bytes", ring_bytes, lo=1 << 16, hi=1 << 34)
+        check_int("max_attempts", max_attempts, lo=1, hi=1000)
+        check_seconds("task_timeout", task_timeout)
+        check_int("max_crashes", max_crashes, lo=1, hi=1 << 20)
+        check_seconds("crash_window", crash_window)
+        check_seconds("start_timeout", start_timeout)
+        self.mp_context = mp_context
+        self.ship_batch_size = ship_batch_size
+        self.ring_bytes = ring_bytes
+        self.max_attempts = max_attempts
+        self.task_timeout = task_timeout
+        self.max_crashes = max_crashes
+        self.crash_window = crash_window
+        self.start_timeout = start_timeout
+
+    def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
+        return _ProcessRunner(self, pool_name, workers)
+
+    def __repr__(self) -> str:
+        return (
+            f"ProcessBackend(start_method={self.mp_context.get_start_method()!r}, "
+            f"max_attempts={self.max_attempts}, task_timeout={self.task_timeout})"
+        )
+
+
+def _drain_at_exit() -> None:
+    """Interpreter exit with live process pools: hand every queued item over (as threads
+    do), then stop the workers, all before ``multiprocessing``'s own exit hook runs, which
+    would terminate the (daemonic) workers and the forkserver under the pools' feet.
+    atexit runs hooks last-registered-first, and this one is registered after
+    ``multiprocessing.util`` registered its own (imported above for that reason: it is
+    otherwise imported only when the first process starts)."""
+    from shardflow import pool as pool_module
+
+    pool_module._at_exit()
+    for pool in list(pool_module._live):
+        runner = getattr(pool, "_runner", None)
+        if isinstance(runner, _ProcessRunner) and pool._exit_wait:
+            runner.join()
+
+
+atexit.register(_drain_at_exit)

@@ -1,0 +1,333 @@
+"""The "process" section of ``python -m shardflow bench``: ``backend="process"`` against
+what a user would write instead, side by side in one process run.
+
+* **no-op batches**: no-op items through 2 worker processes, 1,000 items per message:
+  ``ShardedPool(noop, workers=2, backend=ProcessBackend(ship_batch_size=1000))`` vs
+  ``multiprocessing.Pool(2).imap_unordered(noop, ..., chunksize=1000)``;
+* **CPU-bound**: a pure-Python handler of ~75 us per item, default settings (no chunk
+  size chosen): serial loop, 2 threads (the thread backend), ``Pool(2).map`` (its own
+  default chunking), the process backend, and the machine's control: 2 plain processes
+  each looping over half the items (what parallelism the machine gives right now);
+* **dict records**: 3-key dicts through one process stage vs the pickle floor (one
+  ``pickle.dumps`` + ``pickle.loads`` of the same records, per item);
+* **start-up**: pool construction until its 2 workers can take work, vs
+  ``ProcessPoolExecutor(2)`` with the same start method running its first 2 tasks;
+* **idle**: CPU (parent and workers) of an idle process pool over 1 s.
+
+Pools are built outside the timed region (start-up is its own row); a timed run ends
+when every item was handled (the pool's ``processed`` counter, polled every 0.5 ms).
+Contenders run interleaved (``common.interleaved``); medians and ratios are reported.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any, TextIO
+
+from shardflow.backends.process import ProcessBackend
+from shardflow.bench.common import (
+    WORKERS,
+    BenchContext,
+    Runner,
+    SectionResult,
+    Target,
+    fmt_rate,
+    interleaved,
+    noop,
+    print_table,
+    safe_ratio,
+)
+from shardflow.pool import ShardedPool
+
+__all__ = ["cpu_item", "run_section"]
+
+CPU_LOOP = 1_500  # iterations of cpu_item's loop: ~75 us on these machines (3.11)
+
+NOOP_POOL = "ShardedPool backend=process, 1,000 per message"
+NOOP_MP = "multiprocessing.Pool(2).imap_unordered(chunksize=1000)"
+CPU_SERIAL = "serial loop"
+CPU_THREADS = "ShardedPool 2 threads"
+CPU_MP = "multiprocessing.Pool(2).map (its chunking)"
+CPU_POOL = "ShardedPool backend=process (defaults)"
+CPU_CONTROL = "control: 2 plain processes, static halves"
+DICT_POOL = "3-key dicts, ShardedPool backend=process"
+DICT_FLOOR = "pickle floor: dumps + loads of the same dicts"
+
+
+def cpu_item(x: int) -> int:
+    """A pure-Python handler that burns ~75 us of CPU holding the GIL."""
+    s = x
+    for i in range(CPU_LOOP):
+        s += i * i
+    return s
+
+
+def _serial_half(lo: int, hi: int, stamps: Any = None, slot: int = 0, barrier: Any = None) -> None:
+    """Handle items lo..hi-1 in a loop; with ``stamps``, record the loop's start and end
+    (time.monotonic, system-wide on Linux) in ``stamps[2 * slot : 2 * slot + 2]``, the
+    start after ``barrier`` (both halves start together)."""
+    if barrier is not None:
+        barrier.wait()
+    t0 = time.monotonic()
+    for x in range(lo, hi):
+        cpu_item(x)
+    if stamps is not None:
+        stamps[2 * slot] = t0
+        stamps[2 * slot + 1] = time.monotonic()
+
+
+def _wait_processed(pool: ShardedPool[Any], n: int, base: int) -> None:
+    while pool.metrics().processed - base < n:
+        time.sleep(0.0005)
+
+
+class _Reusable:
+    """A process pool kept across rounds (its start-up is measured apart)."""
+
+    def __init__(self, handler: Callable[[Any], object], backend: ProcessBackend) -> None:
+        self.pool: ShardedPool[Any] = ShardedPool(handler, workers=WORKERS, backend=backend)
+
+    def run(self, items: list[Any] | range) -> tuple[int, float]:
+        base = self.pool.metrics().processed
+        t0 = time.perf_counter()
+        self.pool.submit_many(items)
+        _wait_processed(self.pool, len(items), base)
+        return len(items), time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def _mp_imap(pool: Any, fn: Callable[[Any], object], chunksize: int) -> Runner:
+    def run(n: int) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        for _ in pool.imap_unordered(fn, range(n), chunksize=chunksize):
+            pass
+        return n, time.perf_counter() - t0
+
+    return run
+
+
+def _control(ctx: Any) -> Runner:
+    """2 plain processes looping over static halves; the time is from the first loop's
+    start to the last loop's end, as the children measured it (process start-up is not
+    what this control is about)."""
+
+    def run(n: int) -> tuple[int, float]:
+        half = n // 2
+        stamps = ctx.RawArray("d", 4)
+        barrier = ctx.Barrier(2)
+        procs = [
+            ctx.Process(target=_serial_half, args=(0, half, stamps, 0, barrier)),
+            ctx.Process(target=_serial_half, args=(half, n, stamps, 1, barrier)),
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        return n, max(stamps[1], stamps[3]) - min(stamps[0], stamps[2])
+
+    return run
+
+
+def _serial(n: int) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    _serial_half(0, n)
+    return n, time.perf_counter() - t0
+
+
+def _threads(n: int) -> tuple[int, float]:
+    pool: ShardedPool[int] = ShardedPool(cpu_item, workers=WORKERS)
+    t0 = time.perf_counter()
+    pool.submit_many(range(n))
+    pool.shutdown()
+    return n, time.perf_counter() - t0
+
+
+def _records(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "user": f"u{i % 1000}", "amount": i * 0.25} for i in range(n)]
+
+
+def _pickle_floor(records: list[dict[str, Any]]) -> Runner:
+    def run(n: int) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        pickle.loads(pickle.dumps(records[:n], 5))
+        return n, time.perf_counter() - t0
+
+    return run
+
+
+def _children_cpu(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
+def _startup(ctx: Any, repeats: int) -> dict[str, float]:
+    ours, ppe = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        pool: ShardedPool[Any] = ShardedPool(
+            noop, workers=WORKERS, backend=ProcessBackend(mp_context=ctx)
+        )
+        ours.append(time.perf_counter() - t0)
+        pool.shutdown()
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
+            wait_futures([ex.submit(noop, i) for i in range(WORKERS)])
+            ppe.append(time.perf_counter() - t0)
+    return {"shardflow_ms": statistics.median(ours) * 1e3, "ppe_ms": statistics.median(ppe) * 1e3}
+
+
+def _idle(seconds: float) -> dict[str, float]:
+    pool: ShardedPool[Any] = ShardedPool(noop, workers=WORKERS, backend="process")
+    pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
+    time.sleep(0.1)
+    c0, k0 = time.process_time(), _children_cpu(pids)
+    time.sleep(seconds)
+    c1, k1 = time.process_time(), _children_cpu(pids)
+    pool.shutdown()
+    return {"seconds": seconds, "parent_cpu_ms": (c1 - c0) * 1e3, "workers_cpu_ms": (k1 - k0) * 1e3}
+
+
+def _rows(rates: dict[str, list[float]], base: str) -> list[list[str]]:
+    rows = [["contender", "items/s", f"vs {base.split(',')[0]}"]]
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for name, r in med.items():
+        rows.append([name, fmt_rate(r), f"{safe_ratio(r, med[base]):.2f}x"])
+    return rows
+
+
+def section_process(
+    items: int, repeats: int, quick: bool, out: TextIO
+) -> tuple[dict[str, Any], list[Target]]:
+    """Run the section; returns (JSON-able report, targets)."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    noop_n = min(items, 200_000 if quick else 2_000_000)
+    cpu_n = 400 if quick else 4_000
+    dict_n = min(items, 20_000 if quick else 200_000)
+    print(f"\n== process backend ({method}; {WORKERS} workers) ==", file=out)
+
+    ours = _Reusable(noop, ProcessBackend(mp_context=ctx, ship_batch_size=1000))
+    with ctx.Pool(WORKERS) as mp:
+        noop_rates = interleaved(
+            {NOOP_POOL: lambda n: ours.run(range(n)), NOOP_MP: _mp_imap(mp, noop, 1000)},
+            lambda _: noop_n,
+            repeats,
+        )
+        ours.close()
+        print(f"no-op items ({noop_n:,} per round)", file=out)
+        print_table(_rows(noop_rates, NOOP_MP), out)
+
+        cpu_pool = _Reusable(cpu_item, ProcessBackend(mp_context=ctx))
+
+        def mp_map(n: int) -> tuple[int, float]:
+            t0 = time.perf_counter()
+            mp.map(cpu_item, range(n))
+            return n, time.perf_counter() - t0
+
+        cpu_rates = interleaved(
+            {
+                CPU_SERIAL: _serial,
+                CPU_THREADS: _threads,
+                CPU_MP: mp_map,
+                CPU_POOL: lambda n: cpu_pool.run(range(n)),
+                CPU_CONTROL: _control(ctx),
+            },
+            lambda _: cpu_n,
+            repeats,
+        )
+        cpu_pool.close()
+    print(f"\nCPU-bound pure-Python handler (~75 us/item, {cpu_n:,} items per round)", file=out)
+    print_table(_rows(cpu_rates, CPU_SERIAL), out)
+
+    records = _records(dict_n)
+    dict_pool = _Reusable(noop, ProcessBackend(mp_context=ctx))
+    dict_rates = interleaved(
+        {DICT_POOL: lambda n: dict_pool.run(records[:n]), DICT_FLOOR: _pickle_floor(records)},
+        lambda _: dict_n,
+        repeats,
+    )
+    dict_pool.close()
+    print(f"\ndict records ({dict_n:,} per round)", file=out)
+    print_table(_rows(dict_rates, DICT_FLOOR), out)
+
+    start = _startup(ctx, 3 if quick else 5)
+    idle = _idle(0.3 if quick else 1.0)
+    print(
+        f"\nstart-up, {WORKERS} workers ({method}): shardflow {start['shardflow_ms']:.1f} ms, "
+        f"ProcessPoolExecutor {start['ppe_ms']:.1f} ms; idle over {idle['seconds']} s: "
+        f"parent {idle['parent_cpu_ms']:.1f} ms CPU, workers {idle['workers_cpu_ms']:.1f} ms",
+        file=out,
+    )
+
+    def med(rates: dict[str, list[float]], name: str) -> float:
+        return statistics.median(rates[name])
+
+    cpu_vs_serial = safe_ratio(med(cpu_rates, CPU_POOL), med(cpu_rates, CPU_SERIAL))
+    data = {
+        "start_method": method,
+        "noop": {"items": noop_n, "rates": noop_rates},
+        "cpu": {"items": cpu_n, "rates": cpu_rates},
+        "dicts": {"items": dict_n, "rates": dict_rates},
+        "startup": start,
+        "idle": idle,
+    }
+    targets = [
+        Target(
+            "process no-op 1,000/message >= 2x Pool imap_unordered(chunksize=1000)",
+            safe_ratio(med(noop_rates, NOOP_POOL), med(noop_rates, NOOP_MP)),
+            ">=",
+            2.0,
+        ),
+        Target("process CPU-bound (defaults) >= 1.8x serial", cpu_vs_serial, ">=", 1.8),
+        Target(
+            "process CPU-bound >= Pool.map",
+            safe_ratio(med(cpu_rates, CPU_POOL), med(cpu_rates, CPU_MP)),
+            ">=",
+            1.0,
+        ),
+        Target(
+            "process dict records >= 0.9x pickle floor",
+            safe_ratio(med(dict_rates, DICT_POOL), med(dict_rates, DICT_FLOOR)),
+            ">=",
+            0.9,
+        ),
+        Target(
+            "process start-up <= 1.2x ProcessPoolExecutor",
+            safe_ratio(start["shardflow_ms"], start["ppe_ms"]),
+            "<=",
+            1.2,
+        ),
+    ]
+    return data, targets
+
+
+def run_section(ctx: BenchContext) -> SectionResult:
+    """The ``process`` section of ``shardflow bench``."""
+    data, targets = section_process(ctx.items, ctx.repeats, ctx.quick, ctx.out)
+    machine = safe_ratio(
+        statistics.median(data["cpu"]["rates"][CPU_CONTROL]),
+        statistics.median(data["cpu"]["rates"][CPU_SERIAL]),
+    )
+    return SectionResult(
+        "process",
+        data,
+        targets,
+        [f"process: the machine's own 2-process control gave {machine:.2f}x serial this run"],
+    )

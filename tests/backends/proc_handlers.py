@@ -1,0 +1,100 @@
+"""Handlers for tests/backends/test_process_backend.py: importable by worker processes
+(backend="process" pickles the handler by reference)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def noop(x: Any) -> None:
+    pass
+
+
+class Recorder:
+    """Appends ``"<monotonic_ns> <pid> <item>"`` per item to ``<dir>/<pid>``, so a test
+    can rebuild the order in which the workers (across restarts) handled items.
+    Item 13 raises; ``exit_on`` items end the worker (os._exit); ``sleep_on`` items
+    sleep ``sleep`` seconds first."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        exit_on: frozenset[Any] = frozenset(),
+        sleep_on: frozenset[Any] = frozenset(),
+        sleep: float = 0.0,
+        fail_on: frozenset[Any] = frozenset(),
+    ) -> None:
+        self.directory = directory
+        self.exit_on = exit_on
+        self.sleep_on = sleep_on
+        self.sleep = sleep
+        self.fail_on = fail_on
+
+    def __call__(self, item: Any) -> None:
+        if item in self.sleep_on:
+            time.sleep(self.sleep)
+        if item in self.exit_on:
+            os._exit(7)
+        if item in self.fail_on:
+            raise ValueError(f"bad item {item!r}")
+        with open(Path(self.directory) / str(os.getpid()), "a") as f:
+            f.write(f"{time.monotonic_ns()} {os.getpid()} {item!r}\n")
+
+
+def read_records(directory: str) -> list[tuple[int, int, str]]:
+    """Every record of a Recorder's directory, in the order they were written."""
+    out = []
+    for path in Path(directory).iterdir():
+        for line in path.read_text().splitlines():
+            t, pid, item = line.split(" ", 2)
+            out.append((int(t), int(pid), item))
+    out.sort()
+    return out
+
+
+class Unsendable(Exception):
+    """An exception that does not survive pickling (its __init__ takes two arguments)."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        super().__init__(f"{a}/{b}")
+        self.lock = __import__("threading").Lock()
+
+
+def raise_unsendable(x: Any) -> None:
+    raise Unsendable(x, "lock")
+
+
+def batch_sum(batch: list[int]) -> None:
+    if 13 in batch:
+        raise ValueError("13 in batch")
+
+
+class LoadsOnlyHere:
+    """Pickles fine, but refuses to be unpickled in another process: a handler whose
+    worker cannot start."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["pid"] != os.getpid():
+            raise RuntimeError("cannot be loaded in a worker")
+        self.__dict__.update(state)
+
+    def __call__(self, x: Any) -> None:
+        pass
+
+
+class BatchLog:
+    """Appends each batch's length and items to ``<dir>/<pid>`` (a batch handler)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def __call__(self, batch: list[Any]) -> None:
+        with open(Path(self.directory) / str(os.getpid()), "a") as f:
+            f.write(" ".join(map(str, batch)) + "\n")

@@ -1,0 +1,421 @@
+"""backend="process": the pool's handler in a worker process per shard (backends/process.py).
+
+Behaviour, not timing: per-key order, exact accounting, per-item failures, crashes (a
+worker that exits, is SIGKILLed, overruns task_timeout), unpicklable handlers, items and
+exceptions, shutdown with cancel, nothing left behind (processes, /dev/shm).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import proc_handlers as ph
+import pytest
+
+import shardflow
+from helpers import interrupt
+from shardflow.backends import ProcessBackend
+from shardflow.backends.process import RemoteError, WorkerLost
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="the process backend is tested on Linux here"
+)
+
+
+def accounted(pool: shardflow.ShardedPool[Any]) -> Any:
+    m = pool.metrics()
+    assert m.submitted == m.processed + m.failed + m.dead_lettered + m.dropped + m.returned
+    return m
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): look at its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def shm_entries() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
+def test_items_run_in_worker_processes_with_per_key_order(tmp_path: Path) -> None:
+    before = shm_entries()
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path)), workers=2, key=lambda x: x % 10, backend="process"
+    )
+    pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert "backend=process(forkserver)" in repr(pool)
+    assert pool.submit_many(range(2000)) == 2000
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.submitted, m.processed, m.failed) == (2000, 2000, 0)
+    records = ph.read_records(str(tmp_path))
+    assert sorted(int(r[2]) for r in records) == list(range(2000))
+    assert {r[1] for r in records} <= set(pids)
+    for k in range(10):
+        seq = [int(r[2]) for r in records if int(r[2]) % 10 == k]
+        assert seq == sorted(seq), f"key {k} out of order"
+    for pid in pids:  # workers exited at shutdown
+        assert not alive(pid)
+    assert shm_entries() <= before
+
+
+def test_per_item_failures_are_routed_alone_with_their_exceptions(tmp_path: Path) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), fail_on=frozenset({3, 500})),
+        workers=2,
+        backend="process",
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    pool.submit_many(range(1000))
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.processed, m.dead_lettered) == (998, 2)
+    assert sorted(i for i, _ in dead) == [3, 500]
+    assert all(isinstance(e, ValueError) and str(e) == f"bad item {i!r}" for i, e in dead)
+
+
+def test_an_exception_that_cannot_be_pickled_comes_back_as_remote_error() -> None:
+    errors: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.raise_unsendable,
+        workers=1,
+        backend="process",
+        on_error=lambda item, exc: errors.append((item, exc)),
+    )
+    pool.submit_many([1, 2])
+    pool.shutdown()
+    assert [i for i, _ in errors] == [1, 2]
+    for _, exc in errors:
+        assert isinstance(exc, RemoteError)
+        assert "Unsendable: 1/lock" in str(exc) or "Unsendable: 2/lock" in str(exc)
+        assert "remote traceback" in str(exc)
+    assert accounted(pool).failed == 2
+
+
+def test_an_item_that_cannot_be_pickled_fails_alone_naming_its_type(tmp_path: Path) -> None:
+    errors: list[tuple[Any, BaseException]] = []
+    lock = threading.Lock()
+    pool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path)),
+        workers=1,
+        backend="process",
+        on_error=lambda item, exc: errors.append((item, exc)),
+    )
+    pool.submit_many([1, lock, 2])
+    pool.shutdown()
+    assert len(errors) == 1 and errors[0][0] is lock
+    assert isinstance(errors[0][1], TypeError) and "lock" in str(errors[0][1])
+    assert sorted(r[2] for r in ph.read_records(str(tmp_path))) == ["1", "2"]
+    m = accounted(pool)
+    assert (m.processed, m.failed) == (2, 1)
+
+
+def test_a_handler_that_cannot_be_pickled_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"cannot be pickled.*module-level function"):
+        shardflow.ShardedPool(lambda x: None, workers=1, backend="process")
+
+
+def test_a_worker_that_cannot_load_the_handler_fails_the_constructor() -> None:
+    with pytest.raises(RuntimeError, match=r"could not load the handler.*cannot be loaded"):
+        shardflow.ShardedPool(ph.LoadsOnlyHere(), workers=2, backend="process")
+
+
+@pytest.mark.parametrize("param", ["breaker", "limiter", "rate_limiter", "retry"])
+def test_shared_guards_are_refused_rather_than_silently_copied(param: str) -> None:
+    guard = {
+        "breaker": shardflow.CircuitBreaker(),
+        "limiter": shardflow.Limiter(1),
+        "rate_limiter": shardflow.RateLimiter(10, burst=10),
+        "retry": shardflow.Retry(2),
+    }[param]
+    with pytest.raises(ValueError, match=f"{param}= is not supported with backend="):
+        shardflow.ShardedPool(ph.noop, workers=1, backend="process", **{param: guard})
+
+
+def test_a_poison_item_that_kills_its_worker_is_retried_then_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    backend = ProcessBackend(max_attempts=3)
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), exit_on=frozenset({77})),
+        workers=2,
+        key=lambda x: x % 4,
+        backend=backend,
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    pool.submit_many(range(400))
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.processed, m.dead_lettered, m.failed) == (399, 1, 0)
+    ((item, exc),) = dead
+    assert item == 77 and isinstance(exc, WorkerLost)
+    assert exc.attempts == 3 and exc.exitcode == 7 and "exit code 7" in str(exc)
+    records = ph.read_records(str(tmp_path))
+    assert sorted(int(r[2]) for r in records) == [x for x in range(400) if x != 77]
+    for k in range(4):
+        seq = [int(r[2]) for r in records if int(r[2]) % 4 == k]
+        assert seq == sorted(seq)
+
+
+def test_workers_sigkilled_at_random_moments_lose_nothing_and_keep_key_order(
+    tmp_path: Path,
+) -> None:
+    n = 20_000
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path)),
+        workers=2,
+        key=lambda x: x % 16,
+        backend=ProcessBackend(max_attempts=5, max_crashes=1000),
+        capacity=1024,
+    )
+    rng = random.Random(7)
+    kills = 0
+    chunk = n // 8
+    for start in range(0, n, chunk):
+        # Up to 2 x 1,024 items are queued when submit_many returns, and a batch is in
+        # flight: the kill lands mid-run, at a moment the test does not choose.
+        pool.submit_many(range(start, start + chunk))
+        time.sleep(rng.uniform(0, 0.01))
+        pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
+        os.kill(rng.choice(pids), signal.SIGKILL)  # one of this pool's own workers
+        kills += 1
+    pool.shutdown()
+    m = accounted(pool)
+    records = ph.read_records(str(tmp_path))
+    handled = [int(r[2]) for r in records]
+    # Nothing lost; an item running at a kill may have run twice (at-least-once).
+    assert kills == 8
+    assert set(handled) == set(range(n))
+    assert m.submitted == n and m.processed + m.dead_lettered == n
+    for k in range(16):
+        seq = [x for x in handled if x % 16 == k]
+        assert seq == sorted(seq), f"key {k} out of order"
+
+
+def test_task_timeout_kills_an_overrunning_worker_and_fails_the_item(tmp_path: Path) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), sleep_on=frozenset({5}), sleep=60.0),
+        workers=1,
+        backend=ProcessBackend(task_timeout=0.3, max_attempts=1),
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    t0 = time.monotonic()
+    pool.submit_many(range(10))
+    pool.shutdown()
+    assert time.monotonic() - t0 < 30  # not the 60 s sleep
+    ((item, exc),) = dead
+    assert item == 5 and isinstance(exc, WorkerLost) and "task_timeout=0.3" in str(exc)
+    assert sorted(int(r[2]) for r in ph.read_records(str(tmp_path))) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        6,
+        7,
+        8,
+        9,
+    ]
+    accounted(pool)
+
+
+def test_shutdown_with_cancel_returns_what_did_not_start(tmp_path: Path) -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), sleep_on=frozenset({0}), sleep=0.5),
+        workers=1,
+        backend="process",
+    )
+    pool.submit_many(range(2000))
+    time.sleep(0.1)
+    returned = pool.shutdown(cancel=True)
+    m = accounted(pool)
+    ran = {int(r[2]) for r in ph.read_records(str(tmp_path))}
+    assert ran.isdisjoint(returned)
+    assert ran | set(returned) == set(range(2000))
+    assert m.returned == len(returned) > 0
+
+
+def test_a_batch_handler_gets_lists_in_the_worker() -> None:
+    errors: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.batch_sum,
+        workers=1,
+        batch_size=10,
+        backend="process",
+        on_error=lambda batch, exc: errors.append((list(batch), exc)),
+    )
+    pool.submit_many(range(100))
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.processed, m.failed) == (90, 10)
+    ((batch, exc),) = errors
+    assert batch == list(range(10, 20)) and str(exc) == "13 in batch"
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_start_methods(method: str, tmp_path: Path) -> None:
+    backend = ProcessBackend(mp_context=multiprocessing.get_context(method))
+    with shardflow.ShardedPool(ph.Recorder(str(tmp_path)), workers=2, backend=backend) as pool:
+        pool.submit_many(range(100))
+    assert len(ph.read_records(str(tmp_path))) == 100
+    assert f"process({method})" in repr(pool)
+
+
+def test_fork_is_refused_while_other_threads_run() -> None:
+    gate = threading.Event()
+    t = threading.Thread(target=gate.wait)
+    t.start()
+    try:
+        backend = ProcessBackend(mp_context=multiprocessing.get_context("fork"))
+        with pytest.raises(ValueError, match="'fork' mp_context while this process runs"):
+            shardflow.ShardedPool(ph.noop, workers=1, backend=backend)
+    finally:
+        gate.set()
+        t.join()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"ring_bytes": 10}, "ring_bytes"),
+        ({"task_timeout": -1}, "task_timeout"),
+        ({"mp_context": "spawn"}, "mp_context must be a multiprocessing context"),
+    ],
+)
+def test_bad_backend_arguments_name_the_parameter(kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=words):
+        ProcessBackend(**kwargs)
+
+
+def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import shardflow, proc_handlers as ph
+        if __name__ == "__main__":
+            pool = shardflow.ShardedPool(ph.noop, workers=2, backend="process")
+            print(*pool._runner.worker_pids(), flush=True)
+            time.sleep(600)
+        """
+    )
+    path = tmp_path / "parent.py"
+    path.write_text(script)
+    proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        proc.kill()  # the parent this test started, by pid
+        proc.wait(30)
+        deadline = time.monotonic() + 20
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids), "worker processes outlived their parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_interpreter_exit_with_a_live_pool_hands_everything_over(tmp_path: Path) -> None:
+    # As with threads: no shutdown() call, yet every queued item is handled at exit, even
+    # though multiprocessing's own exit hook would terminate daemonic workers.
+    out = tmp_path / "records"
+    out.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import shardflow, proc_handlers as ph
+        if __name__ == "__main__":
+            handler = ph.Recorder({str(out)!r}, sleep_on=frozenset(range(0, 400, 50)), sleep=0.02)
+            pool = shardflow.ShardedPool(handler, workers=2, backend="process")
+            pool.submit_many(range(400))
+            print(pool.metrics().unfinished, flush=True)
+        """
+    )
+    path = tmp_path / "exits.py"
+    path.write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) > 0  # items were still pending when exit began
+    assert sorted(int(r[2]) for r in ph.read_records(str(out))) == list(range(400))
+
+
+def test_a_batch_processor_runs_its_batches_in_a_worker_process(tmp_path: Path) -> None:
+    with shardflow.BatchProcessor(
+        ph.BatchLog(str(tmp_path)), batch_size=50, batch_timeout=0.05, backend="process"
+    ) as bp:
+        bp.put_many(range(500))
+    (log,) = list(tmp_path.iterdir())
+    assert int(log.name) != os.getpid()
+    batches = [line.split() for line in log.read_text().splitlines()]
+    assert all(len(b) <= 50 for b in batches)
+    assert [int(x) for b in batches for x in b] == list(range(500))
+
+
+def test_ctrl_c_interrupts_a_blocked_submit_and_the_workers_stop(tmp_path: Path) -> None:
+    out = tmp_path / "records"
+    out.mkdir()
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import shardflow, proc_handlers as ph
+if __name__ == "__main__":
+    slow = ph.Recorder({str(out)!r}, sleep_on=frozenset(range(1000)), sleep=0.05)
+    pool = shardflow.ShardedPool(slow, workers=1, capacity=2, backend="process")
+    print(*pool._runner.worker_pids(), flush=True)
+    pool.submit_many(range(3))
+    print("ready", flush=True)
+    pool.submit_many(range(3, 1000))
+    print("not interrupted", flush=True)
+"""
+    pids: list[int] = []
+
+    def ready(stdout: Any) -> None:
+        pids.extend(int(p) for p in stdout.readline().split())
+        assert stdout.readline().strip() == "ready"
+
+    returncode, rest, err = interrupt([sys.executable, "-c", code], tmp_path, ready)
+    assert "not interrupted" not in rest
+    assert "KeyboardInterrupt" in err, err
+    assert returncode != 0
+    # What was queued at the interrupt was handled at exit (as with threads), and the
+    # worker is gone.
+    handled = sorted(int(r[2]) for r in ph.read_records(str(out)))
+    assert handled == list(range(len(handled))) and len(handled) >= 3
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pids and not any(alive(p) for p in pids)
