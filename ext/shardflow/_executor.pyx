@@ -426,6 +426,12 @@ cdef class FutureCore:
             lock.leave()
         if out is not _NOT_DONE:
             return out
+        if self._halt is not None and (<Halt>self._halt).flags() & HALT_FORKED:
+            # A future of an executor made before fork(), pending in this child: the
+            # worker that would complete it is in the parent, so the wait would never end.
+            raise RuntimeError(
+                "this future belongs to an Executor created in the parent process before "
+                "fork(); it cannot complete in the child")
         self._help()
         lock.enter()
         try:
@@ -478,6 +484,7 @@ cdef enum:
     HALT_SHUTDOWN = 1
     HALT_CANCEL = 2
     HALT_BROKEN = 4
+    HALT_FORKED = 8  # this is a forked child; the executor was made in the parent
 
 
 @cython.final
@@ -499,6 +506,7 @@ cdef class Halt:
     cdef public tuple initargs
     cdef public object local        # threading.local: initializer ran in this thread
     cdef public dict active         # worker thread id -> the task list it works through
+    cdef object __weakref__         # executor.py's fork hook keeps a WeakSet of them
 
     def __cinit__(self):
         sf_store_relaxed_u64(&self._flags, 0)
@@ -519,6 +527,15 @@ cdef class Halt:
     @property
     def broken(self):
         return self._broken if self.flags() & HALT_BROKEN else None
+
+    @property
+    def forked(self):
+        return bool(self.flags() & HALT_FORKED)
+
+    def set_forked(self):
+        """In a forked child: every submit (and every wait on a pending future) raises
+        from now on; the workers this executor had are not in this process."""
+        sf_fetch_or_seqcst_u64(&self._flags, HALT_FORKED)
 
     def set_shutdown(self, bint cancel):
         sf_fetch_or_seqcst_u64(&self._flags, HALT_SHUTDOWN | (HALT_CANCEL if cancel else 0))

@@ -364,9 +364,13 @@ cdef class PoolCore:
 
     cdef int _raise_closed(self, object item=_NO_ITEM) except -1:
         if sf_load_relaxed_int(&self.st.forked):
+            # The object the user holds: a ShardedPool, or the BatchProcessor / Executor /
+            # Pipeline built on it (they set _fork_owner).
+            owner = getattr(self, "_fork_owner", "ShardedPool")
             raise RuntimeError(
-                "this ShardedPool was created in a parent process and cannot be used after "
-                "fork(); create a new pool in the child")
+                f"this {owner} was created in the parent process before fork() and cannot "
+                f"be used in the child (its worker threads do not exist there); create a "
+                f"new {owner} in the child")
         exc = Closed("pool is closed: submit() after close() or shutdown()")
         raise exc if item is _NO_ITEM else _unsent(exc, item)
 

@@ -41,6 +41,7 @@ from shardflow._executor import (
     take_call,
 )
 from shardflow._executor import submit as _compiled_submit
+from shardflow._fork import fork_error
 from shardflow._validate import check_callable, check_int, check_str
 from shardflow.errors import Closed
 from shardflow.pool import ShardedPool
@@ -143,6 +144,8 @@ def _cancel_task(task: Any) -> None:
 
 def _refuse(halt: Halt) -> None:
     """Raise what a submit refused by ``halt``'s executor raises."""
+    if halt.forked:
+        raise fork_error("Executor")
     broken = halt.broken
     if broken is not None:
         raise BrokenThreadPool(broken)
@@ -211,6 +214,9 @@ class Executor(ThreadPoolExecutor):
     ) -> None:
         if max_workers is None:
             max_workers = _default_workers()
+        elif isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
+            # The standard library's message, word for word: code matches on it.
+            raise ValueError("max_workers must be greater than 0")
         check_int("max_workers", max_workers, lo=1, hi=4096)
         check_str("thread_name_prefix", thread_name_prefix, optional=False)
         check_callable("initializer", initializer, optional=True)
@@ -237,11 +243,12 @@ class Executor(ThreadPoolExecutor):
             reuse_batches=False,
             name=name,
         )
+        self._pool._fork_owner = "Executor"  # named by the error a forked child gets
         self._push = halt.push = self._pool.submit
         # An executor dropped without shutdown() lets its workers finish and exit, as
         # ThreadPoolExecutor's do (the handler holds no reference to the executor).
-        weakref.finalize(self, self._pool.close)
-        _register(self._pool)
+        weakref.finalize(self, _close_pool, self._pool)
+        _register(self._pool, halt)
 
     @property
     def max_workers(self) -> int:
@@ -304,7 +311,8 @@ class Executor(ThreadPoolExecutor):
         return _map_results(feeder.chunks, end_time, feeder)
 
     def _submit_chunk(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> Chunk:
-        if self._halt.shutdown or self._halt.broken is not None or _interpreter_shutdown:
+        halt = self._halt
+        if halt.shutdown or halt.broken is not None or halt.forked or _interpreter_shutdown:
             self._refuse()
         chunk = Chunk(fn, args)
         try:
@@ -318,6 +326,8 @@ class Executor(ThreadPoolExecutor):
         """Refuse new calls; with ``cancel_futures`` cancel every call not started; with
         ``wait`` return once every running and queued call is done. Idempotent."""
         pool = self._pool
+        if self._halt.forked:
+            raise fork_error("Executor")
         with self._shutdown_lock:
             self._halt.set_shutdown(cancel_futures)
             if cancel_futures:
@@ -425,12 +435,39 @@ def _map_results(
 # ------------------------------------------------------------------ interpreter exit
 
 _pools: weakref.WeakSet[ShardedPool[Any]] = weakref.WeakSet()
+#: Each live executor's Halt, for the fork hook. Weak: a Halt lives as long as its
+#: executor or its pool's workers, whichever goes last.
+_halts: weakref.WeakSet[Halt] = weakref.WeakSet()
 _pools_lock = threading.Lock()
 
 
-def _register(pool: ShardedPool[Any]) -> None:
+def _register(pool: ShardedPool[Any], halt: Halt) -> None:
     with _pools_lock:
         _pools.add(pool)
+        _halts.add(halt)
+
+
+def _close_pool(pool: ShardedPool[Any]) -> None:
+    """The finalizer of an executor dropped without shutdown(): let its workers finish.
+    It also runs at interpreter exit, where a forked child has nothing to close."""
+    try:
+        pool._check_fork()
+    except RuntimeError:
+        return
+    pool.close()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child only the forking thread exists: executors made before the fork
+    have no workers here. Mark them, so that using one raises (``fork_error``) and that
+    interpreter exit does not wait for workers that will never report (issue 11: the
+    child hung in ``_python_exit``)."""
+    global _pools_lock
+    _pools_lock = threading.Lock()  # may have been held by another thread at fork time
+    for pool in list(_pools):
+        pool._mark_forked()  # ShardedPool's own hook does it too; idempotent
+    for halt in list(_halts):
+        halt.set_forked()
 
 
 def _python_exit() -> None:
@@ -442,13 +479,15 @@ def _python_exit() -> None:
     set_interpreter_exiting()
     with _pools_lock:
         pools = list(_pools)
+    live = []
     for pool in pools:
         try:
             pool._check_fork()
         except RuntimeError:
-            continue
+            continue  # made before fork(): its workers are not in this process
         pool._close()
-    for pool in pools:
+        live.append(pool)
+    for pool in live:
         if pool._exit_wait:
             pool._wait_workers(None)
 
@@ -458,6 +497,8 @@ def _python_exit() -> None:
 _register_atexit: Callable[[Callable[[], None]], None] | None = getattr(
     threading, "_register_atexit", None
 )
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 if _register_atexit is not None:
     _register_atexit(_python_exit)
 else:  # pragma: no cover - every supported CPython has it
