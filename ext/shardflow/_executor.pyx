@@ -506,6 +506,7 @@ cdef class Halt:
     cdef public tuple initargs
     cdef public object local        # threading.local: initializer ran in this thread
     cdef public dict active         # worker thread id -> the task list it works through
+    cdef public object spared       # shutdown(cancel_futures=True): futures still to run
     cdef object __weakref__         # executor.py's fork hook keeps a WeakSet of them
 
     def __cinit__(self):
@@ -729,6 +730,25 @@ cdef class Chunk:
             self._publish(i, True)
             PyThread_release_lock(self._mutex)
 
+    def take(self, Py_ssize_t i):
+        """Result ``i`` (which has run), let go of by the chunk: once the map iterator
+        has handed it out, only the consumer holds it (bpo-14406)."""
+        self._lock()
+        try:
+            value = self.results[i]
+            self.results[i] = None
+        finally:
+            PyThread_release_lock(self._mutex)
+        return value
+
+    def drain(self):
+        """An iterator over the results of a finished chunk (every item ran, none
+        failed) that lets go of each one as it hands it out, as ``take`` does."""
+        cdef _Drain d = _Drain.__new__(_Drain)
+        d.items = self.results
+        d.pos = 0
+        return d
+
     def cancel_queued(self):
         """A chunk shutdown took back from the queue: nothing of it ran."""
         self.args = []
@@ -774,3 +794,26 @@ cdef class Chunk:
                 PyErr_CheckSignals()  # Ctrl-C raises here; otherwise wait on
                 continue
             raise FuturesTimeoutError()
+
+
+@cython.final
+cdef class _Drain:
+    """``Chunk.drain()``: a list iterator that replaces each item by None as it yields it
+    (the chunk is finished: no worker touches the list any more)."""
+
+    cdef list items
+    cdef Py_ssize_t pos
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Py_ssize_t i = self.pos
+        cdef list items = self.items
+        if items is None or i >= len(items):
+            self.items = None
+            raise StopIteration
+        value = items[i]
+        items[i] = None
+        self.pos = i + 1
+        return value

@@ -685,6 +685,29 @@ cdef class PoolCore:
             self._returned.clear()
         return out
 
+    def _take_queued(self, Py_ssize_t index):
+        """Every item queued in shard ``index`` now, oldest first, taken out of its ring
+        (counted as returned). Safe while the pool runs (the ring has multiple consumers):
+        ``Executor.shutdown(cancel_futures=True)`` takes calls back this way."""
+        cdef uint64_t n = 0, k, j
+        cdef void *buf[256]
+        if index < 0 or index >= self.workers:
+            raise IndexError(f"no shard {index}")
+        out = []
+        with nogil:
+            sf_ring_wait_published(&self.shards[index].ring)
+        while True:
+            k = sf_ring_pop(&self.shards[index].ring, buf, 256)
+            if k == 0:
+                break
+            for j in range(k):
+                out.append(<object>buf[j])
+                Py_DECREF_p(<PyObject *>buf[j])
+            n += k
+        if n:
+            sf_fetch_add_relaxed_u64(&self.shards[index].ctr.returned, n)
+        return out
+
     def _take_fatal(self):
         with self._lock:
             exc, self._fatal = self._fatal, None

@@ -1,7 +1,7 @@
 # Stubs of the compiled module shardflow._executor (see ext/shardflow/_executor.pyx): the
 # per-task paths of shardflow.Executor (its futures, submit, the worker loop).
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 class FutureLock:
@@ -40,6 +40,7 @@ class Halt:
     initargs: tuple[Any, ...]
     local: threading.local
     active: dict[int, list[Any]]
+    spared: Any  # executor._Spared, or None
     @property
     def shutdown(self) -> bool: ...
     @property
@@ -74,5 +75,7 @@ class Chunk:
     @property
     def errors(self) -> dict[int, BaseException] | None: ...
     def run(self, halt: Halt) -> None: ...
+    def take(self, i: int) -> Any: ...
+    def drain(self) -> Iterator[Any]: ...
     def cancel_queued(self) -> None: ...
     def wait_for(self, i: int, end_time: float | None) -> tuple[int, bool]: ...

@@ -92,6 +92,9 @@ def _make_handler(halt: Halt) -> Callable[[list[Any]], None]:
     def handle(tasks: list[Any]) -> None:
         me = get_ident()
         active[me] = tasks
+        spared = halt.spared
+        if spared is not None and not halt.cancel:
+            spared.started(me)  # shutdown(cancel_futures=True) is under way: see _Spared
         try:
             if halt.initializer is not None and not getattr(local, "ready", False):
                 _initialize(halt)
@@ -121,12 +124,64 @@ def _halted(halt: Halt, task: Any) -> None:
         task.run(halt)  # cancels or fails every item, and completes the chunk
         return
     fut = task
+    spared = halt.spared
+    if spared is not None and spared.take(fut):
+        _run_spared(fut)
+        return
     if take_call(fut) is None:
         return  # a waiter on this worker already ran it (see _executor.FutureCore._help)
     if halt.cancel:
         fut.cancel()
     if fut.set_running_or_notify_cancel():
         fut.set_exception(BrokenThreadPool(halt.broken or _BROKEN_MESSAGE))
+
+
+class _Spared:
+    """The calls ``shutdown(cancel_futures=True)`` lets run (see ``Executor.shutdown``):
+    ``calls`` by future, and ``threads``: workers that took calls from their queue but
+    had not started on them, which run the first call they meet."""
+
+    __slots__ = ("calls", "lock", "threads")
+
+    def __init__(self) -> None:
+        self.calls: set[Any] = set()
+        self.threads: set[int] = set()
+        self.lock = threading.Lock()
+
+    def started(self, ident: int) -> None:
+        """Worker ``ident`` starts a list of calls before the cancel flag is up: it runs
+        its first call as usual, so it gets no spared call of its own."""
+        with self.lock:
+            self.threads.discard(ident)
+
+    def take(self, fut: Any) -> bool:
+        """True if the calling worker is to run ``fut`` rather than cancel it."""
+        with self.lock:
+            if fut in self.calls:
+                self.calls.discard(fut)
+                return True
+            me = threading.get_ident()
+            if me in self.threads:
+                self.threads.discard(me)
+                return True
+        return False
+
+
+def _run_spared(fut: Any) -> None:
+    """Run a call shutdown(cancel_futures=True) let through (see Executor.shutdown), as
+    ThreadPoolExecutor's worker runs its work item."""
+    call = take_call(fut)
+    if call is None or not fut.set_running_or_notify_cancel():
+        return
+    fn, args, kwargs = call
+    try:
+        result = fn(*args, **kwargs) if kwargs else fn(*args)
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+    finally:
+        del fn, args, kwargs, call
 
 
 def _cancel_task(task: Any) -> None:
@@ -214,7 +269,7 @@ class Executor(ThreadPoolExecutor):
     ) -> None:
         if max_workers is None:
             max_workers = _default_workers()
-        elif isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
+        elif type(max_workers) is int and max_workers <= 0:
             # The standard library's message, word for word: code matches on it.
             raise ValueError("max_workers must be greater than 0")
         check_int("max_workers", max_workers, lo=1, hi=4096)
@@ -254,6 +309,15 @@ class Executor(ThreadPoolExecutor):
     def max_workers(self) -> int:
         """The number of worker threads."""
         return self._max_workers
+
+    # typeshed declares ThreadPoolExecutor._broken a bool attribute; at run time it is
+    # False or the message, as here.
+    @property
+    def _broken(self) -> str | bool:  # type: ignore[override]
+        """What ``ThreadPoolExecutor._broken`` holds: False, or the message once an
+        initializer failed (code written against the standard class, CPython's own
+        tests among it, polls it)."""
+        return self._halt.broken or False
 
     def _refuse(self) -> None:
         _refuse(self._halt)
@@ -329,22 +393,63 @@ class Executor(ThreadPoolExecutor):
         if self._halt.forked:
             raise fork_error("Executor")
         with self._shutdown_lock:
-            self._halt.set_shutdown(cancel_futures)
             if cancel_futures:
-                # What is still queued is taken back and cancelled here, now; what a
-                # worker already took is cancelled here too where it is listed as
-                # active, else by the worker before it runs anything else.
-                leftovers = pool.shutdown(wait=False, cancel=True)
-                pool._exit_wait = True  # interpreter exit still waits for running calls
+                # Every call not started is cancelled here, now, as documented, with the
+                # standard executor's one exception kept: a worker that is not running a
+                # call when shutdown starts runs one more, the oldest it has (an idle
+                # ThreadPoolExecutor thread has already taken the next call off the queue
+                # and runs it). Such a call is "spared": if it is still queued it is
+                # pushed back, and the worker that meets it runs it (_halted), cancelling
+                # anything else it meets. The spares are chosen before the cancel flag
+                # goes up (workers that run meanwhile are simply busy); what a worker
+                # took but has not listed as active yet it cancels itself, after running
+                # its first call if it is among ``spared.threads``.
+                halt = self._halt
+                sparing = not pool.closed  # the first shutdown: the rings are still open
+                spared = halt.spared or _Spared()
+                halt.spared = spared  # before a worker can meet one of them
+                leftovers = []
+                listed: set[int] = set()
+                if sparing:
+                    active = list(halt.active.items())
+                    for _, tasks in active:
+                        pending = [t for t in list(tasks) if type(t) is not Chunk]
+                        if not any(t.running() for t in pending):
+                            first = next((t for t in pending if not t.done()), None)
+                            if first is not None:
+                                with spared.lock:
+                                    spared.calls.add(first)
+                    listed = {ident for ident, _ in active}
+                threads = pool._threads
+                for i in range(pool.workers):
+                    queued = pool._take_queued(i)
+                    ident = threads[i].ident if i < len(threads) else None
+                    if sparing:
+                        if ident is None or ident in listed:
+                            pass
+                        elif queued and type(queued[0]) is not Chunk:
+                            fut = queued.pop(0)
+                            with spared.lock:
+                                spared.calls.add(fut)
+                            pool.submit(fut)
+                        elif not queued:
+                            # Its queue is empty: it may hold calls it took and has not
+                            # listed yet; it runs the first one it meets.
+                            with spared.lock:
+                                spared.threads.add(ident)
+                    leftovers.extend(queued)
+                halt.set_shutdown(True)
+                pool.close()  # a call submitted meanwhile is cancelled by its worker
                 for task in leftovers:
                     _cancel_task(task)
-                for tasks in list(self._halt.active.values()):
+                for tasks in list(halt.active.values()):
                     for task in list(tasks):
                         if type(task) is Chunk:
                             task.cancelled = True
-                        else:
+                        elif task not in spared.calls:
                             task.cancel()
             else:
+                self._halt.set_shutdown(False)
                 pool.close()
         if wait:
             pool.join()
@@ -402,7 +507,10 @@ def _map_results(
             ran, finished = chunk.wait_for(0, end_time)
             if finished and feeder is None and chunk.errors is None and ran == chunk.count:
                 chunks.popleft()
-                yield from chunk.results  # the common case: the whole chunk is there
+                # The common case: the whole chunk is there. drain() lets go of each
+                # result as it is handed out (bpo-14406: a consumer that drops a large
+                # result frees it), as take() does below.
+                yield from chunk.drain()
                 continue
             for i in range(chunk.count):
                 if i >= ran and not finished:
@@ -423,7 +531,7 @@ def _map_results(
                         raise exc
                     finally:
                         del exc
-                yield chunk.results[i]
+                yield chunk.take(i)
             chunks.popleft()
     finally:
         for chunk in chunks:

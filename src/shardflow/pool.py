@@ -313,6 +313,7 @@ class ShardedPool(PoolCore, Generic[T]):
             return False
         for t in self._threads:
             t.join()
+        self._threads = []  # finished: keep no Thread objects alive
         fatal = self._take_fatal()
         if fatal is not None:
             raise fatal
@@ -345,6 +346,7 @@ class ShardedPool(PoolCore, Generic[T]):
             self._wait_workers(None)
             for t in self._threads:
                 t.join()
+            self._threads = []  # finished: keep no Thread objects alive
         if cancel:
             returned = self._take_leftovers()
         if wait:
