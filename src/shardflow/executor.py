@@ -247,7 +247,20 @@ class Executor(ThreadPoolExecutor):
       on other calls of the same executor can deadlock: avoid it here too.
     * ``map`` makes no future per item (chunks of items, results kept in order); errors,
       timeouts, cancellation and ``buffersize`` behave as documented for
-      ``Executor.map``. ``chunksize`` is ignored, as by ``ThreadPoolExecutor``.
+      ``Executor.map``. ``chunksize`` is ignored, as by ``ThreadPoolExecutor``. The
+      iterator keeps no reference to a result it has handed out.
+
+    ``shutdown(cancel_futures=True)`` cancels every call not started before it returns,
+    except that, as with ``ThreadPoolExecutor`` (whose idle threads have already taken
+    the next call off the queue), a worker not running a call when shutdown starts runs
+    one more: the oldest call it holds. Without that exception a worker that took up to
+    ``TASKS_PER_CALL`` calls at once would leave nothing running (CPython's
+    ``test_cancel_futures`` expects some calls to finish). ``map`` chunks are not spared.
+
+    Fork: a forked child has none of the executor's threads. It exits promptly, can
+    create new executors, and using one made before the fork (``submit``, ``map``,
+    ``shutdown``, waiting on one of its pending futures) raises ``RuntimeError`` naming
+    the Executor and the fork.
 
     Example:
         >>> import shardflow
