@@ -426,6 +426,12 @@ cdef class FutureCore:
             lock.leave()
         if out is not _NOT_DONE:
             return out
+        if self._halt is not None and (<Halt>self._halt).flags() & HALT_FORKED:
+            # A future of an executor made before fork(), pending in this child: the
+            # worker that would complete it is in the parent, so the wait would never end.
+            raise RuntimeError(
+                "this future belongs to an Executor created in the parent process before "
+                "fork(); it cannot complete in the child")
         self._help()
         lock.enter()
         try:
@@ -478,6 +484,7 @@ cdef enum:
     HALT_SHUTDOWN = 1
     HALT_CANCEL = 2
     HALT_BROKEN = 4
+    HALT_FORKED = 8  # this is a forked child; the executor was made in the parent
 
 
 @cython.final
@@ -499,6 +506,8 @@ cdef class Halt:
     cdef public tuple initargs
     cdef public object local        # threading.local: initializer ran in this thread
     cdef public dict active         # worker thread id -> the task list it works through
+    cdef public object spared       # shutdown(cancel_futures=True): futures still to run
+    cdef object __weakref__         # executor.py's fork hook keeps a WeakSet of them
 
     def __cinit__(self):
         sf_store_relaxed_u64(&self._flags, 0)
@@ -519,6 +528,15 @@ cdef class Halt:
     @property
     def broken(self):
         return self._broken if self.flags() & HALT_BROKEN else None
+
+    @property
+    def forked(self):
+        return bool(self.flags() & HALT_FORKED)
+
+    def set_forked(self):
+        """In a forked child: every submit (and every wait on a pending future) raises
+        from now on; the workers this executor had are not in this process."""
+        sf_fetch_or_seqcst_u64(&self._flags, HALT_FORKED)
 
     def set_shutdown(self, bint cancel):
         sf_fetch_or_seqcst_u64(&self._flags, HALT_SHUTDOWN | (HALT_CANCEL if cancel else 0))
@@ -712,6 +730,25 @@ cdef class Chunk:
             self._publish(i, True)
             PyThread_release_lock(self._mutex)
 
+    def take(self, Py_ssize_t i):
+        """Result ``i`` (which has run), let go of by the chunk: once the map iterator
+        has handed it out, only the consumer holds it (bpo-14406)."""
+        self._lock()
+        try:
+            value = self.results[i]
+            self.results[i] = None
+        finally:
+            PyThread_release_lock(self._mutex)
+        return value
+
+    def drain(self):
+        """An iterator over the results of a finished chunk (every item ran, none
+        failed) that lets go of each one as it hands it out, as ``take`` does."""
+        cdef _Drain d = _Drain.__new__(_Drain)
+        d.items = self.results
+        d.pos = 0
+        return d
+
     def cancel_queued(self):
         """A chunk shutdown took back from the queue: nothing of it ran."""
         self.args = []
@@ -757,3 +794,26 @@ cdef class Chunk:
                 PyErr_CheckSignals()  # Ctrl-C raises here; otherwise wait on
                 continue
             raise FuturesTimeoutError()
+
+
+@cython.final
+cdef class _Drain:
+    """``Chunk.drain()``: a list iterator that replaces each item by None as it yields it
+    (the chunk is finished: no worker touches the list any more)."""
+
+    cdef list items
+    cdef Py_ssize_t pos
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Py_ssize_t i = self.pos
+        cdef list items = self.items
+        if items is None or i >= len(items):
+            self.items = None
+            raise StopIteration
+        value = items[i]
+        items[i] = None
+        self.pos = i + 1
+        return value

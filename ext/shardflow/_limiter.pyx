@@ -120,11 +120,13 @@ cdef class LimiterCore:
 
     cdef sf_limiter *l
     cdef bint _ready
+    cdef bint _forked  # set in a forked child: see _mark_forked
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         self.l = NULL
         self._ready = False
+        self._forked = False
 
     def __dealloc__(self):
         if self.l != NULL:
@@ -144,8 +146,25 @@ cdef class LimiterCore:
             raise MemoryError("cannot initialise the limiter's mutex/condition variable")
         self._ready = True
 
+    def _mark_forked(self):
+        """Called in a forked child (limiter.py's fork hook): the permits held and the
+        queue of waiters belong to threads of the parent, which do not exist here (a
+        wait could last forever, the queue's mutex may even be held), so every later use
+        raises instead."""
+        self._forked = True
+
+    cdef int _check_fork(self) except -1:
+        if self._forked:
+            raise RuntimeError(
+                "this Limiter was created in the parent process before fork() and cannot be "
+                "used in the child (the permits held by the parent's threads would never "
+                "come back); create a new Limiter in the child")
+        return 0
+
     def try_acquire(self):
         """Take a permit if one is free now; never blocks. Returns True on success."""
+        if self._forked:
+            self._check_fork()
         return sf_limiter_try_acquire(self.l) != 0
 
     def acquire(self, timeout=None):
@@ -157,6 +176,8 @@ cdef class LimiterCore:
         cdef int64_t deadline = -1
         if timeout is not None:
             _check_timeout(timeout)  # before the fast path: bad input is refused, always
+        if self._forked:
+            self._check_fork()
         if sf_limiter_try_acquire(self.l):
             return True
         if timeout is not None:
@@ -210,16 +231,22 @@ cdef class LimiterCore:
 
     def release(self):
         """Give a permit back. Raises ValueError if no permit is held (over-release)."""
+        if self._forked:
+            self._check_fork()
         if sf_limiter_release(self.l) != 0:
             raise ValueError(
                 "Limiter.release() called more times than acquire(): no permit is held")
 
     def __enter__(self):
+        if self._forked:
+            self._check_fork()
         if not sf_limiter_try_acquire(self.l):
             self._wait(-1)
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if self._forked:
+            self._check_fork()
         if sf_limiter_release(self.l) != 0:
             raise ValueError(
                 "Limiter.release() called more times than acquire(): no permit is held")

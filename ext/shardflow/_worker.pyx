@@ -381,9 +381,13 @@ cdef class PoolCore:
 
     cdef int _raise_closed(self, object item=_NO_ITEM) except -1:
         if sf_load_relaxed_int(&self.st.forked):
+            # The object the user holds: a ShardedPool, or the BatchProcessor / Executor /
+            # Pipeline built on it (they set _fork_owner).
+            owner = getattr(self, "_fork_owner", "ShardedPool")
             raise RuntimeError(
-                "this ShardedPool was created in a parent process and cannot be used after "
-                "fork(); create a new pool in the child")
+                f"this {owner} was created in the parent process before fork() and cannot "
+                f"be used in the child (its worker threads do not exist there); create a "
+                f"new {owner} in the child")
         exc = Closed("pool is closed: submit() after close() or shutdown()")
         raise exc if item is _NO_ITEM else _unsent(exc, item)
 
@@ -725,6 +729,29 @@ cdef class PoolCore:
         with self._lock:
             out.extend(self._returned)
             self._returned.clear()
+        return out
+
+    def _take_queued(self, Py_ssize_t index):
+        """Every item queued in shard ``index`` now, oldest first, taken out of its ring
+        (counted as returned). Safe while the pool runs (the ring has multiple consumers):
+        ``Executor.shutdown(cancel_futures=True)`` takes calls back this way."""
+        cdef uint64_t n = 0, k, j
+        cdef void *buf[256]
+        if index < 0 or index >= self.workers:
+            raise IndexError(f"no shard {index}")
+        out = []
+        with nogil:
+            sf_ring_wait_published(&self.shards[index].ring)
+        while True:
+            k = sf_ring_pop(&self.shards[index].ring, buf, 256)
+            if k == 0:
+                break
+            for j in range(k):
+                out.append(<object>buf[j])
+                Py_DECREF_p(<PyObject *>buf[j])
+            n += k
+        if n:
+            sf_fetch_add_relaxed_u64(&self.shards[index].ctr.returned, n)
         return out
 
     def _take_fatal(self):

@@ -85,6 +85,7 @@ class BatchProcessor(Generic[T]):
             lists=True,  # a list even when batch_size=1
             backend=backend,
         )
+        self._pool._fork_owner = "BatchProcessor"  # named by the error a forked child gets
         # The compiled methods themselves, bound once: put() costs what submit() costs.
         self.put: Callable[..., bool] = self._pool.submit
         self.put_many: Callable[[Iterable[T]], int] = self._pool.submit_many

@@ -41,7 +41,9 @@ from shardflow._executor import (
     take_call,
 )
 from shardflow._executor import submit as _compiled_submit
+from shardflow._fork import fork_error
 from shardflow._validate import check_callable, check_int, check_str
+from shardflow.backends.thread import ThreadRunner
 from shardflow.errors import Closed
 from shardflow.pool import ShardedPool
 
@@ -91,6 +93,9 @@ def _make_handler(halt: Halt) -> Callable[[list[Any]], None]:
     def handle(tasks: list[Any]) -> None:
         me = get_ident()
         active[me] = tasks
+        spared = halt.spared
+        if spared is not None and not halt.cancel:
+            spared.started(me)  # shutdown(cancel_futures=True) is under way: see _Spared
         try:
             if halt.initializer is not None and not getattr(local, "ready", False):
                 _initialize(halt)
@@ -120,12 +125,64 @@ def _halted(halt: Halt, task: Any) -> None:
         task.run(halt)  # cancels or fails every item, and completes the chunk
         return
     fut = task
+    spared = halt.spared
+    if spared is not None and spared.take(fut):
+        _run_spared(fut)
+        return
     if take_call(fut) is None:
         return  # a waiter on this worker already ran it (see _executor.FutureCore._help)
     if halt.cancel:
         fut.cancel()
     if fut.set_running_or_notify_cancel():
         fut.set_exception(BrokenThreadPool(halt.broken or _BROKEN_MESSAGE))
+
+
+class _Spared:
+    """The calls ``shutdown(cancel_futures=True)`` lets run (see ``Executor.shutdown``):
+    ``calls`` by future, and ``threads``: workers that took calls from their queue but
+    had not started on them, which run the first call they meet."""
+
+    __slots__ = ("calls", "lock", "threads")
+
+    def __init__(self) -> None:
+        self.calls: set[Any] = set()
+        self.threads: set[int] = set()
+        self.lock = threading.Lock()
+
+    def started(self, ident: int) -> None:
+        """Worker ``ident`` starts a list of calls before the cancel flag is up: it runs
+        its first call as usual, so it gets no spared call of its own."""
+        with self.lock:
+            self.threads.discard(ident)
+
+    def take(self, fut: Any) -> bool:
+        """True if the calling worker is to run ``fut`` rather than cancel it."""
+        with self.lock:
+            if fut in self.calls:
+                self.calls.discard(fut)
+                return True
+            me = threading.get_ident()
+            if me in self.threads:
+                self.threads.discard(me)
+                return True
+        return False
+
+
+def _run_spared(fut: Any) -> None:
+    """Run a call shutdown(cancel_futures=True) let through (see Executor.shutdown), as
+    ThreadPoolExecutor's worker runs its work item."""
+    call = take_call(fut)
+    if call is None or not fut.set_running_or_notify_cancel():
+        return
+    fn, args, kwargs = call
+    try:
+        result = fn(*args, **kwargs) if kwargs else fn(*args)
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+    finally:
+        del fn, args, kwargs, call
 
 
 def _cancel_task(task: Any) -> None:
@@ -143,6 +200,8 @@ def _cancel_task(task: Any) -> None:
 
 def _refuse(halt: Halt) -> None:
     """Raise what a submit refused by ``halt``'s executor raises."""
+    if halt.forked:
+        raise fork_error("Executor")
     broken = halt.broken
     if broken is not None:
         raise BrokenThreadPool(broken)
@@ -189,7 +248,20 @@ class Executor(ThreadPoolExecutor):
       on other calls of the same executor can deadlock: avoid it here too.
     * ``map`` makes no future per item (chunks of items, results kept in order); errors,
       timeouts, cancellation and ``buffersize`` behave as documented for
-      ``Executor.map``. ``chunksize`` is ignored, as by ``ThreadPoolExecutor``.
+      ``Executor.map``. ``chunksize`` is ignored, as by ``ThreadPoolExecutor``. The
+      iterator keeps no reference to a result it has handed out.
+
+    ``shutdown(cancel_futures=True)`` cancels every call not started before it returns,
+    except that, as with ``ThreadPoolExecutor`` (whose idle threads have already taken
+    the next call off the queue), a worker not running a call when shutdown starts runs
+    one more: the oldest call it holds. Without that exception a worker that took up to
+    ``TASKS_PER_CALL`` calls at once would leave nothing running (CPython's
+    ``test_cancel_futures`` expects some calls to finish). ``map`` chunks are not spared.
+
+    Fork: a forked child has none of the executor's threads. It exits promptly, can
+    create new executors, and using one made before the fork (``submit``, ``map``,
+    ``shutdown``, waiting on one of its pending futures) raises ``RuntimeError`` naming
+    the Executor and the fork.
 
     Example:
         >>> import shardflow
@@ -211,6 +283,9 @@ class Executor(ThreadPoolExecutor):
     ) -> None:
         if max_workers is None:
             max_workers = _default_workers()
+        elif type(max_workers) is int and max_workers <= 0:
+            # The standard library's message, word for word: code matches on it.
+            raise ValueError("max_workers must be greater than 0")
         check_int("max_workers", max_workers, lo=1, hi=4096)
         check_str("thread_name_prefix", thread_name_prefix, optional=False)
         check_callable("initializer", initializer, optional=True)
@@ -237,16 +312,26 @@ class Executor(ThreadPoolExecutor):
             reuse_batches=False,
             name=name,
         )
+        self._pool._fork_owner = "Executor"  # named by the error a forked child gets
         self._push = halt.push = self._pool.submit
         # An executor dropped without shutdown() lets its workers finish and exit, as
         # ThreadPoolExecutor's do (the handler holds no reference to the executor).
-        weakref.finalize(self, self._pool.close)
-        _register(self._pool)
+        weakref.finalize(self, _close_pool, self._pool)
+        _register(self._pool, halt)
 
     @property
     def max_workers(self) -> int:
         """The number of worker threads."""
         return self._max_workers
+
+    # typeshed declares ThreadPoolExecutor._broken a bool attribute; at run time it is
+    # False or the message, as here.
+    @property
+    def _broken(self) -> str | bool:  # type: ignore[override]
+        """What ``ThreadPoolExecutor._broken`` holds: False, or the message once an
+        initializer failed (code written against the standard class, CPython's own
+        tests among it, polls it)."""
+        return self._halt.broken or False
 
     def _refuse(self) -> None:
         _refuse(self._halt)
@@ -304,7 +389,8 @@ class Executor(ThreadPoolExecutor):
         return _map_results(feeder.chunks, end_time, feeder)
 
     def _submit_chunk(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> Chunk:
-        if self._halt.shutdown or self._halt.broken is not None or _interpreter_shutdown:
+        halt = self._halt
+        if halt.shutdown or halt.broken is not None or halt.forked or _interpreter_shutdown:
             self._refuse()
         chunk = Chunk(fn, args)
         try:
@@ -318,23 +404,67 @@ class Executor(ThreadPoolExecutor):
         """Refuse new calls; with ``cancel_futures`` cancel every call not started; with
         ``wait`` return once every running and queued call is done. Idempotent."""
         pool = self._pool
+        if self._halt.forked:
+            raise fork_error("Executor")
         with self._shutdown_lock:
-            self._halt.set_shutdown(cancel_futures)
             if cancel_futures:
-                # What is still queued is taken back and cancelled here, now; what a
-                # worker already took is cancelled here too where it is listed as
-                # active, else by the worker before it runs anything else.
-                leftovers = pool.shutdown(wait=False, cancel=True)
-                pool._exit_wait = True  # interpreter exit still waits for running calls
+                # Every call not started is cancelled here, now, as documented, with the
+                # standard executor's one exception kept: a worker that is not running a
+                # call when shutdown starts runs one more, the oldest it has (an idle
+                # ThreadPoolExecutor thread has already taken the next call off the queue
+                # and runs it). Such a call is "spared": if it is still queued it is
+                # pushed back, and the worker that meets it runs it (_halted), cancelling
+                # anything else it meets. The spares are chosen before the cancel flag
+                # goes up (workers that run meanwhile are simply busy); what a worker
+                # took but has not listed as active yet it cancels itself, after running
+                # its first call if it is among ``spared.threads``.
+                halt = self._halt
+                sparing = not pool.closed  # the first shutdown: the rings are still open
+                spared = halt.spared or _Spared()
+                halt.spared = spared  # before a worker can meet one of them
+                leftovers = []
+                listed: set[int] = set()
+                if sparing:
+                    active = list(halt.active.items())
+                    for _, tasks in active:
+                        pending = [t for t in list(tasks) if type(t) is not Chunk]
+                        if not any(t.running() for t in pending):
+                            first = next((t for t in pending if not t.done()), None)
+                            if first is not None:
+                                with spared.lock:
+                                    spared.calls.add(first)
+                    listed = {ident for ident, _ in active}
+                runner = pool._runner
+                threads = runner.threads if isinstance(runner, ThreadRunner) else []
+                for i in range(pool.workers):
+                    queued = pool._take_queued(i)
+                    ident = threads[i].ident if i < len(threads) else None
+                    if sparing:
+                        if ident is None or ident in listed:
+                            pass
+                        elif queued and type(queued[0]) is not Chunk:
+                            fut = queued.pop(0)
+                            with spared.lock:
+                                spared.calls.add(fut)
+                            pool.submit(fut)
+                        elif not queued:
+                            # Its queue is empty: it may hold calls it took and has not
+                            # listed yet; it runs the first one it meets.
+                            with spared.lock:
+                                spared.threads.add(ident)
+                    leftovers.extend(queued)
+                halt.set_shutdown(True)
+                pool.close()  # a call submitted meanwhile is cancelled by its worker
                 for task in leftovers:
                     _cancel_task(task)
-                for tasks in list(self._halt.active.values()):
+                for tasks in list(halt.active.values()):
                     for task in list(tasks):
                         if type(task) is Chunk:
                             task.cancelled = True
-                        else:
+                        elif task not in spared.calls:
                             task.cancel()
             else:
+                self._halt.set_shutdown(False)
                 pool.close()
         if wait:
             pool.join()
@@ -392,7 +522,10 @@ def _map_results(
             ran, finished = chunk.wait_for(0, end_time)
             if finished and feeder is None and chunk.errors is None and ran == chunk.count:
                 chunks.popleft()
-                yield from chunk.results  # the common case: the whole chunk is there
+                # The common case: the whole chunk is there. drain() lets go of each
+                # result as it is handed out (bpo-14406: a consumer that drops a large
+                # result frees it), as take() does below.
+                yield from chunk.drain()
                 continue
             for i in range(chunk.count):
                 if i >= ran and not finished:
@@ -413,7 +546,7 @@ def _map_results(
                         raise exc
                     finally:
                         del exc
-                yield chunk.results[i]
+                yield chunk.take(i)
             chunks.popleft()
     finally:
         for chunk in chunks:
@@ -425,12 +558,39 @@ def _map_results(
 # ------------------------------------------------------------------ interpreter exit
 
 _pools: weakref.WeakSet[ShardedPool[Any]] = weakref.WeakSet()
+#: Each live executor's Halt, for the fork hook. Weak: a Halt lives as long as its
+#: executor or its pool's workers, whichever goes last.
+_halts: weakref.WeakSet[Halt] = weakref.WeakSet()
 _pools_lock = threading.Lock()
 
 
-def _register(pool: ShardedPool[Any]) -> None:
+def _register(pool: ShardedPool[Any], halt: Halt) -> None:
     with _pools_lock:
         _pools.add(pool)
+        _halts.add(halt)
+
+
+def _close_pool(pool: ShardedPool[Any]) -> None:
+    """The finalizer of an executor dropped without shutdown(): let its workers finish.
+    It also runs at interpreter exit, where a forked child has nothing to close."""
+    try:
+        pool._check_fork()
+    except RuntimeError:
+        return
+    pool.close()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child only the forking thread exists: executors made before the fork
+    have no workers here. Mark them, so that using one raises (``fork_error``) and that
+    interpreter exit does not wait for workers that will never report (issue 11: the
+    child hung in ``_python_exit``)."""
+    global _pools_lock
+    _pools_lock = threading.Lock()  # may have been held by another thread at fork time
+    for pool in list(_pools):
+        pool._mark_forked()  # ShardedPool's own hook does it too; idempotent
+    for halt in list(_halts):
+        halt.set_forked()
 
 
 def _python_exit() -> None:
@@ -442,13 +602,15 @@ def _python_exit() -> None:
     set_interpreter_exiting()
     with _pools_lock:
         pools = list(_pools)
+    live = []
     for pool in pools:
         try:
             pool._check_fork()
         except RuntimeError:
-            continue
+            continue  # made before fork(): its workers are not in this process
         pool._close()
-    for pool in pools:
+        live.append(pool)
+    for pool in live:
         if pool._exit_wait:
             pool._wait_workers(None)
 
@@ -458,6 +620,8 @@ def _python_exit() -> None:
 _register_atexit: Callable[[Callable[[], None]], None] | None = getattr(
     threading, "_register_atexit", None
 )
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 if _register_atexit is not None:
     _register_atexit(_python_exit)
 else:  # pragma: no cover - every supported CPython has it

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, Literal, TypeVar, cast
 
-from shardflow import _aio
+from shardflow import _aio, _fork
 from shardflow._stage import DeadLetter, Stage
 from shardflow._validate import (
     check_bool,
@@ -245,6 +245,7 @@ class Pipeline(Generic[T]):
         self.name = name or "Pipeline"
         self._stages: list[Stage] = []
         self._started = False
+        self._fork_gen = _fork.generation  # fork detection (see _fork); set again by _begin
         self._has_sink = False
         #: The report of the finished run (also after iteration); None before.
         self.report: PipelineReport | None = None
@@ -659,9 +660,11 @@ class Pipeline(Generic[T]):
     # ------------------------------------------------------------------ internals
 
     def _begin(self, final: Callable[[list[Any]], object]) -> None:
+        self._check_fork()
         if self._started:
             raise RuntimeError(f"{self.name}: a pipeline runs once; build a new one")
         self._started = True
+        self._fork_gen = _fork.generation
         self._t0 = time.perf_counter()
         stages = self._stages
         # The tail takes plain values: the sink, and with ordered=True a batch() right
@@ -696,6 +699,7 @@ class Pipeline(Generic[T]):
                 unit,
             )
             assert s.pool is not None
+            s.pool._fork_owner = "Pipeline"  # named by the error a forked child gets
             emit = s.pool.submit_many
             if s.key is not None and not fail_fast:
                 # continue: an item whose key function raises is this stage's error.
@@ -974,13 +978,21 @@ class Pipeline(Generic[T]):
 
     def _next_batch(self, chan: queue.Queue[Any]) -> Any:
         """The next list of results, or _END; waits in slices (Ctrl-C works, an abort
-        ends the wait)."""
+        ends the wait). In a forked child the stages and the feeder thread of a pipeline
+        started before the fork do not exist: that raises rather than waits forever."""
+        self._check_fork()
         while True:
             try:
                 return chan.get(timeout=POLL)
             except queue.Empty:
                 if self._aborted:
                     return _END
+
+    def _check_fork(self) -> None:
+        """Raise ``RuntimeError`` when this pipeline was started in a parent process
+        before ``fork()`` (one built but not started runs in the child as usual)."""
+        if self._started and self._fork_gen != _fork.generation:
+            raise _fork.fork_error("Pipeline")
 
     def _close_channel(self) -> None:
         self._feeder.join()

@@ -252,6 +252,9 @@ class ShardedPool(PoolCore, Generic[T]):
         self._lifecycle = threading.Lock()
         self._closed = False
         self._exit_wait = True
+        #: What the fork error calls this pool: the object the user holds (a
+        #: BatchProcessor, Executor or Pipeline built on it says so).
+        self._fork_owner = "ShardedPool"
         with _live_lock:
             _live.add(self)
         self._start_workers()

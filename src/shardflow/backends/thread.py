@@ -14,14 +14,21 @@ from typing import ClassVar
 
 from shardflow.backends.base import Backend, ShardRunner
 
-__all__ = ["ThreadBackend"]
+__all__ = ["ThreadBackend", "ThreadRunner"]
 
 
-class _ThreadRunner(ShardRunner):
+class ThreadRunner(ShardRunner):
+    """The thread backend's runner: one daemon thread per shard (``threads``)."""
+
     def __init__(self, pool_name: str, workers: int) -> None:
         self._pool_name = pool_name
         self._workers = workers
         self._threads: list[threading.Thread] = []
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The shard threads, in shard order (empty once joined)."""
+        return self._threads
 
     def start(
         self,
@@ -46,6 +53,7 @@ class _ThreadRunner(ShardRunner):
         # exit, so these joins are short.
         for t in self._threads:
             t.join()
+        self._threads = []  # finished: keep no Thread objects alive
 
     def after_fork_in_child(self) -> None:
         # Only the forking thread exists in the child: there is nothing to join.
@@ -72,4 +80,4 @@ class ThreadBackend(Backend):
     name: ClassVar[str] = "thread"
 
     def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
-        return _ThreadRunner(pool_name, workers)
+        return ThreadRunner(pool_name, workers)

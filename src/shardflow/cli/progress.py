@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from shardflow import _fork
 from shardflow._validate import check_choice, check_int, check_seconds
 from shardflow.metrics import PoolMetrics
 
@@ -161,6 +162,7 @@ class Progress:
         self.interval = interval if interval is not None else (0.1 if self._tty else 1.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._fork_gen = _fork.generation  # the display thread's process (see _fork)
         self._t0 = 0.0
         self._rich: Any = None
         self._task: Any = None
@@ -170,9 +172,12 @@ class Progress:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Progress:
-        """Start the display thread (idempotent); returns self."""
+        """Start the display thread (idempotent); returns self. A display started before
+        ``fork()`` raises ``RuntimeError`` in the child (its thread is not there)."""
+        self._check_fork()
         if self._thread is not None:
             return self
+        self._fork_gen = _fork.generation
         self._t0 = time.monotonic()
         if self.style == "rich":
             self._start_rich()
@@ -182,6 +187,7 @@ class Progress:
 
     def stop(self) -> None:
         """Stop the thread, draw the final state and end the line (idempotent)."""
+        self._check_fork()
         if self._thread is None or self._stop.is_set():
             return
         self._stop.set()
@@ -189,6 +195,10 @@ class Progress:
         self._draw(final=True)
         if self._rich is not None:
             self._rich.stop()
+
+    def _check_fork(self) -> None:
+        if self._thread is not None and self._fork_gen != _fork.generation:
+            raise _fork.fork_error("Progress display")
 
     def __enter__(self) -> Progress:
         return self.start()

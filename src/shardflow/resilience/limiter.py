@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,6 +27,10 @@ __all__ = ["Limiter", "LimiterMetrics"]
 # asyncio slow path: poll try_acquire with exponential backoff from 50 µs up to 2 ms.
 _ASYNC_BACKOFF_START = 50e-6
 _ASYNC_BACKOFF_MAX = 2e-3
+
+# Every live limiter, for the fork hook below.
+_live: weakref.WeakSet[Limiter] = weakref.WeakSet()
+_live_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class Limiter(LimiterCore):
     polling keeps release one CAS). Consequently async waiters are not FIFO among
     themselves even with ``fair=True``, though they never barge past queued threads.
 
+    Fork: the permits are per process. A limiter made before ``fork()`` raises
+    ``RuntimeError`` when used in the child (the parent's holders and waiters are not
+    there, so a wait could never end); make a new one in the child.
+
     Args:
         concurrency: permits (>= 1).
         fair: serve blocked threads first-come first-served.
@@ -88,6 +99,8 @@ class Limiter(LimiterCore):
         if not isinstance(fair, bool):
             raise TypeError(f"fair must be a bool, got {fair!r} ({type(fair).__name__})")
         self._core_init(concurrency, fair)
+        with _live_lock:
+            _live.add(self)
 
     async def aacquire(self, timeout: float | None = None) -> bool:
         """Take a permit from a coroutine, waiting up to ``timeout`` seconds (None: no
@@ -163,3 +176,16 @@ class Limiter(LimiterCore):
             f"<Limiter concurrency={self.concurrency} in_use={self.in_use}"
             f"{' fair' if self.fair else ''}>"
         )
+
+
+def _after_fork_in_child() -> None:
+    # Only this thread exists in the child: the parent's permit holders and waiters are
+    # gone, so an inherited limiter refuses to be used (RuntimeError) rather than wait.
+    for limiter in list(_live):
+        limiter._mark_forked()
+    global _live_lock
+    _live_lock = threading.Lock()  # may have been held by another thread at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
