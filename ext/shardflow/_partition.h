@@ -1,0 +1,255 @@
+/* sf_partition: split the rows of a columnar batch by key hash into per-shard runs.
+ *
+ * What it does. Given a key column (n rows) and a shard count, every row gets a shard id
+ * (a 64-bit mix of the key, reduced to [0, nshards)), and the rows of every column are
+ * moved so that each shard's rows form one contiguous run, shards in order, rows of one
+ * shard in their source order. The output of a column is ONE buffer the size of its
+ * input; shard s owns rows [offsets[s], offsets[s+1]), so a shard's batch is a slice of it
+ * (zero copy), and nothing is allocated per shard or per row.
+ *
+ * Why this algorithm: a counting sort (one radix digit of 16 bits at most), i.e. the
+ * partition pass of a radix sort over contiguous memory:
+ *
+ *   1. hash pass     read the keys once; write a 16-bit shard id per row, then count rows
+ *                    per shard (the histogram);
+ *   2. prefix sums   offsets[s] = rows of shards < s (nshards + 1 entries);
+ *   3. scatter pass  per column: walk the rows in source order, copy row i to
+ *                    cursor[id[i]]++ in the output (or write i there, for a row order).
+ *
+ * A comparison sort (np.argsort) costs O(n log n) compares and a gather afterwards; the
+ * counting sort is O(n + nshards), touches every input byte once and writes every output
+ * byte once, as nshards sequential write streams (a few per cache line of cursors, all
+ * in L1). Walking rows in ascending order and bumping a per-shard cursor is what makes it
+ * STABLE: rows of one shard (hence of one key) keep their source order.
+ *
+ * Hash. Integer keys are widened to 64 bits by value (int32 5 and int64 5 route alike;
+ * an unsigned key routes as the signed key of the same bit pattern) and mixed with the
+ * splitmix64 finalizer (Stafford's mix 13), which spreads sequential and strided keys
+ * evenly; fixed-width bytes keys (numpy 'S') are hashed without their trailing NUL
+ * padding, word by word through the same finalizer, so a key routes alike whatever the
+ * column's width. The shard is the high 32 bits of the hash times nshards, shifted down
+ * 32 (Lemire's multiply-shift: no division, and it uses the best-mixed bits).
+ *
+ * Threads. Pure functions of their arguments: no globals, no atomics, no allocation; the
+ * caller (the Cython module) releases the GIL around every call and keeps the buffers
+ * alive. Bounds: nshards <= SF_PART_MAX_SHARDS (ids are uint16); counts are uint64.
+ */
+#ifndef SF_PARTITION_H
+#define SF_PARTITION_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define SF_PART_MAX_SHARDS 65536u
+
+/* splitmix64's finalizer: a bijection on 64 bits whose every output bit depends on every
+ * input bit. */
+static inline uint64_t sf_part_mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+/* [0, nshards) from a mixed hash: the high 32 bits times nshards, shifted down 32. */
+static inline uint32_t sf_part_reduce(uint64_t h, uint32_t nshards) {
+    return (uint32_t)(((h >> 32) * (uint64_t)nshards) >> 32);
+}
+
+/* The hash of a byte string (trailing NULs excluded by the caller): 8-byte little-endian
+ * words folded through the finalizer, the length mixed in first. */
+static inline uint64_t sf_part_hash_bytes(const unsigned char *p, size_t len) {
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)len;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w = 0;
+        for (int b = 0; b < 8; b++) w |= (uint64_t)p[i + b] << (8 * b);
+        h = sf_part_mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+    }
+    if (i < len) {
+        uint64_t w = 0;
+        for (int b = 0; i + b < len; b++) w |= (uint64_t)p[i + b] << (8 * b);
+        h = sf_part_mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+    }
+    return h;
+}
+
+/* Key kinds the hash pass reads (values of sf_part_hash's `kind`). */
+enum {
+    SF_PART_I8 = 1, SF_PART_I16, SF_PART_I32, SF_PART_I64,
+    SF_PART_U8, SF_PART_U16, SF_PART_U32, SF_PART_U64,
+    SF_PART_BYTES
+};
+
+/* Loads of one key at any alignment (memcpy: no unaligned access, one move once inlined). */
+#define SF_PART_DEFINE_LOAD(NAME, T) \
+    static inline T NAME(const char *p) { T v; memcpy(&v, p, sizeof v); return v; }
+SF_PART_DEFINE_LOAD(sf_part_ld_i8, int8_t)
+SF_PART_DEFINE_LOAD(sf_part_ld_i16, int16_t)
+SF_PART_DEFINE_LOAD(sf_part_ld_i32, int32_t)
+SF_PART_DEFINE_LOAD(sf_part_ld_u8, uint8_t)
+SF_PART_DEFINE_LOAD(sf_part_ld_u16, uint16_t)
+SF_PART_DEFINE_LOAD(sf_part_ld_u32, uint32_t)
+SF_PART_DEFINE_LOAD(sf_part_ld_u64, uint64_t)
+#undef SF_PART_DEFINE_LOAD
+
+/* The hash pass: ids[i] = shard of key i (for i < n). Keys start at `base`, `stride` bytes apart
+ * (a strided column, e.g. a field of a structured array, needs no copy); `width` is the
+ * item size for SF_PART_BYTES. Returns 0, or -1 for an unknown kind. */
+static int sf_part_hash(const char *base, ptrdiff_t stride, size_t n, int kind, size_t width,
+                        uint32_t nshards, uint16_t *ids) {
+    size_t i;
+#define SF_PART_LOOP(EXPR)                                                  \
+    for (i = 0; i < n; i++) {                                               \
+        const char *p_ = base + (ptrdiff_t)i * stride;                      \
+        uint32_t s_ = sf_part_reduce(sf_part_mix64((uint64_t)(EXPR)), nshards); \
+        ids[i] = (uint16_t)s_;                                              \
+    }
+    switch (kind) {
+    case SF_PART_I64:
+    case SF_PART_U64:
+        if (stride == 8) {
+            /* the hot path: contiguous 64-bit keys */
+            for (i = 0; i < n; i++) {
+                uint64_t k;
+                memcpy(&k, base + 8 * i, 8);
+                ids[i] = (uint16_t)sf_part_reduce(sf_part_mix64(k), nshards);
+            }
+        } else {
+            SF_PART_LOOP(sf_part_ld_u64(p_))
+        }
+        break;
+    case SF_PART_I32: SF_PART_LOOP((int64_t)sf_part_ld_i32(p_)) break;
+    case SF_PART_I16: SF_PART_LOOP((int64_t)sf_part_ld_i16(p_)) break;
+    case SF_PART_I8: SF_PART_LOOP((int64_t)sf_part_ld_i8(p_)) break;
+    case SF_PART_U32: SF_PART_LOOP(sf_part_ld_u32(p_)) break;
+    case SF_PART_U16: SF_PART_LOOP(sf_part_ld_u16(p_)) break;
+    case SF_PART_U8: SF_PART_LOOP(sf_part_ld_u8(p_)) break;
+    case SF_PART_BYTES:
+        for (i = 0; i < n; i++) {
+            const unsigned char *p = (const unsigned char *)(base + (ptrdiff_t)i * stride);
+            size_t len = width;
+            while (len > 0 && p[len - 1] == 0) len--;
+            uint32_t s = sf_part_reduce(sf_part_mix64(sf_part_hash_bytes(p, len)), nshards);
+            ids[i] = (uint16_t)s;
+        }
+        break;
+    default:
+        return -1;
+    }
+#undef SF_PART_LOOP
+    return 0;
+}
+
+/* Segments. Bumping counts[id] / cursor[id] for consecutive rows of the same shard is a
+ * chain of dependent load-add-stores through one memory word (store-to-load forwarding,
+ * ~5 cycles a row): with 2 shards most rows wait on the previous one. So the count and
+ * scatter passes split the rows into `nseg` equal segments (the last takes the remainder)
+ * and walk them in lock-step, row i of every segment in one iteration, each segment with
+ * its own counts and cursors: nseg independent chains. Segment j's cursor for shard s
+ * starts after the rows of s in segments < j, so the output is still stable. */
+#define SF_PART_SEGS 4
+
+/* How many segments to use: 4 when the per-segment tables stay small and the rows are
+ * many, else 1 (with many shards consecutive rows rarely share a shard anyway). */
+static inline uint32_t sf_part_nseg(size_t n, uint32_t nshards) {
+    return (n >= 1024 && nshards <= 4096) ? SF_PART_SEGS : 1;
+}
+
+/* Rows per shard and segment: counts[j * nshards + s] (nseg * nshards entries, zeroed by
+ * the caller). */
+static void sf_part_count(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
+                          uint64_t *counts) {
+    size_t len = n / nseg, i;
+    if (nseg == SF_PART_SEGS) {
+        uint64_t *c0 = counts, *c1 = counts + nshards, *c2 = counts + 2 * (size_t)nshards,
+                 *c3 = counts + 3 * (size_t)nshards;
+        const uint16_t *i0 = ids, *i1 = ids + len, *i2 = ids + 2 * len, *i3 = ids + 3 * len;
+        for (i = 0; i < len; i++) {
+            c0[i0[i]]++;
+            c1[i1[i]]++;
+            c2[i2[i]]++;
+            c3[i3[i]]++;
+        }
+        for (i = 4 * len; i < n; i++) c3[ids[i]]++;
+    } else {
+        for (i = 0; i < n; i++) counts[ids[i]]++;
+    }
+}
+
+/* offsets[s] = rows of shards < s (nshards + 1 entries, offsets[nshards] = n); and
+ * starts[j * nshards + s] = offsets[s] + rows of shard s in segments < j. */
+static void sf_part_offsets(const uint64_t *counts, uint32_t nshards, uint32_t nseg,
+                            uint64_t *offsets, uint64_t *starts) {
+    uint64_t acc = 0;
+    for (uint32_t s = 0; s < nshards; s++) {
+        offsets[s] = acc;
+        for (uint32_t j = 0; j < nseg; j++) {
+            starts[(size_t)j * nshards + s] = acc;
+            acc += counts[(size_t)j * nshards + s];
+        }
+    }
+    offsets[nshards] = acc;
+}
+
+/* The scatter pass for one column of `width`-byte rows: dst row cursor[ids[i]]++ = src
+ * row i, segment by segment in lock-step, cursors (scratch of nseg * nshards entries)
+ * starting at `starts`. src and dst must not overlap. */
+static void sf_part_scatter(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
+                            const uint64_t *starts, uint64_t *cursor, const char *src,
+                            char *dst, size_t width) {
+    size_t len = n / nseg, i;
+    memcpy(cursor, starts, (size_t)nseg * nshards * sizeof *cursor);
+#define SF_PART_MOVE(C, I, W) \
+    do { uint64_t d_ = (C)[ids[I]]++; memcpy(dst + d_ * (W), src + (I) * (W), (W)); } while (0)
+#define SF_PART_SCATTER(W)                                                   \
+    if (nseg == SF_PART_SEGS) {                                              \
+        uint64_t *c0 = cursor, *c1 = cursor + nshards,                       \
+                 *c2 = cursor + 2 * (size_t)nshards, *c3 = cursor + 3 * (size_t)nshards; \
+        for (i = 0; i < len; i++) {                                          \
+            SF_PART_MOVE(c0, i, W);                                          \
+            SF_PART_MOVE(c1, i + len, W);                                    \
+            SF_PART_MOVE(c2, i + 2 * len, W);                                \
+            SF_PART_MOVE(c3, i + 3 * len, W);                                \
+        }                                                                    \
+        for (i = 4 * len; i < n; i++) SF_PART_MOVE(c3, i, W);                \
+    } else {                                                                 \
+        for (i = 0; i < n; i++) SF_PART_MOVE(cursor, i, W);                  \
+    }
+    switch (width) {
+    case 1: SF_PART_SCATTER(1) break;
+    case 2: SF_PART_SCATTER(2) break;
+    case 4: SF_PART_SCATTER(4) break;
+    case 8: SF_PART_SCATTER(8) break;
+    case 16: SF_PART_SCATTER(16) break;
+    default: SF_PART_SCATTER(width) break;
+    }
+#undef SF_PART_SCATTER
+#undef SF_PART_MOVE
+}
+
+/* The row order: order[cursor[ids[i]]++] = i, so that order[offsets[s]:offsets[s+1]] are
+ * shard s's source rows, ascending (a gather by `order` equals sf_part_scatter). */
+static void sf_part_order(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
+                          const uint64_t *starts, uint64_t *cursor, int64_t *order) {
+    size_t len = n / nseg, i;
+    memcpy(cursor, starts, (size_t)nseg * nshards * sizeof *cursor);
+    if (nseg == SF_PART_SEGS) {
+        uint64_t *c0 = cursor, *c1 = cursor + nshards, *c2 = cursor + 2 * (size_t)nshards,
+                 *c3 = cursor + 3 * (size_t)nshards;
+        for (i = 0; i < len; i++) {
+            order[c0[ids[i]]++] = (int64_t)i;
+            order[c1[ids[i + len]]++] = (int64_t)(i + len);
+            order[c2[ids[i + 2 * len]]++] = (int64_t)(i + 2 * len);
+            order[c3[ids[i + 3 * len]]++] = (int64_t)(i + 3 * len);
+        }
+        for (i = 4 * len; i < n; i++) order[c3[ids[i]]++] = (int64_t)i;
+    } else {
+        for (i = 0; i < n; i++) order[cursor[ids[i]]++] = (int64_t)i;
+    }
+}
+
+#endif /* SF_PARTITION_H */
