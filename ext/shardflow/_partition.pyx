@@ -242,21 +242,19 @@ def partition(keys, nshards, columns=(), outs=None, order=False):
     cdef uint64_t *offsets
     cdef int64_t *order_p = NULL
 
-    if isinstance(columns, (bytes, bytearray, memoryview, str)) or not hasattr(
+    if PyObject_CheckBuffer(columns) or isinstance(columns, str) or not hasattr(
         columns, "__len__"
     ):
         raise TypeError(
             "columns must be a sequence (list or tuple) of buffers, got "
-            f"{type(columns).__name__}"
+            f"{type(columns).__name__} (wrap a single column in a list)"
         )
     columns = list(columns)
     ncols = len(columns)
     if outs is None:
         outs = [None] * ncols
     else:
-        if isinstance(outs, (bytes, bytearray, memoryview, str)) or not hasattr(
-            outs, "__len__"
-        ):
+        if PyObject_CheckBuffer(outs) or isinstance(outs, str) or not hasattr(outs, "__len__"):
             raise TypeError(
                 f"outs must be None or a sequence of buffers, got {type(outs).__name__}"
             )
