@@ -149,7 +149,7 @@ def test_no_numpy_needed_array_array_and_bytes_work() -> None:
 
 
 @pytest.mark.parametrize("nshards", [1, 2, 4, 8, 16, 4096, 4097, MAX_SHARDS])
-@pytest.mark.parametrize("rows", [0, 1, 5, 1023, 1024, 1027, 20_011])
+@pytest.mark.parametrize("rows", [0, 1, 5, 1023, 1024, 1027, 20_011, 4 * 2 * 8192 + 7])
 def test_partition_is_exact_and_stable(rows: int, nshards: int) -> None:
     rng = np.random.default_rng(rows * 31 + nshards)
     keys = rng.integers(-40, 40, rows, dtype=np.int64)  # many repeats: order matters

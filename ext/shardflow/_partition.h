@@ -5,7 +5,7 @@
  * moved so that each shard's rows form one contiguous run, shards in order, rows of one
  * shard in their source order. The output of a column is ONE buffer the size of its
  * input; shard s owns rows [offsets[s], offsets[s+1]), so a shard's batch is a slice of it
- * (zero copy), and nothing is allocated per shard or per row.
+ * (zero copy). Scratch: a 16-bit shard id per row and small per-shard tables.
  *
  * Why this algorithm: a counting sort (one radix digit of 16 bits at most), i.e. the
  * partition pass of a radix sort over contiguous memory:
@@ -13,13 +13,12 @@
  *   1. hash pass     read the keys once; write a 16-bit shard id per row, then count rows
  *                    per shard (the histogram);
  *   2. prefix sums   offsets[s] = rows of shards < s (nshards + 1 entries);
- *   3. scatter pass  per column: walk the rows in source order, copy row i to
- *                    cursor[id[i]]++ in the output (or write i there, for a row order).
+ *   3. scatter pass  walk the rows in source order, row i goes to cursor[id[i]]++ in
+ *                    every column's output (and i there in the row order, if asked).
  *
  * A comparison sort (np.argsort) costs O(n log n) compares and a gather afterwards; the
  * counting sort is O(n + nshards), touches every input byte once and writes every output
- * byte once, as nshards sequential write streams (a few per cache line of cursors, all
- * in L1). Walking rows in ascending order and bumping a per-shard cursor is what makes it
+ * byte once, as nshards sequential write streams at a time (the cursors stay in L1). Walking rows in ascending order and bumping a per-shard cursor is what makes it
  * STABLE: rows of one shard (hence of one key) keep their source order.
  *
  * Hash. Integer keys are widened to 64 bits by value (int32 5 and int64 5 route alike;
@@ -195,60 +194,82 @@ static void sf_part_offsets(const uint64_t *counts, uint32_t nshards, uint32_t n
     offsets[nshards] = acc;
 }
 
-/* The scatter pass for one column of `width`-byte rows: dst row cursor[ids[i]]++ = src
- * row i, segment by segment in lock-step, cursors (scratch of nseg * nshards entries)
- * starting at `starts`. src and dst must not overlap. */
-static void sf_part_scatter(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
-                            const uint64_t *starts, uint64_t *cursor, const char *src,
-                            char *dst, size_t width) {
-    size_t len = n / nseg, i;
-    memcpy(cursor, starts, (size_t)nseg * nshards * sizeof *cursor);
-#define SF_PART_MOVE(C, I, W) \
-    do { uint64_t d_ = (C)[ids[I]]++; memcpy(dst + d_ * (W), src + (I) * (W), (W)); } while (0)
-#define SF_PART_SCATTER(W)                                                   \
-    if (nseg == SF_PART_SEGS) {                                              \
-        uint64_t *c0 = cursor, *c1 = cursor + nshards,                       \
-                 *c2 = cursor + 2 * (size_t)nshards, *c3 = cursor + 3 * (size_t)nshards; \
-        for (i = 0; i < len; i++) {                                          \
-            SF_PART_MOVE(c0, i, W);                                          \
-            SF_PART_MOVE(c1, i + len, W);                                    \
-            SF_PART_MOVE(c2, i + 2 * len, W);                                \
-            SF_PART_MOVE(c3, i + 3 * len, W);                                \
-        }                                                                    \
-        for (i = 4 * len; i < n; i++) SF_PART_MOVE(c3, i, W);                \
-    } else {                                                                 \
-        for (i = 0; i < n; i++) SF_PART_MOVE(cursor, i, W);                  \
-    }
+/* Rows per segment in one block of the scatter pass: its destinations (nseg * 8 bytes a
+ * row, 256 KiB) stay in L2. 8192 measured fastest of 512, 2048 and 8192 (10M rows). */
+#ifndef SF_PART_BLOCK
+#define SF_PART_BLOCK 8192
+#endif
+
+/* Copy rows r0 .. r0 + m - 1 of a column of `width`-byte rows to their destinations. */
+static inline void sf_part_move(const uint64_t *dest, size_t m, size_t r0, const char *src,
+                                char *dst, size_t width) {
+    size_t q;
+    src += r0 * width;
+#define SF_PART_MOVE(W) \
+    for (q = 0; q < m; q++) memcpy(dst + dest[q] * (W), src + q * (W), (W));
     switch (width) {
-    case 1: SF_PART_SCATTER(1) break;
-    case 2: SF_PART_SCATTER(2) break;
-    case 4: SF_PART_SCATTER(4) break;
-    case 8: SF_PART_SCATTER(8) break;
-    case 16: SF_PART_SCATTER(16) break;
-    default: SF_PART_SCATTER(width) break;
+    case 1: SF_PART_MOVE(1) break;
+    case 2: SF_PART_MOVE(2) break;
+    case 4: SF_PART_MOVE(4) break;
+    case 8: SF_PART_MOVE(8) break;
+    case 16: SF_PART_MOVE(16) break;
+    default: SF_PART_MOVE(width) break;
     }
-#undef SF_PART_SCATTER
 #undef SF_PART_MOVE
 }
 
-/* The row order: order[cursor[ids[i]]++] = i, so that order[offsets[s]:offsets[s+1]] are
- * shard s's source rows, ascending (a gather by `order` equals sf_part_scatter). */
-static void sf_part_order(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
-                          const uint64_t *starts, uint64_t *cursor, int64_t *order) {
-    size_t len = n / nseg, i;
+/* The scatter pass, blocked: for a block of rows of every segment (lock-step), first the
+ * destination of every row, dest = cursor[ids[i]]++ (the only serial part, nseg chains),
+ * into a small buffer; then every column's rows of the block are copied to their
+ * destinations (no dependency between rows), and the row order written if asked.
+ * Destinations are computed once for all columns, and each copy loop writes to nshards
+ * sequential streams only.
+ *
+ * ncols columns: srcs[c] -> dsts[c], widths[c] bytes a row, src and dst not overlapping;
+ * order (NULL or n entries): order[dest of row i] = i. cursor: nseg * nshards scratch;
+ * dest: nseg * SF_PART_BLOCK scratch. */
+static void sf_part_scatter(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
+                            const uint64_t *starts, uint64_t *cursor, uint64_t *dest,
+                            size_t ncols, const char *const *srcs, char *const *dsts,
+                            const size_t *widths, int64_t *order) {
+    size_t len = n / nseg, p0, m, q, c;
+    uint32_t j;
     memcpy(cursor, starts, (size_t)nseg * nshards * sizeof *cursor);
-    if (nseg == SF_PART_SEGS) {
-        uint64_t *c0 = cursor, *c1 = cursor + nshards, *c2 = cursor + 2 * (size_t)nshards,
-                 *c3 = cursor + 3 * (size_t)nshards;
-        for (i = 0; i < len; i++) {
-            order[c0[ids[i]]++] = (int64_t)i;
-            order[c1[ids[i + len]]++] = (int64_t)(i + len);
-            order[c2[ids[i + 2 * len]]++] = (int64_t)(i + 2 * len);
-            order[c3[ids[i + 3 * len]]++] = (int64_t)(i + 3 * len);
+    for (p0 = 0; p0 < len; p0 += m) {
+        m = len - p0 < SF_PART_BLOCK ? len - p0 : SF_PART_BLOCK;
+        if (nseg == SF_PART_SEGS) {
+            uint64_t *c0 = cursor, *c1 = cursor + nshards, *c2 = cursor + 2 * (size_t)nshards,
+                     *c3 = cursor + 3 * (size_t)nshards;
+            const uint16_t *i0 = ids + p0, *i1 = i0 + len, *i2 = i1 + len, *i3 = i2 + len;
+            uint64_t *d0 = dest, *d1 = dest + SF_PART_BLOCK, *d2 = d1 + SF_PART_BLOCK,
+                     *d3 = d2 + SF_PART_BLOCK;
+            for (q = 0; q < m; q++) {
+                d0[q] = c0[i0[q]]++;
+                d1[q] = c1[i1[q]]++;
+                d2[q] = c2[i2[q]]++;
+                d3[q] = c3[i3[q]]++;
+            }
+        } else {
+            for (q = 0; q < m; q++) dest[q] = cursor[ids[p0 + q]]++;
         }
-        for (i = 4 * len; i < n; i++) order[c3[ids[i]]++] = (int64_t)i;
-    } else {
-        for (i = 0; i < n; i++) order[cursor[ids[i]]++] = (int64_t)i;
+        for (j = 0; j < nseg; j++) {
+            const uint64_t *dj = dest + (size_t)j * SF_PART_BLOCK;
+            size_t r0 = (size_t)j * len + p0;
+            for (c = 0; c < ncols; c++) sf_part_move(dj, m, r0, srcs[c], dsts[c], widths[c]);
+            if (order)
+                for (q = 0; q < m; q++) order[dj[q]] = (int64_t)(r0 + q);
+        }
+    }
+    /* the remainder rows of the last segment (nseg > 1 only), in source order */
+    if (nseg > 1) {
+        uint64_t *cl = cursor + (size_t)(nseg - 1) * nshards;
+        for (p0 = nseg * len; p0 < n; p0 += m) {
+            m = n - p0 < SF_PART_BLOCK ? n - p0 : SF_PART_BLOCK;
+            for (q = 0; q < m; q++) dest[q] = cl[ids[p0 + q]]++;
+            for (c = 0; c < ncols; c++) sf_part_move(dest, m, p0, srcs[c], dsts[c], widths[c]);
+            if (order)
+                for (q = 0; q < m; q++) order[dest[q]] = (int64_t)(p0 + q);
+        }
     }
 }
 

@@ -57,10 +57,10 @@ cdef extern from "shardflow/_partition.h" nogil:
     void sf_part_offsets(const uint64_t *counts, uint32_t nshards, uint32_t nseg,
                          uint64_t *offsets, uint64_t *starts)
     void sf_part_scatter(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
-                         const uint64_t *starts, uint64_t *cursor, const char *src,
-                         char *dst, size_t width)
-    void sf_part_order(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
-                       const uint64_t *starts, uint64_t *cursor, int64_t *order)
+                         const uint64_t *starts, uint64_t *cursor, uint64_t *dest,
+                         size_t ncols, const char *const *srcs, char *const *dsts,
+                         const size_t *widths, int64_t *order)
+    const size_t SF_PART_BLOCK
 
 
 #: The largest shard count (shard ids are 16-bit).
@@ -183,8 +183,16 @@ cdef class _Scratch:
     cdef uint64_t *counts
     cdef uint64_t *starts
     cdef uint64_t *cursor
+    cdef uint64_t *dest
+    cdef const char **srcs
+    cdef char **dsts
+    cdef size_t *widths
 
     def __dealloc__(self):
+        PyMem_RawFree(self.dest)
+        PyMem_RawFree(self.srcs)
+        PyMem_RawFree(self.dsts)
+        PyMem_RawFree(self.widths)
         PyMem_RawFree(self.ids)
         PyMem_RawFree(self.counts)
         PyMem_RawFree(self.starts)
@@ -324,29 +332,28 @@ def partition(keys, nshards, columns=(), outs=None, order=False):
     sc.counts = <uint64_t *>PyMem_RawMalloc(table)
     sc.starts = <uint64_t *>PyMem_RawMalloc(table)
     sc.cursor = <uint64_t *>PyMem_RawMalloc(table)
-    if sc.ids == NULL or sc.counts == NULL or sc.starts == NULL or sc.cursor == NULL:
+    sc.dest = <uint64_t *>PyMem_RawMalloc(nseg * SF_PART_BLOCK * 8)
+    sc.srcs = <const char **>PyMem_RawMalloc(ncols * sizeof(char *) + 1)
+    sc.dsts = <char **>PyMem_RawMalloc(ncols * sizeof(char *) + 1)
+    sc.widths = <size_t *>PyMem_RawMalloc(ncols * sizeof(size_t) + 1)
+    if (sc.ids == NULL or sc.counts == NULL or sc.starts == NULL or sc.cursor == NULL
+            or sc.dest == NULL or sc.srcs == NULL or sc.dsts == NULL or sc.widths == NULL):
         raise MemoryError(f"cannot allocate the shard ids of {n} rows")
+    for c in range(ncols):
+        sc.srcs[c] = <const char *>(<_Buf>srcs[c]).view.buf
+        sc.dsts[c] = <char *>(<_Buf>dsts[c]).view.buf
+        sc.widths[c] = <size_t>(<_Buf>srcs[c]).width
     cdef const char *kbase = <const char *>k.view.buf
     cdef Py_ssize_t kstride = k.view.strides[0]
     cdef size_t kwidth = <size_t>k.view.itemsize
-    cdef const char *sp
-    cdef char *dp
-    cdef size_t w
     with nogil:
         memset(sc.counts, 0, table)
         sf_part_hash(kbase, kstride, n, kind, kwidth, ns, sc.ids)
         sf_part_count(sc.ids, n, ns, nseg, sc.counts)
         sf_part_offsets(sc.counts, ns, nseg, offsets, sc.starts)
-        if order_p != NULL:
-            sf_part_order(sc.ids, n, ns, nseg, sc.starts, sc.cursor, order_p)
-    for c in range(ncols):
-        src = <_Buf>srcs[c]
-        dst = <_Buf>dsts[c]
-        sp = <const char *>src.view.buf
-        dp = <char *>dst.view.buf
-        w = <size_t>src.width
-        with nogil:
-            sf_part_scatter(sc.ids, n, ns, nseg, sc.starts, sc.cursor, sp, dp, w)
+        if ncols > 0 or order_p != NULL:
+            sf_part_scatter(sc.ids, n, ns, nseg, sc.starts, sc.cursor, sc.dest,
+                            <size_t>ncols, sc.srcs, sc.dsts, sc.widths, order_p)
     return offsets_obj, order_obj, result
 
 
