@@ -179,6 +179,36 @@ static void sf_part_count(const uint16_t *ids, size_t n, uint32_t nshards, uint3
     }
 }
 
+/* The hot path of passes 1 and 2 fused: contiguous 64-bit keys hashed and counted in one
+ * walk, the segments in lock-step (the count chains overlap with the hashing). Same
+ * results as sf_part_hash then sf_part_count. */
+static void sf_part_hash_count_u64(const char *base, size_t n, uint32_t nshards, uint32_t nseg,
+                                   uint16_t *ids, uint64_t *counts) {
+    size_t len = n / nseg, i;
+#define SF_PART_HC(C, I)                                                   \
+    do {                                                                   \
+        uint64_t k_;                                                       \
+        memcpy(&k_, base + 8 * (I), 8);                                    \
+        uint32_t s_ = sf_part_reduce(sf_part_mix64(k_), nshards);          \
+        ids[I] = (uint16_t)s_;                                             \
+        (C)[s_]++;                                                         \
+    } while (0)
+    if (nseg == SF_PART_SEGS) {
+        uint64_t *c0 = counts, *c1 = counts + nshards, *c2 = counts + 2 * (size_t)nshards,
+                 *c3 = counts + 3 * (size_t)nshards;
+        for (i = 0; i < len; i++) {
+            SF_PART_HC(c0, i);
+            SF_PART_HC(c1, i + len);
+            SF_PART_HC(c2, i + 2 * len);
+            SF_PART_HC(c3, i + 3 * len);
+        }
+        for (i = 4 * len; i < n; i++) SF_PART_HC(c3, i);
+    } else {
+        for (i = 0; i < n; i++) SF_PART_HC(counts, i);
+    }
+#undef SF_PART_HC
+}
+
 /* offsets[s] = rows of shards < s (nshards + 1 entries, offsets[nshards] = n); and
  * starts[j * nshards + s] = offsets[s] + rows of shard s in segments < j. */
 static void sf_part_offsets(const uint64_t *counts, uint32_t nshards, uint32_t nseg,

@@ -52,6 +52,8 @@ cdef extern from "shardflow/_partition.h" nogil:
     int sf_part_hash(const char *base, Py_ssize_t stride, size_t n, int kind, size_t width,
                      uint32_t nshards, uint16_t *ids)
     uint32_t sf_part_nseg(size_t n, uint32_t nshards)
+    void sf_part_hash_count_u64(const char *base, size_t n, uint32_t nshards, uint32_t nseg,
+                                uint16_t *ids, uint64_t *counts)
     void sf_part_count(const uint16_t *ids, size_t n, uint32_t nshards, uint32_t nseg,
                        uint64_t *counts)
     void sf_part_offsets(const uint64_t *counts, uint32_t nshards, uint32_t nseg,
@@ -348,8 +350,11 @@ def partition(keys, nshards, columns=(), outs=None, order=False):
     cdef size_t kwidth = <size_t>k.view.itemsize
     with nogil:
         memset(sc.counts, 0, table)
-        sf_part_hash(kbase, kstride, n, kind, kwidth, ns, sc.ids)
-        sf_part_count(sc.ids, n, ns, nseg, sc.counts)
+        if (kind == SF_PART_I64 or kind == SF_PART_U64) and kstride == 8:
+            sf_part_hash_count_u64(kbase, n, ns, nseg, sc.ids, sc.counts)
+        else:
+            sf_part_hash(kbase, kstride, n, kind, kwidth, ns, sc.ids)
+            sf_part_count(sc.ids, n, ns, nseg, sc.counts)
         sf_part_offsets(sc.counts, ns, nseg, offsets, sc.starts)
         if ncols > 0 or order_p != NULL:
             sf_part_scatter(sc.ids, n, ns, nseg, sc.starts, sc.cursor, sc.dest,
