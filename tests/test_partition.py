@@ -191,6 +191,14 @@ def test_every_item_width_is_moved_exactly(dtype: Any) -> None:
     check_partition(keys, 6, [col])
 
 
+def test_field_names_with_a_capital_o_are_not_taken_for_objects() -> None:
+    rec = np.zeros(100, dtype=[("Open", "<f8"), ("Obj", "<i4")])
+    rec["Open"] = np.arange(100)
+    check_partition(np.arange(100, dtype=np.int64), 3, [rec])
+    with pytest.raises(TypeError, match=r"columns\[0\] holds Python objects"):
+        _partition.partition(np.arange(2), 2, [np.zeros(2, dtype=[("Open", "O")])])
+
+
 def test_two_dimensional_columns_move_whole_rows() -> None:
     rows = 3000
     col = np.arange(rows * 5, dtype=np.float32).reshape(rows, 5)

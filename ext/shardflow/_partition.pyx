@@ -33,6 +33,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndS
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
+import re
 from operator import index as _index
 from sys import byteorder as _byteorder
 
@@ -69,6 +70,7 @@ cdef extern from "shardflow/_partition.h" nogil:
 MAX_SHARDS = SF_PART_MAX_SHARDS
 
 cdef bint _BIG_ENDIAN = _byteorder == "big"
+_NAMES = re.compile(rb":[^:]*:")
 
 
 cdef class _Buf:
@@ -105,7 +107,8 @@ cdef _Buf _acquire(object obj, str name, bint writable):
     b.held = True
     if b.view.ndim < 1:
         raise ValueError(f"{name} must have at least one dimension (rows), got a scalar")
-    if b.view.format != NULL and b"O" in <bytes>b.view.format:
+    # 'O' is a Python object; field names (between colons, 'T{<d:Open:}') do not count
+    if b.view.format != NULL and b"O" in _NAMES.sub(b"", <bytes>b.view.format):
         raise TypeError(
             f"{name} holds Python objects (format {(<bytes>b.view.format).decode()!r}): "
             "only fixed-width numbers, bytes and records of them are accepted"
