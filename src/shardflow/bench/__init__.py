@@ -48,6 +48,7 @@ import sys
 from typing import Any, TextIO
 
 from shardflow.bench import (
+    columnar,
     executor,
     gil,
     idle,
@@ -91,6 +92,7 @@ SECTIONS: dict[str, Section] = {
     "pipeline": pipeline.run_section,
     "executor": executor.run_section,
     "process": process.run_section,
+    "columnar": columnar.run_section,
     "sweep": sweep.run_section,
 }
 
