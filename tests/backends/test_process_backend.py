@@ -419,3 +419,22 @@ if __name__ == "__main__":
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pids and not any(alive(p) for p in pids)
+
+
+def test_max_tasks_per_child_recycles_workers_without_losing_anything(tmp_path: Path) -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path)),
+        workers=1,
+        key=lambda x: 0,
+        backend=ProcessBackend(max_tasks_per_child=100, ship_batch_size=50),
+    )
+    for start in range(0, 1000, 50):  # batches of at most 50: recycled every 100-149 items
+        pool.submit_many(range(start, start + 50))
+        pool.flush()
+    pool.shutdown()
+    records = ph.read_records(str(tmp_path))
+    assert [int(r[2]) for r in records] == list(range(1000))  # in order, each once
+    pids = {r[1] for r in records}
+    assert 6 <= len(pids) <= 10
+    m = accounted(pool)
+    assert (m.processed, m.failed, m.dead_lettered) == (1000, 0, 0)

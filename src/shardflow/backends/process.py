@@ -206,6 +206,7 @@ class _Shard:
         self.index = index
         self.worker: _Worker | None = None
         self.seq = 0
+        self.handled = 0  # items the current worker ran (max_tasks_per_child)
         self.deaths: list[float] = []
         self.broken: str | None = None
 
@@ -225,6 +226,7 @@ class _ProcessRunner(ShardRunner):
         self.max_crashes = backend.max_crashes
         self.crash_window = backend.crash_window
         self.start_timeout = backend.start_timeout
+        self.max_tasks_per_child = backend.max_tasks_per_child
         self.handler_pickle = b""
         self.per_item = True
         self.shards = [_Shard(i) for i in range(workers)]
@@ -327,6 +329,7 @@ class _ProcessRunner(ShardRunner):
                 self._send(shard, chunk, start, offsets, failures)
                 start += len(chunk)
                 attempts = 0
+                self._maybe_recycle(shard, len(chunk))
             except _Unpicklable:
                 # Slow path, rare: find the items that do not pickle; they fail alone.
                 payload, offsets = self._picklable(payload, failures)
@@ -437,6 +440,27 @@ class _ProcessRunner(ShardRunner):
             elif kind == wire.DONE:
                 return
 
+    def _maybe_recycle(self, shard: _Shard, ran: int) -> None:
+        """With ``max_tasks_per_child``: replace a worker that handled that many items
+        (counted per batch, so a worker may go past it by less than a batch), between two
+        batches, with a clean stop; not counted as a crash."""
+        if self.max_tasks_per_child is None:
+            return
+        shard.handled += ran
+        if shard.handled < self.max_tasks_per_child:
+            return
+        old = shard.worker
+        assert old is not None
+        shard.worker = None
+        shard.handled = 0
+        old.stop(_JOIN_TIMEOUT)
+        try:
+            fresh = _Worker(self, shard.index)
+            fresh.await_ready(self, shard.index)
+            shard.worker = fresh
+        except RuntimeError as exc:
+            shard.broken = f"{exc}; the shard takes no more items"
+
     def _how(self, worker: _Worker) -> str:
         worker.process.join(1.0)
         return _describe_exit(worker.process.exitcode)
@@ -516,6 +540,8 @@ class ProcessBackend(Backend):
             ``crash_window`` seconds is marked broken (``ShardBroken``).
         start_timeout: seconds a new worker gets to load the handler; a worker that fails
             to start makes the pool's constructor raise ``RuntimeError``.
+        max_tasks_per_child: replace a worker once it handled this many items (checked
+            between batches: against memory growth in the handler). None: never.
 
     Example (a module-level handler; a pool of 2 worker processes)::
 
@@ -535,6 +561,7 @@ class ProcessBackend(Backend):
         max_crashes: int = 10,
         crash_window: float = 10.0,
         start_timeout: float = 60.0,
+        max_tasks_per_child: int | None = None,
     ) -> None:
         from shardflow._validate import check_int, check_seconds
 
@@ -555,6 +582,8 @@ class ProcessBackend(Backend):
         check_int("max_crashes", max_crashes, lo=1, hi=1 << 20)
         check_seconds("crash_window", crash_window)
         check_seconds("start_timeout", start_timeout)
+        if max_tasks_per_child is not None:
+            check_int("max_tasks_per_child", max_tasks_per_child, lo=1, hi=1 << 62)
         self.mp_context = mp_context
         self.ship_batch_size = ship_batch_size
         self.ring_bytes = ring_bytes
@@ -563,6 +592,7 @@ class ProcessBackend(Backend):
         self.max_crashes = max_crashes
         self.crash_window = crash_window
         self.start_timeout = start_timeout
+        self.max_tasks_per_child = max_tasks_per_child
 
     def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
         return _ProcessRunner(self, pool_name, workers)
