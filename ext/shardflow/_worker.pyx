@@ -119,6 +119,7 @@ cdef extern from "shardflow/_pycompat.h":
     bint sf_is_uniquely_referenced(object o)
     bint sf_seq_fast_ok(object o)
     PyObject **sf_seq_items(object o)
+    int sf_iter_fill(object it, void **out, Py_ssize_t n, Py_ssize_t *got) except -1
 
 
 cdef extern from "shardflow/_pool.h" nogil:
@@ -439,6 +440,7 @@ cdef class PoolCore:
         cdef bint routing = False  # `item` was taken from the iterable, not yet staged
         cdef Py_ssize_t pos, run
         cdef PyObject **src
+        cdef int status
         try:
             if not keyed and sf_seq_fast_ok(items):
                 # Fast path: a list or tuple, no key function. Runs of up to SUBMIT_CHUNK
@@ -461,6 +463,20 @@ cdef class PoolCore:
                     self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s], deadline, timeout,
                                       &submitted)
                 return submitted
+            if not keyed:
+                # Any other iterable, no key function: runs of up to SUBMIT_CHUNK items
+                # are taken by one C loop over the iterator (sf_iter_fill), then routed
+                # and pushed as one run. The run is staged in shard 0's slots whatever
+                # shard it goes to (nothing else is staged meanwhile), so an exception
+                # (from the iterator, or the push) finds its items there.
+                it = iter(items)
+                while True:
+                    status = sf_iter_fill(it, stage, SUBMIT_CHUNK, &fill[0])
+                    if fill[0]:
+                        self._push_staged(self._route(None), stage, &fill[0], deadline, timeout,
+                                          &submitted)
+                    if status:
+                        return submitted
             for item in items:
                 routing = True
                 if keyed:
