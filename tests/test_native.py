@@ -155,7 +155,17 @@ def test_stress_harness_passes_every_check(build_dir: Path, flavour: str) -> Non
     r = _run_harness(binary, ["all", "--ops", str(OPS[flavour]), "--timeout", "90"])
     _assert_clean(r, f"stress-{flavour}")
     assert "stress    all: all checks passed" in r.stdout
-    for scenario in ("ring", "shard", "counters", "pool", "sched", "hist", "breaker", "shmring"):
+    for scenario in (
+        "ring",
+        "shard",
+        "counters",
+        "pool",
+        "sched",
+        "hist",
+        "breaker",
+        "shmring",
+        "handoff",
+    ):
         assert re.search(rf"^{scenario}\b.* OK$", r.stdout, re.M), r.stdout
     if flavour != "tsan":  # TSan cannot follow a forked child sharing memory: threads only
         assert re.search(r"^shmring +process .* OK$", r.stdout, re.M), r.stdout

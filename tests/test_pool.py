@@ -337,6 +337,70 @@ def test_submit_many_returns_the_count_for_lists_and_generators(
     assert sorted(seen) == list(range(5000))
 
 
+class ResumingIterator:
+    """An iterator that raises StopIteration itself, once, and would then yield again."""
+
+    def __init__(self, n: int) -> None:
+        self.i = 0
+        self.n = n
+        self.stopped = False
+
+    def __iter__(self) -> ResumingIterator:
+        return self
+
+    def __next__(self) -> int:
+        if self.i == self.n and not self.stopped:
+            self.stopped = True
+            raise StopIteration
+        self.i += 1
+        return self.i - 1
+
+
+def test_submit_many_stops_at_the_first_stopiteration(make_pool: Any) -> None:
+    seen: list[int] = []
+    pool = make_pool(seen.append, workers=1)
+    source = ResumingIterator(1000)
+    assert pool.submit_many(source) == 1000
+    assert source.i == 1000  # nothing taken after the iterator said it was done
+    pool.close()
+    assert pool.join(WAIT)
+    assert seen == list(range(1000))  # one worker: submission order
+
+
+@pytest.mark.parametrize("source", ["list", "range", "generator", "keyed generator"])
+@pytest.mark.parametrize("batch_size", [1, 256])
+def test_submit_many_of_many_items_handles_each_once_in_order(
+    make_pool: Any, source: str, batch_size: int
+) -> None:
+    """Enough items that submit_many hands the GIL to waiting workers on the way (a
+    backlog of 8,192 per shard): every item is handled once, each key in order."""
+    n = 60_000
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def handle(x: Any) -> None:
+        with lock:
+            seen.extend(x if isinstance(x, list) else [x])
+
+    keyed = source == "keyed generator"
+    pool = make_pool(
+        handle, workers=2, batch_size=batch_size, key=(lambda x: x % 7) if keyed else None
+    )
+    items: Any = {"list": lambda: list(range(n)), "range": lambda: range(n)}.get(
+        source, lambda: (i for i in range(n))
+    )()
+    assert pool.submit_many(items) == n
+    pool.close()
+    assert pool.join(WAIT)
+    assert sorted(seen) == list(range(n))
+    if keyed:
+        for k in range(7):
+            mine = [x for x in seen if x % 7 == k]
+            assert mine == sorted(mine)
+    m = pool.metrics()
+    assert m.submitted == m.processed == n
+
+
 class CountingIterable:
     """Yields ``range(n)`` and remembers how many items were taken from it."""
 

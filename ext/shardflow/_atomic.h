@@ -90,6 +90,12 @@ static inline void sf_store_release_u32(sf_atomic_u32 *p, uint32_t v) {
 static inline uint32_t sf_fetch_add_seqcst_u32(sf_atomic_u32 *p, uint32_t v) {
     return atomic_fetch_add_explicit(p, v, memory_order_seq_cst);
 }
+static inline uint32_t sf_fetch_add_relaxed_u32(sf_atomic_u32 *p, uint32_t v) {
+    return atomic_fetch_add_explicit(p, v, memory_order_relaxed);
+}
+static inline uint32_t sf_fetch_sub_seqcst_u32(sf_atomic_u32 *p, uint32_t v) {
+    return atomic_fetch_sub_explicit(p, v, memory_order_seq_cst);
+}
 static inline uint32_t sf_fetch_sub_relaxed_u32(sf_atomic_u32 *p, uint32_t v) {
     return atomic_fetch_sub_explicit(p, v, memory_order_relaxed);
 }

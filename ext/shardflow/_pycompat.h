@@ -56,4 +56,27 @@ static inline PyObject **sf_seq_items(PyObject *o) {
     return PyList_CheckExact(o) ? ((PyListObject *)o)->ob_item : ((PyTupleObject *)o)->ob_item;
 }
 
+/* submit_many's path for an iterator without a key function: take up to n items from the
+ * iterator `it` into out[0:n] as new references, in one C loop (no per-item bookkeeping
+ * beyond the slot), and say in *got how many. Returns 0 when n were taken (more may
+ * follow), 1 when the iterator is exhausted, -1 when it raised: the exception is set and
+ * the items taken before it are in out[0:*got], owned by the caller. */
+static inline int sf_iter_fill(PyObject *it, void **out, Py_ssize_t n, Py_ssize_t *got) {
+    iternextfunc next = Py_TYPE(it)->tp_iternext;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = next(it);
+        if (x == NULL) {
+            *got = i;
+            if (PyErr_Occurred()) {
+                if (!PyErr_ExceptionMatches(PyExc_StopIteration)) return -1;
+                PyErr_Clear();
+            }
+            return 1;
+        }
+        out[i] = (void *)x;
+    }
+    *got = n;
+    return 0;
+}
+
 #endif /* SF_PYCOMPAT_H */

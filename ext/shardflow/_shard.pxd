@@ -83,6 +83,10 @@ cdef extern from "shardflow/_pool.h" nogil:
     void sf_pool_worker_started(sf_pool *p)
     void sf_pool_worker_exited(sf_pool *p)
     int sf_pool_wait_idle(sf_pool *p, int64_t deadline_ns)
+    void sf_pool_want_gil(sf_pool *p)
+    void sf_pool_got_gil(sf_pool *p)
+    int sf_pool_should_hand_gil(sf_pool *p, uint64_t depth, uint64_t high)
+    int sf_pool_wait_gil_taken(sf_pool *p, int64_t deadline_ns)
 
 
 cdef extern from "shardflow/_sched.h" nogil:

@@ -12,7 +12,10 @@ GIL strategy (why throughput is decided here, not in the ring): under the GIL a 
 between threads costs microseconds, up to the 5 ms switch interval. So a worker that got
 the GIL keeps it while there is work in its ring (it re-drains with the GIL held, a C call
 with no Python in it), a producer that finds its shard full sleeps without the GIL so that
-the worker runs, and nobody is woken unless it sleeps.
+the worker runs, and nobody is woken unless it sleeps. ``submit_many`` also gives the GIL
+to a worker waiting for it once its shard holds ``HAND_GIL_AT`` items, well before the ring
+is full, so that what is in flight stays small and hot in the caches (see "GIL hand-off"
+in ``_pool.h``).
 """
 
 cimport cython
@@ -69,7 +72,11 @@ from shardflow._shard cimport (
     sf_pool,
     sf_pool_destroy,
     sf_pool_init,
+    sf_pool_got_gil,
     sf_pool_next_shard,
+    sf_pool_should_hand_gil,
+    sf_pool_wait_gil_taken,
+    sf_pool_want_gil,
     sf_pool_wait_idle,
     sf_pool_worker_exited,
     sf_pool_worker_started,
@@ -112,6 +119,7 @@ cdef extern from "shardflow/_pycompat.h":
     bint sf_is_uniquely_referenced(object o)
     bint sf_seq_fast_ok(object o)
     PyObject **sf_seq_items(object o)
+    int sf_iter_fill(object it, void **out, Py_ssize_t n, Py_ssize_t *got) except -1
 
 
 cdef extern from "shardflow/_pool.h" nogil:
@@ -159,6 +167,14 @@ cdef enum:
     SUBMIT_CHUNK = 256
     # Blocking waits wake this often (ns) to run signal handlers (Ctrl-C), check deadlines.
     WAIT_SLICE_NS = 50000000
+    # submit_many gives the GIL to a shard's worker that waits for it once the shard holds
+    # this many items (or two batches, if more): enough that a hand-off is amortized over
+    # thousands of items, few enough that what is in flight stays in the CPU's caches and
+    # in the allocator's retained memory (see "GIL hand-off" in _pool.h).
+    HAND_GIL_AT = 8192
+    # ... and waits at most this long (ns; the interpreter's default switch interval) for
+    # the worker to take it.
+    HAND_GIL_WAIT_NS = 5000000
 
 ON_FULL_BLOCK = 0
 ON_FULL_RAISE = 1
@@ -245,6 +261,7 @@ cdef class PoolCore:
     cdef readonly Py_ssize_t batch_size
     cdef int64_t batch_timeout_ns
     cdef int on_full_code
+    cdef uint64_t hand_gil_at   # see HAND_GIL_AT; 0: never (the ring fills first)
     cdef readonly bint steal
     cdef readonly bint reuse_batches
     cdef readonly bint lists     # the handler gets lists (batch_size > 1, or asked for)
@@ -300,6 +317,9 @@ cdef class PoolCore:
         self._returned = []
         self._fatal = None
         self.capacity = sf_ring_round_capacity(capacity)
+        self.hand_gil_at = max(<uint64_t>HAND_GIL_AT, 2 * <uint64_t>batch_size)
+        if self.hand_gil_at >= self.capacity:
+            self.hand_gil_at = 0
         self.st = sf_pool_alloc()
         if self.st == NULL:
             raise MemoryError()
@@ -420,6 +440,7 @@ cdef class PoolCore:
         cdef bint routing = False  # `item` was taken from the iterable, not yet staged
         cdef Py_ssize_t pos, run
         cdef PyObject **src
+        cdef int status
         try:
             if not keyed and sf_seq_fast_ok(items):
                 # Fast path: a list or tuple, no key function. Runs of up to SUBMIT_CHUNK
@@ -442,6 +463,20 @@ cdef class PoolCore:
                     self._push_staged(s, stage + s * SUBMIT_CHUNK, &fill[s], deadline, timeout,
                                       &submitted)
                 return submitted
+            if not keyed:
+                # Any other iterable, no key function: runs of up to SUBMIT_CHUNK items
+                # are taken by one C loop over the iterator (sf_iter_fill), then routed
+                # and pushed as one run. The run is staged in shard 0's slots whatever
+                # shard it goes to (nothing else is staged meanwhile), so an exception
+                # (from the iterator, or the push) finds its items there.
+                it = iter(items)
+                while True:
+                    status = sf_iter_fill(it, stage, SUBMIT_CHUNK, &fill[0])
+                    if fill[0]:
+                        self._push_staged(self._route(None), stage, &fill[0], deadline, timeout,
+                                          &submitted)
+                    if status:
+                        return submitted
             for item in items:
                 routing = True
                 if keyed:
@@ -494,6 +529,12 @@ cdef class PoolCore:
                 if r > 0:
                     done += r
                     submitted[0] += r
+                    # Under the GIL, a worker waiting for it cannot drain this ring until we
+                    # let it (see "GIL hand-off" in _pool.h).
+                    if self.hand_gil_at and sf_pool_should_hand_gil(
+                            self.st, sf_ring_depth(&sh.ring), self.hand_gil_at):
+                        with nogil:
+                            sf_pool_wait_gil_taken(self.st, sf_now_ns() + HAND_GIL_WAIT_NS)
                     continue
                 if r < 0:
                     self._raise_closed()
@@ -877,7 +918,10 @@ cdef class _Worker:
                 got = sf_sched_wait(core.st, core.shards, <uint64_t>core.workers,
                                     <uint64_t>self.index, self.buf + self.n,
                                     self.room(), deadline, self.flush_seen, &hold)
+                if got > 0:
+                    sf_pool_want_gil(core.st)  # see "GIL hand-off" in _pool.h
             if got > 0:
+                sf_pool_got_gil(core.st)
                 self._took(got, timed)
                 if hold:
                     # Stolen during a flush this worker already acknowledged: hand over now.

@@ -17,7 +17,12 @@ from shardflow.bench import SECTIONS, run_bench
 from shardflow.bench.common import BenchContext, SectionResult, Target
 from shardflow.bench.reuse import REUSE_CONTENDERS
 from shardflow.bench.stealing import STEAL_COST_CONTENDERS, steal_contenders
-from shardflow.bench.sweep import SWEEP_BATCHES, SWEEP_SERIES, SWEEP_WORKERS
+from shardflow.bench.sweep import (
+    SWEEP_BATCH_SERIES,
+    SWEEP_BATCHES,
+    SWEEP_SERIES,
+    SWEEP_WORKERS,
+)
 from shardflow.bench.throughput import CONTENDERS
 
 RATIOS = ("vs_simplequeue", "vs_tpe", "vs_bare_loop")
@@ -114,12 +119,23 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     sweep = report["sweep"]
     assert sweep["workers"]["values"] == list(SWEEP_WORKERS)
     assert sweep["batch_size"]["values"] == list(SWEEP_BATCHES)
-    for axis in ("workers", "batch_size"):
-        assert set(sweep[axis]["series"]) == set(SWEEP_SERIES)
+    for axis, names in (("workers", SWEEP_SERIES), ("batch_size", SWEEP_BATCH_SERIES)):
+        assert set(sweep[axis]["series"]) == set(names)
         for name, ys in sweep[axis]["series"].items():
             assert len(ys) == len(sweep[axis]["values"]), (axis, name)
             assert all(y > 0 for y in ys), (axis, name)
     assert "Sweep over workers" in proc.stdout and "Sweep over batch size" in proc.stdout
+    # Per-round ratios: one per round for every batch size (the targets use the worst).
+    for key in ("pool_vs_simplequeue", "generator_vs_drain"):
+        per_round = sweep["batch_size"]["per_round"][key]
+        assert len(per_round) == len(SWEEP_BATCHES)
+        assert all(len(r) == report["config"]["repeats"] and min(r) > 0 for r in per_round)
+    assert (
+        report["throughput"]["ShardedPool submit_many(generator) + batch_size=256"][
+            "vs_generator_drain"
+        ]
+        > 0
+    )
     _check_png(chart)
 
     targets = report["targets"]

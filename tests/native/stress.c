@@ -48,6 +48,14 @@
  *             reported transitions equals the generations the state word moved), no more
  *             than half_open_max_calls trials ever run at once, none is left in flight,
  *             and the calls/failures totals are exact.
+ *   handoff   the GIL hand-off of _pool.h: a pthread mutex stands for the GIL; a producer
+ *             holding it makes work units; 3 workers each take a unit (as a drain takes
+ *             items, without the GIL), then sf_pool_want_gil, lock it, sf_pool_got_gil, do
+ *             the unit, unlock. The producer hands the GIL over whenever sf_pool_should_hand_gil says a worker waits
+ *             (unlock, sf_pool_wait_gil_taken with no deadline in half the hand-offs, a
+ *             short one in the others, relock). A lost wake-up is a hang (the watchdog);
+ *             an untimed wait must return 1; no waiter count or announcement is left, and
+ *             the work counted under the mutex is exact (TSan: the mutex is the only edge).
  *   (shard and sched also check the queue-wait stamps of _ring.h: every stamped index,
  *   one per min(64, capacity) items, is recorded exactly once into the histogram of the
  *   worker that took it, thefts included, while a reader merges those histograms.)
@@ -1577,11 +1585,116 @@ static int scenario_shmring(uint64_t cap, int process, int64_t spin_ns) {
     return atomic_load(&failures) == before;
 }
 
+/* ------------------------------------------------------------------ (h) handoff */
+
+#define HANDOFF_WORKERS 3
+
+static volatile uint64_t handoff_sink; /* keeps the producer's busy work from being elided */
+
+typedef struct handoff_ctx {
+    sf_pool *pool;
+    pthread_mutex_t gil;  /* stands for the GIL */
+    uint64_t work;        /* plain: written only with `gil` held */
+    sf_atomic_u64 pending; /* units made by the producer and not yet taken */
+    sf_atomic_int stop;
+    sf_atomic_u64 progress;
+} handoff_ctx;
+
+static void *handoff_worker(void *arg) {
+    handoff_ctx *c = arg;
+    uint64_t seed = opt.seed ^ (uint64_t)(uintptr_t)arg;
+    for (;;) {
+        uint64_t p = atomic_load(&c->pending);
+        if (p == 0) {
+            if (atomic_load(&c->stop)) break;
+            sf_thread_yield();
+            continue;
+        }
+        if (!atomic_compare_exchange_weak(&c->pending, &p, p - 1)) continue;
+        sf_pool_want_gil(c->pool);       /* G1: took items, about to wait for the GIL */
+        pthread_mutex_lock(&c->gil);     /* G2 */
+        sf_pool_got_gil(c->pool);        /* G3-G4 */
+        c->work++;
+        atomic_fetch_add(&c->progress, 1);
+        pthread_mutex_unlock(&c->gil);
+        if (rnd(&seed) % 8 == 0) sf_thread_yield(); /* "parked", not waiting for the GIL */
+    }
+    return NULL;
+}
+
+static int scenario_handoff(void) {
+    handoff_ctx c;
+    pthread_t t[HANDOFF_WORKERS];
+    uint64_t rounds = opt.ops / 100, handoffs = 0, timed_out = 0, untimed = 0;
+    uint64_t seed = opt.seed;
+    int64_t t0 = sf_now_ns();
+    int before = atomic_load(&failures);
+    if (rounds < 1000) rounds = 1000;
+    if (rounds > 200000) rounds = 200000;
+    memset(&c, 0, sizeof c);
+    c.pool = xcalloc(1, sizeof *c.pool);
+    if (sf_pool_init(c.pool) || pthread_mutex_init(&c.gil, NULL)) {
+        fprintf(stderr, "handoff: init failed\n");
+        exit(2);
+    }
+    atomic_init(&c.stop, 0);
+    atomic_init(&c.pending, 0);
+    atomic_init(&c.progress, 0);
+    watchdog_arm("handoff", NULL, NULL, &c.progress);
+    pthread_mutex_lock(&c.gil); /* the producer starts with the GIL */
+    for (int i = 0; i < HANDOFF_WORKERS; i++) start(&t[i], handoff_worker, &c);
+    for (uint64_t r = 0; r < rounds; r++) {
+        uint64_t x = 0, spins = 200 + rnd(&seed) % 1000; /* the producer's own work */
+        for (uint64_t i = 0; i < spins; i++) x += i ^ r;
+        handoff_sink = x;
+        c.work++; /* "push" with the GIL held */
+        atomic_fetch_add(&c.pending, 1);
+        /* P1: the backlog is the units not yet taken; the mark is 16 of them. On a busy
+         * machine the workers may not have run yet: give them the CPU (GIL held, as a
+         * thread preempted inside compiled code) so that hand-offs do happen. */
+        if (atomic_load(&c.pending) >= 16 && atomic_load(&c.pool->gil_waiting) == 0)
+            sf_thread_yield();
+        if (!sf_pool_should_hand_gil(c.pool, atomic_load(&c.pending), 16)) continue;
+        handoffs++;
+        pthread_mutex_unlock(&c.gil); /* P2 */
+        if (rnd(&seed) % 2) {
+            untimed++;
+            CHECK(sf_pool_wait_gil_taken(c.pool, -1) == 1, "handoff: untimed wait returned 0");
+        } else if (!sf_pool_wait_gil_taken(c.pool, sf_now_ns() + 20000)) {
+            timed_out++;
+        }
+        pthread_mutex_lock(&c.gil); /* P6 */
+        atomic_fetch_add(&c.progress, 1);
+    }
+    uint64_t produced = rounds;
+    pthread_mutex_unlock(&c.gil);
+    atomic_store(&c.stop, 1);
+    for (int i = 0; i < HANDOFF_WORKERS; i++) join(t[i]);
+    watchdog_disarm();
+    uint64_t worked = atomic_load(&c.progress) - handoffs;
+    CHECK(worked == produced && atomic_load(&c.pending) == 0,
+          "handoff: %" PRIu64 " units done of %" PRIu64, worked, produced);
+    CHECK(c.work == 2 * produced, "handoff: work %" PRIu64 " != 2 x %" PRIu64, c.work, produced);
+    CHECK(atomic_load(&c.pool->gil_waiting) == 0, "handoff: %u workers still counted as waiting",
+          (unsigned)atomic_load(&c.pool->gil_waiting));
+    CHECK(SF_EV_WAITERS(atomic_load(&c.pool->gil_ev.word)) == 0, "handoff: waiters left announced");
+    CHECK(handoffs > 0, "handoff: the producer never saw a waiting worker");
+    printf("handoff   workers=%d rounds=%" PRIu64 " handoffs=%" PRIu64 " untimed=%" PRIu64
+           " timed_out=%" PRIu64 " %.2fs %s\n",
+           HANDOFF_WORKERS, rounds, handoffs, untimed, timed_out, (double)(sf_now_ns() - t0) / 1e9,
+           atomic_load(&failures) == before ? "OK" : "FAILED");
+    fflush(stdout);
+    pthread_mutex_destroy(&c.gil);
+    sf_pool_destroy(c.pool);
+    free(c.pool);
+    return atomic_load(&failures) == before;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s ring|shard|counters|pool|sched|hist|breaker|shmring|all [--ops N] [--capacity C] [--producers P]\n"
+            "usage: %s ring|shard|counters|pool|sched|hist|breaker|shmring|handoff|all [--ops N] [--capacity C] [--producers P]\n"
             "          [--timeout SECONDS] [--seed X]\n",
             argv0);
     exit(2);
@@ -1692,6 +1805,10 @@ int main(int argc, char **argv) {
 #endif
         }
         opt.ops = ops;
+    }
+    if (all || !strcmp(scenario, "handoff")) {
+        known = 1;
+        scenario_handoff();
     }
     if (!known) usage(argv[0]);
     int f = atomic_load(&failures);

@@ -27,7 +27,12 @@ _STYLE = {
     "ShardedPool (submit_many)": ("#d62728", "o"),
     "ThreadPoolExecutor.submit": ("#7f7f7f", "s"),
     "threads over queue.SimpleQueue": ("#1f77b4", "^"),
+    # The lazy-source pair (batch-size panel): the pool fed by a generator, dashed, and the
+    # generator's own rate, the ceiling that source sets.
+    "ShardedPool (submit_many(generator))": ("#ff9896", "D"),
+    "generator drained alone": ("#2ca02c", "v"),
 }
+_DASHED = {"ShardedPool (submit_many(generator))", "generator drained alone"}
 
 
 def matplotlib_available() -> bool:
@@ -104,7 +109,8 @@ def write_chart(report: dict[str, Any], path: str) -> None:
         xs = data["values"]
         for name, ys in data["series"].items():
             colour, marker = _STYLE.get(name, (None, "x"))
-            ax.plot(xs, ys, marker=marker, color=colour, label=name, linewidth=2)
+            style = "--" if name in _DASHED else "-"
+            ax.plot(xs, ys, style, marker=marker, color=colour, label=name, linewidth=2)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(FixedLocator(xs))
