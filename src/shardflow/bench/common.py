@@ -24,17 +24,8 @@ Runner = Callable[[int], tuple[int, float]]
 
 
 BATCH = 256
-
-
-BATCH = 256
-WORKERS = 2
-
-
 WORKERS = 2
 #: ThreadPoolExecutor moves this fraction of the items (a Future per item is slow).
-TPE_DIVISOR = 20
-
-
 TPE_DIVISOR = 20
 SHA_BUF_SIZE = 64 * 1024
 

@@ -90,20 +90,8 @@ def run_sha_threads(n: int) -> tuple[int, float]:
 
 
 SHA_BARE = "sha256 bare loop"
-
-
-SHA_BARE = "sha256 bare loop"
-SHA_POOL1 = "sha256 ShardedPool workers=1"
-
-
 SHA_POOL1 = "sha256 ShardedPool workers=1"
 SHA_POOL2 = "sha256 ShardedPool workers=2"
-
-
-SHA_POOL2 = "sha256 ShardedPool workers=2"
-SHA_TPE = "sha256 ThreadPoolExecutor(2)"
-
-
 SHA_TPE = "sha256 ThreadPoolExecutor(2)"
 SHA_THREADS = "sha256 2 plain threads, static split"
 

@@ -14,12 +14,6 @@ from shardflow.batching import BatchProcessor
 from shardflow.bench.common import STOP, BenchContext, SectionResult, Target, quantile
 
 LATENCY_BATCH_SIZE = 1000
-
-
-LATENCY_BATCH_SIZE = 1000
-LATENCY_TIMEOUT = 0.010
-
-
 LATENCY_TIMEOUT = 0.010
 LATENCY_INTERVAL = 0.050
 

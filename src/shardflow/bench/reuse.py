@@ -46,9 +46,6 @@ def _pool_many_reuse(reuse: bool) -> Runner:
 
 
 REUSE_ON = "submit_many + batch_size=256, reuse_batches=True"
-
-
-REUSE_ON = "submit_many + batch_size=256, reuse_batches=True"
 REUSE_OFF = "submit_many + batch_size=256, reuse_batches=False"
 
 

@@ -35,16 +35,7 @@ from shardflow.bench.throughput import time_per_item_submits
 from shardflow.pool import ShardedPool
 
 STEAL_ITEMS = 3_000
-
-
-STEAL_ITEMS = 3_000
 ZIPF_KEYS = 1_000
-
-
-ZIPF_KEYS = 1_000
-ZIPF_S = 1.2
-
-
 ZIPF_S = 1.2
 ZIPF_SEED = 12_345
 
@@ -143,32 +134,11 @@ def run_sha_one_thread(n: int) -> tuple[int, float]:
 
 
 STEAL_ZIPF = "zipf keys, steal=True"
-
-
-STEAL_ZIPF = "zipf keys, steal=True"
-STEAL_ZIPF_OFF = "zipf keys, steal=False"
-
-
 STEAL_ZIPF_OFF = "zipf keys, steal=False"
 STEAL_UNIFORM = "uniform keys, steal=True"
-
-
-STEAL_UNIFORM = "uniform keys, steal=True"
-STEAL_ONE = "one shard, steal=True"
-
-
 STEAL_ONE = "one shard, steal=True"
 STEAL_ONE_OFF = "one shard, steal=False"
-
-
-STEAL_ONE_OFF = "one shard, steal=False"
 STEAL_ONE_CLOSED = "one shard, steal=True, close() right after"
-
-
-STEAL_ONE_CLOSED = "one shard, steal=True, close() right after"
-STEAL_THREADS2 = "control: 2 plain threads, static split"
-
-
 STEAL_THREADS2 = "control: 2 plain threads, static split"
 STEAL_THREADS1 = "control: 1 plain thread"
 
@@ -193,9 +163,6 @@ def _pool_item_steal(steal: bool) -> Runner:
 
     run.__doc__ = f"``ShardedPool(noop, workers=2, steal={steal})``, per-item submits."
     return run
-
-
-ITEM_STEAL = "ShardedPool per-item, steal=True"
 
 
 ITEM_STEAL = "ShardedPool per-item, steal=True"

@@ -39,31 +39,13 @@ from shardflow.bench.throughput import lazy_source, run_generator_drain, run_thr
 from shardflow.pool import ShardedPool
 
 SWEEP_WORKERS = (1, 2, 4, 8)
-
-
-SWEEP_WORKERS = (1, 2, 4, 8)
-SWEEP_BATCHES = (1, 4, 16, 64, 256, 1024)
-
-
 SWEEP_BATCHES = (1, 4, 16, 64, 256, 1024)
 #: The workers sweep's handler: sha256 of a buffer this big (over 2 KiB, so hashlib
 #: releases the GIL and workers can run in parallel; small enough that the cost per item
 #: of the pool still shows).
 SWEEP_SHA_BYTES = 4 * 1024
-
-
-SWEEP_SHA_BYTES = 4 * 1024
-SWEEP_POOL = "ShardedPool (submit_many)"
-
-
 SWEEP_POOL = "ShardedPool (submit_many)"
 SWEEP_TPE = "ThreadPoolExecutor.submit"
-
-
-SWEEP_TPE = "ThreadPoolExecutor.submit"
-SWEEP_QUEUE = "threads over queue.SimpleQueue"
-
-
 SWEEP_QUEUE = "threads over queue.SimpleQueue"
 SWEEP_POOL_GEN = "ShardedPool (submit_many(generator))"
 SWEEP_GEN_DRAIN = "generator drained alone"

@@ -45,28 +45,10 @@ from shardflow.pool import ShardedPool
 
 # Contender names (the keys of the report).
 BARE = "bare loop"
-
-
-BARE = "bare loop"
-TPE = "ThreadPoolExecutor(2).submit"
-
-
 TPE = "ThreadPoolExecutor(2).submit"
 QUEUE = "2 threads over queue.Queue"
-
-
-QUEUE = "2 threads over queue.Queue"
-SIMPLEQUEUE = "2 threads over queue.SimpleQueue"
-
-
 SIMPLEQUEUE = "2 threads over queue.SimpleQueue"
 POOL_ITEM = "ShardedPool per-item"
-
-
-POOL_ITEM = "ShardedPool per-item"
-POOL_BATCH = "ShardedPool batch_size=256"
-
-
 POOL_BATCH = "ShardedPool batch_size=256"
 POOL_MANY = "ShardedPool submit_many + batch_size=256"
 GEN_DRAIN = "generator drained alone"
