@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, Literal, TypeVar
 
 from shardflow._validate import check_int, check_seconds, check_str
+from shardflow.backends import Backend
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import ShardedPool
 
@@ -37,6 +38,9 @@ class BatchProcessor(Generic[T]):
         on_error: ``on_error(batch, exc)`` when the handler raises; default logs it.
         reuse_batches: see ``ShardedPool``.
         name: the worker thread's name prefix.
+        backend: where the batches are handled, as for ``ShardedPool``: ``"thread"``
+            (default) or a ``shardflow.backends.Backend`` (e.g. ``RayBackend()``: the
+            handler then runs on a Ray actor).
 
     ``put(item, timeout=None) -> bool`` and ``put_many(iterable, timeout=None) -> int`` are
     the compiled ``ShardedPool.submit``/``submit_many`` of the underlying shard, bound once,
@@ -63,6 +67,7 @@ class BatchProcessor(Generic[T]):
         on_error: Callable[[list[T], BaseException], object] | None = None,
         reuse_batches: bool = True,
         name: str | None = None,
+        backend: str | Backend = "thread",
     ) -> None:
         check_int("batch_size", batch_size, lo=1, hi=1 << 20)
         check_seconds("batch_timeout", batch_timeout, optional=False, positive=True)
@@ -79,6 +84,7 @@ class BatchProcessor(Generic[T]):
             name=name or "BatchProcessor",
             steal=False,
             lists=True,  # a list even when batch_size=1
+            backend=backend,
         )
         # The compiled methods themselves, bound once: put() costs what submit() costs.
         self.put: Callable[..., bool] = self._pool.submit

@@ -2,20 +2,34 @@
 seam and its contract).
 
 - ``thread``: ``ThreadBackend``, shard loops in daemon threads of this process (default).
+- ``ray``: ``RayBackend``, each shard in a Ray actor, the core in this process
+  (``pip install 'shardflow[ray]'``; Ray is imported only when such a pool starts).
 
-The process and Ray backends plug in here, as modules beside ``thread``; each registers
-its name in ``BACKENDS``.
+The process backend plugs in here too, as a module beside ``thread``; each backend
+registers its name in ``BACKENDS``.
 """
 
 from __future__ import annotations
 
 from shardflow.backends.base import Backend, BatchOutcome, ShardRunner
+from shardflow.backends.ray import RayBackend
 from shardflow.backends.thread import ThreadBackend
 
-__all__ = ["BACKENDS", "Backend", "BatchOutcome", "ShardRunner", "ThreadBackend", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BatchOutcome",
+    "RayBackend",
+    "ShardRunner",
+    "ThreadBackend",
+    "resolve_backend",
+]
 
 #: ``backend=`` names and the backend each one means (its default configuration).
-BACKENDS: dict[str, type[Backend]] = {ThreadBackend.name: ThreadBackend}
+BACKENDS: dict[str, type[Backend]] = {
+    ThreadBackend.name: ThreadBackend,
+    RayBackend.name: RayBackend,
+}
 
 
 def resolve_backend(backend: str | Backend) -> Backend:

@@ -1,0 +1,667 @@
+"""``RayBackend``: every shard runs in a Ray actor; the pool's core stays in the driver.
+
+Install with ``pip install 'shardflow[ray]'``. ``import shardflow`` never imports Ray:
+this module imports it when a pool on a ``RayBackend`` starts.
+
+What runs where:
+
+* **Driver** (the process that made the pool): routing, per-key order, the bounded
+  rings and backpressure (``on_full``), size-or-time batching, dead letters, ``on_error``
+  and the accounting, all in the compiled core, exactly as with threads. One thread per
+  shard ships the shard's batches to its actor, one actor call per batch, and waits for
+  the reply before shipping the next one (an in-flight window of one batch per shard).
+* **Actor** (one per shard; synchronous, single-threaded, ``max_concurrency=1``):
+  calls the handler, per item for a per-item handler (the batch is cut by the driver:
+  ``batch_size`` items, ``RayBackend(batch_size=...)`` for per-item pools) or once with
+  the list for a batch handler. Per-item errors come back structured (index, exception,
+  remote traceback), so one bad item never fails its batch; each failed item then goes
+  to the dead letter / ``on_error`` alone, in the driver, with its original item.
+
+Failures: Ray's own task retries are off (``max_task_retries=0``, ``max_restarts=0``),
+because Ray re-runs retried calls out of order. Each batch carries a sequence number per
+shard. When the actor dies (killed, crashed, its node lost), the driver replaces it with
+a new actor and re-sends the unacknowledged batch (with one batch in flight per shard,
+that is the one batch it was waiting for) before any later batch of that shard, so
+per-key order is kept. **The batch that was running when the actor died may run twice**
+(delivery is at-least-once for side effects): its items may have been handled, in part
+or in full, by the dead actor before the new one runs them again. Handlers with side
+effects can make them idempotent with ``current_batch()``, which gives, inside the
+handler, the batch's id (stable across re-sends) and its attempt number. Accounting is
+exact: a batch is counted once, when its reply arrives, whatever the attempts. A batch
+that cannot be delivered within ``restart_timeout`` seconds (no actor can be started)
+fails as a whole with ``ShardLost`` (dead letter / ``on_error``), so nothing is lost
+silently and nothing hangs.
+
+Metrics: ``pool.metrics()`` is the same as with threads; a batch's ``service_time`` is
+the whole remote call as the driver sees it (the round trip, re-sends included).
+
+The handler is sent to each actor once, when it starts (cloudpickle). Guards
+(``breaker``, ``limiter``, ``rate_limiter``, ``retry``) are composed around the handler
+by the pool, so with this backend they travel with it and run inside each actor, one
+independent copy per actor (and must pickle).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pickle
+import secrets
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from shardflow._validate import check_bool, check_int, check_seconds
+from shardflow.backends.base import Backend, BatchOutcome, Handler, ShardRunner
+
+__all__ = [
+    "BatchInfo",
+    "RayBackend",
+    "RemoteError",
+    "RemoteTraceback",
+    "ShardLost",
+    "current_batch",
+]
+
+_log = logging.getLogger("shardflow")
+
+#: Items per actor call for per-item pools (a per-item handler still gets one item at a
+#: time, on the actor). An actor call costs about a millisecond; 1,000 items spread it.
+DEFAULT_BATCH_SIZE = 1000
+_MIB = 1024 * 1024
+
+# Reply tags (the actor's answer to one batch).
+_OK = 0  # (tag, seq, failures, remote_ns): failures = [(index, packed exception), ...]
+_BATCH_FAILED = 1  # (tag, seq, packed exception, remote_ns): a batch handler raised
+
+
+# ---------------------------------------------------------------------- errors
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised on an actor, as text; set as the
+    ``__cause__`` of the exception the driver re-creates, so logs show where it happened."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class RemoteError(Exception):
+    """An exception raised by the handler on an actor that could not be sent back as
+    itself (it does not pickle, or does not unpickle): its type name, its message and the
+    remote traceback, as text."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str, reason: str) -> None:
+        super().__init__(type_name, message, remote_traceback, reason)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"{self.type_name}: {self.message} (raised on a Ray actor; the exception could "
+            f"not be sent back as itself: {self.reason})"
+        )
+
+
+class ShardLost(Exception):
+    """A batch could not be delivered: its shard's actor died and no new actor could run
+    it within ``restart_timeout`` seconds. The batch fails as a whole (dead letter /
+    ``on_error``); the last Ray error is the ``__cause__``."""
+
+
+# ---------------------------------------------------------------------- actor side
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """What ``current_batch()`` returns inside a handler running on a shard actor.
+
+    ``batch_id`` names the batch stably across re-sends: ``(run, shard, seq)``, where
+    ``run`` is unique per pool, ``shard`` is the shard index and ``seq`` counts the
+    shard's batches from 1. ``attempt`` is 1 for the first delivery; above 1 the batch is
+    a re-send after an actor died, and some of its items may already have been handled
+    (by the dead actor). An idempotent sink keys its writes on ``batch_id`` (plus the
+    item's index in the batch) or skips work already done when ``attempt > 1``.
+    """
+
+    run: str
+    shard: int
+    seq: int
+    attempt: int
+
+    @property
+    def batch_id(self) -> tuple[str, int, int]:
+        return (self.run, self.shard, self.seq)
+
+
+_current = threading.local()
+
+
+def current_batch() -> BatchInfo | None:
+    """The batch being handled, inside a handler running on a ``RayBackend`` shard
+    actor; None elsewhere (for example with the thread backend)."""
+    info: BatchInfo | None = getattr(_current, "info", None)
+    return info
+
+
+def _dumps(obj: object) -> bytes:
+    try:
+        cloudpickle: Any = importlib.import_module("ray.cloudpickle")
+    except ImportError:  # pragma: no cover - the fake remote of the tests, without ray
+        return pickle.dumps(obj)
+    data: bytes = cloudpickle.dumps(obj)
+    return data
+
+
+def _pack_exception(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    """``(pickled or None, type name, message, traceback)``: None when the exception does
+    not survive a pickle round trip (then the reason is in the message slot's place)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        message = str(exc)
+    except BaseException as bad:
+        message = f"<str() failed: {bad!r}>"
+    try:
+        data = _dumps(exc)
+        pickle.loads(data)  # what the driver will do: fail here, where we can say why
+    except BaseException as bad:
+        return None, name, message, f"{type(bad).__name__}: {bad}\n{tb}"
+    return data, name, message, tb
+
+
+def _unpack_exception(packed: tuple[bytes | None, str, str, str]) -> BaseException:
+    data, name, message, tb = packed
+    if data is None:
+        reason, _, remote_tb = tb.partition("\n")
+        return RemoteError(name, message, remote_tb, reason)
+    try:
+        exc = pickle.loads(data)
+    except BaseException as bad:
+        return RemoteError(name, message, tb, f"{type(bad).__name__}: {bad}")
+    if not isinstance(exc, BaseException):  # pragma: no cover - defensive
+        return RemoteError(name, message, tb, f"unpickled a {type(exc).__name__}")
+    try:
+        exc.remote_traceback = tb  # type: ignore[attr-defined]
+        exc.__cause__ = RemoteTraceback(tb)
+    except (AttributeError, TypeError):  # pragma: no cover - exotic exception types
+        pass
+    return exc
+
+
+def run_batch_here(
+    handler: Handler, per_item: bool, info: BatchInfo, batch: list[Any]
+) -> tuple[Any, ...]:
+    """Run one batch and describe the outcome (what a shard actor does with a call).
+
+    A per-item handler is called once per item and each failure is kept with its index;
+    a batch handler is called once. Nothing raised by the handler escapes: the reply
+    says what failed, with the exception (pickled here, or a ``RemoteError`` for one that
+    does not pickle) and its traceback.
+    """
+    _current.info = info
+    t0 = time.perf_counter_ns()
+    try:
+        if per_item:
+            failures = []
+            for i, item in enumerate(batch):
+                try:
+                    handler(item)
+                except BaseException as exc:
+                    failures.append((i, _pack_exception(exc)))
+            return (_OK, info.seq, failures, time.perf_counter_ns() - t0)
+        try:
+            handler(batch)
+        except BaseException as exc:
+            return (_BATCH_FAILED, info.seq, _pack_exception(exc), time.perf_counter_ns() - t0)
+        return (_OK, info.seq, [], time.perf_counter_ns() - t0)
+    finally:
+        _current.info = None
+
+
+class _ShardActor:
+    """The body of a shard actor (``ray.remote`` is applied when a pool starts)."""
+
+    def __init__(self, handler_bytes: bytes, per_item: bool, run: str, shard: int) -> None:
+        self._handler = pickle.loads(handler_bytes)
+        self._per_item = per_item
+        self._run = run
+        self._shard = shard
+
+    def ping(self) -> int:
+        """The actor's process id (tests and tools use it to find the process)."""
+        return os.getpid()
+
+    def run(self, seq: int, attempt: int, batch: list[Any]) -> tuple[Any, ...]:
+        info = BatchInfo(self._run, self._shard, seq, attempt)
+        return run_batch_here(self._handler, self._per_item, info, batch)
+
+
+# ---------------------------------------------------------------------- driver side
+
+
+class ActorLost(Exception):
+    """Raised by a ``Remote`` when the actor died or cannot be reached (the batch may or
+    may not have run)."""
+
+
+class Remote:
+    """How the driver talks to shard actors. ``RayRemote`` uses Ray; the tests use a fake
+    with the same four methods to check the driver logic without a cluster."""
+
+    def create(self, shard: int) -> Any:
+        """Start a new actor for ``shard`` and return its handle (may not be ready)."""
+        raise NotImplementedError
+
+    def ready(self, actor: Any, timeout: float) -> int:
+        """Wait until ``actor`` runs; its process id. Raises ``ActorLost`` if it cannot
+        start, ``TimeoutError`` after ``timeout`` seconds."""
+        raise NotImplementedError
+
+    def call(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> tuple[Any, ...]:
+        """Run ``batch`` on ``actor``; the reply of ``run_batch_here``. Raises
+        ``ActorLost`` if the actor died or cannot be reached."""
+        raise NotImplementedError
+
+    def kill(self, actor: Any) -> None:
+        """Stop ``actor`` (dead or alive) without waiting."""
+        raise NotImplementedError
+
+
+class _ShardLink:
+    """The driver's side of one shard: its actor, its sequence numbers, its re-sends.
+
+    Called only from its shard's thread (one batch at a time), so it needs no lock.
+    """
+
+    def __init__(
+        self, remote: Remote, shard: int, restart_timeout: float, start_timeout: float
+    ) -> None:
+        self.remote = remote
+        self.shard = shard
+        self.restart_timeout = restart_timeout
+        self.start_timeout = start_timeout
+        self.actor: Any = None
+        self.pid: int | None = None
+        self.seq = 0  # the last batch sent (acknowledged once call() returns)
+        self.resent = 0  # batches sent again after an actor died
+        self.replaced = 0  # actors replaced
+        self.remote_ns = 0  # handler time on the actors, summed from the replies
+
+    def start(self) -> None:
+        self.actor = self.remote.create(self.shard)
+        self.pid = self.remote.ready(self.actor, self.start_timeout)
+
+    def call(self, batch: list[Any]) -> BatchOutcome | None:
+        """Ship ``batch`` (the next one of this shard) until some actor answers; return
+        what the core expects from a wrapped handler."""
+        self.seq += 1
+        seq = self.seq
+        attempt = 1
+        first_loss = 0.0
+        delay = 0.01
+        while True:
+            try:
+                if self.actor is None:
+                    self.actor = self.remote.create(self.shard)
+                    self.pid = self.remote.ready(self.actor, self.restart_timeout)
+                reply = self.remote.call(self.actor, seq, attempt, batch)
+            except (ActorLost, TimeoutError) as lost:
+                now = time.monotonic()
+                if attempt == 1:
+                    first_loss = now
+                if self.actor is not None:
+                    self.remote.kill(self.actor)
+                    self.actor = None
+                    self.replaced += 1
+                if now - first_loss >= self.restart_timeout:
+                    raise ShardLost(
+                        f"shard {self.shard}: batch {seq} ({len(batch)} items) could not be "
+                        f"delivered within restart_timeout={self.restart_timeout} s after its "
+                        f"actor died ({attempt} attempts)"
+                    ) from lost
+                _log.warning(
+                    "shardflow ray shard %d: actor lost (%s); re-sending batch %d "
+                    "(attempt %d) to a new actor",
+                    self.shard,
+                    lost,
+                    seq,
+                    attempt + 1,
+                )
+                attempt += 1
+                self.resent += 1
+                if attempt > 2:  # the first re-send goes at once, later ones back off
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                continue
+            return self._outcome(reply, seq, len(batch))
+
+    def _outcome(self, reply: tuple[Any, ...], seq: int, n: int) -> BatchOutcome | None:
+        tag, got_seq = reply[0], reply[1]
+        if got_seq != seq:  # pragma: no cover - would be a bug in the actor or in Ray
+            raise RuntimeError(f"shard {self.shard}: reply for batch {got_seq}, sent {seq}")
+        self.remote_ns += reply[3]
+        if tag == _BATCH_FAILED:
+            raise _unpack_exception(reply[2])
+        failures = reply[2]
+        if not failures:
+            return None
+        return BatchOutcome([(i, _unpack_exception(p)) for i, p in failures])
+
+
+class RayRemote(Remote):
+    """Shard actors on a Ray cluster."""
+
+    def __init__(self, ray: Any, backend: RayBackend, handler_bytes: bytes, per_item: bool) -> None:
+        self._ray = ray
+        self._per_item = per_item
+        self._handler_ref = handler_bytes
+        self.run = secrets.token_hex(6)
+        options: dict[str, Any] = {
+            "num_cpus": backend.num_cpus_per_shard,
+            "max_concurrency": 1,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+        }
+        if backend.resources:
+            options["resources"] = dict(backend.resources)
+        options.update(backend.actor_options)
+        self._cls = ray.remote(_ShardActor).options(**options)
+        self._lost: tuple[type[BaseException], ...] = (
+            ray.exceptions.RayActorError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+        )
+
+    def create(self, shard: int) -> Any:
+        return self._cls.remote(self._handler_ref, self._per_item, self.run, shard)
+
+    def ready(self, actor: Any, timeout: float) -> int:
+        try:
+            pid: int = self._ray.get(actor.ping.remote(), timeout=timeout)
+        except self._ray.exceptions.GetTimeoutError:
+            raise TimeoutError(
+                f"shard actor did not start within {timeout} s (does the cluster have "
+                "the CPUs/resources each shard asks for? see num_cpus_per_shard)"
+            ) from None
+        except self._lost as exc:
+            raise ActorLost(str(exc)) from exc
+        return pid
+
+    def call(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> tuple[Any, ...]:
+        try:
+            reply: tuple[Any, ...] = self._ray.get(actor.run.remote(seq, attempt, batch))
+        except self._lost as exc:
+            raise ActorLost(f"{type(exc).__name__}") from exc
+        return reply
+
+    def kill(self, actor: Any) -> None:
+        try:
+            self._ray.kill(actor, no_restart=True)
+        except Exception:
+            pass
+
+
+class _RayRunner(ShardRunner):
+    def __init__(self, backend: RayBackend, pool_name: str, workers: int) -> None:
+        self._backend = backend
+        self._pool_name = pool_name
+        self._workers = workers
+        self._handler: Handler | None = None
+        self._per_item = True
+        self.links: list[_ShardLink] = []
+        self._threads: list[threading.Thread] = []
+        self._local = threading.local()
+        self._joined = False
+
+    def batch_shape(
+        self, batch_size: int, batch_timeout: float | None, lists: bool
+    ) -> tuple[int, float | None, bool]:
+        if batch_size == 1 and not lists:
+            # A per-item pool: ship batches anyway (one call per item would cost ~1 ms
+            # each), without waiting for them to fill.
+            return self._backend.batch_size, None, True
+        return batch_size, batch_timeout, True
+
+    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
+        self._handler = handler
+        self._per_item = per_item
+        return self._call
+
+    def _call(self, batch: list[Any]) -> BatchOutcome | None:
+        link: _ShardLink = self._local.link
+        return link.call(batch)
+
+    def start(
+        self,
+        run_shard: Callable[[int], None],
+        starting: Callable[[], None],
+        start_failed: Callable[[], None],
+    ) -> None:
+        assert self._handler is not None, "wrap() comes before start()"
+        remote = self._backend._make_remote(self._handler, self._per_item)
+        self.links = [
+            _ShardLink(remote, i, self._backend.restart_timeout, self._backend.start_timeout)
+            for i in range(self._workers)
+        ]
+        # Create every actor first, then wait for all: they start in parallel.
+        for link in self.links:
+            link.actor = remote.create(link.shard)
+        for link in self.links:
+            try:
+                link.pid = remote.ready(link.actor, self._backend.start_timeout)
+            except (ActorLost, TimeoutError) as exc:
+                raise RuntimeError(
+                    f"{self._pool_name}: shard actor {link.shard} could not start: {exc}"
+                ) from exc
+        for i in range(self._workers):
+            t = threading.Thread(
+                target=self._serve,
+                args=(run_shard, i),
+                name=f"{self._pool_name}-ray-{i}",
+                daemon=True,
+            )
+            starting()
+            try:
+                t.start()
+            except BaseException:
+                start_failed()
+                raise
+            self._threads.append(t)
+
+    def _serve(self, run_shard: Callable[[int], None], i: int) -> None:
+        self._local.link = self.links[i]
+        run_shard(i)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+        if self._joined:
+            return
+        self._joined = True
+        for link in self.links:
+            if link.actor is not None:
+                link.remote.kill(link.actor)
+                link.actor = None
+
+    def after_fork_in_child(self) -> None:
+        # The child has neither the shard threads nor a Ray connection of its own.
+        self._threads = []
+        self.links = []
+        self._joined = True
+
+    def stats(self) -> list[dict[str, int | None]]:
+        """Per shard: batches sent, batches re-sent, actors replaced, the actor's pid,
+        and the handler time the actors reported (ns)."""
+        return [
+            {
+                "shard": link.shard,
+                "batches": link.seq,
+                "resent": link.resent,
+                "replaced": link.replaced,
+                "pid": link.pid,
+                "remote_ns": link.remote_ns,
+            }
+            for link in self.links
+        ]
+
+    def describe(self) -> str:
+        return f"ray({self._workers} actors)"
+
+
+_init_lock = threading.Lock()
+
+
+class RayBackend(Backend):
+    """Shards run in Ray actors, one per shard; see the module docstring
+    (``shardflow.backends.ray``) for what runs where and the delivery guarantees.
+
+    Args:
+        address: the Ray cluster to connect to (``ray.init(address=...)``, e.g.
+            ``"auto"`` or ``"127.0.0.1:6379"``). None: use the Ray instance already
+            initialized in this process, or start a small local one bound to 127.0.0.1
+            (``num_cpus``, ``object_store_memory``, no dashboard, no usage stats).
+        num_cpus_per_shard: the CPUs each shard actor reserves (Ray scheduling); a pool
+            of ``workers`` shards needs ``workers * num_cpus_per_shard`` free CPUs.
+        batch_size: items per actor call for per-item pools (``batch_size=1``). Pools
+            with ``batch_size > 1`` ship their own batches.
+        restart_timeout: seconds a batch may wait for a new actor after its actor died
+            before it fails as a whole with ``ShardLost``.
+        start_timeout: seconds a pool waits for its actors to start.
+        num_cpus, object_store_memory: the local cluster started when ``address`` is
+            None and Ray is not initialized (object store in bytes; default 200 MiB).
+        resources: custom Ray resources each shard actor asks for (placement).
+        actor_options: further ``ray.remote`` options for the shard actors (e.g.
+            ``{"runtime_env": ...}``); the ordering options (``max_concurrency=1``, no
+            Ray restarts or task retries) should be left alone.
+        init_kwargs: further ``ray.init`` keyword arguments.
+
+    Example (a synopsis: it starts a local Ray cluster, which takes seconds)::
+
+        import shardflow
+        from shardflow.backends import RayBackend
+
+        def handle(order):
+            ...  # runs on a Ray actor
+
+        with shardflow.ShardedPool(handle, workers=2, key=lambda o: o["account"],
+                                   backend=RayBackend()) as pool:
+            pool.submit_many(orders)
+        print(pool.metrics())
+    """
+
+    name: ClassVar[str] = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus_per_shard: float = 1.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        restart_timeout: float = 60.0,
+        start_timeout: float = 120.0,
+        num_cpus: int | None = 2,
+        object_store_memory: int = 200 * _MIB,
+        resources: dict[str, float] | None = None,
+        actor_options: dict[str, Any] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        log_to_driver: bool = False,
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a str or None, got {type(address).__name__}")
+        if isinstance(num_cpus_per_shard, bool) or not isinstance(num_cpus_per_shard, (int, float)):
+            raise TypeError(f"num_cpus_per_shard must be a number >= 0, got {num_cpus_per_shard!r}")
+        if not num_cpus_per_shard >= 0:
+            raise ValueError(f"num_cpus_per_shard must be >= 0, got {num_cpus_per_shard!r}")
+        check_int("batch_size", batch_size, lo=1, hi=1 << 20)
+        check_seconds("restart_timeout", restart_timeout, optional=False)
+        check_seconds("start_timeout", start_timeout, optional=False, positive=True)
+        if num_cpus is not None:
+            check_int("num_cpus", num_cpus, lo=1, hi=1 << 16)
+        check_int("object_store_memory", object_store_memory, lo=75 * _MIB, hi=1 << 50)
+        check_bool("log_to_driver", log_to_driver)
+        for label, value in (
+            ("resources", resources),
+            ("actor_options", actor_options),
+            ("init_kwargs", init_kwargs),
+        ):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{label} must be a dict or None, got {type(value).__name__}")
+        self.address = address
+        self.num_cpus_per_shard = float(num_cpus_per_shard)
+        self.batch_size = batch_size
+        self.restart_timeout = float(restart_timeout)
+        self.start_timeout = float(start_timeout)
+        self.num_cpus = num_cpus
+        self.object_store_memory = object_store_memory
+        self.resources = dict(resources or {})
+        self.actor_options = dict(actor_options or {})
+        self.init_kwargs = dict(init_kwargs or {})
+        self.log_to_driver = log_to_driver
+
+    def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
+        return _RayRunner(self, pool_name, workers)
+
+    def _make_remote(self, handler: Handler, per_item: bool) -> Remote:
+        """The ``Remote`` a pool's runner uses (the tests override this with a fake)."""
+        try:
+            handler_bytes = _dumps(handler)
+        except Exception as exc:
+            raise TypeError(
+                f"handler {handler!r} cannot be sent to a Ray actor (it must pickle with "
+                f"cloudpickle): {type(exc).__name__}: {exc}"
+            ) from exc
+        ray = self.ensure_ray()
+        return RayRemote(ray, self, handler_bytes, per_item)
+
+    def ensure_ray(self) -> Any:
+        """Import Ray and connect (or start the local cluster); returns the module."""
+        with _init_lock:
+            local = self.address is None and (
+                "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+            )
+            if local:
+                # Keep a cluster we start on loopback: Ray otherwise listens on every
+                # interface and advertises the first non-loopback address. These are read
+                # when Ray is imported, and by the processes ray.init starts.
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            try:
+                ray: Any = importlib.import_module("ray")
+            except ImportError as exc:
+                raise ImportError("RayBackend needs Ray: pip install 'shardflow[ray]'") from exc
+            if ray.is_initialized():
+                return ray
+            kwargs: dict[str, Any] = {"log_to_driver": self.log_to_driver}
+            if self.address is not None:
+                kwargs["address"] = self.address
+            else:
+                if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+                    # Ray was perhaps imported before the variable was set.
+                    constants: Any = importlib.import_module("ray._private.ray_constants")
+                    constants.ENABLE_RAY_CLUSTER = False
+                kwargs.update(
+                    num_cpus=self.num_cpus,
+                    object_store_memory=self.object_store_memory,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                )
+            kwargs.update(self.init_kwargs)
+            ray.init(**kwargs)
+            return ray
+
+    def __repr__(self) -> str:
+        where = "local" if self.address is None else repr(self.address)
+        return f"RayBackend({where}, num_cpus_per_shard={self.num_cpus_per_shard})"
