@@ -298,6 +298,7 @@ class _ShardLink:
         self.resent = 0  # batches sent again after an actor died
         self.replaced = 0  # actors replaced
         self.remote_ns = 0  # handler time on the actors, summed from the replies
+        self.recovered_at: float | None = None  # monotonic time of the last re-send's reply
 
     def start(self) -> None:
         self.actor = self.remote.create(self.shard)
@@ -345,6 +346,8 @@ class _ShardLink:
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                 continue
+            if attempt > 1:
+                self.recovered_at = time.monotonic()
             return self._outcome(reply, seq, len(batch))
 
     def _outcome(self, reply: tuple[Any, ...], seq: int, n: int) -> BatchOutcome | None:

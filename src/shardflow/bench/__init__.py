@@ -54,6 +54,7 @@ from shardflow.bench import (
     latency,
     memory,
     pipeline,
+    ray,
     reuse,
     stealing,
     sweep,
@@ -90,6 +91,8 @@ SECTIONS: dict[str, Section] = {
     "pipeline": pipeline.run_section,
     "executor": executor.run_section,
     "sweep": sweep.run_section,
+    # Starts a local Ray cluster; without Ray installed it is skipped with a note.
+    "ray": ray.run_section,
 }
 
 

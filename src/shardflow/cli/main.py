@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LIST",
         help="comma-separated sections to run, among memory, idle, throughput, gil, "
-        "stealing, latency, reuse, pipeline, executor, sweep (default: all)",
+        "stealing, latency, reuse, pipeline, executor, sweep, ray (default: all)",
     )
     bench.add_argument(
         "--json",
