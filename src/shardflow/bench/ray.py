@@ -34,6 +34,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from shardflow.bench.common import (
@@ -105,7 +106,7 @@ def _measure(
     actor_pool = ray.util.ActorPool(actors)
 
     def pool_run(n: int, keyed: bool) -> tuple[int, float]:
-        pool = shardflow.ShardedPool(
+        pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
             noop,
             workers=ACTORS,
             key=(lambda x: x % 1000) if keyed else None,
@@ -156,7 +157,7 @@ def _measure(
             raise RuntimeError(f"multiprocessing.Pool contender moved {done} of {n}")
         return n, dt
 
-    runners = {
+    runners: dict[str, Callable[[int], tuple[int, float]]] = {
         "shardflow RayBackend": lambda n: pool_run(n, False),
         "shardflow RayBackend keyed": lambda n: pool_run(n, True),
         "hand-written ray.wait window": hand_written,
@@ -252,7 +253,9 @@ def _batch_latency(ray: Any, backend: Any, actor: Any, rounds: int) -> dict[str,
     import shardflow
 
     batch = list(range(CHUNK))
-    pool = shardflow.ShardedPool(noop, workers=1, batch_size=CHUNK, backend=backend)
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        noop, workers=1, batch_size=CHUNK, backend=backend
+    )
     bare: list[float] = []
     through: list[float] = []
     try:
@@ -292,14 +295,14 @@ def _kill_run(ray: Any, backend: Any, n: int) -> dict[str, Any]:
     checker = ray.remote(num_cpus=0)(_OrderChecker).remote()
     ray.get(checker.ping.remote())
     handler = _CheckedBatch(checker)
-    pool = shardflow.ShardedPool(
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
         handler,
         workers=ACTORS,
         key=lambda x: x % 1000,
         batch_size=CHUNK,
         backend=backend,
     )
-    runner = pool._runner  # the pool's own actors: the ones this run may kill
+    runner: Any = pool._runner  # the pool's own actors: the ones this run may kill
     feeder = threading.Thread(target=pool.submit_many, args=(range(n),), daemon=True)
     feeder.start()
     while pool.metrics().processed < n // 2:
