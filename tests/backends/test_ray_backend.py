@@ -77,26 +77,28 @@ class FakeRemote(Remote):
             raise ActorLost("cannot start")
         return 1000 + actor.incarnation
 
-    def call(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> tuple[Any, ...]:
+    def submit(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> Any:
+        if not actor.alive:
+            raise ActorLost("dead actor")
+        return (actor, seq, attempt, list(batch))
+
+    def result(self, handle: Any) -> int | tuple[Any, ...]:
+        # The fake runs a batch when its result is asked for: oldest first, as an actor
+        # runs the calls of one submitter.
+        actor, seq, attempt, batch = handle
         if not actor.alive:
             raise ActorLost("dead actor")
         with self.lock:
             self.calls.append((actor.shard, seq, attempt))
+        info = ("fake", actor.shard, seq, attempt)
         after = self.die(actor.shard, seq, attempt) if self.die else None
         if after is not None:
             # Handle the first `after` items, then die: the reply never comes.
             if after:
-                run_batch_here(
-                    self.handler,
-                    self.per_item,
-                    BatchInfo("fake", actor.shard, seq, attempt),
-                    batch[:after],
-                )
+                run_batch_here(self.handler, self.per_item, info, batch[:after])
             actor.alive = False
             raise ActorLost("killed mid-batch")
-        reply = run_batch_here(
-            self.handler, self.per_item, BatchInfo("fake", actor.shard, seq, attempt), batch
-        )
+        reply = run_batch_here(self.handler, self.per_item, info, batch)
         return pickle.loads(pickle.dumps(reply))  # what crosses the wire
 
     def kill(self, actor: Any) -> None:

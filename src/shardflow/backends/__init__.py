@@ -11,12 +11,13 @@ registers its name in ``BACKENDS``.
 
 from __future__ import annotations
 
-from shardflow.backends.base import Backend, BatchOutcome, ShardRunner
+from shardflow.backends.base import DEFERRED, Backend, BatchOutcome, ShardRunner
 from shardflow.backends.ray import RayBackend
 from shardflow.backends.thread import ThreadBackend
 
 __all__ = [
     "BACKENDS",
+    "DEFERRED",
     "Backend",
     "BatchOutcome",
     "RayBackend",

@@ -8,8 +8,12 @@ What runs where:
 * **Driver** (the process that made the pool): routing, per-key order, the bounded
   rings and backpressure (``on_full``), size-or-time batching, dead letters, ``on_error``
   and the accounting, all in the compiled core, exactly as with threads. One thread per
-  shard ships the shard's batches to its actor, one actor call per batch, and waits for
-  the reply before shipping the next one (an in-flight window of one batch per shard).
+  shard ships the shard's batches to its actor, one actor call per batch, keeping up to
+  ``window`` batches in flight (default 2: the actor starts the next batch while the
+  driver reads the previous reply); a collector thread per shard waits for the replies,
+  oldest first, and reports each batch's outcome to the core (``DEFERRED`` and
+  ``settle`` in ``shardflow.backends.base``). A full window blocks the shard's thread,
+  so the ring fills and ``submit`` blocks, raises or drops as with threads.
 * **Actor** (one per shard; synchronous, single-threaded, ``max_concurrency=1``):
   calls the handler, per item for a per-item handler (the batch is cut by the driver:
   ``batch_size`` items, ``RayBackend(batch_size=...)`` for per-item pools) or once with
@@ -20,20 +24,25 @@ What runs where:
 Failures: Ray's own task retries are off (``max_task_retries=0``, ``max_restarts=0``),
 because Ray re-runs retried calls out of order. Each batch carries a sequence number per
 shard. When the actor dies (killed, crashed, its node lost), the driver replaces it with
-a new actor and re-sends the unacknowledged batch (with one batch in flight per shard,
-that is the one batch it was waiting for) before any later batch of that shard, so
-per-key order is kept. **The batch that was running when the actor died may run twice**
-(delivery is at-least-once for side effects): its items may have been handled, in part
-or in full, by the dead actor before the new one runs them again. Handlers with side
-effects can make them idempotent with ``current_batch()``, which gives, inside the
-handler, the batch's id (stable across re-sends) and its attempt number. Accounting is
-exact: a batch is counted once, when its reply arrives, whatever the attempts. A batch
-that cannot be delivered within ``restart_timeout`` seconds (no actor can be started)
-fails as a whole with ``ShardLost`` (dead letter / ``on_error``), so nothing is lost
-silently and nothing hangs.
+a new actor and re-sends every unacknowledged batch of the shard (at most ``window``),
+in sequence order, before any later batch, so per-key order is kept. **The batch that
+was running when the actor died may run twice** (delivery is at-least-once for side
+effects): its items may have been handled, in part or in full, by the dead actor before
+the new one runs them again (batches queued behind it on the dead actor had not
+started). Handlers with side effects can make them idempotent with ``current_batch()``,
+which gives, inside the handler, the batch's id (stable across re-sends) and its attempt
+number. Accounting is exact: a batch is counted once, when its reply arrives, whatever
+the attempts. A batch that cannot be delivered within ``restart_timeout`` seconds (no
+actor can be started) fails as a whole with ``ShardLost`` (dead letter / ``on_error``),
+so nothing is lost silently and nothing hangs.
+
+Shut pools down (``shutdown()``, ``with``): that waits for the batches in flight. At
+interpreter exit, a pool that was not shut down is drained into its actors but the
+replies of its last batches are not waited for (Ray shuts down at exit too).
 
 Metrics: ``pool.metrics()`` is the same as with threads; a batch's ``service_time`` is
-the whole remote call as the driver sees it (the round trip, re-sends included).
+the whole remote call as the driver sees it, from shipping to its reply (time queued on
+the actor behind the previous batch and re-sends included).
 
 The handler is sent to each actor once, when it starts (cloudpickle). Guards
 (``breaker``, ``limiter``, ``rate_limiter``, ``retry``) are composed around the handler
@@ -52,12 +61,14 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import length_hint
 from typing import Any, ClassVar
 
 from shardflow._validate import check_bool, check_int, check_seconds
-from shardflow.backends.base import Backend, BatchOutcome, Handler, ShardRunner
+from shardflow.backends.base import DEFERRED, Backend, BatchOutcome, Handler, ShardRunner
 
 __all__ = [
     "BatchInfo",
@@ -73,11 +84,14 @@ _log = logging.getLogger("shardflow")
 #: Items per actor call for per-item pools (a per-item handler still gets one item at a
 #: time, on the actor). An actor call costs about a millisecond; 1,000 items spread it.
 DEFAULT_BATCH_SIZE = 1000
+#: Batches in flight per shard: the next one is queued on the actor while it runs one.
+DEFAULT_WINDOW = 2
 _MIB = 1024 * 1024
 
-# Reply tags (the actor's answer to one batch).
-_OK = 0  # (tag, seq, failures, remote_ns): failures = [(index, packed exception), ...]
-_BATCH_FAILED = 1  # (tag, seq, packed exception, remote_ns): a batch handler raised
+# The actor's answer to one batch: its sequence number alone (an int: the cheapest reply
+# to send) when every item succeeded, else (tag, seq, payload):
+_SOME_FAILED = 0  # payload: [(index, packed exception), ...]
+_BATCH_FAILED = 1  # payload: the packed exception a batch handler raised
 
 
 # ---------------------------------------------------------------------- errors
@@ -151,8 +165,8 @@ _current = threading.local()
 def current_batch() -> BatchInfo | None:
     """The batch being handled, inside a handler running on a ``RayBackend`` shard
     actor; None elsewhere (for example with the thread backend)."""
-    info: BatchInfo | None = getattr(_current, "info", None)
-    return info
+    at: tuple[str, int, int, int] | None = getattr(_current, "at", None)
+    return None if at is None else BatchInfo(*at)
 
 
 def _dumps(obj: object) -> bytes:
@@ -201,33 +215,41 @@ def _unpack_exception(packed: tuple[bytes | None, str, str, str]) -> BaseExcepti
 
 
 def run_batch_here(
-    handler: Handler, per_item: bool, info: BatchInfo, batch: list[Any]
-) -> tuple[Any, ...]:
-    """Run one batch and describe the outcome (what a shard actor does with a call).
+    handler: Handler, per_item: bool, at: tuple[str, int, int, int], batch: list[Any]
+) -> int | tuple[Any, ...]:
+    """Run one batch and describe the outcome (what a shard actor does with a call);
+    ``at`` is ``(run, shard, seq, attempt)`` (``current_batch()``).
 
     A per-item handler is called once per item and each failure is kept with its index;
     a batch handler is called once. Nothing raised by the handler escapes: the reply
     says what failed, with the exception (pickled here, or a ``RemoteError`` for one that
     does not pickle) and its traceback.
     """
-    _current.info = info
-    t0 = time.perf_counter_ns()
+    _current.at = at
     try:
         if per_item:
             failures = []
-            for i, item in enumerate(batch):
+            n = len(batch)
+            it = iter(batch)
+            while True:
+                # A bare loop (no per-item bookkeeping); after a failure the iterator says
+                # where it stopped, and the loop goes on from the next item.
                 try:
-                    handler(item)
+                    for item in it:
+                        handler(item)
+                    break
                 except BaseException as exc:
-                    failures.append((i, _pack_exception(exc)))
-            return (_OK, info.seq, failures, time.perf_counter_ns() - t0)
+                    failures.append((n - length_hint(it) - 1, _pack_exception(exc)))
+            if failures:
+                return (_SOME_FAILED, at[2], failures)
+            return at[2]
         try:
             handler(batch)
         except BaseException as exc:
-            return (_BATCH_FAILED, info.seq, _pack_exception(exc), time.perf_counter_ns() - t0)
-        return (_OK, info.seq, [], time.perf_counter_ns() - t0)
+            return (_BATCH_FAILED, at[2], _pack_exception(exc))
+        return at[2]
     finally:
-        _current.info = None
+        _current.at = None
 
 
 class _ShardActor:
@@ -243,9 +265,12 @@ class _ShardActor:
         """The actor's process id (tests and tools use it to find the process)."""
         return os.getpid()
 
-    def run(self, seq: int, attempt: int, batch: list[Any]) -> tuple[Any, ...]:
-        info = BatchInfo(self._run, self._shard, seq, attempt)
-        return run_batch_here(self._handler, self._per_item, info, batch)
+    def run(self, call: tuple[int, int, list[Any]]) -> int | tuple[Any, ...]:
+        """``call`` is ``(seq, attempt, batch)``: one argument, serialized once."""
+        seq, attempt, batch = call
+        return run_batch_here(
+            self._handler, self._per_item, (self._run, self._shard, seq, attempt), batch
+        )
 
 
 # ---------------------------------------------------------------------- driver side
@@ -258,7 +283,7 @@ class ActorLost(Exception):
 
 class Remote:
     """How the driver talks to shard actors. ``RayRemote`` uses Ray; the tests use a fake
-    with the same four methods to check the driver logic without a cluster."""
+    with the same methods to check the driver logic without a cluster."""
 
     def create(self, shard: int) -> Any:
         """Start a new actor for ``shard`` and return its handle (may not be ready)."""
@@ -269,9 +294,15 @@ class Remote:
         start, ``TimeoutError`` after ``timeout`` seconds."""
         raise NotImplementedError
 
-    def call(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> tuple[Any, ...]:
-        """Run ``batch`` on ``actor``; the reply of ``run_batch_here``. Raises
-        ``ActorLost`` if the actor died or cannot be reached."""
+    def submit(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> Any:
+        """Send ``batch`` to ``actor`` without waiting; a handle for ``result``. Calls to
+        one actor run in the order they were submitted."""
+        raise NotImplementedError
+
+    def result(self, handle: Any) -> int | tuple[Any, ...]:
+        """Wait for a submitted batch: the reply of ``run_batch_here``. Raises
+        ``ActorLost`` if the actor died or cannot be reached (the batch may or may not
+        have run)."""
         raise NotImplementedError
 
     def kill(self, actor: Any) -> None:
@@ -279,88 +310,217 @@ class Remote:
         raise NotImplementedError
 
 
-class _ShardLink:
-    """The driver's side of one shard: its actor, its sequence numbers, its re-sends.
+class _InFlight:
+    """One shipped batch, until its outcome is settled."""
 
-    Called only from its shard's thread (one batch at a time), so it needs no lock.
+    __slots__ = ("attempt", "batch", "error", "first_loss", "handle", "seq", "t0")
+
+    def __init__(self, seq: int, batch: list[Any]) -> None:
+        self.seq = seq
+        self.batch = batch
+        self.attempt = 1
+        self.handle: Any = None  # None: not sent to the current actor (yet)
+        self.error: BaseException | None = None  # failed before it could be sent
+        self.first_loss = 0.0
+        self.t0 = time.monotonic_ns()
+
+
+class _ShardLink:
+    """The driver's side of one shard: its actor, its window of batches in flight, their
+    sequence numbers and the re-sends.
+
+    The shard's thread (``ship``) sends each batch at once and returns ``DEFERRED`` while
+    fewer than ``window`` batches are in flight (it waits for room otherwise). The link's
+    collector thread waits for the replies oldest first and settles each batch with the
+    core (the only thread that counts this shard's outcomes). When the actor dies, the
+    collector replaces it and re-sends every unacknowledged batch, in sequence order,
+    before the shard's thread may send another one: per-key order holds, and the batch
+    that was running at the crash (and only the batches not acknowledged) may run again.
     """
 
     def __init__(
-        self, remote: Remote, shard: int, restart_timeout: float, start_timeout: float
+        self,
+        remote: Remote,
+        shard: int,
+        window: int,
+        restart_timeout: float,
+        settle: Callable[[int, list[Any], object, int], None],
     ) -> None:
         self.remote = remote
         self.shard = shard
+        self.window = window
         self.restart_timeout = restart_timeout
-        self.start_timeout = start_timeout
+        self.settle = settle
         self.actor: Any = None
         self.pid: int | None = None
-        self.seq = 0  # the last batch sent (acknowledged once call() returns)
+        self.inflight: deque[_InFlight] = deque()
+        self.cond = threading.Condition()
+        self.closing = False
+        self.seq = 0  # the last batch shipped
+        self.settled = 0  # batches settled (they are settled in sequence order)
         self.resent = 0  # batches sent again after an actor died
         self.replaced = 0  # actors replaced
-        self.remote_ns = 0  # handler time on the actors, summed from the replies
         self.recovered_at: float | None = None  # monotonic time of the last re-send's reply
+        self.collector: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.actor = self.remote.create(self.shard)
-        self.pid = self.remote.ready(self.actor, self.start_timeout)
+    # -- the shard's thread
 
-    def call(self, batch: list[Any]) -> BatchOutcome | None:
-        """Ship ``batch`` (the next one of this shard) until some actor answers; return
-        what the core expects from a wrapped handler."""
-        self.seq += 1
-        seq = self.seq
-        attempt = 1
-        first_loss = 0.0
+    def ship(self, batch: list[Any]) -> object:
+        with self.cond:
+            while len(self.inflight) >= self.window:
+                self.cond.wait()
+            self.seq += 1
+            entry = _InFlight(self.seq, batch)
+            if self.actor is not None and not self.inflight_lost():
+                try:
+                    entry.handle = self.remote.submit(self.actor, entry.seq, 1, batch)
+                except ActorLost:
+                    pass  # the collector replaces the actor and sends it
+                except BaseException as exc:
+                    entry.error = exc
+            self.inflight.append(entry)
+            self.cond.notify_all()
+        return DEFERRED
+
+    def inflight_lost(self) -> bool:
+        # An unsent entry ahead means the actor is being replaced: keep the order.
+        return any(e.handle is None and e.error is None for e in self.inflight)
+
+    # -- the collector thread
+
+    def collect(self) -> None:
+        while True:
+            with self.cond:
+                while not self.inflight and not self.closing:
+                    self.cond.wait()
+                if not self.inflight:
+                    return
+                entry = self.inflight[0]
+            outcome = self._outcome_of(entry)
+            service_ns = time.monotonic_ns() - entry.t0
+            try:
+                self.settle(self.shard, entry.batch, outcome, service_ns)
+            finally:
+                with self.cond:
+                    self.inflight.popleft()
+                    self.settled += 1
+                    self.cond.notify_all()
+
+    def _outcome_of(self, entry: _InFlight) -> object:
+        """Wait for the head batch's reply, replacing the actor and re-sending as needed;
+        what ``settle`` takes."""
         delay = 0.01
         while True:
+            if entry.error is not None:
+                return entry.error
             try:
-                if self.actor is None:
-                    self.actor = self.remote.create(self.shard)
-                    self.pid = self.remote.ready(self.actor, self.restart_timeout)
-                reply = self.remote.call(self.actor, seq, attempt, batch)
-            except (ActorLost, TimeoutError) as lost:
+                if entry.handle is None:
+                    raise ActorLost("no actor")
+                reply = self.remote.result(entry.handle)
+            except ActorLost as lost:
                 now = time.monotonic()
-                if attempt == 1:
-                    first_loss = now
-                if self.actor is not None:
-                    self.remote.kill(self.actor)
-                    self.actor = None
-                    self.replaced += 1
-                if now - first_loss >= self.restart_timeout:
-                    raise ShardLost(
-                        f"shard {self.shard}: batch {seq} ({len(batch)} items) could not be "
-                        f"delivered within restart_timeout={self.restart_timeout} s after its "
-                        f"actor died ({attempt} attempts)"
-                    ) from lost
-                _log.warning(
-                    "shardflow ray shard %d: actor lost (%s); re-sending batch %d "
-                    "(attempt %d) to a new actor",
-                    self.shard,
-                    lost,
-                    seq,
-                    attempt + 1,
-                )
-                attempt += 1
-                self.resent += 1
-                if attempt > 2:  # the first re-send goes at once, later ones back off
+                if entry.first_loss == 0.0:
+                    entry.first_loss = now
+                if now - entry.first_loss >= self.restart_timeout:
+                    with self.cond:
+                        if self.actor is not None:
+                            self.remote.kill(self.actor)
+                            self.actor = None
+                    gone = ShardLost(
+                        f"shard {self.shard}: batch {entry.seq} ({len(entry.batch)} items) "
+                        f"could not be delivered within restart_timeout={self.restart_timeout}"
+                        f" s after its actor died ({entry.attempt} attempts)"
+                    )
+                    gone.__cause__ = lost
+                    return gone
+                if entry.attempt > 1:  # the first re-send goes at once, later ones back off
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
+                self._replace_and_resend(lost)
                 continue
-            if attempt > 1:
+            if entry.attempt > 1:
                 self.recovered_at = time.monotonic()
-            return self._outcome(reply, seq, len(batch))
+            try:
+                return self._decode(reply, entry.seq)
+            except BaseException as exc:
+                return exc
 
-    def _outcome(self, reply: tuple[Any, ...], seq: int, n: int) -> BatchOutcome | None:
-        tag, got_seq = reply[0], reply[1]
+    def _replace_and_resend(self, lost: BaseException) -> None:
+        with self.cond:
+            if self.actor is not None:
+                self.remote.kill(self.actor)
+                self.actor = None
+                self.replaced += 1
+            pending = [e for e in self.inflight if e.error is None]
+            for e in pending:
+                e.handle = None
+            _log.warning(
+                "shardflow ray shard %d: actor lost (%s); re-sending %d unacknowledged "
+                "batch(es) from %d on, in order, to a new actor",
+                self.shard,
+                lost,
+                len(pending),
+                pending[0].seq if pending else -1,
+            )
+            try:
+                actor = self.remote.create(self.shard)
+                self.pid = self.remote.ready(actor, self.restart_timeout)
+            except (ActorLost, TimeoutError) as exc:
+                _log.warning("shardflow ray shard %d: new actor failed: %s", self.shard, exc)
+                return
+            self.actor = actor
+            for e in pending:
+                e.attempt += 1
+                self.resent += 1
+                try:
+                    e.handle = self.remote.submit(actor, e.seq, e.attempt, e.batch)
+                except ActorLost:
+                    return  # dead again: the next result() call starts over
+                except BaseException as exc:
+                    e.error = exc
+
+    def _decode(self, reply: int | tuple[Any, ...], seq: int) -> BatchOutcome | None:
+        if type(reply) is int:
+            tag, got_seq = None, reply
+        else:
+            assert isinstance(reply, tuple)
+            tag, got_seq = reply[0], reply[1]
         if got_seq != seq:  # pragma: no cover - would be a bug in the actor or in Ray
             raise RuntimeError(f"shard {self.shard}: reply for batch {got_seq}, sent {seq}")
-        self.remote_ns += reply[3]
+        if tag is None:
+            return None
+        assert isinstance(reply, tuple)
         if tag == _BATCH_FAILED:
             raise _unpack_exception(reply[2])
         failures = reply[2]
         if not failures:
             return None
         return BatchOutcome([(i, _unpack_exception(p)) for i, p in failures])
+
+    def wait_settled(self, deadline: float | None) -> bool:
+        with self.cond:
+            target = self.seq
+            while self.settled < target:
+                if deadline is None:
+                    self.cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self.cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Let the collector finish what is in flight, then stop it and the actor."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        if self.collector is not None:
+            self.collector.join()
+        with self.cond:
+            if self.actor is not None:
+                self.remote.kill(self.actor)
+                self.actor = None
 
 
 class RayRemote(Remote):
@@ -403,9 +563,15 @@ class RayRemote(Remote):
             raise ActorLost(str(exc)) from exc
         return pid
 
-    def call(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> tuple[Any, ...]:
+    def submit(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> Any:
         try:
-            reply: tuple[Any, ...] = self._ray.get(actor.run.remote(seq, attempt, batch))
+            return actor.run.remote((seq, attempt, batch))
+        except self._lost as exc:
+            raise ActorLost(f"{type(exc).__name__}") from exc
+
+    def result(self, handle: Any) -> int | tuple[Any, ...]:
+        try:
+            reply: int | tuple[Any, ...] = self._ray.get(handle)
         except self._lost as exc:
             raise ActorLost(f"{type(exc).__name__}") from exc
         return reply
@@ -424,6 +590,7 @@ class _RayRunner(ShardRunner):
         self._workers = workers
         self._handler: Handler | None = None
         self._per_item = True
+        self._settle: Callable[[int, list[Any], object, int], None] | None = None
         self.links: list[_ShardLink] = []
         self._threads: list[threading.Thread] = []
         self._local = threading.local()
@@ -441,11 +608,14 @@ class _RayRunner(ShardRunner):
     def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
         self._handler = handler
         self._per_item = per_item
-        return self._call
+        return self._ship
 
-    def _call(self, batch: list[Any]) -> BatchOutcome | None:
+    def attach(self, settle: Callable[[int, list[Any], object, int], None]) -> None:
+        self._settle = settle
+
+    def _ship(self, batch: list[Any]) -> object:
         link: _ShardLink = self._local.link
-        return link.call(batch)
+        return link.ship(batch)
 
     def start(
         self,
@@ -453,10 +623,11 @@ class _RayRunner(ShardRunner):
         starting: Callable[[], None],
         start_failed: Callable[[], None],
     ) -> None:
-        assert self._handler is not None, "wrap() comes before start()"
+        assert self._handler is not None and self._settle is not None, "wrap/attach first"
         remote = self._backend._make_remote(self._handler, self._per_item)
+        b = self._backend
         self.links = [
-            _ShardLink(remote, i, self._backend.restart_timeout, self._backend.start_timeout)
+            _ShardLink(remote, i, b.window, b.restart_timeout, self._settle)
             for i in range(self._workers)
         ]
         # Create every actor first, then wait for all: they start in parallel.
@@ -464,11 +635,18 @@ class _RayRunner(ShardRunner):
             link.actor = remote.create(link.shard)
         for link in self.links:
             try:
-                link.pid = remote.ready(link.actor, self._backend.start_timeout)
+                link.pid = remote.ready(link.actor, b.start_timeout)
             except (ActorLost, TimeoutError) as exc:
                 raise RuntimeError(
                     f"{self._pool_name}: shard actor {link.shard} could not start: {exc}"
                 ) from exc
+        for link in self.links:
+            link.collector = threading.Thread(
+                target=link.collect,
+                name=f"{self._pool_name}-ray-collect-{link.shard}",
+                daemon=True,
+            )
+            link.collector.start()
         for i in range(self._workers):
             t = threading.Thread(
                 target=self._serve,
@@ -488,6 +666,12 @@ class _RayRunner(ShardRunner):
         self._local.link = self.links[i]
         run_shard(i)
 
+    def wait_settled(self, timeout: float | None) -> bool:
+        deadline = None
+        if timeout is not None and timeout < 1e9:
+            deadline = time.monotonic() + timeout
+        return all(link.wait_settled(deadline) for link in self.links)
+
     def join(self) -> None:
         for t in self._threads:
             t.join()
@@ -495,9 +679,7 @@ class _RayRunner(ShardRunner):
             return
         self._joined = True
         for link in self.links:
-            if link.actor is not None:
-                link.remote.kill(link.actor)
-                link.actor = None
+            link.close()
 
     def after_fork_in_child(self) -> None:
         # The child has neither the shard threads nor a Ray connection of its own.
@@ -506,8 +688,7 @@ class _RayRunner(ShardRunner):
         self._joined = True
 
     def stats(self) -> list[dict[str, int | None]]:
-        """Per shard: batches sent, batches re-sent, actors replaced, the actor's pid,
-        and the handler time the actors reported (ns)."""
+        """Per shard: batches sent, batches re-sent, actors replaced, the actor's pid."""
         return [
             {
                 "shard": link.shard,
@@ -515,7 +696,6 @@ class _RayRunner(ShardRunner):
                 "resent": link.resent,
                 "replaced": link.replaced,
                 "pid": link.pid,
-                "remote_ns": link.remote_ns,
             }
             for link in self.links
         ]
@@ -540,6 +720,9 @@ class RayBackend(Backend):
             of ``workers`` shards needs ``workers * num_cpus_per_shard`` free CPUs.
         batch_size: items per actor call for per-item pools (``batch_size=1``). Pools
             with ``batch_size > 1`` ship their own batches.
+        window: batches in flight per shard (sent, reply not yet in). 2 lets an actor
+            start the next batch while the driver handles the reply of the previous
+            one; each shard holds at most ``window`` batches beyond its ring.
         restart_timeout: seconds a batch may wait for a new actor after its actor died
             before it fails as a whole with ``ShardLost``.
         start_timeout: seconds a pool waits for its actors to start.
@@ -573,6 +756,7 @@ class RayBackend(Backend):
         *,
         num_cpus_per_shard: float = 1.0,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        window: int = DEFAULT_WINDOW,
         restart_timeout: float = 60.0,
         start_timeout: float = 120.0,
         num_cpus: int | None = 2,
@@ -589,6 +773,7 @@ class RayBackend(Backend):
         if not num_cpus_per_shard >= 0:
             raise ValueError(f"num_cpus_per_shard must be >= 0, got {num_cpus_per_shard!r}")
         check_int("batch_size", batch_size, lo=1, hi=1 << 20)
+        check_int("window", window, lo=1, hi=1 << 10)
         check_seconds("restart_timeout", restart_timeout, optional=False)
         check_seconds("start_timeout", start_timeout, optional=False, positive=True)
         if num_cpus is not None:
@@ -605,6 +790,7 @@ class RayBackend(Backend):
         self.address = address
         self.num_cpus_per_shard = float(num_cpus_per_shard)
         self.batch_size = batch_size
+        self.window = window
         self.restart_timeout = float(restart_timeout)
         self.start_timeout = float(start_timeout)
         self.num_cpus = num_cpus
