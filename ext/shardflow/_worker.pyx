@@ -651,9 +651,9 @@ cdef class PoolCore:
         routed one by one) or the exception that failed the batch as a whole; the batch's
         service time (``service_ns``, recorded when >= 0) too.
 
-        Called by the runner exactly once per deferred batch, always from the same thread
-        for a given shard (the counters it adds to then have a single writer), before
-        the runner's ``join()`` returns."""
+        Called by the runner exactly once per deferred batch, never concurrently for one
+        shard (from one thread, or from several serialized by a lock: the counters it adds
+        to take one writer at a time), before the runner's ``join()`` returns."""
         if not (0 <= index < self.workers):
             raise IndexError(f"shard index {index} out of range(0, {self.workers})")
         cdef sf_shard *sh = &self.shards[index]

@@ -32,10 +32,11 @@ this order:
    ``DEFERRED`` instead: the batch was shipped, its outcome comes later. It then reports
    that outcome exactly once with the ``settle`` callable it got from ``attach``:
    ``settle(shard, batch, outcome, service_ns)``, ``outcome`` being None, a
-   ``BatchOutcome`` or the exception that failed the whole batch. All the settles of one
-   shard come from one thread, in the order of its choice (per-key order is the
-   runner's business: it must run a shard's batches in the order it got them), and
-   before the runner's ``join()`` returns.
+   ``BatchOutcome`` or the exception that failed the whole batch. The settles of one
+   shard never run concurrently (one thread, or several serialized by a lock: the
+   shard's counters take one writer at a time), and all come before the runner's
+   ``join()`` returns. Per-key order is the runner's business: it must run a shard's
+   batches in the order it got them.
 1b. ``attach(settle)`` once, right after ``wrap``: the core's ``settle`` (runners that
    never return ``DEFERRED`` ignore it).
 2. ``start(run_shard)`` once: arrange for ``run_shard(i)`` to be called exactly once for

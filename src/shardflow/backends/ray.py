@@ -330,13 +330,24 @@ class _ShardLink:
     sequence numbers and the re-sends.
 
     The shard's thread (``ship``) sends each batch at once and returns ``DEFERRED`` while
-    fewer than ``window`` batches are in flight (it waits for room otherwise). The link's
-    collector thread waits for the replies oldest first and settles each batch with the
-    core (the only thread that counts this shard's outcomes). When the actor dies, the
-    collector replaces it and re-sends every unacknowledged batch, in sequence order,
-    before the shard's thread may send another one: per-key order holds, and the batch
-    that was running at the crash (and only the batches not acknowledged) may run again.
+    fewer than ``window`` batches are in flight; with a full window it collects the
+    oldest reply itself (like a hand-written ``ray.wait`` loop: no thread hand-off while
+    the shard is busy) and settles that batch with the core. When the shard goes idle,
+    the link's collector thread settles what is left (after ``IDLE_COLLECT`` seconds, up
+    to 16 times that after a busy spell, so that it does not compete with a busy shard's
+    thread); ``wait_settled`` (flush) and
+    ``close`` collect at once. One batch is collected at a time (``collecting``), oldest
+    first, so the core's counters of the shard see one settle after the other.
+
+    When the actor dies, whoever is collecting replaces it and re-sends every
+    unacknowledged batch, in sequence order, before the shard's thread may send another
+    one: per-key order holds, and the batch that was running at the crash (and only the
+    batches not acknowledged) may run again.
     """
+
+    #: Seconds the collector thread leaves an idle shard's oldest reply to the shard's
+    #: own thread before collecting it.
+    IDLE_COLLECT = 0.002
 
     def __init__(
         self,
@@ -354,7 +365,8 @@ class _ShardLink:
         self.actor: Any = None
         self.pid: int | None = None
         self.inflight: deque[_InFlight] = deque()
-        self.cond = threading.Condition()
+        self.cond = threading.Condition()  # guards inflight, actor and the counters
+        self.collecting = threading.Lock()  # held while one batch is collected and settled
         self.closing = False
         self.seq = 0  # the last batch shipped
         self.settled = 0  # batches settled (they are settled in sequence order)
@@ -366,35 +378,35 @@ class _ShardLink:
     # -- the shard's thread
 
     def ship(self, batch: list[Any]) -> object:
-        with self.cond:
-            while len(self.inflight) >= self.window:
-                self.cond.wait()
-            self.seq += 1
-            entry = _InFlight(self.seq, batch)
-            if self.actor is not None and not self.inflight_lost():
-                try:
-                    entry.handle = self.remote.submit(self.actor, entry.seq, 1, batch)
-                except ActorLost:
-                    pass  # the collector replaces the actor and sends it
-                except BaseException as exc:
-                    entry.error = exc
-            self.inflight.append(entry)
-            self.cond.notify_all()
-        return DEFERRED
+        while True:
+            with self.cond:
+                if len(self.inflight) < self.window:
+                    self.seq += 1
+                    entry = _InFlight(self.seq, batch)
+                    if self.actor is not None and not self.inflight_lost():
+                        try:
+                            entry.handle = self.remote.submit(self.actor, entry.seq, 1, batch)
+                        except ActorLost:
+                            pass  # the next collect replaces the actor and sends it
+                        except BaseException as exc:  # e.g. an item that does not pickle
+                            entry.error = exc
+                    self.inflight.append(entry)
+                    self.cond.notify_all()
+                    return DEFERRED
+            self.collect_head()
 
     def inflight_lost(self) -> bool:
         # An unsent entry ahead means the actor is being replaced: keep the order.
         return any(e.handle is None and e.error is None for e in self.inflight)
 
-    # -- the collector thread
+    # -- collecting (the shard's thread, the collector thread, flush, close)
 
-    def collect(self) -> None:
-        while True:
+    def collect_head(self) -> bool:
+        """Wait for the oldest batch's reply and settle it; False if none is in flight."""
+        with self.collecting:
             with self.cond:
-                while not self.inflight and not self.closing:
-                    self.cond.wait()
                 if not self.inflight:
-                    return
+                    return False
                 entry = self.inflight[0]
             outcome = self._outcome_of(entry)
             service_ns = time.monotonic_ns() - entry.t0
@@ -405,6 +417,28 @@ class _ShardLink:
                     self.inflight.popleft()
                     self.settled += 1
                     self.cond.notify_all()
+            return True
+
+    def collect(self) -> None:
+        """The collector thread: settle what an idle shard left in flight."""
+        pause = self.IDLE_COLLECT
+        while True:
+            with self.cond:
+                while not self.inflight and not self.closing:
+                    self.cond.wait()
+                if not self.inflight:
+                    return
+                head = self.inflight[0]
+                if not self.closing:
+                    # A busy shard's thread collects its own replies; step in only if the
+                    # oldest one is still there after a pause, which grows (to 16x) while
+                    # the shard stays busy, so that polling costs little.
+                    self.cond.wait(pause)
+                    if not self.closing and (not self.inflight or self.inflight[0] is not head):
+                        pause = min(pause * 2, 16 * self.IDLE_COLLECT)
+                        continue
+            pause = self.IDLE_COLLECT
+            self.collect_head()
 
     def _outcome_of(self, entry: _InFlight) -> object:
         """Wait for the head batch's reply, replacing the actor and re-sending as needed;
@@ -500,15 +534,18 @@ class _ShardLink:
     def wait_settled(self, deadline: float | None) -> bool:
         with self.cond:
             target = self.seq
-            while self.settled < target:
-                if deadline is None:
-                    self.cond.wait()
-                else:
+        while True:
+            with self.cond:
+                if self.settled >= target:
+                    return True
+                if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    self.cond.wait(left)
-        return True
+                    # The collector thread settles them; a reply wait cannot time out.
+                    self.cond.wait(min(left, self.IDLE_COLLECT))
+                    continue
+            self.collect_head()
 
     def close(self) -> None:
         """Let the collector finish what is in flight, then stop it and the actor."""
