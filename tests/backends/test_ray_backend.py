@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import pickle
 import subprocess
@@ -522,3 +523,25 @@ def test_cluster_actor_killed_mid_run_loses_nothing_and_keeps_order(
     again = {(k, n) for k, n, _, _, attempt in rows if attempt > 1}
     twice = {r for r, count in Counter(records).items() if count > 1}
     assert twice <= again
+
+
+@pytest.mark.skipif(not _HAVE_RAY, reason="ray is not installed (pip install 'shardflow[ray]')")
+def test_cluster_node_removed_mid_run_loses_nothing_and_keeps_order() -> None:
+    # Its own 3-node cluster (head + 2 worker nodes, all on 127.0.0.1), in a fresh
+    # interpreter: this process may hold the session's cluster. The node running shard
+    # 0's actor is removed half-way (the run's own node, started by it).
+    from shardflow.bench.ray import NODE_LOSS_CODE
+
+    proc = subprocess.run(
+        [sys.executable, "-c", NODE_LOSS_CODE, "100000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["lost"] == 0
+    assert result["inversions"] == 0
+    assert result["exact"] is True
+    assert result["replaced"] >= 1 and result["resent"] >= 1, result

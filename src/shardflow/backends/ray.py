@@ -879,6 +879,9 @@ class RayBackend(Backend):
                     constants: Any = importlib.import_module("ray._private.ray_constants")
                     constants.ENABLE_RAY_CLUSTER = False
                 kwargs.update(
+                    # "local": a new instance, never one found through RAY_ADDRESS or a
+                    # `ray start` of someone else on this machine.
+                    address="local",
                     num_cpus=self.num_cpus,
                     object_store_memory=self.object_store_memory,
                     include_dashboard=False,

@@ -22,7 +22,9 @@ Then the latency a pool adds to one batch: ``submit_many`` of 1,000 items + ``fl
 on a one-shard pool, against a bare ``ray.get(actor.run.remote(batch))`` round trip of
 the same list, interleaved, p50 of each. And a keyed run in which shard 0's actor is
 killed (``ray.kill``) half-way: items lost, per-key inversions, accounting, and the time
-from the kill to the re-sent batch's reply.
+from the kill to the re-sent batch's reply. Last (not with ``--quick``), in a fresh
+interpreter, the same on a ``ray.cluster_utils.Cluster`` whose node running shard 0's
+actor is removed half-way (``node_loss_run``).
 
 Skipped with a note when Ray is not installed (``pip install 'shardflow[ray]'``).
 """
@@ -53,6 +55,11 @@ from shardflow.bench.common import (
 CHUNK = 1000
 ACTORS = 2
 WINDOW = 2  # calls in flight per actor, hand-written contender
+#: ``python -c NODE_LOSS_CODE ITEMS`` runs ``node_loss_run`` in a fresh interpreter.
+NODE_LOSS_CODE = (
+    "import sys; from shardflow.bench.ray import main; "
+    "sys.exit(main(['--node-loss', *sys.argv[1:]]))"
+)
 
 
 class _NoopActor:
@@ -87,9 +94,51 @@ def _section_ray(ctx: BenchContext, out: TextIO) -> tuple[dict[str, Any], list[T
     ray: Any = backend.ensure_ray()
     startup = time.perf_counter() - t0
     try:
-        return _measure(ctx, out, ray, backend, startup)
+        data, targets = _measure(ctx, out, ray, backend, startup)
     finally:
         ray.shutdown()
+    if ctx.quick:
+        print("  node removed: skipped with --quick (it starts a 3-node cluster)", file=out)
+        return data, targets
+    node = _node_loss_in_subprocess(200_000)
+    data["node_loss"] = node
+    if "error" in node:
+        print(f"  node removed: failed: {node['error']}", file=out)
+        return data, targets
+    print(
+        f"  node removed (ray.cluster_utils.Cluster: head + 2 worker nodes on 127.0.0.1; "
+        f"keyed, {node['items']:,} items): lost {node['lost']}, per-key inversions "
+        f"{node['inversions']}, processed {node['processed']:,} (exact: {node['exact']}), "
+        f"re-sent {node['resent']}, resumed {node['resume_s']:.3f} s after the removal",
+        file=out,
+    )
+    targets += [
+        Target("node removed: items lost", node["lost"], "==", 0, unit="items"),
+        Target("node removed: per-key inversions", node["inversions"], "==", 0, unit="inversions"),
+    ]
+    return data, targets
+
+
+def _node_loss_in_subprocess(n: int) -> dict[str, Any]:
+    """``node_loss_run(n)`` in a fresh interpreter (it needs Ray uninitialized)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", NODE_LOSS_CODE, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {
+            "error": proc.stderr.strip().splitlines()[-1:]
+            or ["exit status " + str(proc.returncode)]
+        }
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _measure(
@@ -366,12 +415,120 @@ class _OrderChecker:
 
 
 class _CheckedBatch:
-    """The batch handler of the kill run: hands the batch to the order checker and waits
-    (so that the checker sees batches in the order the shard ran them)."""
+    """The batch handler of the kill runs: hands the batch to the order checker and waits
+    (so that the checker sees batches in the order the shard ran them), then sleeps
+    ``delay`` seconds (work that outlasts the failure detection)."""
 
-    def __init__(self, checker: Any) -> None:
+    def __init__(self, checker: Any, delay: float = 0.0) -> None:
         self.checker = checker
+        self.delay = delay
 
     def __call__(self, batch: list[int]) -> None:
         ray = importlib.import_module("ray")
         ray.get(self.checker.record.remote(list(batch)))
+        if self.delay:
+            time.sleep(self.delay)
+
+
+def node_loss_run(n: int = 100_000, batch_delay: float = 0.08) -> dict[str, Any]:
+    """A keyed run on a two-worker-node ``ray.cluster_utils.Cluster`` on this machine
+    (all on 127.0.0.1): the shard actors live on the two worker nodes (custom resource
+    ``slot``), and the node running shard 0's actor is removed (``allow_graceful=False``)
+    half-way. Items lost, per-key inversions, accounting, re-sends and the time from the
+    removal to the re-sent batch's reply. Each batch takes ``batch_delay`` seconds more
+    on its actor, so that the second half outlasts the ~1 s Ray takes to declare the
+    node dead (a direct actor call does not notice the raylet's death at once).
+
+    Starts and stops its own cluster, so it must run in a process where Ray is not
+    initialized (``python -c NODE_LOSS_CODE ITEMS`` prints it as JSON).
+    """
+    import shardflow
+    from shardflow.backends.ray import RayBackend
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray: Any = importlib.import_module("ray")
+    constants: Any = importlib.import_module("ray._private.ray_constants")
+    constants.ENABLE_RAY_CLUSTER = False  # loopback, even if ray was imported before
+    cluster_utils: Any = importlib.import_module("ray.cluster_utils")
+    mib = 1024 * 1024
+    cluster = cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "object_store_memory": 100 * mib,
+            "include_dashboard": False,
+            "_system_config": {
+                "health_check_initial_delay_ms": 0,
+                "health_check_period_ms": 100,
+                "health_check_failure_threshold": 10,
+            },
+        },
+    )
+    try:
+        nodes = [
+            cluster.add_node(num_cpus=1, resources={"slot": 2}, object_store_memory=100 * mib)
+            for _ in range(2)
+        ]
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        backend = RayBackend(address=cluster.address, num_cpus_per_shard=0, resources={"slot": 1})
+        checker = ray.remote(num_cpus=0)(_OrderChecker).remote()
+        ray.get(checker.ping.remote())
+        pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+            _CheckedBatch(checker, batch_delay),
+            workers=ACTORS,
+            key=lambda x: x % 1000,
+            batch_size=CHUNK,
+            backend=backend,
+        )
+        runner: Any = pool._runner
+        feeder = threading.Thread(target=pool.submit_many, args=(range(n),), daemon=True)
+        feeder.start()
+        while pool.metrics().processed < n // 2:
+            time.sleep(0.001)
+        victim = _node_of_pid(nodes, runner.links[0].pid)
+        removed_at = time.monotonic()
+        cluster.remove_node(victim, allow_graceful=False)
+        feeder.join()
+        pool.shutdown()
+        resumed = runner.links[0].recovered_at
+        m = pool.metrics()
+        seen, inversions, duplicates = ray.get(checker.result.remote())
+        stats = runner.stats()
+        return {
+            "items": n,
+            "lost": n - seen,
+            "inversions": inversions,
+            "duplicates": duplicates,
+            "processed": m.processed,
+            "exact": m.submitted == n and m.processed == n and m.failed == 0,
+            "resent": sum(int(s["resent"] or 0) for s in stats),
+            "replaced": sum(int(s["replaced"] or 0) for s in stats),
+            "resume_s": (resumed - removed_at) if resumed else float("inf"),
+        }
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _node_of_pid(nodes: list[Any], pid: int | None) -> Any:
+    """The cluster node whose raylet started the worker process ``pid`` (its parent)."""
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    for node in nodes:
+        for info in node.all_processes.get("raylet", []):
+            if info.process.pid == ppid:
+                return node
+    raise RuntimeError(f"no worker node runs the process {pid}")
+
+
+def main(argv: list[str]) -> int:
+    """``python -c 'from shardflow.bench.ray import main; main(["--node-loss", N])'``:
+    prints ``node_loss_run(N)`` as JSON."""
+    import json
+
+    if argv[:1] != ["--node-loss"] or len(argv) > 2:
+        raise SystemExit("usage: main(['--node-loss', ITEMS])")
+    print(json.dumps(node_loss_run(*(int(a) for a in argv[1:]))))
+    return 0
