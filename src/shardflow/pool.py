@@ -374,7 +374,9 @@ class ShardedPool(PoolCore, Generic[T]):
         if self._closed:
             raise Closed(f"{self.name}: flush() after close(); closing already flushes")
         check_seconds("timeout", timeout, allow_inf=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
+        if timeout is not None and timeout < _ASUBMIT_FOREVER:
+            deadline = time.monotonic() + timeout
         if not self._flush(timeout):
             return False
         # A backend with batches in flight (DEFERRED) waits for their outcomes too.

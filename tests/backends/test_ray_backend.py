@@ -545,3 +545,37 @@ def test_cluster_node_removed_mid_run_loses_nothing_and_keeps_order() -> None:
     assert result["inversions"] == 0
     assert result["exact"] is True
     assert result["replaced"] >= 1 and result["resent"] >= 1, result
+
+
+def test_metrics_and_the_prometheus_collector_look_as_with_threads() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from shardflow.prometheus import ShardflowCollector
+
+    dead: list[Any] = []
+
+    def handle(x: int) -> None:
+        if x % 100 == 0:
+            raise ValueError(x)
+
+    pool = shardflow.ShardedPool(
+        handle,
+        workers=2,
+        name="rayjobs",
+        backend=FakeRayBackend(batch_size=50),
+        dead_letter=lambda item, exc: dead.append(item),
+    )
+    registry = prometheus_client.CollectorRegistry()
+    ShardflowCollector(pool, registry=registry)
+    pool.submit_many(range(1000))
+    pool.shutdown()
+    m = pool.metrics()
+    assert (m.processed, m.dead_lettered) == (990, 10)
+    assert [s.index for s in m.shards] == [0, 1]
+    # One service-time sample per batch (the remote call), per shard.
+    assert sum(s.service_time.count for s in m.shards) == m.batches
+    assert m.service_time.percentile(50) > 0
+    processed = sum(
+        registry.get_sample_value("shardflow_processed_total", {"pool": "rayjobs", "shard": s}) or 0
+        for s in ("0", "1")
+    )
+    assert processed == 990

@@ -456,6 +456,7 @@ def node_loss_run(n: int = 100_000, batch_delay: float = 0.08) -> dict[str, Any]
         initialize_head=True,
         head_node_args={
             "num_cpus": 1,
+            "resources": {"head": 1},
             "object_store_memory": 100 * mib,
             "include_dashboard": False,
             "_system_config": {
@@ -473,7 +474,8 @@ def node_loss_run(n: int = 100_000, batch_delay: float = 0.08) -> dict[str, Any]
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         backend = RayBackend(address=cluster.address, num_cpus_per_shard=0, resources={"slot": 1})
-        checker = ray.remote(num_cpus=0)(_OrderChecker).remote()
+        # The order checker stays on the head node, which is never removed.
+        checker = ray.remote(num_cpus=0, resources={"head": 0.01})(_OrderChecker).remote()
         ray.get(checker.ping.remote())
         pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
             _CheckedBatch(checker, batch_delay),
