@@ -44,6 +44,10 @@ Metrics: ``pool.metrics()`` is the same as with threads; a batch's ``service_tim
 the whole remote call as the driver sees it, from shipping to its reply (time queued on
 the actor behind the previous batch and re-sends included).
 
+``ShardedPool`` and ``BatchProcessor`` take ``backend=RayBackend(...)``; ``Executor``
+(futures completed in this process) and ``Pipeline`` stages (which hand items to the next
+stage in this process) do not run on Ray yet.
+
 The handler is sent to each actor once, when it starts (cloudpickle). Guards
 (``breaker``, ``limiter``, ``rate_limiter``, ``retry``) are composed around the handler
 by the pool, so with this backend they travel with it and run inside each actor, one
@@ -752,7 +756,9 @@ class RayBackend(Backend):
         address: the Ray cluster to connect to (``ray.init(address=...)``, e.g.
             ``"auto"`` or ``"127.0.0.1:6379"``). None: use the Ray instance already
             initialized in this process, or start a small local one bound to 127.0.0.1
-            (``num_cpus``, ``object_store_memory``, no dashboard, no usage stats).
+            (``num_cpus``, ``object_store_memory``, no dashboard, no usage stats; it sets
+            ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and ``RAY_USAGE_STATS_ENABLED=0`` in
+            ``os.environ`` unless they are set, which is what keeps Ray on loopback).
         num_cpus_per_shard: the CPUs each shard actor reserves (Ray scheduling); a pool
             of ``workers`` shards needs ``workers * num_cpus_per_shard`` free CPUs.
         batch_size: items per actor call for per-item pools (``batch_size=1``). Pools
@@ -770,6 +776,7 @@ class RayBackend(Backend):
             ``{"runtime_env": ...}``); the ordering options (``max_concurrency=1``, no
             Ray restarts or task retries) should be left alone.
         init_kwargs: further ``ray.init`` keyword arguments.
+        log_to_driver: let Ray copy the actors' stdout/stderr to this process.
 
     Example (a synopsis: it starts a local Ray cluster, which takes seconds)::
 
