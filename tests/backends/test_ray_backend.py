@@ -106,6 +106,8 @@ class FakeRemote(Remote):
                 run_batch_here(self.handler, self.per_item, info, batch[:after])
             actor.alive = False
             raise ActorLost("killed mid-batch")
+        if any(isinstance(x, str) and x == "cannot unpickle" for x in batch):
+            raise RuntimeError("the actor could not unpickle its arguments")
         reply = run_batch_here(self.handler, self.per_item, info, batch)
         return pickle.loads(pickle.dumps(reply))  # what crosses the wire
 
@@ -320,6 +322,24 @@ def test_per_item_errors_come_back_one_by_one_with_remote_tracebacks() -> None:
         assert f"code {x}: no pickle" in str(exc)
         assert "could not be sent back" in str(exc)
         assert "in handle" in exc.remote_traceback
+
+
+def test_a_call_that_fails_without_the_actor_dying_fails_only_its_batch() -> None:
+    errors: list[tuple[Any, BaseException]] = []
+    seen: list[Any] = []
+    pool = shardflow.ShardedPool(
+        seen.extend,
+        workers=1,
+        batch_size=5,
+        backend=FakeRayBackend(),
+        on_error=lambda what, exc: errors.append((what, exc)),
+    )
+    pool.submit_many([1, 2, 3, 4, 5, "cannot unpickle", 7, 8, 9, 10, 11, 12, 13, 14, 15])
+    pool.shutdown()
+    m = pool.metrics()
+    assert (m.submitted, m.processed, m.failed) == (15, 10, 5)
+    assert [list(w) for w, _ in errors] == [["cannot unpickle", 7, 8, 9, 10]]
+    assert seen == [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]
 
 
 def test_a_batch_handler_that_raises_fails_its_batch_as_a_whole() -> None:

@@ -476,6 +476,10 @@ class _ShardLink:
                     delay = min(delay * 2, 1.0)
                 self._replace_and_resend(lost)
                 continue
+            except Exception as exc:
+                # The call failed as a whole without the actor dying: e.g. an item that
+                # pickles here but does not unpickle on the actor (RayTaskError).
+                return exc
             if entry.attempt > 1:
                 self.recovered_at = time.monotonic()
             try:
