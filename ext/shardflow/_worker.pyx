@@ -251,6 +251,25 @@ cdef class BatchOutcome:
         return f"BatchOutcome(failures={self.failures!r})"
 
 
+@cython.final
+cdef class _Deferred:
+    """The type of ``DEFERRED``."""
+
+    def __repr__(self):
+        return "shardflow.backends.DEFERRED"
+
+    def __reduce__(self):
+        return "DEFERRED"
+
+
+#: Returned by a backend's wrapped handler for a batch it shipped and whose outcome is
+#: not known yet (``shardflow.backends.base``: windows of batches in flight). The core then
+#: counts the batch as handed over but neither processed nor failed; the runner reports
+#: the outcome later, exactly once, with ``PoolCore._settle``.
+cdef _Deferred _deferred = _Deferred()
+DEFERRED = _deferred
+
+
 cdef class PoolCore:
     """Compiled state and hot paths of ``shardflow.ShardedPool`` (use that class)."""
 
@@ -671,6 +690,34 @@ cdef class PoolCore:
             self._route_failure(sh, <PyObject *>batch[index], 1, exc)
         return len(checked)
 
+    def _settle(self, Py_ssize_t index, list batch, object outcome, int64_t service_ns):
+        """Count a batch of shard ``index`` whose wrapped handler returned ``DEFERRED``:
+        ``outcome`` is None (every item succeeded), a ``BatchOutcome`` (per-item failures,
+        routed one by one) or the exception that failed the batch as a whole; the batch's
+        service time (``service_ns``, recorded when >= 0) too.
+
+        Called by the runner exactly once per deferred batch, never concurrently for one
+        shard (from one thread, or from several serialized by a lock: the counters it adds
+        to take one writer at a time), before the runner's ``join()`` returns."""
+        if not (0 <= index < self.workers):
+            raise IndexError(f"shard index {index} out of range(0, {self.workers})")
+        cdef sf_shard *sh = &self.shards[index]
+        cdef Py_ssize_t n = len(batch)
+        cdef Py_ssize_t k
+        if service_ns >= 0:
+            sf_hist_record(&sh.service, <uint64_t>service_ns)
+        if outcome is None:
+            sf_counter_add(&sh.ctr.processed, n)
+        elif type(outcome) is BatchOutcome:
+            k = self._route_outcome(sh, batch, <BatchOutcome>outcome, n)
+            sf_counter_add(&sh.ctr.processed, n - k)
+        elif isinstance(outcome, BaseException):
+            self._route_failure(sh, <PyObject *>batch, n, outcome)
+        else:
+            self._route_failure(sh, <PyObject *>batch, n, RuntimeError(
+                f"shardflow backend settled a batch with {outcome!r}; expected None, a "
+                "BatchOutcome or an exception"))
+
     cdef int _hand_back(self, sf_shard *sh, void **buf, Py_ssize_t n) except -1:
         """Give n unstarted items back to shutdown(cancel=True). Consumes the references."""
         cdef Py_ssize_t i
@@ -1035,16 +1082,22 @@ cdef class _Worker:
                 PyList_SET_ITEM_steal(batch, i, <PyObject *>buf[i])
         t0 = sf_now_ns()
         res = PyObject_CallOneArg(<PyObject *>core.handler, <PyObject *>batch)
-        sf_hist_record_since(&self.shard.service, t0, sf_now_ns())
         if res == NULL:
+            sf_hist_record_since(&self.shard.service, t0, sf_now_ns())
             core._failed(self.shard, <PyObject *>batch, n)
+        elif res == <PyObject *>_deferred:
+            # Shipped, outcome to come: the runner counts it with _settle (and times it:
+            # the service histogram then has a single writer, the runner's).
+            Py_DECREF_p(res)
         elif type(<object>res) is BatchOutcome:
+            sf_hist_record_since(&self.shard.service, t0, sf_now_ns())
             # A backend ran the batch elsewhere and some items failed there: those are
             # routed one by one, the others count as processed.
             k = core._route_outcome(self.shard, batch, <BatchOutcome>(<object>res), n)
             Py_DECREF_p(res)
             sf_counter_add(&self.shard.ctr.processed, n - k)
         else:
+            sf_hist_record_since(&self.shard.service, t0, sf_now_ns())
             Py_DECREF_p(res)
             sf_counter_add(&self.shard.ctr.processed, n)
         sf_counter_add(&self.shard.ctr.batches, 1)

@@ -38,8 +38,9 @@ class BatchProcessor(Generic[T]):
         on_error: ``on_error(batch, exc)`` when the handler raises; default logs it.
         reuse_batches: see ``ShardedPool``.
         name: the worker thread's name prefix.
-        backend: where the handler runs: ``"thread"`` (default), ``"process"`` (a worker
-            process; the handler must be picklable) or a ``shardflow.backends.Backend``.
+        backend: where the batches are handled, as for ``ShardedPool``: ``"thread"``
+            (default), ``"process"`` (a worker process; the handler must be picklable),
+            ``"ray"`` or a ``shardflow.backends.Backend`` (e.g. ``RayBackend(address=...)``).
 
     ``put(item, timeout=None) -> bool`` and ``put_many(iterable, timeout=None) -> int`` are
     the compiled ``ShardedPool.submit``/``submit_many`` of the underlying shard, bound once,

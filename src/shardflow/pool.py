@@ -238,6 +238,7 @@ class ShardedPool(PoolCore, Generic[T]):
             dead_letter_fn,
             lists,
         )
+        runner.attach(self._settle)
         self.breaker = breaker
         self.limiter = limiter
         self.rate_limiter = rate_limiter
@@ -383,12 +384,21 @@ class ShardedPool(PoolCore, Generic[T]):
         for its deadline; items submitted before the call are included. Waits until each
         worker did (returns False if ``timeout`` ran out). Raises ``Closed`` after
         ``close()`` (closing flushes anyway). In stealing pools, items stolen while a
-        flush is under way are handed over before it returns too (see ``_sched.h``)."""
+        flush is under way are handed over before it returns too (see ``_sched.h``). With a
+        backend that keeps batches in flight elsewhere (``RayBackend``), it also waits for
+        their outcomes (they are then counted in ``metrics()``)."""
         self._check_fork()
         if self._closed:
             raise Closed(f"{self.name}: flush() after close(); closing already flushes")
         check_seconds("timeout", timeout, allow_inf=True)
-        return bool(self._flush(timeout))
+        deadline = None
+        if timeout is not None and timeout < _ASUBMIT_FOREVER:
+            deadline = time.monotonic() + timeout
+        if not self._flush(timeout):
+            return False
+        # A backend with batches in flight (DEFERRED) waits for their outcomes too.
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._runner.wait_settled(left)
 
     def snapshot(self) -> PoolMetrics:
         """A snapshot of the counters and latency histograms: totals, merged latencies

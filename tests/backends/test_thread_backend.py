@@ -44,7 +44,7 @@ def test_a_backend_instance_is_used_as_given() -> None:
 @pytest.mark.parametrize(
     ("value", "exc", "words"),
     [
-        ("threads", ValueError, ["backend must be one of 'thread', 'process'", "'threads'"]),
+        ("threads", ValueError, ["backend must be one of 'thread', 'process', 'ray'", "'threads'"]),
         ("", ValueError, ["backend must be one of", "''"]),
         (3, TypeError, ["backend must be a str", "int 3"]),
         (ThreadBackend, TypeError, ["the class ThreadBackend", "pass ThreadBackend()"]),

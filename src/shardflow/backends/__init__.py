@@ -3,9 +3,12 @@ seam and its contract).
 
 - ``thread``: ``ThreadBackend``, shard loops in daemon threads of this process (default);
 - ``process``: ``ProcessBackend``, the handler in a worker process per shard, fed through
-  shared-memory rings (imported on first use).
+  shared-memory rings;
+- ``ray``: ``RayBackend``, each shard in a Ray actor, the core in this process
+  (``pip install 'shardflow[ray]'``; Ray is imported only when such a pool starts).
 
-Each backend is a module beside ``thread``; its name is registered in ``BACKENDS``.
+Each backend is a module beside ``thread``, imported on first use; its name is registered
+in ``BACKENDS``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from shardflow.backends.base import Backend, BatchOutcome, ShardRunner
+from shardflow.backends.base import DEFERRED, Backend, BatchOutcome, ShardRunner
 from shardflow.backends.thread import ThreadBackend
 
 __all__ = [
     "BACKENDS",
+    "DEFERRED",
     "Backend",
     "BatchOutcome",
     "ProcessBackend",
+    "RayBackend",
     "ShardRunner",
     "ThreadBackend",
     "resolve_backend",
@@ -31,6 +36,7 @@ __all__ = [
 BACKENDS: dict[str, str] = {
     "thread": "shardflow.backends.thread:ThreadBackend",
     "process": "shardflow.backends.process:ProcessBackend",
+    "ray": "shardflow.backends.ray:RayBackend",
 }
 
 

@@ -28,6 +28,17 @@ this order:
    returns normally when every item succeeded, raises when the batch as a whole failed,
    or returns a ``BatchOutcome`` listing ``(index, exception)`` for the items that failed
    (each is then routed alone; the rest count as processed).
+   A runner that keeps several batches of a shard in flight (a window) returns
+   ``DEFERRED`` instead: the batch was shipped, its outcome comes later. It then reports
+   that outcome exactly once with the ``settle`` callable it got from ``attach``:
+   ``settle(shard, batch, outcome, service_ns)``, ``outcome`` being None, a
+   ``BatchOutcome`` or the exception that failed the whole batch. The settles of one
+   shard never run concurrently (one thread, or several serialized by a lock: the
+   shard's counters take one writer at a time), and all come before the runner's
+   ``join()`` returns. Per-key order is the runner's business: it must run a shard's
+   batches in the order it got them.
+1b. ``attach(settle)`` once, right after ``wrap``: the core's ``settle`` (runners that
+   never return ``DEFERRED`` ignore it).
 2. ``start(run_shard)`` once: arrange for ``run_shard(i)`` to be called exactly once for
    every shard ``i`` in ``range(workers)``, each in its own thread of control, and return
    without waiting. ``run_shard`` is the compiled shard loop: it returns when the shard is
@@ -35,8 +46,11 @@ this order:
    ``starting()`` before each shard's thread starts and, if that start fails,
    ``start_failed()`` and re-raise (so that ``join`` never waits for a shard that never
    ran).
-3. ``join()``, after the core reported every shard loop finished: release what the
-   runner holds (join threads, stop worker processes, free actors). Idempotent.
+   ``wait_settled(timeout)`` after each ``flush()`` of the pool: wait until every batch
+   handed over so far is settled (True), or ``timeout`` ran out (False).
+3. ``join()``, after the core reported every shard loop finished: settle what is still
+   in flight, then release what the runner holds (join threads, stop worker processes,
+   free actors). Idempotent.
 4. ``after_fork_in_child()`` in a forked child, where the runner's threads do not exist:
    forget them without waiting (the pool itself refuses further use in the child).
 
@@ -51,11 +65,13 @@ import abc
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from shardflow._worker import BatchOutcome
+from shardflow._worker import DEFERRED, BatchOutcome
 
-__all__ = ["Backend", "BatchOutcome", "Handler", "ShardRunner"]
+__all__ = ["DEFERRED", "Backend", "BatchOutcome", "Handler", "Settle", "ShardRunner"]
 
 Handler = Callable[[Any], object]
+#: ``settle(shard, batch, outcome, service_ns)``: see the module doc.
+Settle = Callable[[int, list[Any], object, int], None]
 
 
 class ShardRunner(abc.ABC):
@@ -79,6 +95,14 @@ class ShardRunner(abc.ABC):
         """The callable the shard loops call with an item or a batch; by default
         ``handler`` itself (the shard loop runs in this process)."""
         return handler
+
+    def attach(self, settle: Settle) -> None:  # noqa: B027 - optional hook
+        """Receive the core's ``settle``; only runners returning ``DEFERRED`` need it."""
+
+    def wait_settled(self, timeout: float | None) -> bool:
+        """Wait until every batch handed over so far is settled; True by default (a
+        runner that never defers has nothing in flight once the handler returned)."""
+        return True
 
     @abc.abstractmethod
     def start(

@@ -30,10 +30,13 @@ batch lists (``reuse_batches``) with their allocation counts; and a sweep of ite
 against workers and against batch size, ShardedPool vs the stdlib thread pools (drawn by
 ``shardflow.cli.chart`` for ``bench --chart``). ``SECTIONS`` is the registry: name -> a
 ``Section`` (``BenchContext -> SectionResult``); ``run_bench(sections=...)`` runs a subset.
+The ``ray`` section (last) starts a local Ray cluster and compares a pool on
+``RayBackend`` with hand-written Ray code, ``ActorPool`` and Ray's ``multiprocessing.Pool``;
+without Ray installed it is skipped with a note.
 Targets are checked against the measured ratios; nothing is hard-coded.
 
 Layout: one module per section (``memory``, ``idle``, ``throughput``, ``gil``,
-``stealing``, ``latency``, ``reuse``, ``pipeline``, ``executor``, ``sweep``), each with a
+``stealing``, ``latency``, ``reuse``, ``pipeline``, ``executor``, ``sweep``, ``ray``), each with a
 ``run_section(ctx)``; the shared helpers (the no-op handlers, ``interleaved``, ``Target``,
 the table printers) in ``common``. Section modules import ``common`` (and, for shared
 contenders, ``throughput`` or ``gil``), never this package, so there is no import circle.
@@ -56,6 +59,7 @@ from shardflow.bench import (
     memory,
     pipeline,
     process,
+    ray,
     reuse,
     stealing,
     sweep,
@@ -94,6 +98,8 @@ SECTIONS: dict[str, Section] = {
     "process": process.run_section,
     "columnar": columnar.run_section,
     "sweep": sweep.run_section,
+    # Starts a local Ray cluster; without Ray installed it is skipped with a note.
+    "ray": ray.run_section,
 }
 
 

@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LIST",
         help="comma-separated sections to run, among memory, idle, throughput, gil, "
-        "stealing, latency, reuse, pipeline, executor, process, columnar, sweep (default: all)",
+        "stealing, latency, reuse, pipeline, executor, process, columnar, sweep, ray "
+        "(default: all)",
     )
     bench.add_argument(
         "--json",
