@@ -794,40 +794,11 @@ cdef class PoolCore:
         finally:
             sf_sched_flush_done(self.st)
 
-    def _take_leftovers(self):
-        """After stop: every item still queued, plus what workers handed back, in a list."""
-        cdef Py_ssize_t i
-        cdef uint64_t n, k, j
-        cdef void *buf[256]
-        out = []
-        for i in range(self.workers):
-            with nogil:
-                sf_ring_wait_published(&self.shards[i].ring)
-            n = 0
-            while True:
-                k = sf_ring_pop(&self.shards[i].ring, buf, 256)
-                if k == 0:
-                    break
-                for j in range(k):
-                    out.append(<object>buf[j])
-                    Py_DECREF_p(<PyObject *>buf[j])
-                n += k
-            if n:
-                sf_fetch_add_relaxed_u64(&self.shards[i].ctr.returned, n)
-        with self._lock:
-            out.extend(self._returned)
-            self._returned.clear()
-        return out
-
-    def _take_queued(self, Py_ssize_t index):
-        """Every item queued in shard ``index`` now, oldest first, taken out of its ring
-        (counted as returned). Safe while the pool runs (the ring has multiple consumers):
-        ``Executor.shutdown(cancel_futures=True)`` takes calls back this way."""
+    cdef int _drain_shard(self, Py_ssize_t index, list out) except -1:
+        """Append every item queued in shard ``index`` to ``out``, oldest first, taking
+        them out of its ring (counted as returned)."""
         cdef uint64_t n = 0, k, j
         cdef void *buf[256]
-        if index < 0 or index >= self.workers:
-            raise IndexError(f"no shard {index}")
-        out = []
         with nogil:
             sf_ring_wait_published(&self.shards[index].ring)
         while True:
@@ -840,6 +811,27 @@ cdef class PoolCore:
             n += k
         if n:
             sf_fetch_add_relaxed_u64(&self.shards[index].ctr.returned, n)
+        return 0
+
+    def _take_leftovers(self):
+        """After stop: every item still queued, plus what workers handed back, in a list."""
+        cdef Py_ssize_t i
+        out = []
+        for i in range(self.workers):
+            self._drain_shard(i, out)
+        with self._lock:
+            out.extend(self._returned)
+            self._returned.clear()
+        return out
+
+    def _take_queued(self, Py_ssize_t index):
+        """Every item queued in shard ``index`` now, oldest first, taken out of its ring
+        (counted as returned). Safe while the pool runs (the ring has multiple consumers):
+        ``Executor.shutdown(cancel_futures=True)`` takes calls back this way."""
+        if index < 0 or index >= self.workers:
+            raise IndexError(f"no shard {index}")
+        out = []
+        self._drain_shard(index, out)
         return out
 
     def _take_fatal(self):

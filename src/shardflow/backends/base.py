@@ -62,12 +62,21 @@ died, which the backend documents), per-key order, bounded memory.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from shardflow._worker import DEFERRED, BatchOutcome
 
-__all__ = ["DEFERRED", "Backend", "BatchOutcome", "Handler", "Settle", "ShardRunner"]
+__all__ = [
+    "DEFERRED",
+    "Backend",
+    "BatchOutcome",
+    "Handler",
+    "Settle",
+    "ShardRunner",
+    "start_shard_threads",
+]
 
 Handler = Callable[[Any], object]
 #: ``settle(shard, batch, outcome, service_ns)``: see the module doc.
@@ -138,3 +147,27 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def start_shard_threads(
+    workers: int,
+    target: Callable[[int], None],
+    name: Callable[[int], str],
+    starting: Callable[[], None],
+    start_failed: Callable[[], None],
+) -> list[threading.Thread]:
+    """Start one daemon thread per shard running ``target(i)``, as ``ShardRunner.start``
+    must: ``starting()`` before each start, ``start_failed()`` and re-raise if one fails
+    (the threads already started are in the exception's ``started`` attribute)."""
+    threads: list[threading.Thread] = []
+    for i in range(workers):
+        t = threading.Thread(target=target, args=(i,), name=name(i), daemon=True)
+        starting()
+        try:
+            t.start()
+        except BaseException as exc:
+            start_failed()
+            exc.started = threads  # type: ignore[attr-defined]
+            raise
+        threads.append(t)
+    return threads

@@ -56,7 +56,13 @@ from typing import Any, ClassVar
 
 from shardflow._shmring import PeerDead, RingClosed, RingError, RingTimeout, ShmRing
 from shardflow.backends import _process_worker as wire
-from shardflow.backends.base import Backend, BatchOutcome, Handler, ShardRunner
+from shardflow.backends.base import (
+    Backend,
+    BatchOutcome,
+    Handler,
+    ShardRunner,
+    start_shard_threads,
+)
 from shardflow.errors import ShardflowError
 
 __all__ = ["ProcessBackend", "RemoteError", "ShardBroken", "WorkerLost"]
@@ -281,24 +287,22 @@ class _ProcessRunner(ShardRunner):
             except BaseException:
                 shard.worker = None  # released by await_ready; the others by join()
                 raise
-        for shard in self.shards:
-            t = threading.Thread(
-                target=self._shard_main,
-                args=(run_shard, shard),
-                name=f"{self.pool_name}-dispatch-{shard.index}",
-                daemon=True,
-            )
-            starting()
-            try:
-                t.start()
-            except BaseException:
-                start_failed()
-                raise
-            self.threads.append(t)
 
-    def _shard_main(self, run_shard: Callable[[int], None], shard: _Shard) -> None:
-        self.local.shard = shard
-        run_shard(shard.index)
+        def serve(i: int) -> None:
+            self.local.shard = self.shards[i]
+            run_shard(i)
+
+        try:
+            self.threads = start_shard_threads(
+                self.workers,
+                serve,
+                lambda i: f"{self.pool_name}-dispatch-{i}",
+                starting,
+                start_failed,
+            )
+        except BaseException as exc:
+            self.threads = getattr(exc, "started", [])
+            raise
 
     # ------------------------------------------------------------ one batch
 

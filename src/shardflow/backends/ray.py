@@ -72,7 +72,14 @@ from operator import length_hint
 from typing import Any, ClassVar
 
 from shardflow._validate import check_bool, check_int, check_seconds
-from shardflow.backends.base import DEFERRED, Backend, BatchOutcome, Handler, ShardRunner
+from shardflow.backends.base import (
+    DEFERRED,
+    Backend,
+    BatchOutcome,
+    Handler,
+    ShardRunner,
+    start_shard_threads,
+)
 
 __all__ = [
     "BatchInfo",
@@ -696,24 +703,18 @@ class _RayRunner(ShardRunner):
                 daemon=True,
             )
             link.collector.start()
-        for i in range(self._workers):
-            t = threading.Thread(
-                target=self._serve,
-                args=(run_shard, i),
-                name=f"{self._pool_name}-ray-{i}",
-                daemon=True,
-            )
-            starting()
-            try:
-                t.start()
-            except BaseException:
-                start_failed()
-                raise
-            self._threads.append(t)
 
-    def _serve(self, run_shard: Callable[[int], None], i: int) -> None:
-        self._local.link = self.links[i]
-        run_shard(i)
+        def serve(i: int) -> None:
+            self._local.link = self.links[i]
+            run_shard(i)
+
+        try:
+            self._threads = start_shard_threads(
+                self._workers, serve, lambda i: f"{self._pool_name}-ray-{i}", starting, start_failed
+            )
+        except BaseException as exc:
+            self._threads = getattr(exc, "started", [])
+            raise
 
     def wait_settled(self, timeout: float | None) -> bool:
         deadline = None

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar
 
-from shardflow.backends.base import Backend, ShardRunner
+from shardflow.backends.base import Backend, ShardRunner, start_shard_threads
 
 __all__ = ["ThreadBackend", "ThreadRunner"]
 
@@ -36,17 +36,17 @@ class ThreadRunner(ShardRunner):
         starting: Callable[[], None],
         start_failed: Callable[[], None],
     ) -> None:
-        for i in range(self._workers):
-            t = threading.Thread(
-                target=run_shard, args=(i,), name=f"{self._pool_name}-worker-{i}", daemon=True
+        try:
+            self._threads = start_shard_threads(
+                self._workers,
+                run_shard,
+                lambda i: f"{self._pool_name}-worker-{i}",
+                starting,
+                start_failed,
             )
-            starting()
-            try:
-                t.start()
-            except BaseException:
-                start_failed()
-                raise
-            self._threads.append(t)
+        except BaseException as exc:
+            self._threads = getattr(exc, "started", [])
+            raise
 
     def join(self) -> None:
         # The core has counted every shard loop out; what is left of each thread is its
