@@ -29,6 +29,7 @@ from shardflow._validate import (
 )
 from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCore
 from shardflow.backends import Backend, resolve_backend
+from shardflow.backends.base import COLLECT_RUN
 from shardflow.errors import Closed, Full
 from shardflow.metrics import Latency, PoolMetrics, ShardMetrics
 from shardflow.resilience.breaker import CircuitBreaker
@@ -116,6 +117,15 @@ class ShardedPool(PoolCore, Generic[T]):
             ``submitted == processed + failed + dead_lettered + dropped + returned``.
         backend: where the shard loops run: ``"thread"`` (the default: daemon threads of
             this process) or a ``shardflow.backends.Backend``.
+        on_results: ``on_results(items, values)`` receives the handler's return values in
+            this process, whatever the backend (from worker processes and Ray actors too):
+            with a per-item handler, ``values[i]`` is what ``handler(items[i])`` returned,
+            for runs of up to a few dozen items (failed items are routed as usual and left
+            out of both lists); with a list handler, ``on_results(batch, value)`` gets what
+            the call returned. Called in the shard's dispatch thread, once per batch, one
+            call at a time per shard; an exception it raises fails that batch as a whole.
+            With it, a per-item handler's items are handed over in lists (the metrics count
+            those lists as batches).
 
     Exceptions that are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) raised
     by the handler are counted and routed like the others, the worker goes on, and the
@@ -164,6 +174,7 @@ class ShardedPool(PoolCore, Generic[T]):
         retry: Retry | None = None,
         dead_letter: Callable[[Any, BaseException], object] | Any | None = None,
         backend: str | Backend = "thread",
+        on_results: Callable[[list[Any], Any], object] | None = None,
     ) -> None:
         check_callable("handler", handler)
         if workers is None:
@@ -177,6 +188,7 @@ class ShardedPool(PoolCore, Generic[T]):
         check_seconds("batch_timeout", batch_timeout)
         check_choice("on_full", on_full, _ON_FULL)
         check_callable("on_error", on_error, optional=True)
+        check_callable("on_results", on_results, optional=True)
         check_str("name", name)
         check_bool("ordered", ordered)
         check_bool("steal", steal, optional=True)
@@ -215,17 +227,20 @@ class ShardedPool(PoolCore, Generic[T]):
                     )
         per_item = batch_size == 1 and not lists
         batch_size, batch_timeout, lists = runner.batch_shape(batch_size, batch_timeout, lists)
+        if on_results is not None and not lists:
+            # Values are collected per list: whatever is queued, without waiting.
+            batch_size, batch_timeout, lists = COLLECT_RUN, None, True
+        guarded = guard(
+            handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry
+        )
+        # ``deliver`` only when wanted: runners written before it keep working without it.
+        wrapped = (
+            runner.wrap(guarded, per_item=per_item)
+            if on_results is None
+            else runner.wrap(guarded, per_item=per_item, deliver=on_results)
+        )
         self._core_init(
-            runner.wrap(
-                guard(
-                    handler,
-                    breaker=breaker,
-                    limiter=limiter,
-                    rate_limiter=rate_limiter,
-                    retry=retry,
-                ),
-                per_item=per_item,
-            ),
+            wrapped,
             workers,
             key,
             capacity,
@@ -243,6 +258,7 @@ class ShardedPool(PoolCore, Generic[T]):
         self.limiter = limiter
         self.rate_limiter = rate_limiter
         self.retry = retry
+        self.on_results = on_results
         self.ordered: bool = ordered
         self.name: str = name
         self.backend: Backend = resolved_backend

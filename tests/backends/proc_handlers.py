@@ -98,3 +98,39 @@ class BatchLog:
     def __call__(self, batch: list[Any]) -> None:
         with open(Path(self.directory) / str(os.getpid()), "a") as f:
             f.write(" ".join(map(str, batch)) + "\n")
+
+
+def square(x: int) -> int:
+    if x % 7 == 3:
+        raise ValueError(f"bad item {x}")
+    return x * x
+
+
+def total(batch: list[int]) -> int:
+    return sum(batch)
+
+
+def lock_for_5(x: int) -> Any:
+    """Returns something that does not pickle for item 5."""
+    return __import__("threading").Lock() if x == 5 else x
+
+
+class ExitOnceOn:
+    """Returns ``x + 1``; the first time it meets ``item`` (a marker file in ``directory``
+    remembers it across workers) its worker exits: the values of the items before it die
+    with that worker."""
+
+    def __init__(self, directory: str, item: int, times: int = 1) -> None:
+        self.directory = directory
+        self.item = item
+        self.times = times
+
+    def __call__(self, x: int) -> int:
+        if x == self.item:
+            marker = Path(self.directory) / "exits"
+            done = len(marker.read_text()) if marker.exists() else 0
+            if done < self.times:
+                with open(marker, "a") as f:
+                    f.write("x")
+                os._exit(9)
+        return x + 1

@@ -57,9 +57,11 @@ class FakeRemote(Remote):
         handler: Handler,
         per_item: bool,
         die: Callable[[int, int, int], int | None] | None = None,
+        collect: bool = False,
     ) -> None:
         self.handler = handler
         self.per_item = per_item
+        self.collect = collect
         self.die = die
         self.cannot_start = False
         self.created = 0
@@ -103,12 +105,12 @@ class FakeRemote(Remote):
         if after is not None:
             # Handle the first `after` items, then die: the reply never comes.
             if after:
-                run_batch_here(self.handler, self.per_item, info, batch[:after])
+                run_batch_here(self.handler, self.per_item, info, batch[:after], self.collect)
             actor.alive = False
             raise ActorLost("killed mid-batch")
         if any(isinstance(x, str) and x == "cannot unpickle" for x in batch):
             raise RuntimeError("the actor could not unpickle its arguments")
-        reply = run_batch_here(self.handler, self.per_item, info, batch)
+        reply = run_batch_here(self.handler, self.per_item, info, batch, self.collect)
         return pickle.loads(pickle.dumps(reply))  # what crosses the wire
 
     def kill(self, actor: Any) -> None:
@@ -125,8 +127,8 @@ class FakeRayBackend(RayBackend):
         self.die = die
         self.remote: FakeRemote | None = None
 
-    def _make_remote(self, handler: Handler, per_item: bool) -> Remote:
-        self.remote = FakeRemote(handler, per_item, self.die)
+    def _make_remote(self, handler: Handler, per_item: bool, collect: bool = False) -> Remote:
+        self.remote = FakeRemote(handler, per_item, self.die, collect)
         return self.remote
 
 
@@ -504,6 +506,28 @@ def test_cluster_per_item_errors_and_unpicklable_exceptions(ray_cluster: Any) ->
     for _, exc in dead:
         tb = exc.remote_traceback  # type: ignore[attr-defined]
         assert "_raise_some" in tb
+
+
+def test_cluster_return_values_come_back_with_on_results(ray_cluster: Any) -> None:
+    pairs: list[tuple[int, Any]] = []
+    failed: list[Any] = []
+    pool = shardflow.ShardedPool(
+        _square_or_lock,
+        workers=2,
+        backend=RayBackend(batch_size=50),
+        on_results=lambda items, values: pairs.extend(zip(items, values, strict=True)),
+        on_error=lambda item, exc: failed.append((item, type(exc).__name__)),
+    )
+    pool.submit_many(range(300))
+    pool.shutdown()
+    assert sorted(pairs) == [(x, x * x) for x in range(300) if x != 3]
+    assert failed == [(3, "TypeError")]  # its value (a lock) cannot be sent back
+    m = pool.metrics()
+    assert (m.processed, m.failed) == (299, 1)
+
+
+def _square_or_lock(x: int) -> Any:
+    return threading.Lock() if x == 3 else x * x
 
 
 def _raise_some(x: int) -> None:

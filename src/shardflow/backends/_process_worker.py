@@ -14,7 +14,12 @@ worker -> parent (result ring)
                                    -1: a batch handler raised for the whole batch). Sent as
                                    it happens, so a failure reported before a crash is
                                    never lost or counted as processed;
-    ``(seq, DONE, n)``             batch ``seq`` is finished (``n`` items ran).
+    ``(seq, DONE, n, values)``     batch ``seq`` is finished (``n`` items ran); ``values``
+                                   is None unless the parent wants return values: then
+                                   the list of ``handler(item)`` results (None for items
+                                   that failed) or what the list handler returned. A value
+                                   that does not pickle fails its item (a FAILED record,
+                                   None in its place); a list handler's, the batch.
 shared progress word (int64, one per shard)
     the index of the item being handled; written before each call, so that after a crash
     the parent knows which item was running: those before it ran, it is the suspect, those
@@ -62,6 +67,7 @@ def main(
     results: ShmRing,
     handler_pickle: bytes,
     per_item: bool,
+    collect: bool,
     progress: Any,
     death: Any,
 ) -> None:
@@ -85,18 +91,70 @@ def main(
         if msg is None:
             return
         seq, items = msg
+        values: Any = None
         if per_item:
-            for i, item in enumerate(items):
-                mark[0] = i
-                try:
-                    handler(item)
-                except BaseException as exc:  # routed by the parent, like a thread worker
-                    put((seq, FAILED, i, _portable(exc)))
+            if collect:
+                values = []
+                append = values.append
+                for i, item in enumerate(items):
+                    mark[0] = i
+                    try:
+                        append(handler(item))
+                    except BaseException as exc:
+                        put((seq, FAILED, i, _portable(exc)))
+                        append(None)
+            else:
+                for i, item in enumerate(items):
+                    mark[0] = i
+                    try:
+                        handler(item)
+                    except BaseException as exc:  # routed by the parent, like a thread worker
+                        put((seq, FAILED, i, _portable(exc)))
         else:
             mark[0] = 0
             try:
-                handler(items)
+                values = handler(items)
             except BaseException as exc:
                 put((seq, FAILED, -1, _portable(exc)))
+                values = None
+            if not collect:
+                values = None
         mark[0] = -1
-        put((seq, DONE, len(items)))
+        _finish(put, seq, len(items), values, per_item)
+
+
+def _finish(put: Any, seq: int, n: int, values: Any, per_item: bool) -> None:
+    """Send batch ``seq``'s DONE record; values that cannot be sent fail their item (or,
+    for a list handler, the batch) instead of the record."""
+    try:
+        put((seq, DONE, n, values))
+        return
+    except (PeerDead, RingClosed):
+        raise
+    except Exception as exc:
+        why: Exception = exc
+    if per_item and values is not None:
+        for i, value in enumerate(values):
+            try:
+                pickle.dumps(value, 5)
+            except Exception as exc:
+                put((seq, FAILED, i, _unsendable(value, exc)))
+                values[i] = None
+        try:
+            put((seq, DONE, n, values))
+            return
+        except (PeerDead, RingClosed):
+            raise
+        except Exception as exc:  # e.g. every value pickles but together they are too big
+            why = exc
+        put((seq, FAILED, -1, _unsendable(values, why)))
+    elif values is not None:
+        put((seq, FAILED, -1, _unsendable(values, why)))
+    put((seq, DONE, n, None))
+
+
+def _unsendable(value: Any, why: Exception) -> TypeError:
+    return TypeError(
+        f"backend='process' could not send back a result of type {type(value).__qualname__} "
+        f"({type(why).__name__}: {why})"
+    )

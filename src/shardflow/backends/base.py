@@ -37,6 +37,20 @@ this order:
    shard's counters take one writer at a time), and all come before the runner's
    ``join()`` returns. Per-key order is the runner's business: it must run a shard's
    batches in the order it got them.
+   ``wrap(handler, per_item=..., deliver=fn)``: the pool wants the handler's return
+   values (``ShardedPool(on_results=...)``; how the ``Executor`` and pipeline stages get
+   results back from worker processes and actors). The runner then calls
+   ``fn(items, values)`` in this process, exactly once per batch whose handler ran, before
+   that batch's outcome is reported (returned or settled), from the thread that reports
+   it: with a per-item handler, ``values[i]`` is what ``handler(items[i])`` returned and
+   the items that failed are left out of both lists (they are in the outcome); with a
+   list handler, ``fn(batch, value)`` gets the one value the call returned (not called
+   when the call failed). An exception raised by ``fn`` fails the batch as a whole.
+   ``collect_values`` (below) does this for runners that call the handler in this process.
+   A runner that ships work elsewhere sends the values back; a value that cannot be sent
+   fails its item (``TypeError`` naming its type), never the batch. With a per-item
+   handler and ``deliver``, the pool hands the shard loops lists (see
+   ``COLLECT_RUN``), as it does for runners that ship work.
 1b. ``attach(settle)`` once, right after ``wrap``: the core's ``settle`` (runners that
    never return ``DEFERRED`` ignore it).
 2. ``start(run_shard)`` once: arrange for ``run_shard(i)`` to be called exactly once for
@@ -72,15 +86,24 @@ __all__ = [
     "DEFERRED",
     "Backend",
     "BatchOutcome",
+    "COLLECT_RUN",
+    "Deliver",
     "Handler",
     "Settle",
     "ShardRunner",
+    "collect_values",
+    "deliver_values",
     "start_shard_threads",
 ]
 
 Handler = Callable[[Any], object]
 #: ``settle(shard, batch, outcome, service_ns)``: see the module doc.
 Settle = Callable[[int, list[Any], object, int], None]
+#: ``deliver(items, values)``: the handler's return values (see ``wrap`` in the module doc).
+Deliver = Callable[[list[Any], Any], object]
+#: With a per-item handler whose values are wanted, the most items the shard loop hands
+#: over in one list (whatever is queued, without waiting): one ``deliver`` call per list.
+COLLECT_RUN = 64
 
 
 class ShardRunner(abc.ABC):
@@ -100,10 +123,13 @@ class ShardRunner(abc.ABC):
         lists)`` for the core. By default what the user asked for."""
         return batch_size, batch_timeout, lists
 
-    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
+    def wrap(self, handler: Handler, *, per_item: bool, deliver: Deliver | None = None) -> Handler:
         """The callable the shard loops call with an item or a batch; by default
-        ``handler`` itself (the shard loop runs in this process)."""
-        return handler
+        ``handler`` itself (the shard loop runs in this process), or, with ``deliver``,
+        ``collect_values(handler, per_item, deliver)``."""
+        if deliver is None:
+            return handler
+        return collect_values(handler, per_item, deliver)
 
     def attach(self, settle: Settle) -> None:  # noqa: B027 - optional hook
         """Receive the core's ``settle``; only runners returning ``DEFERRED`` need it."""
@@ -171,3 +197,50 @@ def start_shard_threads(
             raise
         threads.append(t)
     return threads
+
+
+def deliver_values(
+    deliver: Deliver,
+    items: list[Any],
+    values: list[Any],
+    failures: list[tuple[int, BaseException]] | None,
+) -> None:
+    """Hand a per-item batch's values to ``deliver``, leaving out the failed items
+    (``failures``: ``(index, exception)`` pairs, or None/empty when none failed)."""
+    if not failures:
+        if items:
+            deliver(items, values)
+        return
+    failed = {i for i, _ in failures}
+    kept = [i for i in range(len(items)) if i not in failed]
+    if kept:
+        deliver([items[i] for i in kept], [values[i] for i in kept])
+
+
+def collect_values(handler: Handler, per_item: bool, deliver: Deliver) -> Handler:
+    """The list handler that runs ``handler`` here and hands its return values to
+    ``deliver`` (``wrap``'s contract): per item, failures go back as a ``BatchOutcome``."""
+    if not per_item:
+
+        def run_batch(batch: list[Any]) -> None:
+            value = handler(batch)
+            deliver(batch, value)
+
+        return run_batch
+
+    def run_items(batch: list[Any]) -> BatchOutcome | None:
+        values: list[Any] = []
+        append = values.append
+        failures: list[tuple[int, BaseException]] | None = None
+        for i, item in enumerate(batch):
+            try:
+                append(handler(item))
+            except BaseException as exc:  # routed one by one by the core, as with threads
+                if failures is None:
+                    failures = []
+                failures.append((i, exc))
+                append(None)
+        deliver_values(deliver, batch, values, failures)
+        return BatchOutcome(failures) if failures else None
+
+    return run_items

@@ -59,8 +59,10 @@ from shardflow.backends import _process_worker as wire
 from shardflow.backends.base import (
     Backend,
     BatchOutcome,
+    Deliver,
     Handler,
     ShardRunner,
+    deliver_values,
     start_shard_threads,
 )
 from shardflow.errors import ShardflowError
@@ -137,6 +139,7 @@ class _Worker:
                 self.results,
                 runner.handler_pickle,
                 runner.per_item,
+                runner.deliver is not None,
                 self.progress,
                 death_r,
             ),
@@ -217,6 +220,59 @@ class _Shard:
         self.broken: str | None = None
 
 
+class _Run:
+    """One batch on its way through a worker: what is left to run (``payload``, with
+    ``offsets`` mapping payload positions to batch indexes once items were taken out),
+    and what came back."""
+
+    __slots__ = ("failures", "offsets", "payload", "start", "value", "value_set", "values")
+
+    def __init__(
+        self,
+        batch: list[Any],
+        failures: list[tuple[int, BaseException]],
+        values: list[Any] | None,
+    ) -> None:
+        self.payload = batch
+        self.offsets: list[int] | None = None  # None: payload position == batch index
+        self.start = 0  # payload[start:] has not run yet
+        self.failures = failures
+        self.values = values  # per-item values by batch index, when wanted
+        self.value: Any = None  # a list handler's value, when wanted
+        self.value_set = False
+
+    def index(self, pos: int) -> int:
+        return pos if self.offsets is None else self.offsets[pos]
+
+    def drop(self, pos: int) -> None:
+        """Take payload position ``pos`` out (it failed for good)."""
+        if self.offsets is None:
+            self.offsets = list(range(len(self.payload)))
+        self.payload = self.payload[:pos] + self.payload[pos + 1 :]
+        del self.offsets[pos]
+
+    def drop_unpicklable(self) -> None:
+        """Take out the items that do not pickle, failing each with a ``TypeError``."""
+        payload, offsets = [], []
+        for pos, item in enumerate(self.payload):
+            try:
+                pickle.dumps(item, 5)
+            except Exception as exc:
+                self.failures.append(
+                    (
+                        self.index(pos),
+                        TypeError(
+                            f"backend='process' could not pickle an item of type "
+                            f"{type(item).__qualname__} ({type(exc).__name__}: {exc})"
+                        ),
+                    )
+                )
+            else:
+                payload.append(item)
+                offsets.append(self.index(pos))
+        self.payload, self.offsets = payload, offsets
+
+
 class _ProcessRunner(ShardRunner):
     shares_guards: ClassVar[bool] = False
 
@@ -235,6 +291,7 @@ class _ProcessRunner(ShardRunner):
         self.max_tasks_per_child = backend.max_tasks_per_child
         self.handler_pickle = b""
         self.per_item = True
+        self.deliver: Deliver | None = None
         self.shards = [_Shard(i) for i in range(workers)]
         self.threads: list[threading.Thread] = []
         self.local = threading.local()
@@ -250,7 +307,7 @@ class _ProcessRunner(ShardRunner):
             return self.ship_batch_size, None, True
         return batch_size, batch_timeout, lists
 
-    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
+    def wrap(self, handler: Handler, *, per_item: bool, deliver: Deliver | None = None) -> Handler:
         try:
             self.handler_pickle = pickle.dumps(handler, 5)
             pickle.loads(self.handler_pickle)
@@ -261,6 +318,7 @@ class _ProcessRunner(ShardRunner):
                 "module-level function or a picklable callable object"
             ) from exc
         self.per_item = per_item
+        self.deliver = deliver
         return self._run_batch
 
     def start(
@@ -308,43 +366,55 @@ class _ProcessRunner(ShardRunner):
 
     def _run_batch(self, batch: list[Any]) -> BatchOutcome | None:
         """Called by shard ``i``'s loop, in its dispatch thread: run ``batch`` in the
-        worker, through crashes, and report per-item failures."""
+        worker, through crashes, and report per-item failures (and, with ``deliver``,
+        the values)."""
         shard: _Shard = self.local.shard
         if shard.broken is not None:
             raise ShardBroken(shard.broken)
+        collect = self.deliver is not None
         failures: list[tuple[int, BaseException]] = []
-        payload: list[Any] = batch
-        offsets: list[int] | None = None  # payload position -> batch index (None: same)
-        start = 0  # payload[start:] has not run yet
-        attempts = 0  # runs of payload[start] that ended in a crash
-        while start < len(payload):
+        values: list[Any] | None = [None] * len(batch) if collect and self.per_item else None
+        run = _Run(batch, failures, values)
+        tries: dict[int, int] = {}  # batch index -> runs that ended in a crash
+        suspect = -1  # payload position to run alone next (after a crash), or -1
+        while run.start < len(run.payload):
+            start = run.start
             if shard.broken is not None:
-                for pos in range(start, len(payload)):
-                    failures.append(
-                        (pos if offsets is None else offsets[pos], ShardBroken(shard.broken))
-                    )
+                for pos in range(start, len(run.payload)):
+                    failures.append((run.index(pos), ShardBroken(shard.broken)))
                 break
-            # After a crash the suspect runs alone; otherwise everything left in one go.
-            if attempts:
-                chunk = payload[start : start + 1]
+            # After a crash the suspect runs alone; with values wanted, the items before it
+            # first (their values died with the worker). Otherwise everything left at once.
+            if suspect == start and self.per_item:
+                chunk = run.payload[start : start + 1]
+            elif start < suspect:
+                chunk = run.payload[start:suspect]
             else:
-                chunk = payload if start == 0 else payload[start:]
+                chunk = run.payload if start == 0 else run.payload[start:]
+            reported = len(failures)
             try:
-                self._send(shard, chunk, start, offsets, failures)
-                start += len(chunk)
-                attempts = 0
+                self._send(shard, chunk, run)
+                run.start += len(chunk)
+                if run.start > suspect:
+                    suspect = -1
                 self._maybe_recycle(shard, len(chunk))
             except _Unpicklable:
                 # Slow path, rare: find the items that do not pickle; they fail alone.
-                payload, offsets = self._picklable(payload, failures)
+                run.drop_unpicklable()
                 if not self.per_item and failures:
                     raise failures[0][1] from None
             except _Crash as crash:
                 at = int(self._suspect(shard))
                 at = 0 if at < 0 or at >= len(chunk) else at
-                start += at  # those before the suspect ran (their failures came back)
+                pos = start + at
+                if collect and self.per_item:
+                    del failures[reported:]  # the items before pos run again: re-reported
+                else:
+                    run.start = pos  # those before the suspect ran (failures came back)
                 pid, exitcode = self._replace(shard)
-                attempts += 1
+                index = run.index(pos)
+                tries[index] = attempts = tries.get(index, 0) + 1
+                suspect = pos
                 if attempts >= self.max_attempts:
                     lost = WorkerLost(
                         f"{self.pool_name} shard {shard.index}: the worker process (pid "
@@ -356,48 +426,25 @@ class _ProcessRunner(ShardRunner):
                     )
                     if not self.per_item:
                         raise lost from None
-                    failures.append((start if offsets is None else offsets[start], lost))
-                    start += 1
-                    attempts = 0
+                    failures.append((index, lost))
+                    run.drop(pos)
+                    suspect = -1
+        if failures and not self.per_item:
+            raise failures[0][1]
+        if self.deliver is not None:
+            if self.per_item:
+                assert values is not None
+                deliver_values(self.deliver, batch, values, failures)
+            elif run.value_set:
+                self.deliver(batch, run.value)
         if failures:
-            if not self.per_item:
-                raise failures[0][1]
             return BatchOutcome(failures)
         return None
 
-    @staticmethod
-    def _picklable(
-        items: list[Any], failures: list[tuple[int, BaseException]]
-    ) -> tuple[list[Any], list[int]]:
-        payload, offsets = [], []
-        for i, item in enumerate(items):
-            try:
-                pickle.dumps(item, 5)
-            except Exception as exc:
-                failures.append(
-                    (
-                        i,
-                        TypeError(
-                            f"backend='process' could not pickle an item of type "
-                            f"{type(item).__qualname__} ({type(exc).__name__}: {exc})"
-                        ),
-                    )
-                )
-            else:
-                payload.append(item)
-                offsets.append(i)
-        return payload, offsets
-
-    def _send(
-        self,
-        shard: _Shard,
-        items: list[Any],
-        start: int,
-        offsets: list[int] | None,
-        failures: list[tuple[int, BaseException]],
-    ) -> None:
-        """Run ``items`` (``payload[start:start + len(items)]``) in the worker; failures
-        are recorded by batch index. Raises _Crash if the worker dies meanwhile."""
+    def _send(self, shard: _Shard, items: list[Any], run: _Run) -> None:
+        """Run ``items`` (``run.payload[run.start:run.start + len(items)]``) in the worker;
+        failures and values are recorded by batch index. Raises _Crash if the worker dies
+        meanwhile."""
         worker = shard.worker
         assert worker is not None
         shard.seq += 1
@@ -412,6 +459,7 @@ class _ProcessRunner(ShardRunner):
             raise _Unpicklable() from exc
         overrun_at = None if self.task_timeout is None else time.monotonic() + self.task_timeout
         seen_index = -2
+        start = run.start
         while True:
             try:
                 msg = worker.results.get(timeout=_SLICE)
@@ -433,15 +481,21 @@ class _ProcessRunner(ShardRunner):
             except PeerDead:
                 raise _Crash(self._how(worker)) from None
             mseq, kind, *rest = msg
-            if mseq != seq:  # pragma: no cover - a stale record from a replaced worker
+            if mseq != seq:  # a stale record (a batch whose DONE was not awaited)
                 continue
             if kind == wire.FAILED:
                 index, raised = rest
                 if index < 0:
                     raise raised
-                pos = start + index
-                failures.append((pos if offsets is None else offsets[pos], raised))
+                run.failures.append((run.index(start + index), raised))
             elif kind == wire.DONE:
+                got = rest[1] if len(rest) > 1 else None
+                if run.values is not None and got is not None:
+                    for k, value in enumerate(got):
+                        run.values[run.index(start + k)] = value
+                elif self.deliver is not None and not self.per_item:
+                    run.value = got
+                    run.value_set = True
                 return
 
     def _maybe_recycle(self, shard: _Shard, ran: int) -> None:

@@ -76,8 +76,10 @@ from shardflow.backends.base import (
     DEFERRED,
     Backend,
     BatchOutcome,
+    Deliver,
     Handler,
     ShardRunner,
+    deliver_values,
     start_shard_threads,
 )
 
@@ -103,6 +105,9 @@ _MIB = 1024 * 1024
 # to send) when every item succeeded, else (tag, seq, payload):
 _SOME_FAILED = 0  # payload: [(index, packed exception), ...]
 _BATCH_FAILED = 1  # payload: the packed exception a batch handler raised
+# With return values wanted (``on_results``), always (_VALUES, seq, failures, values):
+# ``values`` pickled here (so that a value that does not pickle fails its item alone).
+_VALUES = 2
 
 
 # ---------------------------------------------------------------------- errors
@@ -226,7 +231,11 @@ def _unpack_exception(packed: tuple[bytes | None, str, str, str]) -> BaseExcepti
 
 
 def run_batch_here(
-    handler: Handler, per_item: bool, at: tuple[str, int, int, int], batch: list[Any]
+    handler: Handler,
+    per_item: bool,
+    at: tuple[str, int, int, int],
+    batch: list[Any],
+    collect: bool = False,
 ) -> int | tuple[Any, ...]:
     """Run one batch and describe the outcome (what a shard actor does with a call);
     ``at`` is ``(run, shard, seq, attempt)`` (``current_batch()``).
@@ -234,10 +243,13 @@ def run_batch_here(
     A per-item handler is called once per item and each failure is kept with its index;
     a batch handler is called once. Nothing raised by the handler escapes: the reply
     says what failed, with the exception (pickled here, or a ``RemoteError`` for one that
-    does not pickle) and its traceback.
+    does not pickle) and its traceback. With ``collect``, the reply carries the return
+    values too (``_VALUES``).
     """
     _current.at = at
     try:
+        if collect:
+            return _run_collecting(handler, per_item, at[2], batch)
         if per_item:
             failures = []
             n = len(batch)
@@ -263,12 +275,57 @@ def run_batch_here(
         _current.at = None
 
 
+def _run_collecting(
+    handler: Handler, per_item: bool, seq: int, batch: list[Any]
+) -> tuple[Any, ...]:
+    if not per_item:
+        try:
+            value = handler(batch)
+        except BaseException as exc:
+            return (_BATCH_FAILED, seq, _pack_exception(exc))
+        try:
+            return (_VALUES, seq, [], pickle.dumps(value, 5))
+        except Exception as exc:
+            return (_BATCH_FAILED, seq, _pack_exception(_unsendable(value, exc)))
+    failures: list[tuple[int, Any]] = []
+    values: list[Any] = []
+    append = values.append
+    for i, item in enumerate(batch):
+        try:
+            append(handler(item))
+        except BaseException as exc:
+            failures.append((i, _pack_exception(exc)))
+            append(None)
+    try:
+        data = pickle.dumps(values, 5)
+    except Exception:
+        for i, value in enumerate(values):
+            try:
+                pickle.dumps(value, 5)
+            except Exception as exc:
+                failures.append((i, _pack_exception(_unsendable(value, exc))))
+                values[i] = None
+        failures.sort(key=lambda f: f[0])
+        data = pickle.dumps(values, 5)
+    return (_VALUES, seq, failures, data)
+
+
+def _unsendable(value: Any, why: Exception) -> TypeError:
+    return TypeError(
+        f"backend='ray' could not send back a result of type {type(value).__qualname__} "
+        f"({type(why).__name__}: {why})"
+    )
+
+
 class _ShardActor:
     """The body of a shard actor (``ray.remote`` is applied when a pool starts)."""
 
-    def __init__(self, handler_bytes: bytes, per_item: bool, run: str, shard: int) -> None:
+    def __init__(
+        self, handler_bytes: bytes, per_item: bool, run: str, shard: int, collect: bool = False
+    ) -> None:
         self._handler = pickle.loads(handler_bytes)
         self._per_item = per_item
+        self._collect = collect
         self._run = run
         self._shard = shard
 
@@ -280,7 +337,11 @@ class _ShardActor:
         """``call`` is ``(seq, attempt, batch)``: one argument, serialized once."""
         seq, attempt, batch = call
         return run_batch_here(
-            self._handler, self._per_item, (self._run, self._shard, seq, attempt), batch
+            self._handler,
+            self._per_item,
+            (self._run, self._shard, seq, attempt),
+            batch,
+            self._collect,
         )
 
 
@@ -367,8 +428,12 @@ class _ShardLink:
         window: int,
         restart_timeout: float,
         settle: Callable[[int, list[Any], object, int], None],
+        deliver: Deliver | None = None,
+        per_item: bool = True,
     ) -> None:
         self.remote = remote
+        self.deliver = deliver
+        self.per_item = per_item
         self.shard = shard
         self.window = window
         self.restart_timeout = restart_timeout
@@ -490,7 +555,7 @@ class _ShardLink:
             if entry.attempt > 1:
                 self.recovered_at = time.monotonic()
             try:
-                return self._decode(reply, entry.seq)
+                return self._decode(reply, entry.seq, entry.batch)
             except BaseException as exc:
                 return exc
 
@@ -528,7 +593,9 @@ class _ShardLink:
                 except BaseException as exc:
                     e.error = exc
 
-    def _decode(self, reply: int | tuple[Any, ...], seq: int) -> BatchOutcome | None:
+    def _decode(
+        self, reply: int | tuple[Any, ...], seq: int, batch: list[Any] | None = None
+    ) -> BatchOutcome | None:
         if type(reply) is int:
             tag, got_seq = None, reply
         else:
@@ -541,10 +608,22 @@ class _ShardLink:
         assert isinstance(reply, tuple)
         if tag == _BATCH_FAILED:
             raise _unpack_exception(reply[2])
+        if tag == _VALUES:
+            return self._deliver(reply, batch)
         failures = reply[2]
         if not failures:
             return None
         return BatchOutcome([(i, _unpack_exception(p)) for i, p in failures])
+
+    def _deliver(self, reply: tuple[Any, ...], batch: list[Any] | None) -> BatchOutcome | None:
+        assert batch is not None and self.deliver is not None
+        failures = [(i, _unpack_exception(p)) for i, p in reply[2]]
+        values = pickle.loads(reply[3])
+        if self.per_item:
+            deliver_values(self.deliver, batch, values, failures)
+        else:
+            self.deliver(batch, values)
+        return BatchOutcome(failures) if failures else None
 
     def wait_settled(self, deadline: float | None) -> bool:
         with self.cond:
@@ -578,9 +657,17 @@ class _ShardLink:
 class RayRemote(Remote):
     """Shard actors on a Ray cluster."""
 
-    def __init__(self, ray: Any, backend: RayBackend, handler_bytes: bytes, per_item: bool) -> None:
+    def __init__(
+        self,
+        ray: Any,
+        backend: RayBackend,
+        handler_bytes: bytes,
+        per_item: bool,
+        collect: bool = False,
+    ) -> None:
         self._ray = ray
         self._per_item = per_item
+        self._collect = collect
         self._handler_ref = handler_bytes
         self.run = secrets.token_hex(6)
         options: dict[str, Any] = {
@@ -601,7 +688,9 @@ class RayRemote(Remote):
         )
 
     def create(self, shard: int) -> Any:
-        return self._cls.remote(self._handler_ref, self._per_item, self.run, shard)
+        return self._cls.remote(
+            self._handler_ref, self._per_item, self.run, shard, self._collect
+        )
 
     def ready(self, actor: Any, timeout: float) -> int:
         try:
@@ -645,6 +734,7 @@ class _RayRunner(ShardRunner):
         self._pool_name = pool_name
         self._workers = workers
         self._handler: Handler | None = None
+        self._deliver: Deliver | None = None
         self._per_item = True
         self._settle: Callable[[int, list[Any], object, int], None] | None = None
         self.links: list[_ShardLink] = []
@@ -661,9 +751,10 @@ class _RayRunner(ShardRunner):
             return self._backend.batch_size, None, True
         return batch_size, batch_timeout, True
 
-    def wrap(self, handler: Handler, *, per_item: bool) -> Handler:
+    def wrap(self, handler: Handler, *, per_item: bool, deliver: Deliver | None = None) -> Handler:
         self._handler = handler
         self._per_item = per_item
+        self._deliver = deliver
         return self._ship
 
     def attach(self, settle: Callable[[int, list[Any], object, int], None]) -> None:
@@ -680,10 +771,15 @@ class _RayRunner(ShardRunner):
         start_failed: Callable[[], None],
     ) -> None:
         assert self._handler is not None and self._settle is not None, "wrap/attach first"
-        remote = self._backend._make_remote(self._handler, self._per_item)
+        if self._deliver is None:
+            remote = self._backend._make_remote(self._handler, self._per_item)
+        else:
+            remote = self._backend._make_remote(self._handler, self._per_item, True)
         b = self._backend
         self.links = [
-            _ShardLink(remote, i, b.window, b.restart_timeout, self._settle)
+            _ShardLink(
+                remote, i, b.window, b.restart_timeout, self._settle, self._deliver, self._per_item
+            )
             for i in range(self._workers)
         ]
         # Create every actor first, then wait for all: they start in parallel.
@@ -856,7 +952,7 @@ class RayBackend(Backend):
     def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
         return _RayRunner(self, pool_name, workers)
 
-    def _make_remote(self, handler: Handler, per_item: bool) -> Remote:
+    def _make_remote(self, handler: Handler, per_item: bool, collect: bool = False) -> Remote:
         """The ``Remote`` a pool's runner uses (the tests override this with a fake)."""
         try:
             handler_bytes = _dumps(handler)
@@ -866,7 +962,7 @@ class RayBackend(Backend):
                 f"cloudpickle): {type(exc).__name__}: {exc}"
             ) from exc
         ray = self.ensure_ray()
-        return RayRemote(ray, self, handler_bytes, per_item)
+        return RayRemote(ray, self, handler_bytes, per_item, collect)
 
     def ensure_ray(self) -> Any:
         """Import Ray and connect (or start the local cluster); returns the module."""
