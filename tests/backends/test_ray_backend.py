@@ -194,6 +194,21 @@ def test_a_handler_that_cannot_be_sent_fails_the_constructor_clearly() -> None:
         shardflow.ShardedPool(handle, workers=1, backend=RayBackend())
 
 
+def test_the_reply_carries_the_handlers_own_time_for_service_time() -> None:
+    """service_time is the handler's time on the actor (as threads measure it): the reply
+    ends with it, and the pool records it."""
+    reply = run_batch_here(lambda b: time.sleep(0.02), False, ("r", 0, 5, 1), [1, 2])
+    assert reply[0] == 5 and len(reply) == 2 and reply[-1] >= 20_000_000
+    backend = FakeRayBackend(batch_size=10)
+    with shardflow.ShardedPool(
+        lambda batch: time.sleep(0.01), workers=1, batch_size=10, backend=backend
+    ) as pool:
+        pool.submit_many(range(30))
+    m = pool.metrics()
+    assert m.service_time.count == m.batches == 3
+    assert m.service_time.percentile(0) >= 0.01  # a bucket's upper bound: >= the value
+
+
 def test_per_item_pools_ship_batches_and_call_the_handler_per_item() -> None:
     seen: list[int] = []
     backend = FakeRayBackend(batch_size=64)

@@ -40,18 +40,19 @@ Shut pools down (``shutdown()``, ``with``): that waits for the batches in flight
 interpreter exit, a pool that was not shut down is drained into its actors but the
 replies of its last batches are not waited for (Ray shuts down at exit too).
 
-Metrics: ``pool.metrics()`` is the same as with threads; a batch's ``service_time`` is
-the whole remote call as the driver sees it, from shipping to its reply (time queued on
-the actor behind the previous batch and re-sends included).
+Metrics: ``pool.metrics()`` is the same as with threads: a batch's ``service_time`` is
+the time its handler ran on the actor (measured there and sent back with the reply), so
+the percentiles describe the handler, not Ray; ``RayBackend`` runners' ``stats()`` give
+re-sends and replaced actors.
 
 ``ShardedPool`` and ``BatchProcessor`` take ``backend=RayBackend(...)``; ``Executor``
 (futures completed in this process) and ``Pipeline`` stages (which hand items to the next
 stage in this process) do not run on Ray yet.
 
 The handler is sent to each actor once, when it starts (cloudpickle). Guards
-(``breaker``, ``limiter``, ``rate_limiter``, ``retry``) are composed around the handler
-by the pool, so with this backend they travel with it and run inside each actor, one
-independent copy per actor (and must pickle).
+(``breaker``, ``limiter``, ``rate_limiter``, ``retry``) are refused with this backend
+for now: composed around the handler they would travel with it, one independent copy
+per actor, their state and metrics split.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_WINDOW = 2
 _MIB = 1024 * 1024
 
-# The actor's answer to one batch: its sequence number alone (an int: the cheapest reply
-# to send) when every item succeeded, else (tag, seq, payload):
+# The actor's answer to one batch: (seq, handler_ns) when every item succeeded, else
+# (tag, seq, payload..., handler_ns); handler_ns is how long the handler ran (the shard's
+# service time, as with threads):
 _SOME_FAILED = 0  # payload: [(index, packed exception), ...]
 _BATCH_FAILED = 1  # payload: the packed exception a batch handler raised
 # With return values wanted (``on_results``), always (_VALUES, seq, failures, values):
@@ -236,7 +238,7 @@ def run_batch_here(
     at: tuple[str, int, int, int],
     batch: list[Any],
     collect: bool = False,
-) -> int | tuple[Any, ...]:
+) -> tuple[Any, ...]:
     """Run one batch and describe the outcome (what a shard actor does with a call);
     ``at`` is ``(run, shard, seq, attempt)`` (``current_batch()``).
 
@@ -247,32 +249,40 @@ def run_batch_here(
     values too (``_VALUES``).
     """
     _current.at = at
+    t0 = time.monotonic_ns()
     try:
-        if collect:
-            return _run_collecting(handler, per_item, at[2], batch)
-        if per_item:
-            failures = []
-            n = len(batch)
-            it = iter(batch)
-            while True:
-                # A bare loop (no per-item bookkeeping); after a failure the iterator says
-                # where it stopped, and the loop goes on from the next item.
-                try:
-                    for item in it:
-                        handler(item)
-                    break
-                except BaseException as exc:
-                    failures.append((n - length_hint(it) - 1, _pack_exception(exc)))
-            if failures:
-                return (_SOME_FAILED, at[2], failures)
-            return at[2]
+        reply = _run(handler, per_item, at[2], batch, collect)
+    finally:
+        _current.at = None
+    return (*reply, time.monotonic_ns() - t0)
+
+
+def _run(
+    handler: Handler, per_item: bool, seq: int, batch: list[Any], collect: bool
+) -> tuple[Any, ...]:
+    if collect:
+        return _run_collecting(handler, per_item, seq, batch)
+    if not per_item:
         try:
             handler(batch)
         except BaseException as exc:
-            return (_BATCH_FAILED, at[2], _pack_exception(exc))
-        return at[2]
-    finally:
-        _current.at = None
+            return (_BATCH_FAILED, seq, _pack_exception(exc))
+        return (seq,)
+    failures = []
+    n = len(batch)
+    it = iter(batch)
+    while True:
+        # A bare loop (no per-item bookkeeping); after a failure the iterator says where
+        # it stopped, and the loop goes on from the next item.
+        try:
+            for item in it:
+                handler(item)
+            break
+        except BaseException as exc:
+            failures.append((n - length_hint(it) - 1, _pack_exception(exc)))
+    if failures:
+        return (_SOME_FAILED, seq, failures)
+    return (seq,)
 
 
 def _run_collecting(
@@ -333,7 +343,7 @@ class _ShardActor:
         """The actor's process id (tests and tools use it to find the process)."""
         return os.getpid()
 
-    def run(self, call: tuple[int, int, list[Any]]) -> int | tuple[Any, ...]:
+    def run(self, call: tuple[int, int, list[Any]]) -> tuple[Any, ...]:
         """``call`` is ``(seq, attempt, batch)``: one argument, serialized once."""
         seq, attempt, batch = call
         return run_batch_here(
@@ -371,7 +381,7 @@ class Remote:
         one actor run in the order they were submitted."""
         raise NotImplementedError
 
-    def result(self, handle: Any) -> int | tuple[Any, ...]:
+    def result(self, handle: Any) -> tuple[Any, ...]:
         """Wait for a submitted batch: the reply of ``run_batch_here``. Raises
         ``ActorLost`` if the actor died or cannot be reached (the batch may or may not
         have run)."""
@@ -385,7 +395,7 @@ class Remote:
 class _InFlight:
     """One shipped batch, until its outcome is settled."""
 
-    __slots__ = ("attempt", "batch", "error", "first_loss", "handle", "seq", "t0")
+    __slots__ = ("attempt", "batch", "error", "first_loss", "handle", "remote_ns", "seq", "t0")
 
     def __init__(self, seq: int, batch: list[Any]) -> None:
         self.seq = seq
@@ -395,6 +405,7 @@ class _InFlight:
         self.error: BaseException | None = None  # failed before it could be sent
         self.first_loss = 0.0
         self.t0 = time.monotonic_ns()
+        self.remote_ns = -1  # how long the handler ran on the actor, once replied
 
 
 class _ShardLink:
@@ -485,7 +496,11 @@ class _ShardLink:
                     return False
                 entry = self.inflight[0]
             outcome = self._outcome_of(entry)
-            service_ns = time.monotonic_ns() - entry.t0
+            # The handler's time on the actor, as threads measure it; the round trip when
+            # no reply came (the batch failed as a whole on the way).
+            service_ns = entry.remote_ns
+            if service_ns < 0:
+                service_ns = time.monotonic_ns() - entry.t0
             try:
                 self.settle(self.shard, entry.batch, outcome, service_ns)
             finally:
@@ -555,7 +570,7 @@ class _ShardLink:
             if entry.attempt > 1:
                 self.recovered_at = time.monotonic()
             try:
-                return self._decode(reply, entry.seq, entry.batch)
+                return self._decode(reply, entry)
             except BaseException as exc:
                 return exc
 
@@ -593,30 +608,29 @@ class _ShardLink:
                 except BaseException as exc:
                     e.error = exc
 
-    def _decode(
-        self, reply: int | tuple[Any, ...], seq: int, batch: list[Any] | None = None
-    ) -> BatchOutcome | None:
-        if type(reply) is int:
-            tag, got_seq = None, reply
+    def _decode(self, reply: tuple[Any, ...], entry: _InFlight) -> BatchOutcome | None:
+        entry.remote_ns = reply[-1]
+        if len(reply) == 2:  # (seq, handler_ns): every item succeeded
+            tag, got_seq = None, reply[0]
         else:
-            assert isinstance(reply, tuple)
             tag, got_seq = reply[0], reply[1]
-        if got_seq != seq:  # pragma: no cover - would be a bug in the actor or in Ray
-            raise RuntimeError(f"shard {self.shard}: reply for batch {got_seq}, sent {seq}")
+        if got_seq != entry.seq:  # pragma: no cover - would be a bug in the actor or in Ray
+            raise RuntimeError(
+                f"shard {self.shard}: reply for batch {got_seq}, sent {entry.seq}"
+            )
         if tag is None:
             return None
-        assert isinstance(reply, tuple)
         if tag == _BATCH_FAILED:
             raise _unpack_exception(reply[2])
         if tag == _VALUES:
-            return self._deliver(reply, batch)
+            return self._deliver(reply, entry.batch)
         failures = reply[2]
         if not failures:
             return None
         return BatchOutcome([(i, _unpack_exception(p)) for i, p in failures])
 
-    def _deliver(self, reply: tuple[Any, ...], batch: list[Any] | None) -> BatchOutcome | None:
-        assert batch is not None and self.deliver is not None
+    def _deliver(self, reply: tuple[Any, ...], batch: list[Any]) -> BatchOutcome | None:
+        assert self.deliver is not None
         failures = [(i, _unpack_exception(p)) for i, p in reply[2]]
         values = pickle.loads(reply[3])
         if self.per_item:
@@ -710,9 +724,9 @@ class RayRemote(Remote):
         except self._lost as exc:
             raise ActorLost(f"{type(exc).__name__}") from exc
 
-    def result(self, handle: Any) -> int | tuple[Any, ...]:
+    def result(self, handle: Any) -> tuple[Any, ...]:
         try:
-            reply: int | tuple[Any, ...] = self._ray.get(handle)
+            reply: tuple[Any, ...] = self._ray.get(handle)
         except self._lost as exc:
             raise ActorLost(f"{type(exc).__name__}") from exc
         return reply
