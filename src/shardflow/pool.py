@@ -29,6 +29,7 @@ from shardflow._validate import (
 )
 from shardflow._worker import ON_FULL_BLOCK, ON_FULL_DROP, ON_FULL_RAISE, PoolCore
 from shardflow.backends import Backend, resolve_backend
+from shardflow.backends._guards import DriverGuards
 from shardflow.backends.base import COLLECT_RUN
 from shardflow.errors import Closed, Full
 from shardflow.metrics import Latency, PoolMetrics, ShardMetrics
@@ -107,7 +108,9 @@ class ShardedPool(PoolCore, Generic[T]):
         breaker, limiter, rate_limiter, retry: guards for a downstream service, composed
             around ``handler`` once (outermost first: retry, rate limiter, limiter,
             breaker). Each retry attempt takes a token and a permit and is seen by the
-            breaker; an open breaker's ``CircuitOpen`` is never retried.
+            breaker; an open breaker's ``CircuitOpen`` is never retried. With a backend
+            that runs the handler elsewhere (process, Ray) the first three stay in this
+            process around the shipping of batches (see the README) and retry is refused.
         dead_letter: where an item (or batch) goes when it still fails after its retries
             or is refused by an open breaker, together with its exception: a callable
             ``dead_letter(item, exc)`` or a bounded queue (anything with ``put_nowait``)
@@ -211,34 +214,47 @@ class ShardedPool(PoolCore, Generic[T]):
 
         name = name or f"ShardedPool-{next(_names)}"
         runner = resolved_backend.runner(pool_name=name, workers=workers)
-        if not runner.shares_guards:
-            for param, given in (
-                ("breaker", breaker),
-                ("limiter", limiter),
-                ("rate_limiter", rate_limiter),
-                ("retry", retry),
-            ):
-                if given is not None:
-                    raise ValueError(
-                        f"{param}= is not supported with backend={runner.describe()!r} yet: "
-                        "each worker would get its own copy, so its state (limits, the "
-                        "breaker's state, the retry budget) and its metrics would no longer "
-                        "be shared; use it inside the handler, or the thread backend"
-                    )
         per_item = batch_size == 1 and not lists
+        driver_guards: DriverGuards | None = None
+        if not runner.shares_guards:
+            # The handler runs elsewhere (one copy per worker): guards stay here, around
+            # the shipping of each batch (backends/_guards.py). A retry cannot: it would
+            # run an item again after later items of its key.
+            if retry is not None:
+                raise ValueError(
+                    f"retry= is not supported with backend={runner.describe()!r}: retried "
+                    "here, an item would run again after later items of its key; retry "
+                    "inside the handler (shardflow.Retry(...).call(fn, item)), or use the "
+                    "thread backend"
+                )
+            if breaker is not None or limiter is not None or rate_limiter is not None:
+                driver_guards = DriverGuards(
+                    per_item=per_item,
+                    breaker=breaker,
+                    limiter=limiter,
+                    rate_limiter=rate_limiter,
+                )
         batch_size, batch_timeout, lists = runner.batch_shape(batch_size, batch_timeout, lists)
         if on_results is not None and not lists:
             # Values are collected per list: whatever is queued, without waiting.
             batch_size, batch_timeout, lists = COLLECT_RUN, None, True
-        guarded = guard(
-            handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry
-        )
+        if driver_guards is not None:
+            guarded = handler
+            most = driver_guards.max_ship
+            if most is not None:
+                batch_size = min(batch_size, most)
+        else:
+            guarded = guard(
+                handler, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry
+            )
         # ``deliver`` only when wanted: runners written before it keep working without it.
         wrapped = (
             runner.wrap(guarded, per_item=per_item)
             if on_results is None
             else runner.wrap(guarded, per_item=per_item, deliver=on_results)
         )
+        if driver_guards is not None:
+            wrapped = driver_guards.wrap(wrapped)
         self._core_init(
             wrapped,
             workers,
@@ -253,7 +269,9 @@ class ShardedPool(PoolCore, Generic[T]):
             dead_letter_fn,
             lists,
         )
-        runner.attach(self._settle)
+        runner.attach(
+            self._settle if driver_guards is None else driver_guards.wrap_settle(self._settle)
+        )
         self.breaker = breaker
         self.limiter = limiter
         self.rate_limiter = rate_limiter

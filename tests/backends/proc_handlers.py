@@ -134,3 +134,32 @@ class ExitOnceOn:
                     f.write("x")
                 os._exit(9)
         return x + 1
+
+
+def fail_below_100(x: int) -> None:
+    if x < 100:
+        raise ConnectionError(f"downstream refused {x}")
+
+
+class Interval:
+    """A list handler that records ``start end`` (monotonic ns, system-wide) per batch in
+    ``<dir>/<pid>``; each batch takes ``pause`` seconds."""
+
+    def __init__(self, directory: str, pause: float) -> None:
+        self.directory = directory
+        self.pause = pause
+
+    def __call__(self, batch: list[Any]) -> None:
+        t0 = time.monotonic_ns()
+        time.sleep(self.pause)
+        with open(Path(self.directory) / str(os.getpid()), "a") as f:
+            f.write(f"{t0} {time.monotonic_ns()}\n")
+
+
+def read_intervals(directory: str) -> list[tuple[int, int]]:
+    out = []
+    for path in Path(directory).iterdir():
+        for line in path.read_text().splitlines():
+            a, b = line.split()
+            out.append((int(a), int(b)))
+    return sorted(out)

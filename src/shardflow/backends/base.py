@@ -83,10 +83,10 @@ from typing import Any, ClassVar
 from shardflow._worker import DEFERRED, BatchOutcome
 
 __all__ = [
+    "COLLECT_RUN",
     "DEFERRED",
     "Backend",
     "BatchOutcome",
-    "COLLECT_RUN",
     "Deliver",
     "Handler",
     "Settle",
@@ -112,8 +112,9 @@ class ShardRunner(abc.ABC):
 
     #: Whether a breaker, limiter, rate limiter or retry composed around the handler stays
     #: one object shared by every shard. False for runners that copy the handler elsewhere
-    #: (a worker process each): the pool then refuses those guards rather than silently
-    #: splitting their state.
+    #: (a worker process each): the pool then keeps breaker, limiter and rate limiter in
+    #: this process around the runner's shipping (``_guards.DriverGuards``) and refuses
+    #: retry, rather than silently splitting their state.
     shares_guards: ClassVar[bool] = True
 
     def batch_shape(

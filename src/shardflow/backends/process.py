@@ -31,10 +31,12 @@ What differs from threads, and why:
   pickled fails (``TypeError`` naming its type) and is routed like a handler failure; an
   exception that cannot be pickled comes back as ``RemoteError`` with its text and
   traceback;
-* a breaker, limiter, rate limiter or retry in the guards would be copied into each
-  worker, its state (and metrics) no longer shared: ``ShardedPool`` refuses them with this
-  backend for now (the design: one word per guard in a shared segment);
-* the handler's return values are not sent back (as with threads, they are ignored);
+* a breaker, limiter or rate limiter is not copied into the workers: the pool keeps it in
+  this process around the shipping of batches (``backends/_guards.py``: the breaker admits
+  each item when its batch is shipped and records each outcome; one limiter permit per
+  batch in flight; rate tokens taken before shipping, batches capped at the burst). A
+  retry is refused (retried here, an item would run after later items of its key);
+* the handler's return values are sent back only when the pool asks (``on_results``);
 * ``service_time`` covers the round trip of a batch (pickling and IPC included);
 * default start method: ``forkserver`` where available (``spawn`` elsewhere): never a
   bare ``fork`` of a process whose shardflow threads are running. Pass ``mp_context`` to

@@ -49,10 +49,10 @@ re-sends and replaced actors.
 (futures completed in this process) and ``Pipeline`` stages (which hand items to the next
 stage in this process) do not run on Ray yet.
 
-The handler is sent to each actor once, when it starts (cloudpickle). Guards
-(``breaker``, ``limiter``, ``rate_limiter``, ``retry``) are refused with this backend
-for now: composed around the handler they would travel with it, one independent copy
-per actor, their state and metrics split.
+The handler is sent to each actor once, when it starts (cloudpickle). A ``breaker``,
+``limiter`` or ``rate_limiter`` stays in the driver, around the shipping of batches, one
+state for all actors (``backends/_guards.py``); ``retry`` is refused (retried in the
+driver, an item would run after later items of its key).
 """
 
 from __future__ import annotations
@@ -615,9 +615,7 @@ class _ShardLink:
         else:
             tag, got_seq = reply[0], reply[1]
         if got_seq != entry.seq:  # pragma: no cover - would be a bug in the actor or in Ray
-            raise RuntimeError(
-                f"shard {self.shard}: reply for batch {got_seq}, sent {entry.seq}"
-            )
+            raise RuntimeError(f"shard {self.shard}: reply for batch {got_seq}, sent {entry.seq}")
         if tag is None:
             return None
         if tag == _BATCH_FAILED:
@@ -702,9 +700,7 @@ class RayRemote(Remote):
         )
 
     def create(self, shard: int) -> Any:
-        return self._cls.remote(
-            self._handler_ref, self._per_item, self.run, shard, self._collect
-        )
+        return self._cls.remote(self._handler_ref, self._per_item, self.run, shard, self._collect)
 
     def ready(self, actor: Any, timeout: float) -> int:
         try:
@@ -739,8 +735,8 @@ class RayRemote(Remote):
 
 
 class _RayRunner(ShardRunner):
-    # Guards would be pickled into each actor, one independent copy per shard (state,
-    # limits, budget and metrics split): refused by the pool until they live in the driver.
+    # Guards pickled into each actor would be one independent copy per shard: the pool
+    # keeps breaker/limiter/rate limiter in the driver instead, and refuses retry.
     shares_guards: ClassVar[bool] = False
 
     def __init__(self, backend: RayBackend, pool_name: str, workers: int) -> None:
