@@ -11,7 +11,11 @@ store; its start-up time is reported apart) and every contender moves no-op item
   flight per actor (``ray.wait`` on the oldest), the ceiling of the approach;
 * ``ActorPool.map_unordered``: ``ray.util.ActorPool`` over 1,000-item chunks;
 * ``multiprocessing.Pool.imap``: ``ray.util.multiprocessing.Pool(2).imap(noop, ...,
-  chunksize=1000)``.
+  chunksize=1000)``;
+* ``Ray Data map_batches`` (when ``ray.data`` imports: it needs pandas and pyarrow, which
+  the bench does not install): ``ray.data.range(n).map_batches(Noop, batch_size=1000,
+  concurrency=2, num_cpus=0)`` consumed with ``iter_batches``; its actors are started by
+  every execution, as a user's pipeline would be, so that cost is in its figure.
 
 Every actor loops over its list calling ``noop(x)`` per item. Actors ask for no CPU
 (``num_cpus=0``) so that the contenders never wait for each other's reservations. Every
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import statistics
 import threading
@@ -60,6 +65,27 @@ NODE_LOSS_CODE = (
     "import sys; from shardflow.bench.ray import main; "
     "sys.exit(main(['--node-loss', *sys.argv[1:]]))"
 )
+
+
+class _NoopBatches:
+    """Ray Data's map_batches contender: ``noop`` per row, one count row out."""
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        ids = batch["id"].tolist()
+        for x in ids:
+            noop(x)
+        return {"n": np.array([len(ids)])}
+
+
+def _ray_data_available() -> bool:
+    try:
+        importlib.import_module("ray.data")
+        importlib.import_module("pyarrow")
+    except Exception:
+        return False
+    return True
 
 
 class _NoopActor:
@@ -216,6 +242,30 @@ def _measure(
             raise RuntimeError(f"multiprocessing.Pool contender moved {done} of {n}")
         return n, dt
 
+    steady: list[float] = []  # Ray Data's rate after its first batch (start-up excluded)
+
+    def ray_data(n: int) -> tuple[int, float]:
+        rd = ray.data
+        t = time.perf_counter()
+        ds = rd.range(n).map_batches(
+            _NoopBatches,
+            batch_size=CHUNK,
+            compute=rd.ActorPoolStrategy(size=ACTORS),
+            num_cpus=0,
+        )
+        done = first_n = 0
+        t_first = 0.0
+        for b in ds.iter_batches(batch_size=None):
+            done += int(b["n"].sum())
+            if not t_first:
+                t_first, first_n = time.perf_counter(), done
+        dt = time.perf_counter() - t
+        if done != n:
+            raise RuntimeError(f"Ray Data contender moved {done} of {n}")
+        if done > first_n:
+            steady.append((done - first_n) / max(time.perf_counter() - t_first, 1e-9))
+        return n, dt
+
     runners: dict[str, Callable[[int], tuple[int, float]]] = {
         "shardflow RayBackend": lambda n: pool_run(n, False),
         "shardflow RayBackend keyed": lambda n: pool_run(n, True),
@@ -223,6 +273,12 @@ def _measure(
         "ActorPool.map_unordered": actorpool,
         "multiprocessing.Pool.imap": mp_imap,
     }
+    if _ray_data_available():
+        importlib.import_module("ray.data").DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        runners["Ray Data map_batches"] = ray_data
+    else:
+        print("  (Ray Data not measured: pip install pandas pyarrow to add it)", file=out)
     rates = interleaved(runners, lambda name: n_items, ctx.repeats)
     med = {name: statistics.median(r) for name, r in rates.items()}
     ceiling = med["hand-written ray.wait window"]
@@ -237,6 +293,12 @@ def _measure(
     for name in runners:
         rows.append([name, fmt_rate(med[name]), f"{safe_ratio(med[name], ceiling):.2f}x"])
     print_table(rows, out)
+    if steady:
+        print(
+            f"  Ray Data starts its actor pool for every execution (included above); after "
+            f"its first batch it ran at {fmt_rate(statistics.median(steady))} (median)",
+            file=out,
+        )
 
     lat = _batch_latency(ray, backend, actors[0], 30 if ctx.quick else 200)
     print(
@@ -278,6 +340,30 @@ def _measure(
             ">=",
             1.0,
         ),
+        *(
+            [
+                Target(
+                    "RayBackend vs Ray Data map_batches",
+                    safe_ratio(pool_rate, med["Ray Data map_batches"]),
+                    ">=",
+                    1.0,
+                )
+            ]
+            if "Ray Data map_batches" in med
+            else []
+        ),
+        *(
+            [
+                Target(
+                    "RayBackend vs Ray Data after its start-up",
+                    safe_ratio(pool_rate, statistics.median(steady)),
+                    ">=",
+                    1.0,
+                )
+            ]
+            if steady
+            else []
+        ),
         Target("RayBackend added latency per batch p50", lat["added_p50_ms"], "<=", 0.5, unit="ms"),
         Target("actor killed at 50%: items lost", kill["lost"], "==", 0, unit="items"),
         Target(
@@ -303,6 +389,7 @@ def _measure(
             for name in runners
         },
         "batch_latency": lat,
+        "ray_data_steady_items_per_s": statistics.median(steady) if steady else None,
         "kill": kill,
     }
     return data, targets
