@@ -133,9 +133,33 @@ def test_an_item_that_cannot_be_pickled_fails_alone_naming_its_type(tmp_path: Pa
     assert (m.processed, m.failed) == (2, 1)
 
 
-def test_a_handler_that_cannot_be_pickled_is_refused_at_construction() -> None:
-    with pytest.raises(TypeError, match=r"cannot be pickled.*module-level function"):
+def test_a_handler_that_cannot_be_pickled_is_refused_at_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)  # as if it were not installed
+    with pytest.raises(TypeError, match=r"cannot be pickled.*module-level function.*cloudpickle"):
         shardflow.ShardedPool(lambda x: None, workers=1, backend="process")
+
+
+def test_a_handler_neither_pickle_nor_cloudpickle_can_send_is_refused() -> None:
+    pytest.importorskip("cloudpickle")
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"by reference .* nor by value with cloudpickle"):
+        shardflow.ShardedPool(lambda x: lock, workers=1, backend="process")
+
+
+def test_lambdas_and_closures_travel_by_value_with_cloudpickle() -> None:
+    pytest.importorskip("cloudpickle")
+    offset = 1000
+    got: list[tuple[int, int]] = []
+    with shardflow.ShardedPool(
+        lambda x: x + offset,
+        workers=2,
+        backend="process",
+        on_results=lambda xs, vs: got.extend(zip(xs, vs, strict=True)),
+    ) as pool:
+        pool.submit_many(range(100))
+    assert sorted(got) == [(x, x + 1000) for x in range(100)]
 
 
 def test_a_worker_that_cannot_load_the_handler_fails_the_constructor() -> None:

@@ -25,9 +25,9 @@ deaths within ``crash_window`` seconds a shard is marked broken: its batches fai
 ``ShardBroken`` (counted, routed; nothing hangs).
 
 What differs from threads, and why:
-* the handler (with its guards) is pickled once per worker: it must be importable
-  (a module-level function or a picklable callable); ``ShardedPool`` raises ``TypeError``
-  at construction otherwise. Items and exceptions cross by pickle: an item that cannot be
+* the handler is pickled once per worker: by reference (a module-level function or a
+  picklable callable), or by value with cloudpickle when installed (lambdas, closures);
+  ``ShardedPool`` raises ``TypeError`` at construction otherwise. Items and exceptions cross by pickle: an item that cannot be
   pickled fails (``TypeError`` naming its type) and is routed like a handler failure; an
   exception that cannot be pickled comes back as ``RemoteError`` with its text and
   traceback;
@@ -121,6 +121,38 @@ class _Crash(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _dumps_handler(handler: Handler) -> bytes:
+    """The handler as the workers will load it: by reference (plain pickle) when it can
+    be, else by value with cloudpickle when that is installed (lambdas, closures);
+    ``TypeError`` saying what to do otherwise. Checked here, at construction, so that a
+    handler that cannot travel never makes a worker hang or crash-loop."""
+    try:
+        data = pickle.dumps(handler, 5)
+        pickle.loads(data)
+        return data
+    except Exception as exc:
+        first = exc
+    try:
+        import cloudpickle  # type: ignore[import-untyped]
+    except ImportError:
+        raise TypeError(
+            f"backend='process' sends the handler to each worker process by pickle, and "
+            f"{handler!r} cannot be pickled ({type(first).__name__}: {first}); use a "
+            "module-level function or a picklable callable object, or install cloudpickle "
+            "(pip install 'shardflow[cloudpickle]') to send lambdas and closures by value"
+        ) from first
+    try:
+        by_value: bytes = cloudpickle.dumps(handler, 5)
+        pickle.loads(by_value)
+    except Exception as exc:
+        raise TypeError(
+            f"backend='process' could not send {handler!r} to the worker processes, by "
+            f"reference ({type(first).__name__}: {first}) nor by value with cloudpickle "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    return by_value
 
 
 class _Worker:
@@ -310,15 +342,7 @@ class _ProcessRunner(ShardRunner):
         return batch_size, batch_timeout, lists
 
     def wrap(self, handler: Handler, *, per_item: bool, deliver: Deliver | None = None) -> Handler:
-        try:
-            self.handler_pickle = pickle.dumps(handler, 5)
-            pickle.loads(self.handler_pickle)
-        except Exception as exc:
-            raise TypeError(
-                f"backend='process' sends the handler to each worker process by pickle, and "
-                f"{handler!r} cannot be pickled ({type(exc).__name__}: {exc}); use a "
-                "module-level function or a picklable callable object"
-            ) from exc
+        self.handler_pickle = _dumps_handler(handler)
         self.per_item = per_item
         self.deliver = deliver
         return self._run_batch
