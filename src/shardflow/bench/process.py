@@ -14,6 +14,9 @@ what a user would write instead, side by side in one process run.
   ``ProcessPoolExecutor(2)`` with the same start method running its first 2 tasks;
 * **idle**: CPU (parent and workers) of an idle process pool over 1 s.
 
+loky and mpire join the no-op and CPU-bound rows where they are installed
+(``bench/mp_baselines.py``; never dependencies of shardflow).
+
 Pools are built outside the timed region (start-up is its own row); a timed run ends
 when every item was handled (``flush()``, then the ``processed`` counter is checked).
 Contenders run interleaved (``common.interleaved``); medians and ratios are reported.
@@ -44,6 +47,7 @@ from shardflow.bench.common import (
     print_table,
     safe_ratio,
 )
+from shardflow.bench.mp_baselines import make_contenders
 from shardflow.pool import ShardedPool
 
 __all__ = ["cpu_item", "run_section"]
@@ -226,9 +230,13 @@ def section_process(
     print(f"\n== process backend ({method}; {WORKERS} workers) ==", file=out)
 
     ours = _Reusable(noop, ProcessBackend(mp_context=ctx, ship_batch_size=1000))
+    others, closers, missing = make_contenders(noop, 1000)
+    cpu_others, cpu_closers, _ = make_contenders(cpu_item, None)
+    if missing:
+        print(f"({', '.join(missing)} not installed: not compared)", file=out)
     with ctx.Pool(WORKERS) as mp:
         noop_rates = interleaved(
-            {NOOP_POOL: lambda n: ours.run(range(n)), NOOP_MP: _mp_imap(mp, noop, 1000)},
+            {NOOP_POOL: lambda n: ours.run(range(n)), NOOP_MP: _mp_imap(mp, noop, 1000), **others},
             lambda _: noop_n,
             repeats,
         )
@@ -250,11 +258,14 @@ def section_process(
                 CPU_MP: mp_map,
                 CPU_POOL: lambda n: cpu_pool.run(range(n)),
                 CPU_CONTROL: _control(ctx),
+                **cpu_others,
             },
             lambda _: cpu_n,
             repeats,
         )
         cpu_pool.close()
+    for close in closers + cpu_closers:
+        close()
     print(f"\nCPU-bound pure-Python handler (~75 us/item, {cpu_n:,} items per round)", file=out)
     print_table(_rows(cpu_rates, CPU_SERIAL), out)
 
