@@ -28,9 +28,9 @@ What differs from threads, and why:
 * the handler is pickled once per worker: by reference (a module-level function or a
   picklable callable), or by value with cloudpickle when installed (lambdas, closures);
   ``ShardedPool`` raises ``TypeError`` at construction otherwise. Items and exceptions
-  cross by pickle: an item that cannot be pickled fails (``TypeError`` naming its type) and is routed like a handler failure; an
-  exception that cannot be pickled comes back as ``RemoteError`` with its text and
-  traceback;
+  cross by pickle: an item that cannot be pickled fails (``TypeError`` naming its type)
+  and is routed like a handler failure; an exception that cannot be pickled comes back as
+  ``RemoteError`` with its text and traceback;
 * a breaker, limiter or rate limiter is not copied into the workers: the pool keeps it in
   this process around the shipping of batches (``backends/_guards.py``: the breaker admits
   each item when its batch is shipped and records each outcome; one limiter permit per
