@@ -35,6 +35,9 @@ def chaos() -> object:
 def test_short_chaos_run_loses_nothing_and_keeps_key_order(chaos: object) -> None:
     report = chaos.run(items=60_000, keys=97, every=0.01)  # type: ignore[attr-defined]
     assert report["kills"] > 0, report
+    # A kill every 10 ms can outrun worker restarts on a loaded machine: an item killed
+    # max_attempts times in a row is dead-lettered (WorkerLost), which is accounted for;
+    # what must never happen is an item silently lost or run out of key order.
     assert report["lost"] == 0 and report["key_inversions"] == 0, report
     assert report["accounting_exact"] and report["submitted"] == 60_000, report
     assert report["shm_leftovers"] == [] and report["workers_alive_after"] == [], report
