@@ -42,6 +42,8 @@ def _columns(data: Any, copy: bool) -> tuple[dict[str, Any] | None, Any, int]:
     """Validate ``data``: returns ``(columns, array, rows)`` where exactly one of
     ``columns`` (a dict input) and ``array`` (an ndarray input) is not None."""
     np = _numpy()
+    if isinstance(data, np.generic):
+        raise ValueError(f"data must have at least one dimension (rows), got a scalar {data!r}")
     if isinstance(data, np.ndarray):
         arr = _checked("data", data, copy)
         return None, arr, arr.shape[0]
