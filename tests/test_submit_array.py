@@ -114,8 +114,9 @@ def test_batches_are_full_but_the_last_of_each_shard_even_across_chunks() -> Non
         assert 1 <= len(batches[-1]["seq"]) <= 100
         got = np.concatenate([b["seq"] for b in batches])
         np.testing.assert_array_equal(got, data["seq"][ids == shard])  # source order
-        np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]),
-                                      data["x"][ids == shard])
+        np.testing.assert_array_equal(
+            np.concatenate([b["x"] for b in batches]), data["x"][ids == shard]
+        )
 
 
 @pytest.mark.parametrize("form", ["structured", "plain", "dict-2d"])
@@ -316,9 +317,9 @@ def test_array_pool_construction_errors(kwargs: dict[str, Any], match: str) -> N
 def test_bad_input_is_refused_naming_the_parameter(
     data: Any, kwargs: dict[str, Any], exc: type[Exception], match: str
 ) -> None:
-    with shardflow.ShardedPool(lambda b: None, workers=2, arrays=True) as pool:
-        with pytest.raises(exc, match=match):
-            pool.submit_array(data, **kwargs)
+    pool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(lambda b: None, workers=2, arrays=True)
+    with pool, pytest.raises(exc, match=match):
+        pool.submit_array(data, **kwargs)
     assert pool.row_metrics().submitted == 0
 
 
@@ -331,3 +332,37 @@ def test_copy_accepts_strided_columns() -> None:
         (k, v) for _, b in rec.calls for k, v in zip(b["k"].tolist(), b["v"].tolist(), strict=True)
     )
     assert rows == [(2 * i, 2 * i + 1) for i in range(10)]
+
+
+def test_partition_buffers_are_reused_but_never_under_a_kept_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_columnar, "CHUNK_ROWS", 1000)  # 20 chunks
+    data = table(20_000, keys=13)
+    kept: list[Any] = []
+
+    def keep_some(batch: Any) -> None:
+        if int(batch["seq"][0]) % 3 == 0:
+            kept.append(batch)  # no copy: its buffer must not be written again
+
+    with shardflow.ShardedPool(keep_some, workers=2, arrays=True, capacity=2) as pool:
+        pool.submit_array(data, key="k", batch_size=128)
+    assert kept
+    for batch in kept:  # still the rows they were handed with
+        np.testing.assert_array_equal(batch["k"], data["k"][batch["seq"]])
+        np.testing.assert_array_equal(batch["x"], data["x"][batch["seq"]])
+    assert pool.row_metrics().processed == 20_000
+
+
+def test_buffers_are_taken_again_only_when_no_view_is_left() -> None:
+    bufs = _columnar._Buffers([np.zeros(10), np.zeros((10, 2), np.int8)], 10)
+    first = bufs.take(10)
+    base = [id(v.base) for v in first]  # ids: a reference would keep the set busy
+    held = first[0][2:5]  # a batch view still queued somewhere
+    del first
+    second = bufs.take(7)
+    assert all(id(v.base) != b for v, b in zip(second, base, strict=True))  # a new set
+    assert second[1].shape == (7, 2) and second[1].dtype == np.int8
+    del held, second
+    third = bufs.take(10)  # both sets are idle again: the first is reused
+    assert [id(v.base) for v in third] == base

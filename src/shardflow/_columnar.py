@@ -17,6 +17,7 @@ one of these is called, not with shardflow (it is the optional ``numpy`` extra).
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -254,7 +255,7 @@ def keyed_batches(
     rows: int,
     nshards: int,
     batch_rows: int,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> Iterator[tuple[int, int, Batch]]:
     """``(shard, rows, batch)`` for every batch of a keyed input, in an order that keeps
     each shard's rows in source order (so rows of one key stay in source order).
@@ -263,17 +264,21 @@ def keyed_batches(
     a shard's batches are slices of the chunk's partition buffer (zero copy), except the
     first batch of a shard in a chunk, which completes the shard's remainder from the
     previous chunk (< ``batch_rows`` rows copied). Every batch holds ``batch_rows`` rows
-    but the last of each shard."""
+    but the last of each shard. Partition buffers are reused once no batch cut from them
+    is alive (``_Buffers``). ``chunk_rows`` defaults to ``CHUNK_ROWS``."""
     from shardflow import _partition
 
     np = _numpy()
+    if chunk_rows is None:
+        chunk_rows = CHUNK_ROWS
     srcs_all = list(cols.values()) if cols is not None else [arr]
     left: list[list[Any] | None] = [None] * nshards
     left_rows = [0] * nshards
+    buffers = _Buffers(srcs_all, min(chunk_rows, rows))
     for lo in range(0, rows, chunk_rows):
         hi = min(lo + chunk_rows, rows)
         srcs = [c[lo:hi] for c in srcs_all]
-        outs = [np.empty_like(c) for c in srcs]
+        outs = buffers.take(hi - lo)
         offsets_mv, _, _ = _partition.partition(keys[lo:hi], nshards, srcs, outs)
         bounds = np.frombuffer(offsets_mv, dtype=np.int64).tolist()
         del srcs
@@ -303,6 +308,36 @@ def keyed_batches(
         rest = left[s]
         if rest is not None:
             yield s, left_rows[s], _form(cols, rest)
+
+
+class _Buffers:
+    """The partition buffers of one ``keyed_batches`` run, reused from chunk to chunk.
+
+    Fresh buffers cost a page fault per 4 KiB on first write (the kernel partitions about
+    twice as fast into buffers it wrote before), so a chunk takes a set whose batches are
+    all gone (handled and dropped by the pool and the handler) and allocates one only
+    when every set still backs a queued batch. A batch is a view: it holds a reference
+    to its buffer (``.base``), so "no view left" is the buffer's reference count back at
+    what this object alone holds. A handler that keeps a batch keeps its set out of
+    reuse, never overwritten. How many sets exist is bounded like the batches in flight
+    (the pool's capacity), as fresh allocations would be."""
+
+    def __init__(self, srcs: list[Any], rows: int) -> None:
+        self._specs = [((rows, *c.shape[1:]), c.dtype) for c in srcs]
+        self._sets: list[list[Any]] = []
+        self._idle_refs = -1
+
+    def take(self, rows: int) -> list[Any]:
+        np = _numpy()
+        for bufs in self._sets:
+            if all(sys.getrefcount(b) == self._idle_refs for b in bufs):
+                return [b[:rows] for b in bufs]
+        bufs = [np.empty(shape, dtype) for shape, dtype in self._specs]
+        self._sets.append(bufs)
+        if self._idle_refs < 0:
+            # Held by its set list, the loop variable and getrefcount's argument.
+            self._idle_refs = min(sys.getrefcount(b) for b in bufs)
+        return [b[:rows] for b in bufs]
 
 
 def slice_batches(
