@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Latency", "MetricsDelta", "PoolMetrics", "RowMetrics", "ShardMetrics"]
+__all__ = ["Latency", "MetricsDelta", "PoolMetrics", "RowMetrics", "ShardMetrics", "StageRows"]
 
 _SUB_BITS = 7  # log2 of the sub-buckets per power of two; as SF_HIST_SUB_BITS in _hist.h
 _SUB = 1 << _SUB_BITS
@@ -528,3 +528,27 @@ class RowMetrics:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["pending"] = self.pending
         return out
+
+
+@dataclass(frozen=True)
+class StageRows:
+    """Row counts of one array stage of a ``Pipeline`` (``map_batches``), from
+    ``Pipeline.row_report()``; ``StageReport`` counts the same stage's batches. Exact
+    once the pipeline finished::
+
+        received == succeeded + failed
+
+    ``failed`` covers the batches whose function raised, whether they then went to a
+    dead letter or stopped the pipeline. ``emitted``: rows of the batches the function
+    returned (it may drop or add rows), the next array stage's ``received``."""
+
+    name: str
+    received: int
+    succeeded: int
+    failed: int
+    emitted: int
+
+    @property
+    def balanced(self) -> bool:
+        """``received == succeeded + failed``."""
+        return self.received == self.succeeded + self.failed
