@@ -366,3 +366,17 @@ def test_buffers_are_taken_again_only_when_no_view_is_left() -> None:
     del held, second
     third = bufs.take(10)  # both sets are idle again: the first is reused
     assert [id(v.base) for v in third] == base
+
+
+def test_batches_larger_than_a_chunk_are_joined_once_in_order() -> None:
+    data = table(5000, keys=5)
+    cols, arr, rows, k = _columnar.prepare(data, "k", False)
+    out = list(_columnar.keyed_batches(cols, arr, k, rows, 2, 1500, chunk_rows=300))
+    ids = np.frombuffer(_partition.shard_of(data["k"], 2), dtype=np.uint16)
+    for shard in (0, 1):
+        mine = [b for s, _, b in out if s == shard]
+        assert all(len(b["seq"]) == 1500 for b in mine[:-1])
+        np.testing.assert_array_equal(
+            np.concatenate([b["seq"] for b in mine]), data["seq"][ids == shard]
+        )
+    assert sum(n for _, n, _ in out) == 5000

@@ -261,19 +261,30 @@ def keyed_batches(
     each shard's rows in source order (so rows of one key stay in source order).
 
     The input is partitioned ``chunk_rows`` rows at a time by the kernel (GIL released);
-    a shard's batches are slices of the chunk's partition buffer (zero copy), except the
-    first batch of a shard in a chunk, which completes the shard's remainder from the
-    previous chunk (< ``batch_rows`` rows copied). Every batch holds ``batch_rows`` rows
-    but the last of each shard. Partition buffers are reused once no batch cut from them
-    is alive (``_Buffers``). ``chunk_rows`` defaults to ``CHUNK_ROWS``."""
+    a shard's batches are slices of the chunk's partition buffer (zero copy), except a
+    batch that spans chunks: its pieces (views) are kept until it is full, then
+    concatenated once (a shard's remainder of a chunk, < ``batch_rows`` rows, is copied
+    once). Every batch holds ``batch_rows`` rows but the last of each shard. Partition
+    buffers are reused once no batch or piece cut from them is alive (``_Buffers``).
+    ``chunk_rows`` defaults to ``CHUNK_ROWS``."""
     from shardflow import _partition
 
     np = _numpy()
     if chunk_rows is None:
         chunk_rows = CHUNK_ROWS
     srcs_all = list(cols.values()) if cols is not None else [arr]
-    left: list[list[Any] | None] = [None] * nshards
-    left_rows = [0] * nshards
+    # Per shard: the pieces of its next batch from earlier chunks (per column), and rows.
+    pieces: list[list[list[Any]]] = [[] for _ in range(nshards)]
+    held = [0] * nshards
+
+    def joined(s: int) -> Batch:
+        parts = pieces[s]
+        pieces[s] = []
+        held[s] = 0
+        if len(parts) == 1:
+            return _form(cols, parts[0])
+        return _form(cols, [np.concatenate(col) for col in zip(*parts, strict=True)])
+
     buffers = _Buffers(srcs_all, min(chunk_rows, rows))
     for lo in range(0, rows, chunk_rows):
         hi = min(lo + chunk_rows, rows)
@@ -286,28 +297,25 @@ def keyed_batches(
             a, b = bounds[s], bounds[s + 1]
             if a == b:
                 continue
-            pending = left[s]
-            if pending is not None:
-                take = min(batch_rows - left_rows[s], b - a)
-                merged = [
-                    np.concatenate((p, o[a : a + take])) for p, o in zip(pending, outs, strict=True)
-                ]
+            if held[s]:
+                take = min(batch_rows - held[s], b - a)
+                pieces[s].append([o[a : a + take] for o in outs])
+                held[s] += take
                 a += take
-                if left_rows[s] + take < batch_rows:
-                    left[s], left_rows[s] = merged, left_rows[s] + take
+                if held[s] < batch_rows:
                     continue
-                left[s], left_rows[s] = None, 0
-                yield s, batch_rows, _form(cols, merged)
+                yield s, batch_rows, joined(s)
             while b - a >= batch_rows:
                 yield s, batch_rows, _form(cols, [o[a : a + batch_rows] for o in outs])
                 a += batch_rows
             if a < b:
-                left[s], left_rows[s] = [o[a:b] for o in outs], b - a
+                pieces[s].append([o[a:b] for o in outs])
+                held[s] = b - a
         del outs
     for s in range(nshards):
-        rest = left[s]
-        if rest is not None:
-            yield s, left_rows[s], _form(cols, rest)
+        if held[s]:
+            n = held[s]
+            yield s, n, joined(s)
 
 
 class _Buffers:
