@@ -88,3 +88,24 @@ def test_a_batch_larger_than_half_the_ring_is_refused_up_front() -> None:
     finally:
         pool.shutdown()
     assert pool.row_metrics().processed == 10_000
+
+
+def test_results_come_back_and_driver_guards_see_batches() -> None:
+    import operator
+
+    got: list[float] = []
+    pool = shardflow.ShardedPool(
+        operator.itemgetter("x"),  # returns the column: it comes back pickled
+        workers=2,
+        arrays=True,
+        backend="process",
+        breaker=shardflow.CircuitBreaker(),
+        on_results=lambda items, values: got.extend(float(v.sum()) for v in values),
+    )
+    try:
+        assert pool.submit_array(table(10_000), key="k", batch_size=1000) == 10_000
+    finally:
+        pool.shutdown()
+    assert sum(got) == 10_000.0
+    rows = pool.row_metrics()
+    assert (rows.processed, rows.pending) == (10_000, 0)
