@@ -409,7 +409,10 @@ class ShardedPool(PoolCore, Generic[T]):
         over the shards (views of ``data``: do not change it while they are queued).
 
         With the thread backend batches are views (of ``data``, or of a partition
-        buffer); other backends pickle each batch (protocol 5) to their workers.
+        buffer); other backends send each batch as one message (``"process"``: pickled
+        with protocol 5 into the shard's ring, so it must fit in half of ``ring_bytes``,
+        checked here; ``"ray"``: one actor call). Guards (breaker, limiters) and
+        ``on_results`` see one batch as one item.
 
         Args:
             data: the table (see above).
