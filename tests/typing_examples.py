@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import shardflow
 from shardflow import (
+    ARRAY_CAPACITY,
     DEFAULT_CAPACITY,
     BatchProcessor,
     BreakerMetrics,
@@ -36,10 +37,12 @@ from shardflow import (
     RateLimiterMetrics,
     Retry,
     RetryMetrics,
+    RowMetrics,
     ShardedPool,
     ShardflowError,
     ShardMetrics,
     StageReport,
+    StageRows,
 )
 
 if TYPE_CHECKING:
@@ -335,6 +338,29 @@ def executor_and_snapshots() -> None:
     assert delta.processed == 100 and delta.rate("processed") >= 0.0
 
 
+def array_pools_and_stages() -> None:
+    import numpy as np
+
+    sums: list[float] = []
+
+    def handle(batch: dict[str, Any]) -> None:
+        sums.append(float(batch["x"].sum()))
+
+    data = {"k": np.arange(1000) % 7, "x": np.ones(1000)}
+    pool: ShardedPool[Any] = ShardedPool(handle, workers=2, arrays=True, capacity=ARRAY_CAPACITY)
+    with pool:
+        queued: int = pool.submit_array(data, key="k", batch_size=128, timeout=5.0)
+        assert queued == 1000
+    rows = pool.row_metrics()
+    assert_type(rows, RowMetrics)
+    assert rows.processed == 1000 and rows.pending == 0
+    p = Pipeline.from_array(data, batch_size=256).map_batches(lambda b: b, workers=2)
+    out = p.concat()
+    assert len(out["x"]) == 1000
+    report: dict[str, StageRows] = p.row_report()
+    assert report["source"].emitted == 1000
+
+
 def main() -> None:
     pool_without_key()
     pool_with_key_and_policies()
@@ -346,6 +372,7 @@ def main() -> None:
     exceptions()
     pipelines()
     executor_and_snapshots()
+    array_pools_and_stages()
 
 
 if __name__ == "__main__":

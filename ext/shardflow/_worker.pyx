@@ -391,6 +391,23 @@ cdef class PoolCore:
         Py_DECREF(item)
         return self._submit_slow(s, item, timeout, r)
 
+    def _submit_to(self, Py_ssize_t shard, item, timeout=None):
+        """``submit`` to shard ``shard``, without the key function: ``submit_array``
+        routes whole array batches itself (by the partition kernel's hash). Same returns,
+        raises and counting as ``submit``."""
+        cdef void *p = <void *><PyObject *>item
+        cdef int64_t r
+        if not (0 <= shard < self.workers):
+            raise IndexError(f"shard index {shard} out of range(0, {self.workers})")
+        if timeout is not None:
+            _check_timeout(timeout)
+        Py_INCREF(item)
+        r = sf_sched_push(self.st, self.shards, shard, &p, 1)
+        if r == 1:
+            return True
+        Py_DECREF(item)
+        return self._submit_slow(shard, item, timeout, r)
+
     cdef object _submit_slow(self, Py_ssize_t s, object item, object timeout, int64_t r):
         cdef sf_shard *sh = &self.shards[s]
         cdef void *p = <void *><PyObject *>item

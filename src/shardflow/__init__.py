@@ -8,9 +8,16 @@ from __future__ import annotations
 from shardflow.batching import BatchProcessor
 from shardflow.errors import CircuitOpen, Closed, Full, ShardflowError
 from shardflow.executor import Executor
-from shardflow.metrics import Latency, MetricsDelta, PoolMetrics, ShardMetrics
+from shardflow.metrics import (
+    Latency,
+    MetricsDelta,
+    PoolMetrics,
+    RowMetrics,
+    ShardMetrics,
+    StageRows,
+)
 from shardflow.pipeline import Pipeline, PipelineReport, StageReport
-from shardflow.pool import DEFAULT_CAPACITY, ShardedPool
+from shardflow.pool import ARRAY_CAPACITY, DEFAULT_CAPACITY, ShardedPool
 from shardflow.resilience.breaker import BreakerMetrics, BreakerState, CircuitBreaker
 from shardflow.resilience.limiter import Limiter, LimiterMetrics
 from shardflow.resilience.ratelimiter import RateLimiter, RateLimiterMetrics
@@ -19,6 +26,7 @@ from shardflow.resilience.retry import Retry, RetryMetrics
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ARRAY_CAPACITY",
     "DEFAULT_CAPACITY",
     "BatchProcessor",
     "BreakerMetrics",
@@ -39,9 +47,11 @@ __all__ = [
     "RateLimiterMetrics",
     "Retry",
     "RetryMetrics",
+    "RowMetrics",
     "ShardMetrics",
     "ShardedPool",
     "ShardflowError",
     "StageReport",
+    "StageRows",
     "__version__",
 ]

@@ -17,7 +17,9 @@ one of these is called, not with shardflow (it is the optional ``numpy`` extra).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ def _columns(data: Any, copy: bool) -> tuple[dict[str, Any] | None, Any, int]:
     """Validate ``data``: returns ``(columns, array, rows)`` where exactly one of
     ``columns`` (a dict input) and ``array`` (an ndarray input) is not None."""
     np = _numpy()
+    if isinstance(data, np.generic):
+        raise ValueError(f"data must have at least one dimension (rows), got a scalar {data!r}")
     if isinstance(data, np.ndarray):
         arr = _checked("data", data, copy)
         return None, arr, arr.shape[0]
@@ -201,3 +205,257 @@ def _slice(cols: dict[str, Any] | None, arr: Any, lo: int, hi: int) -> Batch:
         return {name: col[lo:hi] for name, col in cols.items()}
     out: npt.NDArray[Any] = arr[lo:hi]
     return out
+
+
+# --------------------------------------------------------------------------- pools
+# What ShardedPool.submit_array and Pipeline.from_array build on: batches of at most
+# ``batch_rows`` rows streamed shard by shard, and the row ledger of an array pool.
+
+#: Rows per array batch when ``submit_array`` is not told (one batch of an int64 key and
+#: two float64 columns is 1.5 MiB).
+DEFAULT_BATCH_ROWS = 65536
+#: Rows the kernel partitions per call. A keyed input is partitioned chunk by chunk, so
+#: that the partition buffers alive at once are bounded (the chunks whose batches are
+#: still queued: the pool's capacity bounds those), never a second copy of a large input.
+CHUNK_ROWS = 1 << 20
+
+
+def prepare(data: Any, key: Any, copy: bool) -> tuple[dict[str, Any] | None, Any, int, Any]:
+    """Validate ``data`` and ``key`` once: ``(columns, array, rows, keys)`` (``keys`` is
+    None unkeyed; exactly one of ``columns`` and ``array`` is not None)."""
+    cols, arr, rows = _columns(data, copy)
+    k = None if key is None else _key(key, cols, arr, rows, copy)
+    return cols, arr, rows, k
+
+
+def row_bytes(cols: dict[str, Any] | None, arr: Any) -> int:
+    """Bytes one row takes over all columns."""
+    srcs = list(cols.values()) if cols is not None else [arr]
+    total = 0
+    for c in srcs:
+        width = c.dtype.itemsize
+        for d in c.shape[1:]:
+            width *= d
+        total += width
+    return total
+
+
+def _form(cols: dict[str, Any] | None, parts: list[Any]) -> Batch:
+    """Per-column arrays -> a batch in the input's form."""
+    if cols is not None:
+        return dict(zip(cols, parts, strict=True))
+    out: npt.NDArray[Any] = parts[0]
+    return out
+
+
+def keyed_batches(
+    cols: dict[str, Any] | None,
+    arr: Any,
+    keys: Any,
+    rows: int,
+    nshards: int,
+    batch_rows: int,
+    chunk_rows: int | None = None,
+) -> Iterator[tuple[int, int, Batch]]:
+    """``(shard, rows, batch)`` for every batch of a keyed input, in an order that keeps
+    each shard's rows in source order (so rows of one key stay in source order).
+
+    The input is partitioned ``chunk_rows`` rows at a time by the kernel (GIL released);
+    a shard's batches are slices of the chunk's partition buffer (zero copy), except a
+    batch that spans chunks: its pieces (views) are kept until it is full, then
+    concatenated once (a shard's remainder of a chunk, < ``batch_rows`` rows, is copied
+    once). Every batch holds ``batch_rows`` rows but the last of each shard. Partition
+    buffers are reused once no batch or piece cut from them is alive (``_Buffers``).
+    ``chunk_rows`` defaults to ``CHUNK_ROWS``."""
+    from shardflow import _partition
+
+    np = _numpy()
+    if chunk_rows is None:
+        chunk_rows = CHUNK_ROWS
+    srcs_all = list(cols.values()) if cols is not None else [arr]
+    # Per shard: the pieces of its next batch from earlier chunks (per column), and rows.
+    pieces: list[list[list[Any]]] = [[] for _ in range(nshards)]
+    held = [0] * nshards
+
+    def joined(s: int) -> Batch:
+        parts = pieces[s]
+        pieces[s] = []
+        held[s] = 0
+        if len(parts) == 1:
+            return _form(cols, parts[0])
+        return _form(cols, [np.concatenate(col) for col in zip(*parts, strict=True)])
+
+    buffers = _Buffers(srcs_all, min(chunk_rows, rows))
+    for lo in range(0, rows, chunk_rows):
+        hi = min(lo + chunk_rows, rows)
+        srcs = [c[lo:hi] for c in srcs_all]
+        outs = buffers.take(hi - lo)
+        offsets_mv, _, _ = _partition.partition(keys[lo:hi], nshards, srcs, outs)
+        bounds = np.frombuffer(offsets_mv, dtype=np.int64).tolist()
+        del srcs
+        for s in range(nshards):
+            a, b = bounds[s], bounds[s + 1]
+            if a == b:
+                continue
+            if held[s]:
+                take = min(batch_rows - held[s], b - a)
+                pieces[s].append([o[a : a + take] for o in outs])
+                held[s] += take
+                a += take
+                if held[s] < batch_rows:
+                    continue
+                yield s, batch_rows, joined(s)
+            while b - a >= batch_rows:
+                yield s, batch_rows, _form(cols, [o[a : a + batch_rows] for o in outs])
+                a += batch_rows
+            if a < b:
+                pieces[s].append([o[a:b] for o in outs])
+                held[s] = b - a
+        del outs
+    for s in range(nshards):
+        if held[s]:
+            n = held[s]
+            yield s, n, joined(s)
+
+
+class _Buffers:
+    """The partition buffers of one ``keyed_batches`` run, reused from chunk to chunk.
+
+    Fresh buffers cost a page fault per 4 KiB on first write (the kernel partitions about
+    twice as fast into buffers it wrote before), so a chunk takes a set whose batches are
+    all gone (handled and dropped by the pool and the handler) and allocates one only
+    when every set still backs a queued batch. A batch is a view: it holds a reference
+    to its buffer (``.base``), so "no view left" is the buffer's reference count back at
+    what this object alone holds. A handler that keeps a batch keeps its set out of
+    reuse, never overwritten. How many sets exist is bounded like the batches in flight
+    (the pool's capacity), as fresh allocations would be."""
+
+    def __init__(self, srcs: list[Any], rows: int) -> None:
+        self._specs = [((rows, *c.shape[1:]), c.dtype) for c in srcs]
+        self._sets: list[list[Any]] = []
+        self._idle_refs = -1
+
+    def take(self, rows: int) -> list[Any]:
+        np = _numpy()
+        for bufs in self._sets:
+            if all(sys.getrefcount(b) == self._idle_refs for b in bufs):
+                return [b[:rows] for b in bufs]
+        bufs = [np.empty(shape, dtype) for shape, dtype in self._specs]
+        self._sets.append(bufs)
+        if self._idle_refs < 0:
+            # Held by its set list, the loop variable and getrefcount's argument.
+            self._idle_refs = min(sys.getrefcount(b) for b in bufs)
+        return [b[:rows] for b in bufs]
+
+
+def slice_batches(
+    cols: dict[str, Any] | None, arr: Any, rows: int, batch_rows: int
+) -> Iterator[tuple[int, Batch]]:
+    """``(rows, batch)``: consecutive zero-copy slices of ``batch_rows`` rows (the last
+    may be shorter)."""
+    for lo in range(0, rows, batch_rows):
+        hi = min(lo + batch_rows, rows)
+        yield hi - lo, _slice(cols, arr, lo, hi)
+
+
+def rows_of(batch: Any) -> int:
+    """Rows of an array batch, or of a list of them (what a batch-shipping backend hands
+    the handler wrapper, and the dead letter a whole failed shipment)."""
+    if isinstance(batch, list):
+        return sum(rows_of(b) for b in batch)
+    if isinstance(batch, Mapping):
+        for col in batch.values():
+            return int(col.shape[0])
+        return 0
+    return int(batch.shape[0])
+
+
+class RowLedger:
+    """Row counters of an array pool (``ShardedPool(arrays=True)``), kept in the caller's
+    process whatever the backend: the handler wrapper the shard loops call (in this
+    process: for remote backends it is the proxy that ships batches) sees every batch's
+    outcome, ``settle`` the outcomes of deferred batches, the dead-letter wrapper what a
+    dead letter took. One lock, taken once per batch (thousands of rows), so the counts
+    are exact on free-threaded builds too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.submitted = 0
+        self.processed = 0
+        self.failed_any = 0  # failed + dead-lettered (the dead letter decides which)
+        self.dead_lettered = 0
+        self.dropped = 0
+        self.returned = 0
+
+    def add(self, field: str, rows: int) -> None:
+        with self._lock:
+            setattr(self, field, getattr(self, field) + rows)
+
+    def _outcome(self, batch: list[Any], outcome: object) -> None:
+        """Count a shipped list of batches by its outcome (None, a BatchOutcome, or an
+        exception for the whole list)."""
+        from shardflow._worker import BatchOutcome
+
+        total = rows_of(batch)
+        if outcome is None:
+            self.add("processed", total)
+        elif type(outcome) is BatchOutcome:
+            bad = 0
+            for index, _exc in outcome.failures:
+                if 0 <= index < len(batch):
+                    bad += rows_of(batch[index])
+            with self._lock:
+                self.processed += total - bad
+                self.failed_any += bad
+        else:
+            self.add("failed_any", total)
+
+    def wrap_handler(self, inner: Callable[[Any], object], lists: bool) -> Callable[[Any], object]:
+        """The callable the shard loops call: ``inner`` plus the row count of the
+        outcome. ``lists``: the core hands lists of batches (a backend that ships them)."""
+        from shardflow._worker import DEFERRED
+
+        if lists:
+
+            def counted_list(batch: list[Any]) -> object:
+                try:
+                    result = inner(batch)
+                except BaseException:
+                    self.add("failed_any", rows_of(batch))
+                    raise
+                if result is not DEFERRED:
+                    self._outcome(batch, result)
+                return result
+
+            return counted_list
+
+        def counted(batch: Any) -> object:
+            n = rows_of(batch)
+            try:
+                result = inner(batch)
+            except BaseException:
+                self.add("failed_any", n)
+                raise
+            self.add("processed", n)
+            return result
+
+        return counted
+
+    def wrap_settle(
+        self, settle: Callable[[int, list[Any], object, int], None]
+    ) -> Callable[[int, list[Any], object, int], None]:
+        def counted_settle(index: int, batch: list[Any], outcome: object, service_ns: int) -> None:
+            self._outcome(batch, outcome)
+            settle(index, batch, outcome, service_ns)
+
+        return counted_settle
+
+    def wrap_dead_letter(
+        self, dead_letter: Callable[[Any, BaseException], object]
+    ) -> Callable[[Any, BaseException], object]:
+        def counted_dead_letter(what: Any, exc: BaseException) -> object:
+            result = dead_letter(what, exc)  # raises: the core counts it failed instead
+            self.add("dead_lettered", rows_of(what))
+            return result
+
+        return counted_dead_letter

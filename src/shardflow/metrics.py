@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Latency", "MetricsDelta", "PoolMetrics", "ShardMetrics"]
+__all__ = ["Latency", "MetricsDelta", "PoolMetrics", "RowMetrics", "ShardMetrics", "StageRows"]
 
 _SUB_BITS = 7  # log2 of the sub-buckets per power of two; as SF_HIST_SUB_BITS in _hist.h
 _SUB = 1 << _SUB_BITS
@@ -495,3 +495,60 @@ class MetricsDelta:
             for f in fields(self)
             if f.name not in ("queue_wait", "service_time")
         }
+
+
+@dataclass(frozen=True)
+class RowMetrics:
+    """Row counts of an array pool (``ShardedPool(arrays=True)``, fed by
+    ``submit_array``), from ``pool.row_metrics()``. ``metrics()`` counts the pool's items,
+    which there are array *batches*; these count their rows. Exact once the pool is
+    drained (``flush()``, ``join()``)::
+
+        submitted == processed + failed + dead_lettered + dropped + returned
+
+    and ``pending`` (rows queued or running) is 0 then."""
+
+    submitted: int  #: rows queued by submit_array (dropped rows included)
+    processed: int  #: rows of batches the handler returned from
+    failed: int  #: rows of batches that failed and went to on_error / the log
+    dead_lettered: int  #: rows of batches a dead letter took
+    dropped: int  #: rows of batches refused by on_full="drop"
+    returned: int  #: rows of batches handed back by shutdown(cancel=True)
+    pool: str = ""  #: the pool's name
+
+    @property
+    def pending(self) -> int:
+        """Rows queued or being handled: ``submitted`` minus every outcome."""
+        return self.submitted - (
+            self.processed + self.failed + self.dead_lettered + self.dropped + self.returned
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters (and ``pending``) as a plain dict."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["pending"] = self.pending
+        return out
+
+
+@dataclass(frozen=True)
+class StageRows:
+    """Row counts of one array stage of a ``Pipeline`` (``map_batches``), from
+    ``Pipeline.row_report()``; ``StageReport`` counts the same stage's batches. Exact
+    once the pipeline finished::
+
+        received == succeeded + failed
+
+    ``failed`` covers the batches whose function raised, whether they then went to a
+    dead letter or stopped the pipeline. ``emitted``: rows of the batches the function
+    returned (it may drop or add rows), the next array stage's ``received``."""
+
+    name: str
+    received: int
+    succeeded: int
+    failed: int
+    emitted: int
+
+    @property
+    def balanced(self) -> bool:
+        """``received == succeeded + failed``."""
+        return self.received == self.succeeded + self.failed

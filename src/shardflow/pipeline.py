@@ -19,6 +19,9 @@ from itertools import islice
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from shardflow import _aio, _fork
+from shardflow._array_stage import ArraySource, RowCounter
+from shardflow._array_stage import concat as concat_batches
+from shardflow._columnar import DEFAULT_BATCH_ROWS
 from shardflow._stage import DeadLetter, Stage
 from shardflow._validate import (
     check_bool,
@@ -31,8 +34,8 @@ from shardflow._validate import (
 )
 from shardflow._worker import WORKER_DRAIN
 from shardflow.errors import Closed
-from shardflow.metrics import PoolMetrics
-from shardflow.pool import MAX_CAPACITY
+from shardflow.metrics import PoolMetrics, StageRows
+from shardflow.pool import ARRAY_CAPACITY, MAX_CAPACITY
 from shardflow.resilience.breaker import CircuitBreaker
 from shardflow.resilience.guard import dead_letter_target, guard
 from shardflow.resilience.limiter import Limiter
@@ -63,6 +66,8 @@ DEFAULT_STAGE_BATCH = 512
 SOURCE_CHUNK = 1024
 #: Batches the result channel holds (iteration): the iterator's share of the bound.
 CHANNEL_BATCHES = 8
+#: The reorder window (batches) of ``Pipeline.from_array(ordered=True)`` by default.
+ARRAY_WINDOW = 64
 #: Blocking waits of the pipeline itself (window, channel) wake this often (s) to look at
 #: the stop flag; Ctrl-C interrupts them at once anyway.
 POLL = 0.05
@@ -530,6 +535,124 @@ class Pipeline(Generic[T]):
         )
         self._has_sink = True
         return self
+
+    # ------------------------------------------------------------------ arrays
+
+    #: Set by from_array / map_batches (class defaults: other pipelines have none).
+    _array_source: ArraySource | None = None
+    _array_stages: tuple[RowCounter, ...] = ()
+
+    @classmethod
+    def from_array(
+        cls,
+        data: Any,
+        *,
+        batch_size: int = DEFAULT_BATCH_ROWS,
+        copy: bool = False,
+        ordered: bool = False,
+        window: int | None = None,
+        errors: Literal["fail_fast", "continue"] = "fail_fast",
+        capacity: int | None = None,
+        name: str | None = None,
+    ) -> Pipeline[Any]:
+        """A pipeline whose items are array batches of ``data``: zero-copy slices of
+        ``batch_size`` rows, in order, handed to the first stage one by one.
+
+        ``data`` is a numpy array (plain or structured; rows are the first axis) or a
+        dict of numpy arrays with as many rows each (as ``ShardedPool.submit_array``
+        takes; the same errors for bad input). Add ``map_batches`` stages (and any other:
+        their items are the batches); iterate for the result batches, or ``concat()``
+        them into one table. ``row_report()`` counts rows. The source is unkeyed (for
+        rows routed by key, use ``ShardedPool(arrays=True).submit_array``). ``ordered``,
+        ``window``, ``errors``, ``capacity`` and ``name`` are ``Pipeline``'s; ``window``
+        and ``capacity`` count batches here (defaults 64 and ``ARRAY_CAPACITY``, 16).
+
+        Example:
+            >>> import numpy as np, shardflow
+            >>> p = shardflow.Pipeline.from_array({"x": np.arange(10.0)}, batch_size=4,
+            ...                                   ordered=True)
+            >>> p.map_batches(lambda b: {"y": b["x"] * 2}).concat()["y"].tolist()[:4]
+            [0.0, 2.0, 4.0, 6.0]
+            >>> p.row_report()["source"].emitted
+            10
+        """
+        check_int("batch_size", batch_size, lo=1, hi=1 << 24)
+        check_bool("copy", copy)
+        source = ArraySource(data, batch_size, copy)
+        pipeline: Pipeline[Any] = cls(
+            source,
+            ordered=ordered,
+            window=ARRAY_WINDOW if window is None else window,
+            errors=errors,
+            capacity=ARRAY_CAPACITY if capacity is None else capacity,
+            source_chunk=1,  # a batch is thousands of rows: hand each over at once
+            name=name,
+        )
+        pipeline._array_source = source
+        return pipeline
+
+    def map_batches(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        workers: int = 1,
+        capacity: int | None = None,
+        dead_letter: DeadLetter | list[Any] | Any | None = None,
+        name: str | None = None,
+    ) -> Pipeline[Any]:
+        """Add a stage that passes on ``fn(batch)`` for every array batch: ``fn`` takes
+        a batch (a dict of arrays, or an array) and returns one (any rows, any columns).
+        A batch whose ``fn`` raises, or returns something else (``TypeError``), fails as
+        a whole (routed as the pipeline's ``errors`` says: a dead letter gets the batch).
+        ``workers > 1`` helps functions that release the GIL (most numpy work on large
+        arrays does). ``capacity``: batches queued per worker, default
+        ``ARRAY_CAPACITY`` (16). Rows are counted in ``row_report()``.
+
+        Example:
+            >>> import numpy as np, shardflow
+            >>> p = shardflow.Pipeline.from_array(np.arange(6), batch_size=2)
+            >>> sorted(p.map_batches(lambda b: b[b % 2 == 0]).concat().tolist())
+            [0, 2, 4]
+        """
+        check_callable("fn", fn)
+        if name is None:
+            name = f"map_batches-{len(self._stages) + 1}"
+        check_str("name", name)
+        counter = RowCounter(name)
+        self._add(
+            "map",
+            counter.wrap(fn),
+            workers=workers,
+            key=None,
+            capacity=ARRAY_CAPACITY if capacity is None else capacity,
+            batch_size=1,
+            batch_timeout=None,
+            dead_letter=dead_letter,
+            name=name,
+        )
+        self._array_stages = (*self._array_stages, counter)
+        return self
+
+    def concat(self) -> Any:
+        """Run the pipeline and concatenate the array batches it yields into one table
+        of their form (a dict of arrays, or an array); None when no batch came out. With
+        ``ordered=False`` the rows come in completion order. The report is in
+        ``self.report`` afterwards, as after iterating."""
+        return concat_batches(list(self))
+
+    def row_report(self) -> dict[str, StageRows]:
+        """Row counts: ``"source"`` (``emitted``: the rows ``from_array`` handed to the
+        first stage) and every ``map_batches`` stage by name (see ``StageRows``), in
+        order. Exact once the pipeline finished; a stage's ``received`` equals the
+        ``emitted`` of the array stage (or source) before it when nothing failed between
+        them."""
+        out: dict[str, StageRows] = {}
+        source = self._array_source
+        if source is not None:
+            out["source"] = StageRows("source", source.rows, source.rows, 0, source.rows)
+        for counter in self._array_stages:
+            out[counter.name] = counter.snapshot()
+        return out
 
     # ------------------------------------------------------------------ inspection
 

@@ -17,7 +17,8 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
-from shardflow import _aio
+from shardflow import _aio, _columnar
+from shardflow._columnar import DEFAULT_BATCH_ROWS, RowLedger, rows_of
 from shardflow._validate import (
     check_bool,
     check_callable,
@@ -32,14 +33,14 @@ from shardflow.backends import Backend, resolve_backend
 from shardflow.backends._guards import DriverGuards
 from shardflow.backends.base import COLLECT_RUN
 from shardflow.errors import Closed, Full
-from shardflow.metrics import Latency, PoolMetrics, ShardMetrics
+from shardflow.metrics import Latency, PoolMetrics, RowMetrics, ShardMetrics
 from shardflow.resilience.breaker import CircuitBreaker
 from shardflow.resilience.guard import dead_letter_target, guard
 from shardflow.resilience.limiter import Limiter
 from shardflow.resilience.ratelimiter import RateLimiter
 from shardflow.resilience.retry import Retry
 
-__all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "ShardedPool"]
+__all__ = ["ARRAY_CAPACITY", "DEFAULT_CAPACITY", "MAX_CAPACITY", "ShardedPool"]
 
 T = TypeVar("T")
 
@@ -51,6 +52,10 @@ T = TypeVar("T")
 #: within noise of each other (ratios 0.9-1.1x either way, several runs). 65,536 slots cost
 #: 512 KiB of pointers per shard, touched only as the ring fills (calloc'd pages).
 DEFAULT_CAPACITY = 65536
+#: Per-shard queue bound, in batches, of an array pool (``arrays=True``) when
+#: ``capacity=None``: with the default 65,536-row batches a queued batch is ~1.5 MiB for
+#: three 8-byte columns, so 16 keep every worker busy while bounding what is queued.
+ARRAY_CAPACITY = 16
 MAX_CAPACITY = 1 << 30
 
 # asubmit's back-off while a shard is full: short at first (a worker frees room within
@@ -129,6 +134,13 @@ class ShardedPool(PoolCore, Generic[T]):
             call at a time per shard; an exception it raises fails that batch as a whole.
             With it, a per-item handler's items are handed over in lists (the metrics count
             those lists as batches).
+        arrays: a pool of numpy array batches, fed by ``submit_array`` (see there): the
+            handler gets one batch (a dict of arrays, or an array) per call, ``capacity``
+            counts batches (default ``ARRAY_CAPACITY``), rows are counted
+            (``row_metrics()``), and item-level ``submit``/``submit_many`` are refused
+            (``TypeError``: rows reach their shard by the partition kernel's hash, which
+            ``key=`` callables do not share). Needs ``key=None``, ``batch_size=1`` and
+            ``lists=False``: rows per batch are ``submit_array``'s ``batch_size``.
 
     Exceptions that are not ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) raised
     by the handler are counted and routed like the others, the worker goes on, and the
@@ -178,14 +190,18 @@ class ShardedPool(PoolCore, Generic[T]):
         dead_letter: Callable[[Any, BaseException], object] | Any | None = None,
         backend: str | Backend = "thread",
         on_results: Callable[[list[Any], Any], object] | None = None,
+        arrays: bool = False,
     ) -> None:
         check_callable("handler", handler)
         if workers is None:
             workers = os.cpu_count() or 1
         check_int("workers", workers, lo=1, hi=4096)
         check_callable("key", key, optional=True)
+        check_bool("arrays", arrays)
+        if arrays:
+            _check_array_pool(key, batch_size, lists)
         if capacity is None:
-            capacity = DEFAULT_CAPACITY
+            capacity = ARRAY_CAPACITY if arrays else DEFAULT_CAPACITY
         check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
         check_int("batch_size", batch_size, lo=1, hi=1 << 20)
         check_seconds("batch_timeout", batch_timeout)
@@ -203,7 +219,8 @@ class ShardedPool(PoolCore, Generic[T]):
         check_instance("retry", retry, Retry)
         dead_letter_fn = None if dead_letter is None else dead_letter_target(dead_letter)
         resolved_backend = resolve_backend(backend)
-        keeps_order = key is not None and ordered
+        # An array pool keeps the order of keyed submit_array rows unless ordered=False.
+        keeps_order = (key is not None or arrays) and ordered
         if steal is None:
             steal = not keeps_order
         elif steal and keeps_order:
@@ -255,10 +272,28 @@ class ShardedPool(PoolCore, Generic[T]):
         )
         if driver_guards is not None:
             wrapped = driver_guards.wrap(wrapped)
+        settle: Callable[[int, list[Any], object, int], None] = self._settle
+        core_key: Callable[[Any], Hashable] | None = key
+        self._rows: RowLedger | None = None
+        if arrays:
+            # One array batch per message for runners that ship lists: a batch is already
+            # thousands of rows, and several would not fit a process ring (ring_bytes).
+            batch_size = 1
+            ledger = self._rows = RowLedger()
+            # Outermost on the way in, innermost on the way back (after the driver guards
+            # mapped a shipped sub-list's outcome back to the pool's batch): the ledger
+            # counts the outcomes the core counts.
+            wrapped = ledger.wrap_handler(wrapped, lists)
+            settle = ledger.wrap_settle(settle)
+            if dead_letter_fn is not None:
+                dead_letter_fn = ledger.wrap_dead_letter(dead_letter_fn)
+            core_key = _refuse_items  # submit_array pushes to a shard by index, never routes
+        self.arrays: bool = arrays
+        self._next_slice_shard = 0
         self._core_init(
             wrapped,
             workers,
-            key,
+            core_key,
             capacity,
             batch_size,
             batch_timeout,
@@ -269,9 +304,7 @@ class ShardedPool(PoolCore, Generic[T]):
             dead_letter_fn,
             lists,
         )
-        runner.attach(
-            self._settle if driver_guards is None else driver_guards.wrap_settle(self._settle)
-        )
+        runner.attach(settle if driver_guards is None else driver_guards.wrap_settle(settle))
         self.breaker = breaker
         self.limiter = limiter
         self.rate_limiter = rate_limiter
@@ -342,6 +375,159 @@ class ShardedPool(PoolCore, Generic[T]):
             await _aio.sleep(delay)
             delay = min(delay * 2, _ASUBMIT_MAX_DELAY)
 
+    def submit_array(
+        self,
+        data: Any,
+        key: Any = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_ROWS,
+        copy: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        """Queue the rows of a numpy table as array batches (a pool made with
+        ``arrays=True``); returns how many rows were queued (dropped rows not counted).
+
+        ``data`` is a numpy array (plain or structured; rows are the first axis) or a dict
+        of numpy arrays with as many rows each. The handler gets batches of at most
+        ``batch_size`` rows in the same form: a dict of arrays for a dict, an array for an
+        array (``batch["price"]`` reads a column either way).
+
+        Keyed (``key`` names a column / field, or is an array of one key per row:
+        integers or fixed-width bytes ``'S'``): the compiled kernel hashes the keys and
+        partitions the rows by shard with the GIL released (a stable counting-sort
+        scatter, ``CHUNK_ROWS`` rows per pass, so the partition buffers alive at once are
+        bounded by the pool's ``capacity``, never a second copy of a large input). Rows of
+        one key reach one shard and are handled in source order, also relative to later
+        ``submit_array`` calls (unless the pool was made with ``ordered=False``). The key
+        hash is the kernel's (splitmix64 of the integer value; bytes without trailing
+        NULs), not Python's ``hash``: that is why array pools refuse ``key=`` callables
+        and item-level submits. Every batch but the last of each shard holds
+        ``batch_size`` rows; a batch never spans two calls (no deadline: each call hands
+        over its tail at once).
+
+        Unkeyed: consecutive zero-copy slices of ``batch_size`` rows, spread round-robin
+        over the shards (views of ``data``: do not change it while they are queued).
+
+        With the thread backend batches are views (of ``data``, or of a partition
+        buffer); other backends send each batch as one message (``"process"``: pickled
+        with protocol 5 into the shard's ring, so it must fit in half of ``ring_bytes``,
+        checked here; ``"ray"``: one actor call). Guards (breaker, limiters) and
+        ``on_results`` see one batch as one item.
+
+        Args:
+            data: the table (see above).
+            key: None (unkeyed), a column/field name, or an array of keys.
+            batch_size: rows per batch, 1 to 2**24.
+            copy: copy non-contiguous columns instead of refusing them.
+            timeout: seconds to wait, in all, for room in full shards
+                (``on_full="block"``); ``Full`` afterwards.
+
+        Returns:
+            Rows queued. ``row_metrics()`` counts them, and their outcomes.
+
+        Raises:
+            TypeError: ``data`` is not a numpy array or dict of them, object dtypes, keys
+                that are neither integers nor bytes, a pool without ``arrays=True``.
+            ValueError: ragged columns, 0-d arrays, non-contiguous columns without
+                ``copy``, a key column that does not exist, keys of the wrong length.
+            Full, Closed: as ``submit``; the exception carries ``submitted`` (rows queued
+                before it).
+
+        Example:
+            >>> import numpy as np, shardflow
+            >>> sums = []
+            >>> pool = shardflow.ShardedPool(lambda b: sums.append(b["x"].sum()),
+            ...                              workers=2, arrays=True)
+            >>> pool.submit_array({"k": np.arange(10) % 3, "x": np.ones(10)}, key="k")
+            10
+            >>> _ = pool.shutdown()
+            >>> float(sum(sums)), pool.row_metrics().processed
+            (10.0, 10)
+        """
+        if not self.arrays:
+            raise TypeError(
+                f"{self.name}: submit_array() needs a pool made with arrays=True (its "
+                "handler then takes array batches)"
+            )
+        check_int("batch_size", batch_size, lo=1, hi=1 << 24)
+        check_bool("copy", copy)
+        check_seconds("timeout", timeout, allow_inf=True)
+        self._check_fork()
+        if self._closed:
+            raise Closed(f"{self.name}: submit_array() after close() or shutdown()")
+        cols, arr, rows, keys = _columnar.prepare(data, key, copy)
+        self._check_ship_size(_columnar.row_bytes(cols, arr) * min(batch_size, max(rows, 1)))
+        deadline = None
+        if timeout is not None and timeout < _ASUBMIT_FOREVER:
+            deadline = time.monotonic() + timeout
+        ledger = self._rows
+        assert ledger is not None
+        queued = 0
+        try:
+            if keys is None:
+                shard = self._next_slice_shard
+                for n, batch in _columnar.slice_batches(cols, arr, rows, batch_size):
+                    queued += self._push_batch(shard, n, batch, deadline, timeout)
+                    shard = (shard + 1) % self.workers
+                self._next_slice_shard = shard
+            else:
+                for shard, n, batch in _columnar.keyed_batches(
+                    cols, arr, keys, rows, self.workers, batch_size
+                ):
+                    queued += self._push_batch(shard, n, batch, deadline, timeout)
+        except BaseException as exc:
+            try:
+                exc.submitted = queued  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+            raise
+        return queued
+
+    def _push_batch(
+        self, shard: int, rows: int, batch: Any, deadline: float | None, timeout: float | None
+    ) -> int:
+        """Queue one array batch on ``shard``: its rows queued (0 if dropped)."""
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            ok = self._submit_to(shard, batch, left)
+        except Full as exc:
+            exc.args = (f"shard {shard} stayed full ({self.capacity} batches) for {timeout} s",)
+            raise
+        ledger = self._rows
+        assert ledger is not None
+        ledger.add("submitted", rows)
+        if not ok:
+            ledger.add("dropped", rows)
+            return 0
+        return rows
+
+    def _check_ship_size(self, batch_bytes: int) -> None:
+        ring_bytes = getattr(self._runner, "ring_bytes", None)
+        # Half the ring: a record also carries its header and pickle framing.
+        if isinstance(ring_bytes, int) and batch_bytes > ring_bytes // 2:
+            raise ValueError(
+                f"batch_size: a batch of these rows takes {batch_bytes} bytes, more than half "
+                f"the process backend's ring ({ring_bytes} bytes); pass a smaller batch_size "
+                "or ProcessBackend(ring_bytes=...)"
+            )
+
+    def row_metrics(self) -> RowMetrics:
+        """Row counts of an array pool (see ``RowMetrics``); ``metrics()`` counts its
+        batches. Exact once drained (``flush()``/``join()``)."""
+        ledger = self._rows
+        if ledger is None:
+            raise TypeError(f"{self.name}: row_metrics() is for pools made with arrays=True")
+        with ledger._lock:
+            return RowMetrics(
+                submitted=ledger.submitted,
+                processed=ledger.processed,
+                failed=ledger.failed_any - ledger.dead_lettered,
+                dead_lettered=ledger.dead_lettered,
+                dropped=ledger.dropped,
+                returned=ledger.returned,
+                pool=self.name,
+            )
+
     @property
     def closed(self) -> bool:
         """True once ``close()`` or ``shutdown()`` was called."""
@@ -405,6 +591,8 @@ class ShardedPool(PoolCore, Generic[T]):
             self._runner.join()
         if cancel:
             returned = self._take_leftovers()
+            if self._rows is not None and returned:
+                self._rows.add("returned", rows_of(returned))
         if wait:
             fatal = self._take_fatal()
             if fatal is not None:
@@ -482,6 +670,28 @@ class ShardedPool(PoolCore, Generic[T]):
             + ("" if where == "thread" else f" backend={where}")
             + ">"
         )
+
+
+def _check_array_pool(key: Any, batch_size: int, lists: bool) -> None:
+    if key is not None:
+        raise ValueError(
+            "key= must be None with arrays=True: an array pool routes rows by the key "
+            "column given to submit_array(data, key=...), hashed by the partition kernel "
+            "(not by Python's hash, which a key= callable would use for item-level submits)"
+        )
+    if batch_size != 1 or lists:
+        raise ValueError(
+            "batch_size must be 1 and lists False with arrays=True: the handler gets one "
+            "array batch per call; rows per batch are submit_array(batch_size=...)"
+        )
+
+
+def _refuse_items(item: object) -> Hashable:
+    """The core's key function of an array pool: item-level submits are refused."""
+    raise TypeError(
+        "this pool was made with arrays=True: queue rows with submit_array(); submit() and "
+        "submit_many() are refused (rows reach their shard by the partition kernel's hash)"
+    )
 
 
 def _after_fork_in_child() -> None:

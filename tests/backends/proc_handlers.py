@@ -163,3 +163,45 @@ def read_intervals(directory: str) -> list[tuple[int, int]]:
             a, b = line.split()
             out.append((int(a), int(b)))
     return sorted(out)
+
+
+class ArrayRecorder:
+    """For array pools: appends one JSON line per batch to ``<dir>/<pid>`` (its form,
+    column dtypes, keys ``k`` and sequence numbers ``seq``). A batch holding key
+    ``fail_key`` raises."""
+
+    def __init__(self, directory: str, *, fail_key: int | None = None) -> None:
+        self.directory = directory
+        self.fail_key = fail_key
+
+    def __call__(self, batch: Any) -> None:
+        import json
+
+        import numpy as np
+
+        if isinstance(batch, dict):
+            form, cols = "dict", batch
+        else:
+            form, cols = "array", {name: batch[name] for name in batch.dtype.names}
+        if self.fail_key is not None and bool(np.any(cols["k"] == self.fail_key)):
+            raise ValueError(f"batch with key {self.fail_key}")
+        record = {
+            "form": form,
+            "type": type(batch).__name__,
+            "dtypes": {name: str(col.dtype) for name, col in cols.items()},
+            "k": cols["k"].tolist(),
+            "seq": cols["seq"].tolist(),
+            "xsum": float(cols["x"].sum()),
+        }
+        with open(Path(self.directory) / str(os.getpid()), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_array_records(directory: str) -> list[dict[str, Any]]:
+    """Every batch an ArrayRecorder wrote, per worker file in the order written."""
+    import json
+
+    out = []
+    for path in sorted(Path(directory).iterdir()):
+        out.extend(json.loads(line) for line in path.read_text().splitlines())
+    return out

@@ -638,3 +638,81 @@ def test_metrics_and_the_prometheus_collector_look_as_with_threads() -> None:
         for s in ("0", "1")
     )
     assert processed == 990
+
+
+# ---------------------------------------------------------------------- array pools
+
+
+def _record_batch(path: str, batch: Any) -> None:
+    """One JSON line per array batch (its form, keys and sequence numbers); a batch
+    whose first sequence number is a multiple of 5 raises (the input is fixed, and so
+    are its batches: the same ones fail every run)."""
+    if int(batch["seq"][0]) % 5 == 0:
+        raise ValueError("bad batch")
+    line = json.dumps(
+        {
+            "type": type(batch).__name__,
+            "dtypes": [str(batch["k"].dtype), str(batch["seq"].dtype)],
+            "k": batch["k"].tolist(),
+            "seq": batch["seq"].tolist(),
+            "pid": os.getpid(),
+        }
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _array_table(rows: int) -> dict[str, Any]:
+    np = pytest.importorskip("numpy")
+    seq = np.arange(rows, dtype=np.int64)
+    return {"k": (seq * 7919) % 29, "seq": seq}
+
+
+def _check_array_run(pool: Any, records: list[dict[str, Any]], rows: int) -> None:
+    per_key: defaultdict[int, list[int]] = defaultdict(list)
+    for r in records:  # one writer per shard, whose lines are in its order
+        for k, s in zip(r["k"], r["seq"], strict=True):
+            per_key[k].append(s)
+    assert all(s == sorted(s) for s in per_key.values())
+    handled = sum(len(r["seq"]) for r in records)
+    m = pool.row_metrics()
+    assert (m.submitted, m.processed, m.pending) == (rows, handled, 0)
+    assert m.failed == rows - handled > 0  # the batches that raised
+
+
+def test_array_pools_count_rows_through_deferred_batches(tmp_path: Any) -> None:
+    path = str(tmp_path / "batches")
+    errors: list[Any] = []
+    with shardflow.ShardedPool(
+        functools.partial(_record_batch, path),
+        workers=2,
+        arrays=True,
+        backend=FakeRayBackend(),
+        on_error=lambda b, e: errors.append(b),
+    ) as pool:
+        assert pool.submit_array(_array_table(5000), key="k", batch_size=100) == 5000
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    _check_array_run(pool, records, 5000)
+    assert all(isinstance(b, dict) for b in errors)  # the failed batches, as batches
+
+
+def test_cluster_array_batches_survive_with_order_and_rows(ray_cluster: Any, tmp_path: Any) -> None:
+    path = str(tmp_path / "batches")
+    with shardflow.ShardedPool(
+        functools.partial(_record_batch, path),
+        workers=2,
+        arrays=True,
+        backend=RayBackend(),
+        on_error=lambda b, e: None,
+    ) as pool:
+        assert pool.submit_array(_array_table(20_000), key="k", batch_size=512) == 20_000
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    assert {r["type"] for r in records} == {"dict"}
+    assert {tuple(r["dtypes"]) for r in records} == {("int64", "int64")}
+    assert len({r["pid"] for r in records}) == 2 and os.getpid() not in {r["pid"] for r in records}
+    _check_array_run(pool, records, 20_000)

@@ -34,6 +34,7 @@ def test_quick_section_reports_every_contender_and_shard_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(columnar, "QUICK_ROWS", 20_000)
+    monkeypatch.setattr(columnar, "E2E_QUICK_ROWS", 30_000)
     out = io.StringIO()
     result = columnar.run_section(BenchContext(items=1000, repeats=1, quick=True, out=out))
     assert result.key == "columnar"
@@ -48,3 +49,9 @@ def test_quick_section_reports_every_contender_and_shard_count(
     assert any("100M rows/s" in n for n in names)
     text = out.getvalue()
     assert "Columnar partition: 20,000 rows" in text and "load average" in text
+    e2e = data["end_to_end"]
+    assert e2e["rows"] == 30_000
+    assert set(e2e["rows_per_s"]) == {*columnar.E2E_CONTENDERS, columnar.E2E_WITH_BUILD}
+    assert all(r > 0 for r in e2e["rows_per_s"].values())
+    assert any("pre-built tuples" in n for n in names)
+    assert "Columnar end to end: 30,000 rows" in text

@@ -28,7 +28,17 @@ numpy is needed (the ``numpy`` extra); without it the section reports that and m
 nothing. On machines that set OPENBLAS_CORETYPE, unset it in the benchmark command only
 (numpy's sort and take do not use BLAS, but the rest of the report may).
 
-Run alone: ``python -m shardflow bench --sections columnar`` (once registered), or
+End to end (the second part): the same table through an array pool
+(``ShardedPool(arrays=True).submit_array(data, key="k", batch_size=65_536)``, 2 workers,
+a handler summing column ``a``) against the same rows as Python tuples through
+``submit_many`` (a keyed pool, ``key=itemgetter(0)``, ``batch_size=65_536``, a handler
+summing field 1 of its batch). Each timing covers submitting and ``flush()`` (every row
+handled); pools are made before and shut down after. Building the tuples from the arrays
+is not timed (it favours the baseline; its rate is reported apart). The array pool on
+``backend="process"`` is measured too (batches pickled with protocol 5 into the
+shared-memory ring), and the peak RSS of one ``submit_array`` run over the input.
+
+Run alone: ``python -m shardflow bench --sections columnar``, or
 ``python -m shardflow.bench.columnar [--rows N] [--repeats R]``.
 """
 
@@ -52,10 +62,21 @@ from shardflow.bench.common import (
     safe_ratio,
 )
 
-__all__ = ["CONTENDERS", "SHARDS", "run_section", "section_columnar"]
+__all__ = [
+    "CONTENDERS",
+    "E2E_CONTENDERS",
+    "SHARDS",
+    "run_section",
+    "section_columnar",
+    "section_end_to_end",
+    "sum_a",
+]
 
 ROWS = 10_000_000
 QUICK_ROWS = 200_000
+#: --quick rows of the end-to-end part: at 200,000 rows a run is a few batches and
+#: milliseconds, all start-up and wake-up latency.
+E2E_QUICK_ROWS = 1_000_000
 SHARDS = (2, 4, 8, 16)
 
 NP_ARGSORT = "numpy argsort"
@@ -63,6 +84,15 @@ NP_RADIX = "numpy argsort (uint16 ids)"
 KERNEL = "kernel"
 KERNEL_REUSE = "kernel (reused outputs)"
 CONTENDERS = (NP_ARGSORT, NP_RADIX, KERNEL, KERNEL_REUSE)
+
+E2E_BATCH = 65_536
+E2E_WORKERS = 2
+E2E_ARRAYS = "submit_array (threads)"
+E2E_PROCESS = "submit_array (process)"
+E2E_TUPLES = "submit_many tuples"
+E2E_CONTENDERS = (E2E_ARRAYS, E2E_PROCESS, E2E_TUPLES)
+#: Derived from the E2E_TUPLES runs: the same plus building the tuples from the arrays.
+E2E_WITH_BUILD = "arrays -> tuples -> submit_many"
 
 #: Per contender: (arrays, nshards) -> per-shard pieces (kept alive until timed).
 Partitioner = Callable[[dict[str, Any], int], object]
@@ -333,6 +363,196 @@ def section_columnar(rows: int, repeats: int, out: Any) -> tuple[dict[str, Any],
     return section, targets
 
 
+def sum_a(batch: Any) -> None:
+    """The array pools' handler: sum column ``a`` (module level: the process backend
+    pickles it by reference)."""
+    batch["a"].sum()
+
+
+class _ArraySum:
+    """Thread handler keeping the sums, to check both contenders saw the same rows."""
+
+    def __init__(self) -> None:
+        self.sums: list[float] = []
+
+    def __call__(self, batch: Any) -> None:
+        self.sums.append(float(batch["a"].sum()))
+
+
+class _TupleSum:
+    def __init__(self) -> None:
+        self.sums: list[float] = []
+
+    def __call__(self, batch: list[tuple[int, float, float]]) -> None:
+        from operator import itemgetter
+
+        self.sums.append(sum(map(itemgetter(1), batch)))
+
+
+def _build_tuples(data: dict[str, Any]) -> list[tuple[int, float, float]]:
+    """The rows as Python tuples, the way a user holding the arrays makes them."""
+    return list(zip(data["k"].tolist(), data["a"].tolist(), data["b"].tolist(), strict=True))
+
+
+def _time_e2e(name: str, data: dict[str, Any]) -> tuple[float, float, int, float]:
+    """One timed run of contender ``name``: (seconds, sum of column a, rows accounted,
+    seconds spent building the tuples first: 0 for the array pools)."""
+    from operator import itemgetter
+
+    import shardflow
+
+    if name == E2E_TUPLES:
+        t0 = time.perf_counter()
+        tuples = _build_tuples(data)
+        build = time.perf_counter() - t0
+        tsum = _TupleSum()
+        tpool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(
+            tsum, workers=E2E_WORKERS, key=itemgetter(0), batch_size=E2E_BATCH
+        )
+        try:
+            t0 = time.perf_counter()
+            tpool.submit_many(tuples)
+            tpool.flush()
+            dt = time.perf_counter() - t0
+        finally:
+            tpool.shutdown()
+        del tuples
+        return dt, sum(tsum.sums), tpool.metrics().processed, build
+    asum = _ArraySum()
+    pool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(
+        sum_a if name == E2E_PROCESS else asum,
+        workers=E2E_WORKERS,
+        arrays=True,
+        backend="process" if name == E2E_PROCESS else "thread",
+    )
+    try:
+        # Warm-up outside the timing: worker processes import numpy on their first batch.
+        pool.submit_array({c: v[:1024] for c, v in data.items()}, key="k")
+        pool.flush()
+        warm_sum = sum(asum.sums)
+        t0 = time.perf_counter()
+        pool.submit_array(data, key="k", batch_size=E2E_BATCH)
+        pool.flush()
+        dt = time.perf_counter() - t0
+    finally:
+        pool.shutdown()
+    rows = pool.row_metrics()
+    if rows.submitted != rows.processed + rows.failed + rows.dead_lettered + rows.dropped:
+        raise AssertionError(f"{name}: rows not accounted for: {rows}")
+    total = sum(asum.sums) - warm_sum if name == E2E_ARRAYS else float("nan")
+    return dt, total, rows.processed - 1024, 0.0
+
+
+def _e2e_peak_rss(data: dict[str, Any]) -> float | None:
+    """Peak RSS of one submit_array run (thread pool) over the RSS before it."""
+
+    def run(d: dict[str, Any], _n: int) -> object:
+        import shardflow
+
+        pool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(
+            sum_a, workers=E2E_WORKERS, arrays=True
+        )
+        with pool:
+            pool.submit_array(d, key="k", batch_size=E2E_BATCH)
+        return None
+
+    return peak_rss_over_input(run, data, E2E_WORKERS)
+
+
+def section_end_to_end(
+    rows: int, repeats: int, out: Any, data: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[Target]]:
+    """The end-to-end measurement: array pool vs tuples through submit_many."""
+    if data is None:
+        data = make_input(rows)
+    input_bytes = sum(c.nbytes for c in data.values())
+    samples: dict[str, list[float]] = {name: [] for name in (*E2E_CONTENDERS, E2E_WITH_BUILD)}
+    build_samples: list[float] = []
+    sums: dict[str, float] = {}
+    for r in range(repeats):
+        k = r % len(E2E_CONTENDERS)
+        for name in E2E_CONTENDERS[k:] + E2E_CONTENDERS[:k]:
+            import gc
+
+            gc.collect()
+            dt, total, handled, build = _time_e2e(name, data)
+            if handled != rows:
+                raise AssertionError(f"{name}: {handled} rows handled of {rows}")
+            samples[name].append(rows / dt if dt > 0 else float("inf"))
+            if name == E2E_TUPLES:
+                build_samples.append(rows / build if build > 0 else float("inf"))
+                samples[E2E_WITH_BUILD].append(rows / (dt + build) if dt + build > 0 else 0.0)
+            if name != E2E_PROCESS:
+                sums[name] = total
+    if abs(sums[E2E_ARRAYS] - sums[E2E_TUPLES]) > 1e-6 * max(1.0, abs(sums[E2E_TUPLES])):
+        raise AssertionError(f"the contenders summed different values: {sums}")
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    build_rate = statistics.median(build_samples)
+    peak = _e2e_peak_rss(data)
+    ratio = safe_ratio(med[E2E_ARRAYS], med[E2E_TUPLES])
+    ratio_built = safe_ratio(med[E2E_ARRAYS], med[E2E_WITH_BUILD])
+    print(
+        f"\nColumnar end to end: {rows:,} rows keyed into {E2E_WORKERS} workers, batches of "
+        f"{E2E_BATCH:,} rows, a handler summing a column; {repeats} interleaved rounds, "
+        f"medians; load average {loadavg()}",
+        file=out,
+    )
+    table = [["contender", "rows/s", "vs tuples", "vs arrays->tuples"]]
+    for name in (*E2E_CONTENDERS, E2E_WITH_BUILD):
+        table.append(
+            [
+                name,
+                fmt_rate(med[name]).replace("/s", " rows/s"),
+                f"{safe_ratio(med[name], med[E2E_TUPLES]):.1f}x",
+                f"{safe_ratio(med[name], med[E2E_WITH_BUILD]):.1f}x",
+            ]
+        )
+    print_table(table, out)
+    print(
+        f"  ({E2E_TUPLES!r} gets the tuples built beforehand; building them from the arrays "
+        f"runs at {fmt_rate(build_rate).strip()} and is counted in {E2E_WITH_BUILD!r})",
+        file=out,
+    )
+    shown = (
+        "n/a (needs /proc/self/clear_refs)"
+        if peak is None
+        else f"{peak / 2**20:.0f} MiB = {peak / input_bytes:.2f}x the input "
+        f"({input_bytes / 2**20:.0f} MiB)"
+    )
+    print(f"  peak RSS of one submit_array run over the RSS before it: {shown}", file=out)
+    out.flush()
+    section = {
+        "rows": rows,
+        "repeats": repeats,
+        "batch_rows": E2E_BATCH,
+        "workers": E2E_WORKERS,
+        "rows_per_s": med,
+        "samples": samples,
+        "arrays_vs_tuples": ratio,
+        "arrays_vs_arrays_to_tuples": ratio_built,
+        "process_vs_tuples": safe_ratio(med[E2E_PROCESS], med[E2E_TUPLES]),
+        "tuple_build_rows_per_s": build_rate,
+        "peak_rss_over_input_bytes": peak,
+        "input_bytes": input_bytes,
+        "loadavg": loadavg(),
+    }
+    targets = [
+        Target(
+            "columnar end to end: submit_array >= 20x submit_many of pre-built tuples",
+            ratio,
+            ">=",
+            20,
+        ),
+        Target(
+            "columnar end to end: submit_array >= 20x arrays -> tuples -> submit_many",
+            ratio_built,
+            ">=",
+            20,
+        ),
+    ]
+    return section, targets
+
+
 def run_section(ctx: BenchContext) -> SectionResult:
     """The ``columnar`` section of ``shardflow bench``."""
     try:
@@ -342,7 +562,10 @@ def run_section(ctx: BenchContext) -> SectionResult:
         return SectionResult("columnar", {"skipped": "numpy is not installed"})
     rows = QUICK_ROWS if ctx.quick else ROWS
     data, targets = section_columnar(rows, ctx.repeats, ctx.out)
-    return SectionResult("columnar", data, targets)
+    e2e_rows = E2E_QUICK_ROWS if ctx.quick else ROWS
+    e2e, e2e_targets = section_end_to_end(e2e_rows, ctx.repeats, ctx.out)
+    data["end_to_end"] = e2e
+    return SectionResult("columnar", data, targets + e2e_targets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,8 +575,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=ROWS)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--part",
+        choices=("all", "partition", "end-to-end"),
+        default="all",
+        help="measure only the partition kernel or only the end-to-end pools",
+    )
     args = p.parse_args(argv)
-    _, targets = section_columnar(args.rows, args.repeats, sys.stdout)
+    targets: list[Target] = []
+    if args.part in ("all", "partition"):
+        targets += section_columnar(args.rows, args.repeats, sys.stdout)[1]
+    if args.part in ("all", "end-to-end"):
+        targets += section_end_to_end(args.rows, args.repeats, sys.stdout)[1]
     print("\nTargets:")
     print_targets(targets, sys.stdout)
     return 0
