@@ -28,6 +28,7 @@ from itertools import chain, compress
 from typing import Any
 
 from shardflow._apply import map_extend
+from shardflow.backends import Backend
 from shardflow.errors import Closed
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import ShardedPool
@@ -87,6 +88,7 @@ class Stage:
         batch_timeout: float | None,
         dead_letter: DeadLetter | list[Any] | None,
         pool_options: dict[str, Any],
+        backend: Backend | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -98,6 +100,9 @@ class Stage:
         self.batch_timeout = batch_timeout
         self.dead_letter = dead_letter
         self.pool_options = pool_options
+        #: None: the stage's workers are threads running ``make_handler``'s closure; else
+        #: the backend of its worker processes / actors (``shardflow._remote_stage``).
+        self.backend = backend
         self.pool: ShardedPool[Any] | None = None
         self.units = False  # set by the pipeline: this stage moves (seq, values) units
         # Counters, updated once per batch under the lock (several workers may run the
@@ -330,9 +335,13 @@ class Stage:
         on_error: Callable[[Any, BaseException], object],
         prefix: str,
         unit: int = 1,
+        on_results: Callable[[list[Any], Any], object] | None = None,
     ) -> None:
         """Create the pool. ``unit``: items per unit of an ordered pipeline; the pool
-        counts units, so its batch size and capacity are the stage's divided by it."""
+        counts units, so its batch size and capacity are the stage's divided by it.
+        A remote stage (``backend`` set) gets a per-item ``handler`` shipped to its
+        workers and ``on_results`` (``shardflow._remote_stage``); its batch size is the
+        backend's per-message item count."""
         key = self.key
         if key is not None and self.units:
             user_key = key
@@ -351,6 +360,19 @@ class Stage:
         if self.units:
             batch_size = max(1, batch_size // unit)
             capacity = max(1, capacity // unit)
+        if self.backend is not None:
+            self.pool = ShardedPool(
+                handler,
+                workers=self.workers,
+                key=key,
+                capacity=capacity,
+                on_error=on_error,
+                name=f"{prefix}-{self.name}",
+                backend=self.backend,
+                on_results=on_results,
+                **self.pool_options,
+            )
+            return
         self.pool = ShardedPool(
             handler,
             workers=self.workers,

@@ -22,6 +22,7 @@ from shardflow import _aio, _fork
 from shardflow._array_stage import ArraySource, RowCounter
 from shardflow._array_stage import concat as concat_batches
 from shardflow._columnar import DEFAULT_BATCH_ROWS
+from shardflow._remote_stage import RemoteCallbacks, check_shippable, stage_backend
 from shardflow._stage import DeadLetter, Stage
 from shardflow._validate import (
     check_bool,
@@ -33,6 +34,7 @@ from shardflow._validate import (
     check_str,
 )
 from shardflow._worker import WORKER_DRAIN
+from shardflow.backends import Backend, resolve_backend
 from shardflow.errors import Closed
 from shardflow.metrics import PoolMetrics, StageRows
 from shardflow.pool import ARRAY_CAPACITY, MAX_CAPACITY
@@ -228,6 +230,7 @@ class Pipeline(Generic[T]):
         capacity: int | None = None,
         source_chunk: int = SOURCE_CHUNK,
         name: str | None = None,
+        backend: str | Backend = "thread",
     ) -> None:
         if not isinstance(source, Iterable):
             raise TypeError(f"source must be an iterable, got {source!r} ({type(source).__name__})")
@@ -241,7 +244,10 @@ class Pipeline(Generic[T]):
         check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
         check_int("source_chunk", source_chunk, lo=1, hi=1 << 20)
         check_str("name", name)
+        resolve_backend(backend)  # refused here, with the usual message, if unknown
         self._source: Iterable[Any] = source
+        #: The default ``backend`` of the ``map``/``filter``/``flat_map``/``sink`` stages.
+        self.backend: str | Backend = backend
         self.source_chunk = source_chunk
         self.ordered = ordered
         self.window = window
@@ -290,6 +296,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
         if self._started:
             raise RuntimeError(f"{self.name}: cannot add a stage to a pipeline that started")
@@ -325,6 +332,24 @@ class Pipeline(Generic[T]):
             name = f"{kind}-{len(self._stages) + 1}"
         if any(s.name == name for s in self._stages):
             raise ValueError(f"name must be unique among the stages, got {name!r} twice")
+        remote = None
+        if kind != "batch":
+            remote = stage_backend(self.backend if backend is None else backend, batch_size)
+        if remote is not None:
+            assert fn is not None
+            for param, given in (
+                ("breaker", breaker),
+                ("limiter", limiter),
+                ("rate_limiter", rate_limiter),
+                ("retry", retry),
+            ):
+                if given is not None:
+                    raise ValueError(
+                        f"{param}= is not supported on a stage with backend={remote.name!r} "
+                        "yet: each worker would get its own copy, so its state and metrics "
+                        "would no longer be shared; use it inside fn, or backend='thread'"
+                    )
+            check_shippable(remote, kind, fn, False)
         if fn is not None:
             fn = guard(fn, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry)
         self._stages.append(
@@ -339,6 +364,7 @@ class Pipeline(Generic[T]):
                 batch_timeout=batch_timeout,
                 dead_letter=dl,
                 pool_options={},
+                backend=remote,
             )
         )
 
@@ -357,6 +383,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[U]:
         """Add a stage that passes on ``fn(item)`` for every item.
 
@@ -379,6 +406,7 @@ class Pipeline(Generic[T]):
             retry=retry,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         return cast("Pipeline[U]", self)
 
@@ -393,6 +421,7 @@ class Pipeline(Generic[T]):
         batch_timeout: float | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[T]:
         """Add a stage that passes on the items for which ``pred(item)`` is true; the
         others count as ``filtered``.
@@ -412,6 +441,7 @@ class Pipeline(Generic[T]):
             batch_timeout=batch_timeout,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         return self
 
@@ -430,6 +460,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[U]:
         """Add a stage that passes on every element of ``fn(item)`` (zero or more per
         item). The iterable is consumed inside the item's call, so an exception raised
@@ -454,6 +485,7 @@ class Pipeline(Generic[T]):
             retry=retry,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         return cast("Pipeline[U]", self)
 
@@ -505,6 +537,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[T]:
         """End the pipeline with a stage that calls ``fn(item)`` for every item and passes
         nothing on; ``run()`` it. With ``ordered=True`` and one worker, ``fn`` sees the
@@ -532,6 +565,7 @@ class Pipeline(Generic[T]):
             retry=retry,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         self._has_sink = True
         return self
@@ -802,12 +836,29 @@ class Pipeline(Generic[T]):
             for s in body:
                 s.units = True
         # Items per unit: a stage batch (so a unit is one handler call's worth), or 1 when
-        # a stage routes by key (a unit goes to one shard, and keys differ per item).
+        # a stage routes by key (a unit goes to one shard, and keys differ per item) or
+        # runs elsewhere (a worker that dies is charged with the unit it was running).
         unit = 1
-        if self.ordered and body and not any(st.key is not None for st in body):
+        if (
+            self.ordered
+            and body
+            and not any(st.key is not None or st.backend is not None for st in body)
+        ):
             unit = max(1, min([self.source_chunk, self.window] + [st.batch_size for st in body]))
         self._unit = unit
         fail_fast = self.errors == "fail_fast"
+        try:
+            self._start_stages(final, tail, unit, fail_fast)
+        except BaseException:
+            # A stage that could not start (a worker process that failed to load its
+            # function ...): stop the ones already started, then raise.
+            self._abort()
+            raise
+
+    def _start_stages(
+        self, final: Callable[[list[Any]], object], tail: int, unit: int, fail_fast: bool
+    ) -> None:
+        stages = self._stages
         # Start from the end, so that each handler knows where its outputs go.
         emit: Callable[[list[Any]], object] = final
         for i, s in reversed(list(enumerate(stages))):
@@ -815,12 +866,17 @@ class Pipeline(Generic[T]):
                 self._final = emit
                 if self.ordered:
                     emit = self._reorder
-            s.start(
-                s.make_handler(_discard if s.kind == "sink" else emit, fail_fast, self._record),
-                self._internal_error(s),
-                self.name,
-                unit,
-            )
+            to = _discard if s.kind == "sink" else emit
+            if s.backend is None:
+                s.start(
+                    s.make_handler(to, fail_fast, self._record),
+                    self._internal_error(s),
+                    self.name,
+                    unit,
+                )
+            else:
+                remote = RemoteCallbacks(s, to, fail_fast, self._record)
+                s.start(remote.handler(), remote.failed, self.name, unit, on_results=remote.took)
             assert s.pool is not None
             s.pool._fork_owner = "Pipeline"  # named by the error a forked child gets
             emit = s.pool.submit_many
@@ -993,12 +1049,22 @@ class Pipeline(Generic[T]):
         drop what is queued, wake every wait. Workers finish the call they are in."""
         self._aborted = True
         self._stop.set()
+        remote = []
         for s in self._stages:
             if s.pool is not None:
                 try:
                     s.pool.shutdown(wait=False, cancel=True)
                 except Exception:
                     pass
+                if s.backend is not None:
+                    remote.append(s.pool)
+        if remote:
+            # Threads end by themselves once their call returns; worker processes and
+            # actors are released by join(), which must not hold up the caller (a
+            # function may still be running over there): a reaper thread does it.
+            threading.Thread(
+                target=_reap, args=(remote,), name=f"{self.name}-reaper", daemon=True
+            ).start()
 
     def _finish(self) -> PipelineReport:
         stages = []
@@ -1119,6 +1185,15 @@ class Pipeline(Generic[T]):
 
     def _close_channel(self) -> None:
         self._feeder.join()
+
+
+def _reap(pools: list[Any]) -> None:
+    """Release the workers of stopped remote stages (see ``Pipeline._abort``)."""
+    for pool in pools:
+        try:
+            pool.join()
+        except BaseException:  # already reported, or nothing left to report to
+            pass
 
 
 def _discard(values: list[Any]) -> None:

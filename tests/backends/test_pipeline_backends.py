@@ -1,0 +1,357 @@
+"""Pipeline stages on every backend: threads, worker processes, Ray actors (the fake
+remote of test_ray_backend.py; the real cluster is exercised there).
+
+The behaviours of tests/test_pipeline.py that a remote stage must keep, each run on all
+three backends with the same expectations: composition, sinks, per-key order,
+``ordered=True``, errors (continue and fail fast), exact accounting, and the lifecycle;
+then what only remote stages have (a worker that dies, values that cannot be sent back,
+functions that cannot be sent, guards refused).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pipeline_fns as pf
+import pytest
+from test_ray_backend import FakeRayBackend
+
+import shardflow
+from shardflow.backends import ProcessBackend
+from shardflow.backends.process import WorkerLost
+from shardflow.pipeline import Pipeline, PipelineReport
+
+BACKENDS = ["thread", "process", "fake-ray"]
+
+needs_linux = pytest.mark.skipif(
+    sys.platform != "linux", reason="the process backend is tested on Linux here"
+)
+
+
+def make_backend(name: str, **kw: Any) -> Any:
+    """A backend for a stage; small per-message batches so that a few hundred items make
+    several messages per shard."""
+    if name == "process":
+        if sys.platform != "linux":
+            pytest.skip("the process backend is tested on Linux here")
+        return ProcessBackend(ship_batch_size=kw.pop("batch", 64), **kw)
+    if name == "fake-ray":
+        return FakeRayBackend(batch_size=kw.pop("batch", 64), **kw)
+    return name
+
+
+def check_accounting(report: PipelineReport) -> None:
+    """Every stage balanced and fed exactly what the one before emitted."""
+    assert report.balanced, report
+    upstream = report.source_items - report.source_unsent
+    for s in report.stages:
+        assert s.received == upstream, s
+        assert s.received == s.succeeded + s.filtered + s.failed + s.dead_lettered, s
+        upstream = s.emitted
+
+
+# --------------------------------------------------------------------------- composition
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_filter_flat_map_compose(backend: str) -> None:
+    b = make_backend(backend)
+    p = (
+        Pipeline(range(1000))
+        .map(pf.triple, workers=2, backend=b)
+        .filter(pf.even, backend=b)
+        .flat_map(pf.pair_if_div4, backend=b)
+    )
+    got = sorted(p)
+    want = sorted(y for x in range(1000) for y in ([3 * x, -3 * x] if 3 * x % 4 == 0 else []))
+    assert got == want
+    assert p.report is not None
+    check_accounting(p.report)
+    assert p.report.stage("flat_map-3").emitted == len(want)
+    assert p.report.stage("filter-2").filtered == 500
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sink_sees_every_item_and_counts_them(backend: str, tmp_path: Path) -> None:
+    report = (
+        Pipeline(range(2000))
+        .map(pf.triple, backend=make_backend(backend))
+        .sink(pf.AppendTo(str(tmp_path)), backend=make_backend(backend))
+        .run()
+    )
+    assert sorted(int(x) for x in pf.read_lines(str(tmp_path))) == [3 * x for x in range(2000)]
+    assert report.results == 2000
+    assert report.stage("sink-2").succeeded == 2000
+    check_accounting(report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pipeline_wide_backend_is_the_stages_default(backend: str) -> None:
+    p = (
+        Pipeline(range(300), backend=make_backend(backend))
+        .map(pf.triple)
+        .batch(7)
+        .map(len, backend="thread")
+    )
+    assert sorted(p) == [6] + [7] * 42
+    assert p._stages[0].backend is (None if backend == "thread" else p.backend)
+    assert p._stages[1].backend is None  # batch() groups in this process
+    assert p._stages[2].backend is None
+    assert p.report is not None
+    check_accounting(p.report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keyed_stage_keeps_per_key_order(backend: str) -> None:
+    seen: list[tuple[int, int]] = []
+    items = [(i % 5, i) for i in range(3000)]
+    Pipeline(items).map(pf.ident, workers=2, key=pf.kv_key, backend=make_backend(backend)).sink(
+        seen.append
+    ).run()
+    for k in range(5):
+        mine = [i for key, i in seen if key == k]
+        assert mine == sorted(mine)
+        assert len(mine) == 600
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ordered_yields_in_source_order(backend: str) -> None:
+    b = make_backend(backend, batch=8)
+    p = (
+        Pipeline(range(1500), ordered=True, window=64)
+        .map(pf.shuffled_latency, workers=2, backend=b)
+        .flat_map(pf.repeat_mod3, backend=b)
+        .filter(pf.not_mod5)  # a thread stage between remote ones
+        .map(pf.shuffled_latency, workers=2, backend=b)
+    )
+    assert list(p) == [y for x in range(1500) for y in [x] * (x % 3) if y % 5 != 0]
+    assert p.report is not None
+    check_accounting(p.report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ordered_sink_sees_source_order(backend: str, tmp_path: Path) -> None:
+    report = (
+        Pipeline(range(600), ordered=True, window=32)
+        .map(pf.shuffled_latency, workers=2, backend=make_backend(backend, batch=4))
+        .sink(pf.AppendTo(str(tmp_path)), backend=make_backend(backend, batch=4))
+        .run()
+    )
+    assert pf.read_lines(str(tmp_path)) == [str(x) for x in range(600)]
+    check_accounting(report)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_continue_routes_each_failed_item_to_its_stage_dead_letter(
+    backend: str, ordered: bool
+) -> None:
+    listed: list[tuple[Any, BaseException]] = []
+    called: list[tuple[Any, BaseException]] = []
+    b = make_backend(backend, batch=10)
+    p = (
+        Pipeline(range(1000), errors="continue", ordered=ordered)
+        .map(pf.fail7, workers=2, dead_letter=listed, backend=b)
+        .filter(pf.odd_or_fail11, dead_letter=lambda x, e: called.append((x, e)), backend=b)
+        .flat_map(pf.gen_fails_on_4, backend=b, name="kept")
+    )
+    got = list(p)
+    after_map = [x + 1 for x in range(1000) if x % 7]
+    assert sorted(x for x, _ in listed) == [x for x in range(1000) if x % 7 == 0]
+    assert all(isinstance(e, ValueError) and "bad item" in str(e) for _, e in listed)
+    assert sorted(x for x, _ in called) == [x for x in after_map if x % 11 == 0]
+    assert all(isinstance(e, KeyError) for _, e in called)
+    kept = [x for x in after_map if x % 11 and x % 2 == 1]
+    want = [y for x in kept if x != 4 for y in (x, x)]
+    assert (got if ordered else sorted(got)) == want
+    assert p.report is not None
+    assert p.report.stage("kept").dead_lettered == (1 if 4 in kept else 0)
+    assert not p.report.stopped_early
+    check_accounting(p.report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fail_fast_raises_the_first_error_and_stops_the_source(backend: str) -> None:
+    n = 200_000
+    p = Pipeline(range(n), capacity=256).map(pf.ident).map(
+        pf.fail_at_500, backend=make_backend(backend)
+    )
+    with pytest.raises(ValueError, match="bad item 500") as info:
+        p.run()
+    report = info.value.pipeline_report  # type: ignore[attr-defined]
+    assert report is p.report
+    assert report.stopped_early
+    assert report.source_items < n
+    bad = report.stage("map-2")
+    assert bad.failed == 1
+    assert bad.errors[0][0] == 500
+    check_accounting(report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fail_fast_in_an_ordered_pipeline(backend: str) -> None:
+    p = Pipeline(range(50_000), ordered=True, window=512, capacity=64).map(
+        pf.fail_at_500, workers=2, backend=make_backend(backend)
+    )
+    got: list[int] = []
+    with pytest.raises(ValueError, match="bad item 500"):
+        for x in p:
+            got.append(x)
+    # In source order, the failed item left out; what was inside drained.
+    assert got[:500] == list(range(500))
+    assert got == sorted(set(got)) and 500 not in got
+    assert p.report is not None
+    check_accounting(p.report)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_leaving_the_loop_early_stops_the_pipeline(backend: str) -> None:
+    before = set(multiprocessing.active_children())
+    threads = threading.active_count()
+    p = Pipeline(range(10**9)).map(pf.ident, workers=2, backend=make_backend(backend))
+    for x in p:
+        if x > 1000:
+            break
+    # The stage's workers go away: threads, and the worker processes of a process stage.
+    from helpers import wait_until
+
+    assert wait_until(lambda: threading.active_count() <= threads)
+    assert wait_until(lambda: set(multiprocessing.active_children()) <= before)
+
+
+# --------------------------------------------------------------------------- remote only
+
+
+@needs_linux
+@pytest.mark.parametrize("ordered", [False, True])
+def test_a_worker_that_dies_once_loses_nothing(ordered: bool, tmp_path: Path) -> None:
+    p = Pipeline(range(500), ordered=ordered).map(
+        pf.ExitOn(str(tmp_path), 123), workers=2, backend=make_backend("process")
+    )
+    got = list(p)
+    assert (got if ordered else sorted(got)) == [x + 1 for x in range(500)]
+    assert p.report is not None
+    assert p.report.stages[0].succeeded == 500
+    check_accounting(p.report)
+
+
+@needs_linux
+@pytest.mark.parametrize("ordered", [False, True])
+def test_an_item_that_always_kills_its_worker_fails_alone(ordered: bool, tmp_path: Path) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    p = Pipeline(range(400), ordered=ordered, errors="continue").map(
+        pf.ExitOn(str(tmp_path), 77, times=100),
+        workers=2,
+        backend=make_backend("process", max_attempts=2),
+        dead_letter=dead,
+    )
+    got = list(p)
+    assert (got if ordered else sorted(got)) == [x + 1 for x in range(400) if x != 77]
+    assert [x for x, _ in dead] == [77]
+    assert isinstance(dead[0][1], WorkerLost) and dead[0][1].attempts == 2
+    assert p.report is not None
+    stage = p.report.stages[0]
+    assert (stage.succeeded, stage.dead_lettered) == (399, 1)
+    check_accounting(p.report)
+
+
+@needs_linux
+def test_an_item_that_kills_its_worker_fails_fast(tmp_path: Path) -> None:
+    p = Pipeline(range(300)).map(
+        pf.ExitOn(str(tmp_path), 50, times=100), backend=make_backend("process", max_attempts=1)
+    )
+    with pytest.raises(WorkerLost):
+        p.run()
+    assert p.report is not None
+    stage = p.report.stages[0]
+    assert stage.failed == 1 and stage.errors[0][0] == 50
+    check_accounting(p.report)
+
+
+@pytest.mark.parametrize("backend", ["process", "fake-ray"])
+def test_a_value_that_cannot_be_sent_back_fails_its_item_only(backend: str) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    p = Pipeline(range(20), errors="continue").map(
+        pf.lock_for_5, backend=make_backend(backend), dead_letter=dead
+    )
+    assert sorted(p) == [x for x in range(20) if x != 5]
+    assert [x for x, _ in dead] == [5]
+    assert isinstance(dead[0][1], TypeError)
+    assert p.report is not None
+    check_accounting(p.report)
+
+
+@needs_linux
+def test_an_item_that_cannot_be_pickled_fails_alone() -> None:
+    lock = threading.Lock()
+    dead: list[tuple[Any, BaseException]] = []
+    p = Pipeline([1, 2, lock, 4], errors="continue").map(
+        pf.ident, backend=make_backend("process"), dead_letter=dead
+    )
+    assert sorted(p) == [1, 2, 4]
+    assert [x for x, _ in dead] == [lock]
+    assert isinstance(dead[0][1], TypeError) and "lock" in str(dead[0][1])
+
+
+def test_a_function_that_cannot_be_sent_is_refused_when_the_stage_is_added() -> None:
+    with pytest.raises(TypeError, match="fn: a map stage on backend='process'"):
+        Pipeline(range(3)).map(lambda x: x, backend="process")
+    with pytest.raises(TypeError, match="fn: a filter stage"):
+        Pipeline(range(3), backend="process").filter(lambda x: x)
+
+
+@pytest.mark.parametrize("guard", ["breaker", "limiter", "rate_limiter", "retry"])
+def test_guards_are_refused_on_remote_stages(guard: str) -> None:
+    made = {
+        "breaker": shardflow.CircuitBreaker(),
+        "limiter": shardflow.Limiter(2),
+        "rate_limiter": shardflow.RateLimiter(100.0, burst=10),
+        "retry": shardflow.Retry(2),
+    }[guard]
+    with pytest.raises(ValueError, match=f"{guard}= is not supported on a stage with backend"):
+        Pipeline(range(3)).map(pf.ident, backend="process", **{guard: made})
+
+
+def test_bad_backends_are_refused_early() -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Pipeline(range(3), backend="gpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Pipeline(range(3)).map(pf.ident, backend="processes")
+    with pytest.raises(TypeError, match="backend must be"):
+        Pipeline(range(3)).sink(pf.ident, backend=3)  # type: ignore[arg-type]
+
+
+def test_a_stage_given_by_name_ships_its_batch_size() -> None:
+    p = Pipeline(range(3)).map(pf.ident, backend="process", batch_size=33)
+    backend = p._stages[0].backend
+    assert isinstance(backend, ProcessBackend) and backend.ship_batch_size == 33
+
+
+def test_fake_ray_actor_death_loses_nothing() -> None:
+    calls: Counter[tuple[int, int]] = Counter()
+
+    def die(shard: int, seq: int, attempt: int) -> int | None:
+        calls[(shard, seq)] += 1
+        return 5 if (seq == 3 and attempt == 1) else None
+
+    p = Pipeline(range(2000), ordered=True).map(
+        pf.triple, workers=2, backend=FakeRayBackend(die=die, batch_size=50)
+    )
+    assert list(p) == [3 * x for x in range(2000)]
+    assert p.report is not None
+    check_accounting(p.report)
+    assert any(n > 1 for n in calls.values())  # a batch was sent again
