@@ -184,8 +184,10 @@ def test_continue_routes_each_failed_item_to_its_stage_dead_letter(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fail_fast_raises_the_first_error_and_stops_the_source(backend: str) -> None:
     n = 200_000
-    p = Pipeline(range(n), capacity=256).map(pf.ident).map(
-        pf.fail_at_500, backend=make_backend(backend)
+    p = (
+        Pipeline(range(n), capacity=256)
+        .map(pf.ident)
+        .map(pf.fail_at_500, backend=make_backend(backend))
     )
     with pytest.raises(ValueError, match="bad item 500") as info:
         p.run()
