@@ -8,8 +8,9 @@ process anyway. So a remote stage is split in two:
 * **over there**, a small picklable per-item step (``remote_step``): the user's function,
   wrapped only as far as the stage's kind needs (``filter`` sends back ``bool(pred(x))``,
   ``flat_map`` a list, ``sink`` nothing). The pool ships items in lists (``batch_size``
-  items at most: the stage's ``batch_size`` becomes ``ProcessBackend(ship_batch_size=)`` /
-  ``RayBackend(batch_size=)`` when the backend is given by name), and the worker calls
+  items at most: a stage's ``batch_size`` becomes ``ProcessBackend(ship_batch_size=)`` /
+  ``RayBackend(batch_size=)`` when the backend is given by name; without one, the
+  backend's default: 256 items per message for processes, 1,000 for Ray), and the worker calls
   the step once per item: an item that raises fails alone, and a worker that dies is
   charged to the one item that was running (``WorkerLost`` after ``max_attempts``), as
   for any per-item pool on that backend;
@@ -52,11 +53,12 @@ __all__ = [
 ]
 
 
-def stage_backend(backend: str | Backend, batch_size: int) -> Backend | None:
+def stage_backend(backend: str | Backend, batch_size: int | None) -> Backend | None:
     """The backend of a stage: None for threads (the closure handler), else the
     ``Backend`` to give its pool. A name makes the backend with the stage's batch size as
-    its per-message item count; a ``Backend`` instance is used as it is."""
-    if isinstance(backend, str) and backend in ("process", "ray"):
+    its per-message item count (its own default when None); a ``Backend`` instance is
+    used as it is."""
+    if isinstance(backend, str) and backend in ("process", "ray") and batch_size is not None:
         if backend == "process":
             from shardflow.backends.process import ProcessBackend
 
@@ -68,6 +70,16 @@ def stage_backend(backend: str | Backend, batch_size: int) -> Backend | None:
     if isinstance(resolved, ThreadBackend):
         return None
     return resolved
+
+
+def remote_batch_size(backend: Backend) -> int:
+    """Items per message of a remote stage's backend (``ProcessBackend.ship_batch_size``,
+    ``RayBackend.batch_size``; 1 for a backend that has neither)."""
+    for attr in ("ship_batch_size", "batch_size"):
+        value = getattr(backend, attr, None)
+        if isinstance(value, int) and value >= 1:
+            return value
+    return 1
 
 
 def check_shippable(backend: Backend, kind: str, fn: Callable[[Any], Any], units: bool) -> None:

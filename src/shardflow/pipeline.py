@@ -22,7 +22,12 @@ from shardflow import _aio, _fork
 from shardflow._array_stage import ArraySource, RowCounter
 from shardflow._array_stage import concat as concat_batches
 from shardflow._columnar import DEFAULT_BATCH_ROWS
-from shardflow._remote_stage import RemoteCallbacks, check_shippable, stage_backend
+from shardflow._remote_stage import (
+    RemoteCallbacks,
+    check_shippable,
+    remote_batch_size,
+    stage_backend,
+)
 from shardflow._stage import DeadLetter, Stage
 from shardflow._validate import (
     check_bool,
@@ -200,12 +205,40 @@ class Pipeline(Generic[T]):
             so for a source that yields slowly (a socket, a queue) pass a small value,
             down to 1, to let each item in as soon as it is yielded.
         name: prefix of the stages' thread names.
+        backend: where the ``map``/``filter``/``flat_map``/``sink`` stages run their
+            function unless a stage says otherwise: ``"thread"`` (default), ``"process"``,
+            ``"ray"`` or a ``shardflow.backends.Backend`` (see "Stages on worker
+            processes or Ray" below). ``batch()`` always runs in this process.
 
     Stage arguments (``map``, ``filter``, ``flat_map``, ``sink``): ``workers`` (default
     1: under the GIL more workers help only functions that release it), ``key``,
-    ``capacity``, ``batch_size`` (items per handler call), ``batch_timeout``, the guards
+    ``capacity``, ``batch_size`` (items per handler call; default 512, and on a remote
+    stage the backend's per-message default), ``batch_timeout``, the guards
     ``breaker``, ``limiter``, ``rate_limiter``, ``retry`` (applied per item, as in
-    ``ShardedPool``), ``dead_letter`` and ``name``.
+    ``ShardedPool``), ``dead_letter``, ``name`` and ``backend`` (None: the pipeline's).
+
+    Stages on worker processes or Ray: with ``backend="process"`` (or ``"ray"``, or a
+    ``Backend``) the stage's ``workers`` are worker processes (Ray actors) and its
+    function runs there, one call per item, while everything else stays in this process:
+    the stage's ring and routing (``key`` keeps per-key order), its counters, error
+    routing (``errors``, ``dead_letter``, the report) and the hand-off to the next stage,
+    done by the stage's dispatch threads as each shipped list of items comes back
+    (``ShardedPool(on_results=...)``). A stage behaves as on threads: exact accounting,
+    ``ordered=True``, backpressure, fail fast and Ctrl-C. What differs: the function must
+    pickle (module-level for processes, checked when the stage is added: ``TypeError``;
+    Ray uses cloudpickle); items and outputs cross by pickle (an item or output that does
+    not pickle fails alone, ``TypeError``); the guards are refused (``ValueError``: each
+    worker would have its own copy); ``batch_size`` is the most items per message
+    (default: the backend's, 256 for processes; a ``Backend`` instance keeps its own
+    ``ship_batch_size``/``batch_size``; a message must fit ``ProcessBackend.ring_bytes``)
+    and ``batch_timeout`` is not used (a message carries what is queued). A worker process that dies is charged to the item it was
+    running, which is retried alone and then fails with ``WorkerLost``
+    (``ProcessBackend(max_attempts=)``); **that item may run more than once**, the others
+    run once (on Ray, the batch running when an actor died may run twice). With
+    ``ordered=True`` and a remote stage, ordering moves one item per unit (as with a
+    ``key``), so a crash is charged to one item. Outputs travel through this process
+    between stages (not actor to actor). Use remote stages for functions that cost well
+    above the ~1-2 us per item that crossing to a worker costs.
 
     Ctrl-C (``KeyboardInterrupt``) during ``run()`` or iteration stops the pipeline at
     once: the source is no longer read, queued items are dropped, and the exception
@@ -288,7 +321,7 @@ class Pipeline(Generic[T]):
         workers: int,
         key: Callable[[Any], Hashable] | None,
         capacity: int | None,
-        batch_size: int,
+        batch_size: int | None,
         batch_timeout: float | None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
@@ -316,7 +349,8 @@ class Pipeline(Generic[T]):
         if capacity is None:
             capacity = self.capacity
         check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
-        check_int("batch_size", batch_size, lo=1, hi=1 << 20)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, lo=1, hi=1 << 20)
         check_seconds("batch_timeout", batch_timeout)
         check_instance("breaker", breaker, CircuitBreaker)
         check_instance("limiter", limiter, Limiter)
@@ -335,6 +369,8 @@ class Pipeline(Generic[T]):
         remote = None
         if kind != "batch":
             remote = stage_backend(self.backend if backend is None else backend, batch_size)
+        if batch_size is None:
+            batch_size = DEFAULT_STAGE_BATCH if remote is None else remote_batch_size(remote)
         if remote is not None:
             assert fn is not None
             for param, given in (
@@ -375,7 +411,7 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
@@ -417,7 +453,7 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
@@ -452,7 +488,7 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
@@ -529,7 +565,7 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,

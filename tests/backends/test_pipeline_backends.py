@@ -338,9 +338,19 @@ def test_bad_backends_are_refused_early() -> None:
 
 
 def test_a_stage_given_by_name_ships_its_batch_size() -> None:
-    p = Pipeline(range(3)).map(pf.ident, backend="process", batch_size=33)
-    backend = p._stages[0].backend
-    assert isinstance(backend, ProcessBackend) and backend.ship_batch_size == 33
+    p = (
+        Pipeline(range(3))
+        .map(pf.ident, backend="process", batch_size=33)
+        .map(pf.ident, backend="process")
+        .map(pf.ident, backend=ProcessBackend(ship_batch_size=7), batch_size=99)
+    )
+    given, default, own = (s.backend for s in p._stages)
+    assert isinstance(given, ProcessBackend) and given.ship_batch_size == 33
+    # Without a batch_size, the backend's own default (not the thread stages' 512).
+    assert isinstance(default, ProcessBackend)
+    assert p._stages[1].batch_size == default.ship_batch_size == ProcessBackend().ship_batch_size
+    # A Backend instance is used as it is.
+    assert isinstance(own, ProcessBackend) and own.ship_batch_size == 7
 
 
 def test_fake_ray_actor_death_loses_nothing() -> None:
