@@ -22,11 +22,17 @@ process anyway. So a remote stage is split in two:
   function raised, its worker died, it did not pickle) through ``Stage.route_error``:
   fail fast, dead letter, or the report.
 
-Ordered pipelines move units ``(seq, count, values)``; a remote stage's step then takes
-a unit and returns ``(outputs, [(index, exception), ...])`` for its values, so that a
-failing value fails alone and the unit keeps its framing. A pipeline with a remote stage
-before its reorder buffer uses one-item units (as keyed pipelines do): a unit is what a
-worker crash is charged to, and it must be one item.
+Ordered pipelines move units ``(seq, count, values)`` (runs of consecutive source
+items). A pool item is what a worker crash is charged to, and it must be one item, not a
+run of them. So a remote stage of an ordered pipeline moves **pieces**: its entry
+(``RemoteCallbacks.submit``) cuts each unit into one ``Piece`` per value, which pickles as
+the bare value (the worker never sees the framing) while the parent's copy keeps its
+unit's ``Frame`` and its index there; as the pieces come back (values, failures, in any
+order, from any shard) the frame fills up, and once every piece of it is back the unit
+goes on, its outputs in order, with its ``(seq, count)``. The other stages and the
+reorder buffer keep their large units. (A keyed ordered pipeline already moves one-item
+units; there a remote stage's step takes the unit and returns ``(outputs, [(index,
+exception), ...])`` for its values, so that a failing value fails alone.)
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from collections.abc import Callable, Iterable
 from itertools import chain, compress
 from typing import TYPE_CHECKING, Any
 
+from shardflow._stage import FAILED
 from shardflow.backends import Backend, resolve_backend
 from shardflow.backends.thread import ThreadBackend
 
@@ -45,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = [
     "FilterStep",
     "FlatMapStep",
+    "Frame",
+    "Piece",
+    "PieceStep",
     "RemoteCallbacks",
     "SinkStep",
     "UnitStep",
@@ -187,14 +197,74 @@ class UnitStep:
         return (UnitStep, (self.kind, self.fn))
 
 
+class Piece:
+    """One value of a unit, on its way through a remote stage of an ordered pipeline. It
+    pickles as the bare value: a worker gets exactly what an unordered pipeline sends;
+    this process keeps the frame and the index."""
+
+    __slots__ = ("frame", "k", "v")
+
+    def __init__(self, frame: Frame, k: int, v: Any) -> None:
+        self.frame = frame
+        self.k = k
+        self.v = v
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_bare, (self.v,))
+
+
+def _bare(v: Any) -> Any:
+    return v
+
+
+class Frame:
+    """A unit whose values are out as pieces: ``outs[k]`` is piece ``k``'s value once it
+    came back (``FAILED`` while out, and for a piece that failed); ``left`` counts the
+    pieces not back yet."""
+
+    __slots__ = ("count", "failed", "left", "outs", "refused", "seq", "vals")
+
+    def __init__(self, seq: int, count: int, vals: list[Any]) -> None:
+        self.seq = seq
+        self.count = count
+        self.vals = vals
+        self.outs: list[Any] = [FAILED] * len(vals)
+        self.left = len(vals)
+        self.failed = 0
+        self.refused = 0
+
+
+class PieceStep:
+    """The step of a remote stage of an ordered pipeline: the kind's step applied to a
+    piece's value (a bare value after pickling; a backend that hands the objects over
+    without pickling them passes the ``Piece`` itself)."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, step: Callable[[Any], Any]) -> None:
+        self.step = step
+
+    def __call__(self, x: Any) -> Any:
+        if type(x) is Piece:
+            x = x.v
+        return self.step(x)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PieceStep, (self.step,))
+
+
 def _portable(exc: BaseException) -> BaseException:
     from shardflow.backends._process_worker import _portable as portable
 
     return portable(exc)
 
 
-def remote_step(kind: str, fn: Callable[[Any], Any], units: bool) -> Callable[[Any], Any]:
+def remote_step(
+    kind: str, fn: Callable[[Any], Any], units: bool, pieces: bool = False
+) -> Callable[[Any], Any]:
     """The per-item handler a remote stage's pool ships to its workers."""
+    if pieces:
+        return PieceStep(remote_step(kind, fn, False))
     if units:
         return UnitStep(kind, fn)
     if kind == "map":
@@ -207,6 +277,14 @@ def remote_step(kind: str, fn: Callable[[Any], Any], units: bool) -> Callable[[A
 
 
 # ---------------------------------------------------------------------- here
+
+
+#: Marks, in a frame, a piece the pool refused (counted as ``unsent`` by the stage before).
+_REFUSED: Any = object()
+
+
+def _gone(out: Any) -> bool:
+    return out is FAILED or out is _REFUSED
 
 
 def _batch_failures() -> tuple[type[BaseException], ...]:
@@ -238,14 +316,124 @@ class RemoteCallbacks:
     def handler(self) -> Callable[[Any], Any]:
         stage = self.stage
         assert stage.fn is not None
-        return remote_step(stage.kind, stage.fn, stage.units)
+        return remote_step(stage.kind, stage.fn, stage.units, stage.pieces)
+
+    # ------------------------------------------------------------ pieces (ordered)
+
+    def submit(self, pool_submit: Emit) -> Emit:
+        """The entry of a stage that moves pieces: cut units into pieces and submit them.
+        A unit without values goes straight on. If the pool refuses pieces (the pipeline
+        was stopped), the refused values are reported as ``unsent`` units with
+        ``submitted`` covering the whole list (as ``Stage.skipping_bad_keys`` does), and
+        the frames they belonged to wait only for the pieces that went in."""
+        stage = self.stage
+
+        def submit_units(units: list[Any]) -> None:
+            pieces: list[Piece] = []
+            empty: list[Any] = []
+            for seq, count, vals in units:
+                if not vals:
+                    empty.append((seq, count, vals))
+                    continue
+                frame = Frame(seq, count, vals)
+                pieces += [Piece(frame, k, v) for k, v in enumerate(vals)]
+            if empty:
+                stage.hand_on(self.emit, empty, self.record)
+            if not pieces:
+                return
+            try:
+                pool_submit(pieces)
+            except Exception as exc:
+                taken = list(getattr(exc, "unsent", ()))
+                lost: list[Piece] = taken + pieces[getattr(exc, "submitted", 0) + len(taken) :]
+                exc.unsent = self._refused(lost)  # type: ignore[attr-defined]
+                exc.submitted = len(units)  # type: ignore[attr-defined]
+                raise
+
+        return submit_units
+
+    def _refused(self, lost: list[Piece]) -> list[Any]:
+        """Pieces the pool did not take: taken out of their frames (a frame left with
+        nothing out goes on now), returned as ``(seq, count, values)`` runs."""
+        out: list[Any] = []
+        done: list[Frame] = []
+        with self.stage.lock:
+            for piece in lost:
+                frame = piece.frame
+                frame.outs[piece.k] = _REFUSED
+                frame.refused += 1
+                frame.left -= 1
+                if frame.left == 0:
+                    done.append(frame)
+                out.append((frame.seq, 0, [piece.v]))
+        self._finish(done)
+        return out
+
+    def _took_pieces(self, pieces: list[Piece], values: list[Any]) -> None:
+        done: list[Frame] = []
+        with self.stage.lock:
+            for piece, value in zip(pieces, values, strict=True):
+                frame = piece.frame
+                frame.outs[piece.k] = value
+                frame.left -= 1
+                if frame.left == 0:
+                    done.append(frame)
+        self._finish(done)
+
+    def _failed_pieces(self, pieces: list[Piece], exc: BaseException) -> None:
+        stage = self.stage
+        for piece in pieces:
+            stage.route_error(piece.v, exc, self.fail_fast, self.record)
+        done: list[Frame] = []
+        with stage.lock:
+            for piece in pieces:
+                frame = piece.frame
+                frame.failed += 1
+                frame.left -= 1
+                if frame.left == 0:
+                    done.append(frame)
+        self._finish(done)
+
+    def _finish(self, frames: list[Frame]) -> None:
+        """Frames whose pieces are all back: count them and pass their units on."""
+        if not frames:
+            return
+        stage = self.stage
+        kind = stage.kind
+        moved: list[Any] = []
+        n_in = n_fail = n_out = 0
+        for frame in frames:
+            outs = frame.outs
+            n = len(outs)
+            refused, failed = frame.refused, frame.failed
+            if kind == "map":
+                flat = outs if not (failed or refused) else [o for o in outs if not _gone(o)]
+            elif kind == "filter":
+                flat = [v for v, o in zip(frame.vals, outs, strict=True) if o is True]
+            else:  # flat_map
+                flat = list(chain.from_iterable(o for o in outs if not _gone(o)))
+            moved.append((frame.seq, frame.count, flat))
+            n_in += n - refused
+            n_fail += failed
+            n_out += len(flat)
+        with stage.lock:
+            stage.received += n_in
+            if kind == "filter":
+                stage.succeeded += n_out
+                stage.filtered += n_in - n_fail - n_out
+            else:
+                stage.succeeded += n_in - n_fail
+            stage.emitted += n_out
+        stage.hand_on(self.emit, moved, self.record)
 
     # ------------------------------------------------------------ results
 
     def took(self, items: list[Any], values: list[Any]) -> None:
         """The values of the items that succeeded (failed ones went to ``failed``)."""
         try:
-            if self.stage.units:
+            if self.stage.pieces:
+                self._took_pieces(items, values)
+            elif self.stage.units:
                 self._took_units(items, values)
             else:
                 self._took_items(items, values)
@@ -314,6 +502,9 @@ class RemoteCallbacks:
         value did not pickle), or a whole list did (its shard broke or was lost)."""
         stage = self.stage
         batch = what if isinstance(exc, self.whole) and isinstance(what, list) else [what]
+        if stage.pieces:
+            self._failed_pieces(batch, exc)
+            return
         if not stage.units:
             with stage.lock:
                 stage.received += len(batch)

@@ -105,6 +105,9 @@ class Stage:
         self.backend = backend
         self.pool: ShardedPool[Any] | None = None
         self.units = False  # set by the pipeline: this stage moves (seq, values) units
+        # Set by the pipeline for a remote stage of an ordered pipeline whose units hold
+        # several items: its pool moves the units' values one by one (``_remote_stage``).
+        self.pieces = False
         # Counters, updated once per batch under the lock (several workers may run the
         # handler at once; on free-threaded builds `+=` is not atomic).
         self.lock = threading.Lock()
@@ -357,7 +360,7 @@ class Stage:
             # stream (close, which flushes) hands over a partial one. ~31 years.
             timeout = 1e9
         batch_size, capacity = self.batch_size, self.capacity
-        if self.units:
+        if self.units and not self.pieces:
             batch_size = max(1, batch_size // unit)
             capacity = max(1, capacity // unit)
         if self.backend is not None:

@@ -231,14 +231,15 @@ class Pipeline(Generic[T]):
     worker would have its own copy); ``batch_size`` is the most items per message
     (default: the backend's, 256 for processes; a ``Backend`` instance keeps its own
     ``ship_batch_size``/``batch_size``; a message must fit ``ProcessBackend.ring_bytes``)
-    and ``batch_timeout`` is not used (a message carries what is queued). A worker process that dies is charged to the item it was
-    running, which is retried alone and then fails with ``WorkerLost``
-    (``ProcessBackend(max_attempts=)``); **that item may run more than once**, the others
-    run once (on Ray, the batch running when an actor died may run twice). With
-    ``ordered=True`` and a remote stage, ordering moves one item per unit (as with a
-    ``key``), so a crash is charged to one item. Outputs travel through this process
-    between stages (not actor to actor). Use remote stages for functions that cost well
-    above the ~1-2 us per item that crossing to a worker costs.
+    and ``batch_timeout`` is not used (a message carries what is queued). A worker
+    process that dies is charged to the item it was running, which is retried alone and
+    then fails with ``WorkerLost`` (``ProcessBackend(max_attempts=)``); **that item may
+    run more than once**, the others run once (on Ray, the batch running when an actor
+    died may run twice). With ``ordered=True``, a remote stage moves the values of its
+    units one by one and regroups them (``shardflow._remote_stage``), so that a crash is
+    charged to one item while the other stages keep their runs. Outputs travel through
+    this process between stages (not actor to actor). Use remote stages for functions
+    that cost well above the ~1-2 us per item that crossing to a worker costs.
 
     Ctrl-C (``KeyboardInterrupt``) during ``run()`` or iteration stops the pipeline at
     once: the source is no longer read, queued items are dropped, and the exception
@@ -872,16 +873,15 @@ class Pipeline(Generic[T]):
             for s in body:
                 s.units = True
         # Items per unit: a stage batch (so a unit is one handler call's worth), or 1 when
-        # a stage routes by key (a unit goes to one shard, and keys differ per item) or
-        # runs elsewhere (a worker that dies is charged with the unit it was running).
+        # a stage routes by key (a unit goes to one shard, and keys differ per item).
         unit = 1
-        if (
-            self.ordered
-            and body
-            and not any(st.key is not None or st.backend is not None for st in body)
-        ):
+        if self.ordered and body and not any(st.key is not None for st in body):
             unit = max(1, min([self.source_chunk, self.window] + [st.batch_size for st in body]))
         self._unit = unit
+        for s in body:
+            # A remote stage moves its units' values one by one (a worker that dies is
+            # charged with one item, never a run of them): see shardflow._remote_stage.
+            s.pieces = s.units and s.backend is not None and unit > 1
         fail_fast = self.errors == "fail_fast"
         try:
             self._start_stages(final, tail, unit, fail_fast)
@@ -916,6 +916,8 @@ class Pipeline(Generic[T]):
             assert s.pool is not None
             s.pool._fork_owner = "Pipeline"  # named by the error a forked child gets
             emit = s.pool.submit_many
+            if s.pieces:
+                emit = remote.submit(emit)
             if s.key is not None and not fail_fast:
                 # continue: an item whose key function raises is this stage's error.
                 emit = s.skipping_bad_keys(emit, self._record)

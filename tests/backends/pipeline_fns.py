@@ -116,3 +116,7 @@ def lock_for_5(x: int) -> Any:
 def slow(x: int) -> int:
     time.sleep(0.001)
     return x
+
+
+def mod5(x: int) -> int:
+    return x % 5

@@ -149,6 +149,24 @@ def test_ordered_sink_sees_source_order(backend: str, tmp_path: Path) -> None:
     check_accounting(report)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ordered_with_a_keyed_remote_stage(backend: str) -> None:
+    # A key makes the ordered pipeline move one-item units (after the flat_map, one
+    # source item's expansion); the keyed stage's step takes whole units.
+    dead: list[tuple[Any, BaseException]] = []
+    p = (
+        Pipeline(range(1500), ordered=True, errors="continue", window=100)
+        .flat_map(pf.repeat_mod3)
+        .map(pf.fail7, workers=2, key=pf.mod5, backend=make_backend(backend), dead_letter=dead)
+    )
+    assert list(p) == [y + 1 for x in range(1500) for y in [x] * (x % 3) if y % 7]
+    assert sorted(x for x, _ in dead) == [
+        y for x in range(1500) for y in [x] * (x % 3) if y % 7 == 0
+    ]
+    assert p.report is not None
+    check_accounting(p.report)
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -220,11 +238,14 @@ def test_fail_fast_in_an_ordered_pipeline(backend: str) -> None:
 # --------------------------------------------------------------------------- lifecycle
 
 
+@pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_leaving_the_loop_early_stops_the_pipeline(backend: str) -> None:
+def test_leaving_the_loop_early_stops_the_pipeline(backend: str, ordered: bool) -> None:
     before = set(multiprocessing.active_children())
     threads = threading.active_count()
-    p = Pipeline(range(10**9)).map(pf.ident, workers=2, backend=make_backend(backend))
+    p = Pipeline(range(10**9), ordered=ordered).map(
+        pf.ident, workers=2, backend=make_backend(backend)
+    )
     for x in p:
         if x > 1000:
             break
@@ -268,6 +289,22 @@ def test_an_item_that_always_kills_its_worker_fails_alone(ordered: bool, tmp_pat
     assert p.report is not None
     stage = p.report.stages[0]
     assert (stage.succeeded, stage.dead_lettered) == (399, 1)
+    check_accounting(p.report)
+
+
+@needs_linux
+def test_keyed_ordered_an_item_that_always_kills_its_worker_fails_alone(tmp_path: Path) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    p = Pipeline(range(300), ordered=True, errors="continue").map(
+        pf.ExitOn(str(tmp_path), 77, times=100),
+        workers=2,
+        key=pf.mod5,
+        backend=make_backend("process", max_attempts=2),
+        dead_letter=dead,
+    )
+    assert list(p) == [x + 1 for x in range(300) if x != 77]
+    assert [x for x, _ in dead] == [77] and isinstance(dead[0][1], WorkerLost)
+    assert p.report is not None
     check_accounting(p.report)
 
 
