@@ -752,7 +752,10 @@ class Pipeline(Generic[T]):
             ring = 1
             while ring < s.capacity:
                 ring <<= 1
-            total += s.workers * (ring + WORKER_DRAIN + 2 * s.batch_size)
+            # A remote stage may have several shipped lists in flight per shard (Ray's
+            # window), each of up to batch_size items.
+            shipped = getattr(s.backend, "window", 1) if s.backend is not None else 1
+            total += s.workers * (ring + WORKER_DRAIN + (1 + shipped) * s.batch_size)
         if self.ordered:
             total += self.window
         return total

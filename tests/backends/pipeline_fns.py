@@ -120,3 +120,15 @@ def slow(x: int) -> int:
 
 def mod5(x: int) -> int:
     return x % 5
+
+
+class KeyFailsOn:
+    """A key function: ``x % 3``, raising for ``bad``."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __call__(self, x: int) -> int:
+        if x == self.bad:
+            raise LookupError(f"no key for {x}")
+        return x % 3

@@ -404,3 +404,115 @@ def test_fake_ray_actor_death_loses_nothing() -> None:
     assert p.report is not None
     check_accounting(p.report)
     assert any(n > 1 for n in calls.values())  # a batch was sent again
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_continue_a_key_function_that_raises_dead_letters_the_item(
+    backend: str, ordered: bool
+) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    p = (
+        Pipeline(range(3000), errors="continue", capacity=64, ordered=ordered)
+        .map(pf.ident, batch_size=16)
+        .map(
+            pf.ident,
+            workers=2,
+            key=pf.KeyFailsOn(1234),
+            backend=make_backend(backend, batch=16),
+            dead_letter=dead,
+        )
+    )
+    got = list(p)
+    want = [x for x in range(3000) if x != 1234]
+    assert (got if ordered else sorted(got)) == want
+    assert [(x, type(e)) for x, e in dead] == [(1234, LookupError)]
+    assert p.report is not None
+    keyed = p.report.stages[1]
+    assert (keyed.received, keyed.dead_lettered, keyed.succeeded) == (3000, 1, 2999)
+    check_accounting(p.report)
+
+
+class StuckSink:
+    """A counting source and a (thread) sink that blocks on item 0 until released."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.yielded = 0
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def source(self) -> Any:
+        for i in range(self.n):
+            self.yielded += 1
+            yield i
+
+    def sink(self, x: int) -> None:
+        if x == 0:
+            self.entered.set()
+            assert self.gate.wait(30)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("backend", ["process", "fake-ray"])
+def test_a_stuck_sink_bounds_what_the_source_yields_ahead(backend: str, ordered: bool) -> None:
+    from helpers import wait_until
+
+    n = 100_000
+    stuck = StuckSink(n)
+    p = (
+        Pipeline(stuck.source(), capacity=256, ordered=ordered, window=2000)
+        .map(pf.ident, batch_size=32)
+        .map(pf.ident, backend=make_backend(backend, batch=32))
+        .sink(stuck.sink, batch_size=32)
+    )
+    result: list[PipelineReport] = []
+    runner = threading.Thread(target=lambda: result.append(p.run()))
+    runner.start()
+    try:
+        assert stuck.entered.wait(30)
+        # With the sink stuck, the source stops: well before the end, within the bound.
+        seen: list[int] = []
+
+        def settled() -> bool:
+            seen.append(stuck.yielded)
+            return len(seen) > 5 and seen[-1] == seen[-5]
+
+        assert wait_until(settled)
+        assert stuck.yielded <= p.max_in_flight() < n
+    finally:
+        stuck.gate.set()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert result[0].results == n
+    check_accounting(result[0])
+
+
+@needs_linux
+def test_ctrl_c_stops_a_pipeline_with_a_process_stage(tmp_path: Path) -> None:
+    from helpers import interrupt_when_ready
+
+    returncode, out, err = interrupt_when_ready(
+        """
+        import itertools, time
+        import shardflow
+
+        def slow(x):
+            if x == "0":
+                print("ready", flush=True)
+            time.sleep(0.001)
+            return x
+
+        p = (
+            shardflow.Pipeline(itertools.count(), capacity=64)
+            .map(str, workers=2, backend="process")
+            .map(slow)
+        )
+        p.run()
+        print("not interrupted")
+        """,
+        tmp_path,
+    )
+    assert "not interrupted" not in out
+    assert "KeyboardInterrupt" in err, err
+    assert returncode != 0
