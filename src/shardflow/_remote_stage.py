@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from shardflow._stage import Emit, Stage
 
 __all__ = [
+    "ChainCallbacks",
+    "ChainStep",
     "FilterStep",
     "FlatMapStep",
     "Frame",
@@ -251,6 +253,59 @@ class PieceStep:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PieceStep, (self.step,))
+
+
+class ChainStep:
+    """The step of fused stages (consecutive remote stages run in one worker loop): an
+    item goes through every stage's operation in turn, in the worker; nothing crosses
+    between them. Returns ``(outputs, emitted)`` or ``(outputs, emitted, failures)``:
+    the last stage's outputs, how many outputs each stage passed on, and ``(stage index,
+    item, exception)`` for items that failed in a later stage (the first stage's
+    failure is the call's: it raises, and the pool routes it as for a single stage)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self, ops: tuple[tuple[str, Callable[[Any], Any]], ...]) -> None:
+        self.ops = ops
+
+    def __call__(self, x: Any) -> tuple[Any, ...]:
+        if type(x) is Piece:
+            x = x.v
+        items = [x]
+        emitted: list[int] = []
+        failures: list[tuple[int, Any, BaseException]] | None = None
+        for j, (kind, fn) in enumerate(self.ops):
+            nxt: list[Any] = []
+            for y in items:
+                if j == 0:
+                    _apply(kind, fn, y, nxt)  # raises: the item's failure
+                    continue
+                try:
+                    _apply(kind, fn, y, nxt)
+                except Exception as exc:
+                    if failures is None:
+                        failures = []
+                    failures.append((j, y, _portable(exc)))
+            emitted.append(len(nxt))
+            items = nxt
+        if failures is None:
+            return items, emitted
+        return items, emitted, failures
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChainStep, (self.ops,))
+
+
+def _apply(kind: str, fn: Callable[[Any], Any], y: Any, out: list[Any]) -> None:
+    if kind == "map":
+        out.append(fn(y))
+    elif kind == "filter":
+        if fn(y):
+            out.append(y)
+    elif kind == "flat_map":
+        out.extend(list(fn(y)))
+    else:  # sink
+        fn(y)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -521,3 +576,91 @@ class RemoteCallbacks:
                 stage.route_error(value, exc, self.fail_fast, self.record)
             emptied.append((seq, count, []))
         stage.hand_on(self.emit, emptied, self.record)
+
+
+class ChainCallbacks(RemoteCallbacks):
+    """``on_results``/``on_error`` of fused stages (``ChainStep``): one pool, the counters
+    and error routing of every stage of the chain, outputs handed on by the last one.
+    The first stage is ``stage`` (its pool, its failures: the items that failed or whose
+    worker died); ``chain`` holds them all."""
+
+    def __init__(
+        self,
+        chain: list[Stage],
+        emit: Emit,
+        fail_fast: bool,
+        record: Callable[..., None],
+    ) -> None:
+        super().__init__(chain[0], emit, fail_fast, record)
+        self.chain = chain
+        self.last = chain[-1]
+
+    def handler(self) -> Callable[[Any], Any]:
+        ops = []
+        for st in self.chain:
+            assert st.fn is not None
+            ops.append((st.kind, st.fn))
+        return ChainStep(tuple(ops))
+
+    def took(self, items: list[Any], values: list[Any]) -> None:
+        try:
+            self._count(values)
+            if self.stage.pieces:
+                self._took_pieces(items, [v[0] for v in values])
+            else:
+                flat = list(chain.from_iterable(v[0] for v in values))
+                if flat:
+                    self.last.hand_on(self.emit, flat, self.record)
+        except Exception as exc:  # a bug here: counted, kept, and it stops the pipeline
+            stage = self.stage
+            with stage.lock:
+                stage.errors.extend((x, exc) for x in items)
+            self.record(exc, stage.name)
+
+    def _count(self, values: list[Any]) -> None:
+        """Every stage's counters for these results, and the later stages' failures."""
+        k = len(self.chain)
+        received = [0] * k
+        emitted = [0] * k
+        failed = [0] * k
+        received[0] = len(values)
+        for value in values:
+            counts = value[1]
+            for j in range(k):
+                emitted[j] += counts[j]
+            if len(value) > 2:
+                for j, item, exc in value[2]:
+                    failed[j] += 1
+                    self.chain[j].route_error(item, exc, self.fail_fast, self.record)
+        for j in range(1, k):
+            received[j] = emitted[j - 1]
+        for j, st in enumerate(self.chain):
+            with st.lock:
+                st.received += received[j]
+                if st.kind == "filter":
+                    st.succeeded += emitted[j]
+                    st.filtered += received[j] - failed[j] - emitted[j]
+                else:
+                    st.succeeded += received[j] - failed[j]
+                st.emitted += emitted[j]
+
+    def failed(self, what: Any, exc: BaseException) -> None:
+        stage = self.stage
+        batch = what if isinstance(exc, self.whole) and isinstance(what, list) else [what]
+        with stage.lock:
+            stage.received += len(batch)
+        if stage.pieces:
+            self._failed_pieces(batch, exc)
+            return
+        for item in batch:
+            stage.route_error(item, exc, self.fail_fast, self.record)
+
+    def _finish(self, frames: list[Frame]) -> None:
+        """Frames whose pieces are all back (counted as they came): pass them on."""
+        if not frames:
+            return
+        moved = [
+            (f.seq, f.count, list(chain.from_iterable(o for o in f.outs if not _gone(o))))
+            for f in frames
+        ]
+        self.last.hand_on(self.emit, moved, self.record)

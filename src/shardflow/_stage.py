@@ -103,6 +103,10 @@ class Stage:
         #: None: the stage's workers are threads running ``make_handler``'s closure; else
         #: the backend of its worker processes / actors (``shardflow._remote_stage``).
         self.backend = backend
+        #: What ``backend=`` the stage was given (a name or the ``Backend`` itself; the
+        #: pipeline's default when the stage gave none): stages fuse only with stages
+        #: given the same one.
+        self.backend_spec: Any = None
         self.pool: ShardedPool[Any] | None = None
         self.units = False  # set by the pipeline: this stage moves (seq, values) units
         # Set by the pipeline for a remote stage of an ordered pipeline whose units hold

@@ -23,6 +23,7 @@ from shardflow._array_stage import ArraySource, RowCounter
 from shardflow._array_stage import concat as concat_batches
 from shardflow._columnar import DEFAULT_BATCH_ROWS
 from shardflow._remote_stage import (
+    ChainCallbacks,
     RemoteCallbacks,
     check_shippable,
     remote_batch_size,
@@ -209,6 +210,13 @@ class Pipeline(Generic[T]):
             function unless a stage says otherwise: ``"thread"`` (default), ``"process"``,
             ``"ray"`` or a ``shardflow.backends.Backend`` (see "Stages on worker
             processes or Ray" below). ``batch()`` always runs in this process.
+        fuse: run consecutive remote stages in one worker loop where they can share it
+            (default True): stages given the same ``backend`` (the same name, or the
+            same ``Backend`` object) and the same ``workers``, each after the first
+            without a ``key``. An item then goes through all of them in the worker,
+            with no pickling or IPC between them; each stage keeps its own counters,
+            dead letter and errors in the report, and they share one pool (the same
+            ``metrics()``). ``False``: every stage has its own workers.
 
     Stage arguments (``map``, ``filter``, ``flat_map``, ``sink``): ``workers`` (default
     1: under the GIL more workers help only functions that release it), ``key``,
@@ -238,7 +246,9 @@ class Pipeline(Generic[T]):
     died may run twice). With ``ordered=True``, a remote stage moves the values of its
     units one by one and regroups them (``shardflow._remote_stage``), so that a crash is
     charged to one item while the other stages keep their runs. Outputs travel through
-    this process between stages (not actor to actor). Use remote stages for functions
+    this process between stages (not actor to actor), except between fused stages
+    (``fuse``), where they stay in the worker; in a fused run of stages, a worker that
+    dies is charged to the item the first stage got. Use remote stages for functions
     that cost well above the ~1-2 us per item that crossing to a worker costs.
 
     Ctrl-C (``KeyboardInterrupt``) during ``run()`` or iteration stops the pipeline at
@@ -265,6 +275,7 @@ class Pipeline(Generic[T]):
         source_chunk: int = SOURCE_CHUNK,
         name: str | None = None,
         backend: str | Backend = "thread",
+        fuse: bool = True,
     ) -> None:
         if not isinstance(source, Iterable):
             raise TypeError(f"source must be an iterable, got {source!r} ({type(source).__name__})")
@@ -279,6 +290,9 @@ class Pipeline(Generic[T]):
         check_int("source_chunk", source_chunk, lo=1, hi=1 << 20)
         check_str("name", name)
         resolve_backend(backend)  # refused here, with the usual message, if unknown
+        check_bool("fuse", fuse)
+        #: Run consecutive remote stages that can share their workers in one worker loop.
+        self.fuse = fuse
         self._source: Iterable[Any] = source
         #: The default ``backend`` of the ``map``/``filter``/``flat_map``/``sink`` stages.
         self.backend: str | Backend = backend
@@ -368,8 +382,9 @@ class Pipeline(Generic[T]):
         if any(s.name == name for s in self._stages):
             raise ValueError(f"name must be unique among the stages, got {name!r} twice")
         remote = None
+        spec = self.backend if backend is None else backend
         if kind != "batch":
-            remote = stage_backend(self.backend if backend is None else backend, batch_size)
+            remote = stage_backend(spec, batch_size)
         if batch_size is None:
             batch_size = DEFAULT_STAGE_BATCH if remote is None else remote_batch_size(remote)
         if remote is not None:
@@ -404,6 +419,7 @@ class Pipeline(Generic[T]):
                 backend=remote,
             )
         )
+        self._stages[-1].backend_spec = spec
 
     def map(
         self,
@@ -886,6 +902,7 @@ class Pipeline(Generic[T]):
             # charged with one item, never a run of them): see shardflow._remote_stage.
             s.pieces = s.units and s.backend is not None and unit > 1
         fail_fast = self.errors == "fail_fast"
+        self._chains = self._fused_chains() if self.fuse else {}
         try:
             self._start_stages(final, tail, unit, fail_fast)
         except BaseException:
@@ -898,6 +915,8 @@ class Pipeline(Generic[T]):
         self, final: Callable[[list[Any]], object], tail: int, unit: int, fail_fast: bool
     ) -> None:
         stages = self._stages
+        chains = self._chains
+        members = {id(m) for chain in chains.values() for m in chain[1:]}
         # Start from the end, so that each handler knows where its outputs go.
         emit: Callable[[list[Any]], object] = final
         for i, s in reversed(list(enumerate(stages))):
@@ -905,8 +924,17 @@ class Pipeline(Generic[T]):
                 self._final = emit
                 if self.ordered:
                     emit = self._reorder
+            if id(s) in members:
+                continue  # runs in the pool of its chain's first stage
             to = _discard if s.kind == "sink" else emit
-            if s.backend is None:
+            if i in chains:
+                chain = chains[i]
+                to = _discard if chain[-1].kind == "sink" else emit
+                remote: RemoteCallbacks = ChainCallbacks(chain, to, fail_fast, self._record)
+                s.start(remote.handler(), remote.failed, self.name, unit, on_results=remote.took)
+                for m in chain[1:]:
+                    m.pool = s.pool
+            elif s.backend is None:
                 s.start(
                     s.make_handler(to, fail_fast, self._record),
                     self._internal_error(s),
@@ -927,6 +955,41 @@ class Pipeline(Generic[T]):
         if tail == 0:
             self._final = emit
         self._entry = emit
+
+    def _fused_chains(self) -> dict[int, list[Stage]]:
+        """Runs of consecutive stages that fuse (index of the first -> the run): remote
+        stages given the same ``backend`` (the same name, or the same ``Backend``) with
+        the same ``workers``, every stage after the first without a ``key`` (it follows
+        the first stage's routing), on the same side of the reorder buffer, and not
+        moving whole units (a keyed ordered pipeline)."""
+
+        def fusable(a: Stage, b: Stage) -> bool:
+            same = a.backend_spec is b.backend_spec or (
+                isinstance(a.backend_spec, str) and a.backend_spec == b.backend_spec
+            )
+            return (
+                same
+                and a.backend is not None
+                and b.backend is not None
+                and a.kind != "sink"
+                and b.key is None
+                and a.workers == b.workers
+                and a.units == b.units
+                and a.pieces == b.pieces
+                and (a.pieces or not a.units)
+            )
+
+        stages = self._stages
+        chains: dict[int, list[Stage]] = {}
+        i = 0
+        while i < len(stages):
+            j = i
+            while j + 1 < len(stages) and fusable(stages[j], stages[j + 1]):
+                j += 1
+            if j > i:
+                chains[i] = stages[i : j + 1]
+            i = j + 1
+        return chains
 
     def _feed(self) -> None:
         """Read the source into the first stage, in chunks, until it ends or the pipeline

@@ -132,3 +132,18 @@ class KeyFailsOn:
         if x == self.bad:
             raise LookupError(f"no key for {x}")
         return x % 3
+
+
+def with_lock(x: int) -> tuple[int, Any]:
+    """An output that cannot be pickled (only a fused next stage can take it)."""
+    return x, __import__("threading").Lock()
+
+
+def drop_lock(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def fail_div3(x: int) -> int:
+    if x % 3 == 0:
+        raise ArithmeticError(x)
+    return x

@@ -516,3 +516,87 @@ def test_ctrl_c_stops_a_pipeline_with_a_process_stage(tmp_path: Path) -> None:
     assert "not interrupted" not in out
     assert "KeyboardInterrupt" in err, err
     assert returncode != 0
+
+
+# --------------------------------------------------------------------------- fused stages
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("backend", ["process", "fake-ray"])
+def test_consecutive_remote_stages_fuse_and_keep_each_stages_accounting(
+    backend: str, ordered: bool, tmp_path: Path
+) -> None:
+    b = make_backend(backend, batch=16)
+    dead: dict[str, list[tuple[Any, BaseException]]] = {"m": [], "f": [], "fm": []}
+    p = (
+        Pipeline(range(2000), ordered=ordered, errors="continue", backend=b)
+        .map(pf.fail7, workers=2, dead_letter=dead["m"], name="m")
+        .filter(pf.odd_or_fail11, workers=2, dead_letter=dead["f"], name="f")
+        .flat_map(pf.repeat_mod3, workers=2, dead_letter=dead["fm"], name="fm")
+        .map(pf.fail_div3, workers=2, name="m2")
+    )
+    got = list(p)
+    s = p._stages
+    assert s[0].pool is s[1].pool is s[2].pool is s[3].pool  # one pool, one worker loop
+    after_m = [x + 1 for x in range(2000) if x % 7]
+    kept = [x for x in after_m if x % 11 and x % 2 == 1]
+    expanded = [y for x in kept for y in [x] * (x % 3)]
+    want = [y for y in expanded if y % 3]
+    assert (got if ordered else sorted(got)) == want
+    # Each failure went to its own stage's dead letter, with the item that stage got.
+    assert sorted(x for x, _ in dead["m"]) == [x for x in range(2000) if x % 7 == 0]
+    assert sorted(x for x, _ in dead["f"]) == [x for x in after_m if x % 11 == 0]
+    assert all(isinstance(e, KeyError) for _, e in dead["f"])
+    assert dead["fm"] == []
+    assert p.report is not None
+    m2 = p.report.stage("m2")
+    assert sorted(x for x, _ in m2.errors) == [y for y in expanded if y % 3 == 0]
+    assert (m2.received, m2.dead_lettered) == (len(expanded), len(expanded) - len(want))
+    check_accounting(p.report)
+
+
+@needs_linux
+def test_fused_stages_pass_values_that_would_not_pickle() -> None:
+    p = Pipeline(range(100), backend=make_backend("process")).map(pf.with_lock).map(pf.drop_lock)
+    assert sorted(p) == list(range(100))
+    with pytest.raises(TypeError):
+        # Unfused, the lock must cross to this process: the item fails (fail fast).
+        list(
+            Pipeline(range(100), backend=make_backend("process"), fuse=False)
+            .map(pf.with_lock)
+            .map(pf.drop_lock)
+        )
+
+
+@needs_linux
+def test_stages_do_not_fuse_across_different_backends_workers_or_keys() -> None:
+    b = make_backend("process")
+    p = (
+        Pipeline(range(200))
+        .map(pf.ident, backend=b)
+        .map(pf.ident, backend=make_backend("process"))  # another backend
+        .map(pf.ident, backend=b, workers=2)  # other workers
+        .map(pf.ident, backend=b, workers=2, key=pf.mod5)  # its own routing
+        .map(pf.ident, backend=b, workers=2)  # fuses with the keyed one before it
+    )
+    assert sorted(p) == list(range(200))
+    pools = [s.pool for s in p._stages]
+    assert len({id(x) for x in pools}) == 4 and pools[3] is pools[4]
+    assert p.report is not None
+    check_accounting(p.report)
+
+
+@needs_linux
+def test_a_worker_death_in_a_fused_stage_is_charged_to_the_first_stage(tmp_path: Path) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    p = (
+        Pipeline(range(300), errors="continue", backend=make_backend("process", max_attempts=2))
+        .map(pf.ident, dead_letter=dead, name="first")
+        .map(pf.ExitOn(str(tmp_path), 42, times=100), name="second")
+    )
+    assert sorted(p) == [x + 1 for x in range(300) if x != 42]
+    assert [x for x, _ in dead] == [42] and isinstance(dead[0][1], WorkerLost)
+    assert p.report is not None
+    assert p.report.stage("first").dead_lettered == 1
+    assert p.report.stage("second").received == 299
+    check_accounting(p.report)
