@@ -261,14 +261,20 @@ class ChainStep:
     between them. Returns ``(outputs, emitted)`` or ``(outputs, emitted, failures)``:
     the last stage's outputs, how many outputs each stage passed on, and ``(stage index,
     item, exception)`` for items that failed in a later stage (the first stage's
-    failure is the call's: it raises, and the pool routes it as for a single stage)."""
+    failure is the call's: it raises, and the pool routes it as for a single stage).
+    The common case, where every stage took one item and passed one on (a final sink
+    none) and nothing failed, returns just the outputs list (``plain``), cheaper to
+    send back and to count."""
 
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "plain")
 
     def __init__(self, ops: tuple[tuple[str, Callable[[Any], Any]], ...]) -> None:
         self.ops = ops
+        self.plain = [1] * len(ops)
+        if ops[-1][0] == "sink":
+            self.plain[-1] = 0
 
-    def __call__(self, x: Any) -> tuple[Any, ...]:
+    def __call__(self, x: Any) -> Any:
         if type(x) is Piece:
             x = x.v
         items = [x]
@@ -289,6 +295,8 @@ class ChainStep:
             emitted.append(len(nxt))
             items = nxt
         if failures is None:
+            if emitted == self.plain:
+                return items
             return items, emitted
         return items, emitted, failures
 
@@ -604,11 +612,21 @@ class ChainCallbacks(RemoteCallbacks):
 
     def took(self, items: list[Any], values: list[Any]) -> None:
         try:
-            self._count(values)
+            plain = 0
+            outs: list[Any] = []
+            rest: list[Any] = []
+            for value in values:
+                if type(value) is list:
+                    plain += 1
+                    outs.append(value)
+                else:
+                    rest.append(value)
+                    outs.append(value[0])
+            self._count(plain, rest)
             if self.stage.pieces:
-                self._took_pieces(items, [v[0] for v in values])
+                self._took_pieces(items, outs)
             else:
-                flat = list(chain.from_iterable(v[0] for v in values))
+                flat = list(chain.from_iterable(outs))
                 if flat:
                     self.last.hand_on(self.emit, flat, self.record)
         except Exception as exc:  # a bug here: counted, kept, and it stops the pipeline
@@ -617,13 +635,16 @@ class ChainCallbacks(RemoteCallbacks):
                 stage.errors.extend((x, exc) for x in items)
             self.record(exc, stage.name)
 
-    def _count(self, values: list[Any]) -> None:
-        """Every stage's counters for these results, and the later stages' failures."""
+    def _count(self, plain: int, values: list[Any]) -> None:
+        """Every stage's counters for ``plain`` results (each stage took one item and
+        passed one on) and the other ``values``; routes the later stages' failures."""
         k = len(self.chain)
         received = [0] * k
-        emitted = [0] * k
+        emitted = [plain] * k
+        if self.last.kind == "sink":
+            emitted[-1] = 0
         failed = [0] * k
-        received[0] = len(values)
+        received[0] = plain + len(values)
         for value in values:
             counts = value[1]
             for j in range(k):

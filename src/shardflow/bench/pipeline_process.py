@@ -10,6 +10,8 @@ The pipeline is ``source -> map(pipe_cpu) -> map(pipe_post)``: the CPU-bound sta
 * **threads**: the same pipeline with both stages on threads (the GIL serializes them);
 * **process**: the CPU-bound stage on 2 worker processes;
 * **process, ordered**: the same with ``ordered=True`` (results in source order);
+* **both on processes, fused**: the second stage on the same backend too: the stages
+  fuse, and an item goes through both in the worker (``Pipeline(fuse=...)``);
 * **control**: 2 plain processes each looping ``pipe_cpu`` over half the items (what
   parallelism the machine gives right now; on a loaded machine it is well below 2x).
 
@@ -44,6 +46,7 @@ SERIAL = "serial loop"
 THREADS = "Pipeline, CPU stage on 2 threads"
 PROCESS = "Pipeline, CPU stage on 2 processes"
 PROCESS_ORDERED = "same, ordered=True"
+FUSED = "both stages on 2 processes (fused)"
 CONTROL = "control: 2 plain processes, static halves"
 
 
@@ -110,13 +113,13 @@ def _serial(n: int) -> tuple[int, float]:
     return n, dt
 
 
-def _pipeline(backend: Any, ordered: bool) -> Runner:
+def _pipeline(backend: Any, ordered: bool, second: Any = "thread") -> Runner:
     def run(n: int) -> tuple[int, float]:
         source = _Timed(n)
         p = (
             Pipeline(source, ordered=ordered)
             .map(pipe_cpu, workers=WORKERS, backend=backend)
-            .map(pipe_post)
+            .map(pipe_post, workers=1 if second == "thread" else WORKERS, backend=second)
         )
         report = p.run()
         dt = time.perf_counter() - source.t0
@@ -142,6 +145,7 @@ def section_rows(
             THREADS: _pipeline("thread", False),
             PROCESS: _pipeline(backend, False),
             PROCESS_ORDERED: _pipeline(backend, True),
+            FUSED: _pipeline(backend, False, backend),
             CONTROL: _control(ctx),
         },
         lambda _: n,
