@@ -37,7 +37,6 @@ from concurrent.futures import wait as wait_futures
 from typing import Any, TextIO
 
 from shardflow.backends.process import ProcessBackend
-from shardflow.bench import pipeline_process
 from shardflow.bench.common import (
     WORKERS,
     BenchContext,
@@ -51,6 +50,7 @@ from shardflow.bench.common import (
     safe_ratio,
 )
 from shardflow.bench.mp_baselines import make_contenders
+from shardflow.bench.pipeline_process import section_rows as pipeline_rows
 from shardflow.pool import ShardedPool
 
 __all__ = ["cpu_item", "run_section"]
@@ -283,7 +283,7 @@ def section_process(
     print(f"\ndict records ({dict_n:,} per round)", file=out)
     print_table(_rows(dict_rates, DICT_FLOOR), out)
 
-    pipe_data, pipe_targets = pipeline_process.section_rows(ctx, quick, repeats, out)
+    pipe_data, pipe_targets = pipeline_rows(ctx, quick, repeats, out)
 
     start = _startup(ctx, 3 if quick else 5)
     idle = _idle(0.3 if quick else 1.0)
