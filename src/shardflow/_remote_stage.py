@@ -37,7 +37,6 @@ exception), ...])`` for its values, so that a failing value fails alone.)
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterable
 from itertools import chain, compress
 from typing import TYPE_CHECKING, Any
@@ -95,21 +94,19 @@ def remote_batch_size(backend: Backend) -> int:
 
 
 def check_shippable(backend: Backend, kind: str, fn: Callable[[Any], Any], units: bool) -> None:
-    """Refuse, when the stage is built, a function a process backend could not send to its
-    workers (Ray sends with cloudpickle, which takes lambdas and closures)."""
-    from shardflow.backends.process import ProcessBackend
+    """Refuse, when the stage is added, a function a process backend could not send to
+    its workers (as the backend sends it: by reference, else by value with cloudpickle
+    when installed). Ray sends with cloudpickle, which takes lambdas and closures."""
+    from shardflow.backends.process import ProcessBackend, _dumps_handler
 
     if not isinstance(backend, ProcessBackend):
         return
-    step = remote_step(kind, fn, units)
     try:
-        pickle.loads(pickle.dumps(step, 5))
-    except Exception as exc:
+        _dumps_handler(remote_step(kind, fn, units))
+    except TypeError as exc:
         raise TypeError(
-            f"fn: a {kind} stage on backend='process' sends its function to each worker "
-            f"process by pickle, and {fn!r} cannot be pickled ({type(exc).__name__}: "
-            f"{exc}); use a module-level function or a picklable callable object, or "
-            "backend='thread'"
+            f"fn: a {kind} stage on backend='process' must send its function to each "
+            f"worker process: {exc}"
         ) from exc
 
 

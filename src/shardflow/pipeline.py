@@ -213,10 +213,11 @@ class Pipeline(Generic[T]):
         fuse: run consecutive remote stages in one worker loop where they can share it
             (default True): stages given the same ``backend`` (the same name, or the
             same ``Backend`` object) and the same ``workers``, each after the first
-            without a ``key``. An item then goes through all of them in the worker,
-            with no pickling or IPC between them; each stage keeps its own counters,
-            dead letter and errors in the report, and they share one pool (the same
-            ``metrics()``). ``False``: every stage has its own workers.
+            without a ``key``, none with a ``breaker``/``limiter``/``rate_limiter``.
+            An item then goes through all of them in the worker, with no pickling or
+            IPC between them; each stage keeps its own counters, dead letter and errors
+            in the report, and they share one pool (the same ``metrics()``). ``False``:
+            every stage has its own workers.
 
     Stage arguments (``map``, ``filter``, ``flat_map``, ``sink``): ``workers`` (default
     1: under the GIL more workers help only functions that release it), ``key``,
@@ -233,10 +234,13 @@ class Pipeline(Generic[T]):
     done by the stage's dispatch threads as each shipped list of items comes back
     (``ShardedPool(on_results=...)``). A stage behaves as on threads: exact accounting,
     ``ordered=True``, backpressure, fail fast and Ctrl-C. What differs: the function must
-    pickle (module-level for processes, checked when the stage is added: ``TypeError``;
-    Ray uses cloudpickle); items and outputs cross by pickle (an item or output that does
-    not pickle fails alone, ``TypeError``); the guards are refused (``ValueError``: each
-    worker would have its own copy); ``batch_size`` is the most items per message
+    travel (for processes: by reference, a module-level function, or by value with
+    cloudpickle when installed; checked when the stage is added: ``TypeError``); items
+    and outputs cross by pickle (an item or output that does not pickle fails alone,
+    ``TypeError``); ``breaker``, ``limiter`` and ``rate_limiter`` stay in this process
+    around the shipping of the stage's lists (one state for all its workers, as
+    ``ShardedPool`` does) and ``retry`` is refused (``ValueError``: retried here, an item
+    would run after later items of its key); ``batch_size`` is the most items per message
     (default: the backend's, 256 for processes; a ``Backend`` instance keeps its own
     ``ship_batch_size``/``batch_size``; a message must fit ``ProcessBackend.ring_bytes``)
     and ``batch_timeout`` is not used (a message carries what is queued). A worker
@@ -387,22 +391,29 @@ class Pipeline(Generic[T]):
             remote = stage_backend(spec, batch_size)
         if batch_size is None:
             batch_size = DEFAULT_STAGE_BATCH if remote is None else remote_batch_size(remote)
+        pool_options: dict[str, Any] = {}
         if remote is not None:
             assert fn is not None
-            for param, given in (
-                ("breaker", breaker),
-                ("limiter", limiter),
-                ("rate_limiter", rate_limiter),
-                ("retry", retry),
-            ):
-                if given is not None:
-                    raise ValueError(
-                        f"{param}= is not supported on a stage with backend={remote.name!r} "
-                        "yet: each worker would get its own copy, so its state and metrics "
-                        "would no longer be shared; use it inside fn, or backend='thread'"
-                    )
+            if retry is not None:
+                raise ValueError(
+                    f"retry= is not supported on a stage with backend={remote.name!r}: "
+                    "retried in this process, an item would run again after later items "
+                    "of its key; retry inside fn (shardflow.Retry(...).call(fn, item)), "
+                    "or use backend='thread'"
+                )
             check_shippable(remote, kind, fn, False)
-        if fn is not None:
+            # The other guards stay in this process, in the stage's pool, around the
+            # shipping of its lists (one state for all the workers): see ShardedPool.
+            pool_options = {
+                k: v
+                for k, v in (
+                    ("breaker", breaker),
+                    ("limiter", limiter),
+                    ("rate_limiter", rate_limiter),
+                )
+                if v is not None
+            }
+        elif fn is not None:
             fn = guard(fn, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry)
         self._stages.append(
             Stage(
@@ -415,7 +426,7 @@ class Pipeline(Generic[T]):
                 batch_size=batch_size,
                 batch_timeout=batch_timeout,
                 dead_letter=dl,
-                pool_options={},
+                pool_options=pool_options,
                 backend=remote,
             )
         )
@@ -960,8 +971,8 @@ class Pipeline(Generic[T]):
         """Runs of consecutive stages that fuse (index of the first -> the run): remote
         stages given the same ``backend`` (the same name, or the same ``Backend``) with
         the same ``workers``, every stage after the first without a ``key`` (it follows
-        the first stage's routing), on the same side of the reorder buffer, and not
-        moving whole units (a keyed ordered pipeline)."""
+        the first stage's routing), none with a guard, on the same side of the reorder
+        buffer, and not moving whole units (a keyed ordered pipeline)."""
 
         def fusable(a: Stage, b: Stage) -> bool:
             same = a.backend_spec is b.backend_spec or (
@@ -973,6 +984,8 @@ class Pipeline(Generic[T]):
                 and b.backend is not None
                 and a.kind != "sink"
                 and b.key is None
+                and not a.pool_options  # guards admit one stage's items, in this process
+                and not b.pool_options
                 and a.workers == b.workers
                 and a.units == b.units
                 and a.pieces == b.pieces

@@ -147,3 +147,19 @@ def fail_div3(x: int) -> int:
     if x % 3 == 0:
         raise ArithmeticError(x)
     return x
+
+
+class HoldsLock:
+    """A callable that no pickler can send (it holds a lock)."""
+
+    def __init__(self) -> None:
+        self.lock = __import__("threading").Lock()
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+
+def fail_from_100(x: int) -> int:
+    if x >= 100:
+        raise ConnectionError(f"down at {x}")
+    return x

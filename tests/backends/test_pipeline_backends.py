@@ -348,21 +348,51 @@ def test_an_item_that_cannot_be_pickled_fails_alone() -> None:
 
 def test_a_function_that_cannot_be_sent_is_refused_when_the_stage_is_added() -> None:
     with pytest.raises(TypeError, match="fn: a map stage on backend='process'"):
-        Pipeline(range(3)).map(lambda x: x, backend="process")
+        Pipeline(range(3)).map(pf.HoldsLock(), backend="process")
     with pytest.raises(TypeError, match="fn: a filter stage"):
-        Pipeline(range(3), backend="process").filter(lambda x: x)
+        Pipeline(range(3), backend="process").filter(pf.HoldsLock())
 
 
-@pytest.mark.parametrize("guard", ["breaker", "limiter", "rate_limiter", "retry"])
-def test_guards_are_refused_on_remote_stages(guard: str) -> None:
-    made = {
-        "breaker": shardflow.CircuitBreaker(),
-        "limiter": shardflow.Limiter(2),
-        "rate_limiter": shardflow.RateLimiter(100.0, burst=10),
-        "retry": shardflow.Retry(2),
-    }[guard]
-    with pytest.raises(ValueError, match=f"{guard}= is not supported on a stage with backend"):
-        Pipeline(range(3)).map(pf.ident, backend="process", **{guard: made})
+@needs_linux
+def test_lambdas_travel_by_value_with_cloudpickle() -> None:
+    pytest.importorskip("cloudpickle")  # in the test extra; optional for users
+    offset = 10
+    p = (
+        Pipeline(range(300), backend=make_backend("process"))
+        .map(lambda x: x + offset)
+        .filter(lambda x: x % 2 == 0)
+    )
+    assert sorted(p) == [x + offset for x in range(300) if (x + offset) % 2 == 0]
+
+
+def test_retry_is_refused_on_remote_stages() -> None:
+    with pytest.raises(ValueError, match="retry= is not supported on a stage with backend"):
+        Pipeline(range(3)).map(pf.ident, backend="process", retry=shardflow.Retry(2))
+
+
+@pytest.mark.parametrize("backend", ["process", "fake-ray"])
+def test_breaker_limiter_and_rate_limiter_stay_in_this_process(backend: str) -> None:
+    breaker = shardflow.CircuitBreaker(max_failures=3, reset_timeout=3600)
+    dead: list[tuple[Any, BaseException]] = []
+    p = Pipeline(range(400), errors="continue").map(
+        pf.fail_from_100,
+        workers=2,
+        backend=make_backend(backend, batch=8),
+        breaker=breaker,
+        limiter=shardflow.Limiter(2),
+        rate_limiter=shardflow.RateLimiter(1e6, burst=8),
+        dead_letter=dead,
+    )
+    got = sorted(p)
+    # One breaker for both workers: once open (3 failures), items are refused here with
+    # CircuitOpen, never shipped; only the lists already shipped could still fail.
+    assert set(got) <= set(range(100))
+    assert sorted(got + [x for x, _ in dead]) == list(range(400))
+    failed = [x for x, e in dead if isinstance(e, ConnectionError)]
+    assert 3 <= len(failed) <= 3 + 2 * 2 * 8 and all(x >= 100 for x in failed)
+    assert {type(e).__name__ for _, e in dead} == {"ConnectionError", "CircuitOpen"}
+    assert p.report is not None
+    check_accounting(p.report)
 
 
 def test_bad_backends_are_refused_early() -> None:
@@ -600,3 +630,17 @@ def test_a_worker_death_in_a_fused_stage_is_charged_to_the_first_stage(tmp_path:
     assert p.report.stage("first").dead_lettered == 1
     assert p.report.stage("second").received == 299
     check_accounting(p.report)
+
+
+@needs_linux
+def test_a_stage_with_a_guard_is_not_fused() -> None:
+    b = make_backend("process")
+    p = (
+        Pipeline(range(100))
+        .map(pf.ident, backend=b)
+        .map(pf.ident, backend=b, limiter=shardflow.Limiter(1))
+        .map(pf.ident, backend=b)
+    )
+    assert sorted(p) == list(range(100))
+    pools = [s.pool for s in p._stages]
+    assert pools[0] is not pools[1] and pools[1] is not pools[2]
