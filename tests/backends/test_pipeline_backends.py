@@ -644,3 +644,14 @@ def test_a_stage_with_a_guard_is_not_fused() -> None:
     assert sorted(p) == list(range(100))
     pools = [s.pool for s in p._stages]
     assert pools[0] is not pools[1] and pools[1] is not pools[2]
+
+
+@pytest.mark.parametrize("backend", ["process", "fake-ray"])
+def test_async_for_over_a_pipeline_with_a_remote_stage(backend: str) -> None:
+    import asyncio
+
+    async def main() -> list[int]:
+        p = Pipeline(range(500), ordered=True).map(pf.triple, backend=make_backend(backend))
+        return [x async for x in p]
+
+    assert asyncio.run(main()) == [3 * x for x in range(500)]
