@@ -727,6 +727,7 @@ class Pipeline(Generic[T]):
             batch_timeout=None,
             dead_letter=dead_letter,
             name=name,
+            backend="thread",  # its row counter counts in this process
         )
         self._array_stages = (*self._array_stages, counter)
         return self
