@@ -1,8 +1,11 @@
 """Pipeline sources that are cut by slicing (range, list, tuple) give the same items, in
-the same order, with the same accounting, as any other iterable."""
+the same order, with the same accounting, as any other iterable; also through a stage on
+worker processes."""
 
 from __future__ import annotations
 
+import operator
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -68,3 +71,20 @@ def test_an_empty_sliced_source_runs_nothing() -> None:
     for source in (range(0), [], ()):
         report = Pipeline(source).map(lambda x: x).run()
         assert report.source_items == report.results == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the process backend is tested on Linux")
+@pytest.mark.parametrize("kind", ["range", "generator"])
+@pytest.mark.parametrize("chunk", [1, 1024])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_sources_through_a_process_stage(kind: str, chunk: int, ordered: bool) -> None:
+    # operator.pos: the identity on ints, importable by the worker processes
+    n = 2500
+    expected = list(SOURCES[kind](n))
+    p = Pipeline(SOURCES[kind](n), source_chunk=chunk, ordered=ordered).map(
+        operator.pos, workers=2, backend="process"
+    )
+    out = list(p)
+    assert (out if ordered else sorted(out)) == expected
+    assert p.report is not None and p.report.results == n
+    check_accounting(p.report)

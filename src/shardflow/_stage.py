@@ -28,6 +28,7 @@ from itertools import chain, compress
 from typing import Any
 
 from shardflow._apply import map_extend
+from shardflow.backends import Backend
 from shardflow.errors import Closed
 from shardflow.metrics import PoolMetrics
 from shardflow.pool import ShardedPool
@@ -87,6 +88,7 @@ class Stage:
         batch_timeout: float | None,
         dead_letter: DeadLetter | list[Any] | None,
         pool_options: dict[str, Any],
+        backend: Backend | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -98,8 +100,18 @@ class Stage:
         self.batch_timeout = batch_timeout
         self.dead_letter = dead_letter
         self.pool_options = pool_options
+        #: None: the stage's workers are threads running ``make_handler``'s closure; else
+        #: the backend of its worker processes / actors (``shardflow._remote_stage``).
+        self.backend = backend
+        #: What ``backend=`` the stage was given (a name or the ``Backend`` itself; the
+        #: pipeline's default when the stage gave none): stages fuse only with stages
+        #: given the same one.
+        self.backend_spec: Any = None
         self.pool: ShardedPool[Any] | None = None
         self.units = False  # set by the pipeline: this stage moves (seq, values) units
+        # Set by the pipeline for a remote stage of an ordered pipeline whose units hold
+        # several items: its pool moves the units' values one by one (``_remote_stage``).
+        self.pieces = False
         # Counters, updated once per batch under the lock (several workers may run the
         # handler at once; on free-threaded builds `+=` is not atomic).
         self.lock = threading.Lock()
@@ -330,9 +342,13 @@ class Stage:
         on_error: Callable[[Any, BaseException], object],
         prefix: str,
         unit: int = 1,
+        on_results: Callable[[list[Any], Any], object] | None = None,
     ) -> None:
         """Create the pool. ``unit``: items per unit of an ordered pipeline; the pool
-        counts units, so its batch size and capacity are the stage's divided by it."""
+        counts units, so its batch size and capacity are the stage's divided by it.
+        A remote stage (``backend`` set) gets a per-item ``handler`` shipped to its
+        workers and ``on_results`` (``shardflow._remote_stage``); its batch size is the
+        backend's per-message item count."""
         key = self.key
         if key is not None and self.units:
             user_key = key
@@ -348,9 +364,22 @@ class Stage:
             # stream (close, which flushes) hands over a partial one. ~31 years.
             timeout = 1e9
         batch_size, capacity = self.batch_size, self.capacity
-        if self.units:
+        if self.units and not self.pieces:
             batch_size = max(1, batch_size // unit)
             capacity = max(1, capacity // unit)
+        if self.backend is not None:
+            self.pool = ShardedPool(
+                handler,
+                workers=self.workers,
+                key=key,
+                capacity=capacity,
+                on_error=on_error,
+                name=f"{prefix}-{self.name}",
+                backend=self.backend,
+                on_results=on_results,
+                **self.pool_options,
+            )
+            return
         self.pool = ShardedPool(
             handler,
             workers=self.workers,

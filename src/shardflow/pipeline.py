@@ -22,6 +22,13 @@ from shardflow import _aio, _fork
 from shardflow._array_stage import ArraySource, RowCounter
 from shardflow._array_stage import concat as concat_batches
 from shardflow._columnar import DEFAULT_BATCH_ROWS
+from shardflow._remote_stage import (
+    ChainCallbacks,
+    RemoteCallbacks,
+    check_shippable,
+    remote_batch_size,
+    stage_backend,
+)
 from shardflow._stage import DeadLetter, Stage
 from shardflow._validate import (
     check_bool,
@@ -33,6 +40,7 @@ from shardflow._validate import (
     check_str,
 )
 from shardflow._worker import WORKER_DRAIN
+from shardflow.backends import Backend, resolve_backend
 from shardflow.errors import Closed
 from shardflow.metrics import PoolMetrics, StageRows
 from shardflow.pool import ARRAY_CAPACITY, MAX_CAPACITY
@@ -198,12 +206,54 @@ class Pipeline(Generic[T]):
             so for a source that yields slowly (a socket, a queue) pass a small value,
             down to 1, to let each item in as soon as it is yielded.
         name: prefix of the stages' thread names.
+        backend: where the ``map``/``filter``/``flat_map``/``sink`` stages run their
+            function unless a stage says otherwise: ``"thread"`` (default), ``"process"``,
+            ``"ray"`` or a ``shardflow.backends.Backend`` (see "Stages on worker
+            processes or Ray" below). ``batch()`` always runs in this process.
+        fuse: run consecutive remote stages in one worker loop where they can share it
+            (default True): stages given the same ``backend`` (the same name, or the
+            same ``Backend`` object) and the same ``workers``, each after the first
+            without a ``key``, none with a ``breaker``/``limiter``/``rate_limiter``.
+            An item then goes through all of them in the worker, with no pickling or
+            IPC between them; each stage keeps its own counters, dead letter and errors
+            in the report, and they share one pool (the same ``metrics()``). ``False``:
+            every stage has its own workers.
 
     Stage arguments (``map``, ``filter``, ``flat_map``, ``sink``): ``workers`` (default
     1: under the GIL more workers help only functions that release it), ``key``,
-    ``capacity``, ``batch_size`` (items per handler call), ``batch_timeout``, the guards
+    ``capacity``, ``batch_size`` (items per handler call; default 512, and on a remote
+    stage the backend's per-message default), ``batch_timeout``, the guards
     ``breaker``, ``limiter``, ``rate_limiter``, ``retry`` (applied per item, as in
-    ``ShardedPool``), ``dead_letter`` and ``name``.
+    ``ShardedPool``), ``dead_letter``, ``name`` and ``backend`` (None: the pipeline's).
+
+    Stages on worker processes or Ray: with ``backend="process"`` (or ``"ray"``, or a
+    ``Backend``) the stage's ``workers`` are worker processes (Ray actors) and its
+    function runs there, one call per item, while everything else stays in this process:
+    the stage's ring and routing (``key`` keeps per-key order), its counters, error
+    routing (``errors``, ``dead_letter``, the report) and the hand-off to the next stage,
+    done by the stage's dispatch threads as each shipped list of items comes back
+    (``ShardedPool(on_results=...)``). A stage behaves as on threads: exact accounting,
+    ``ordered=True``, backpressure, fail fast and Ctrl-C. What differs: the function must
+    travel (for processes: by reference, a module-level function, or by value with
+    cloudpickle when installed; checked when the stage is added: ``TypeError``); items
+    and outputs cross by pickle (an item or output that does not pickle fails alone,
+    ``TypeError``); ``breaker``, ``limiter`` and ``rate_limiter`` stay in this process
+    around the shipping of the stage's lists (one state for all its workers, as
+    ``ShardedPool`` does) and ``retry`` is refused (``ValueError``: retried here, an item
+    would run after later items of its key); ``batch_size`` is the most items per message
+    (default: the backend's, 256 for processes; a ``Backend`` instance keeps its own
+    ``ship_batch_size``/``batch_size``; a message must fit ``ProcessBackend.ring_bytes``)
+    and ``batch_timeout`` is not used (a message carries what is queued). A worker
+    process that dies is charged to the item it was running, which is retried alone and
+    then fails with ``WorkerLost`` (``ProcessBackend(max_attempts=)``); **that item may
+    run more than once**, the others run once (on Ray, the batch running when an actor
+    died may run twice). With ``ordered=True``, a remote stage moves the values of its
+    units one by one and regroups them (``shardflow._remote_stage``), so that a crash is
+    charged to one item while the other stages keep their runs. Outputs travel through
+    this process between stages (not actor to actor), except between fused stages
+    (``fuse``), where they stay in the worker; in a fused run of stages, a worker that
+    dies is charged to the item the first stage got. Use remote stages for functions
+    that cost well above the ~1-2 us per item that crossing to a worker costs.
 
     Ctrl-C (``KeyboardInterrupt``) during ``run()`` or iteration stops the pipeline at
     once: the source is no longer read, queued items are dropped, and the exception
@@ -228,6 +278,8 @@ class Pipeline(Generic[T]):
         capacity: int | None = None,
         source_chunk: int = SOURCE_CHUNK,
         name: str | None = None,
+        backend: str | Backend = "thread",
+        fuse: bool = True,
     ) -> None:
         if not isinstance(source, Iterable):
             raise TypeError(f"source must be an iterable, got {source!r} ({type(source).__name__})")
@@ -241,7 +293,13 @@ class Pipeline(Generic[T]):
         check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
         check_int("source_chunk", source_chunk, lo=1, hi=1 << 20)
         check_str("name", name)
+        resolve_backend(backend)  # refused here, with the usual message, if unknown
+        check_bool("fuse", fuse)
+        #: Run consecutive remote stages that can share their workers in one worker loop.
+        self.fuse = fuse
         self._source: Iterable[Any] = source
+        #: The default ``backend`` of the ``map``/``filter``/``flat_map``/``sink`` stages.
+        self.backend: str | Backend = backend
         self.source_chunk = source_chunk
         self.ordered = ordered
         self.window = window
@@ -282,7 +340,7 @@ class Pipeline(Generic[T]):
         workers: int,
         key: Callable[[Any], Hashable] | None,
         capacity: int | None,
-        batch_size: int,
+        batch_size: int | None,
         batch_timeout: float | None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
@@ -290,6 +348,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
         if self._started:
             raise RuntimeError(f"{self.name}: cannot add a stage to a pipeline that started")
@@ -309,7 +368,8 @@ class Pipeline(Generic[T]):
         if capacity is None:
             capacity = self.capacity
         check_int("capacity", capacity, lo=1, hi=MAX_CAPACITY)
-        check_int("batch_size", batch_size, lo=1, hi=1 << 20)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, lo=1, hi=1 << 20)
         check_seconds("batch_timeout", batch_timeout)
         check_instance("breaker", breaker, CircuitBreaker)
         check_instance("limiter", limiter, Limiter)
@@ -325,7 +385,35 @@ class Pipeline(Generic[T]):
             name = f"{kind}-{len(self._stages) + 1}"
         if any(s.name == name for s in self._stages):
             raise ValueError(f"name must be unique among the stages, got {name!r} twice")
-        if fn is not None:
+        remote = None
+        spec = self.backend if backend is None else backend
+        if kind != "batch":
+            remote = stage_backend(spec, batch_size)
+        if batch_size is None:
+            batch_size = DEFAULT_STAGE_BATCH if remote is None else remote_batch_size(remote)
+        pool_options: dict[str, Any] = {}
+        if remote is not None:
+            assert fn is not None
+            if retry is not None:
+                raise ValueError(
+                    f"retry= is not supported on a stage with backend={remote.name!r}: "
+                    "retried in this process, an item would run again after later items "
+                    "of its key; retry inside fn (shardflow.Retry(...).call(fn, item)), "
+                    "or use backend='thread'"
+                )
+            check_shippable(remote, kind, fn, False)
+            # The other guards stay in this process, in the stage's pool, around the
+            # shipping of its lists (one state for all the workers): see ShardedPool.
+            pool_options = {
+                k: v
+                for k, v in (
+                    ("breaker", breaker),
+                    ("limiter", limiter),
+                    ("rate_limiter", rate_limiter),
+                )
+                if v is not None
+            }
+        elif fn is not None:
             fn = guard(fn, breaker=breaker, limiter=limiter, rate_limiter=rate_limiter, retry=retry)
         self._stages.append(
             Stage(
@@ -338,9 +426,11 @@ class Pipeline(Generic[T]):
                 batch_size=batch_size,
                 batch_timeout=batch_timeout,
                 dead_letter=dl,
-                pool_options={},
+                pool_options=pool_options,
+                backend=remote,
             )
         )
+        self._stages[-1].backend_spec = spec
 
     def map(
         self,
@@ -349,7 +439,7 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
@@ -357,6 +447,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[U]:
         """Add a stage that passes on ``fn(item)`` for every item.
 
@@ -379,6 +470,7 @@ class Pipeline(Generic[T]):
             retry=retry,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         return cast("Pipeline[U]", self)
 
@@ -389,10 +481,11 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[T]:
         """Add a stage that passes on the items for which ``pred(item)`` is true; the
         others count as ``filtered``.
@@ -412,6 +505,7 @@ class Pipeline(Generic[T]):
             batch_timeout=batch_timeout,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         return self
 
@@ -422,7 +516,7 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
@@ -430,6 +524,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[U]:
         """Add a stage that passes on every element of ``fn(item)`` (zero or more per
         item). The iterable is consumed inside the item's call, so an exception raised
@@ -454,6 +549,7 @@ class Pipeline(Generic[T]):
             retry=retry,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         return cast("Pipeline[U]", self)
 
@@ -497,7 +593,7 @@ class Pipeline(Generic[T]):
         workers: int = 1,
         key: Callable[[T], Hashable] | None = None,
         capacity: int | None = None,
-        batch_size: int = DEFAULT_STAGE_BATCH,
+        batch_size: int | None = None,
         batch_timeout: float | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: Limiter | None = None,
@@ -505,6 +601,7 @@ class Pipeline(Generic[T]):
         retry: Retry | None = None,
         dead_letter: DeadLetter | list[Any] | Any | None = None,
         name: str | None = None,
+        backend: str | Backend | None = None,
     ) -> Pipeline[T]:
         """End the pipeline with a stage that calls ``fn(item)`` for every item and passes
         nothing on; ``run()`` it. With ``ordered=True`` and one worker, ``fn`` sees the
@@ -532,6 +629,7 @@ class Pipeline(Generic[T]):
             retry=retry,
             dead_letter=dead_letter,
             name=name,
+            backend=backend,
         )
         self._has_sink = True
         return self
@@ -629,6 +727,7 @@ class Pipeline(Generic[T]):
             batch_timeout=None,
             dead_letter=dead_letter,
             name=name,
+            backend="thread",  # its row counter counts in this process
         )
         self._array_stages = (*self._array_stages, counter)
         return self
@@ -681,7 +780,10 @@ class Pipeline(Generic[T]):
             ring = 1
             while ring < s.capacity:
                 ring <<= 1
-            total += s.workers * (ring + WORKER_DRAIN + 2 * s.batch_size)
+            # A remote stage may have several shipped lists in flight per shard (Ray's
+            # window), each of up to batch_size items.
+            shipped = getattr(s.backend, "window", 1) if s.backend is not None else 1
+            total += s.workers * (ring + WORKER_DRAIN + (1 + shipped) * s.batch_size)
         if self.ordered:
             total += self.window
         return total
@@ -807,7 +909,26 @@ class Pipeline(Generic[T]):
         if self.ordered and body and not any(st.key is not None for st in body):
             unit = max(1, min([self.source_chunk, self.window] + [st.batch_size for st in body]))
         self._unit = unit
+        for s in body:
+            # A remote stage moves its units' values one by one (a worker that dies is
+            # charged with one item, never a run of them): see shardflow._remote_stage.
+            s.pieces = s.units and s.backend is not None and unit > 1
         fail_fast = self.errors == "fail_fast"
+        self._chains = self._fused_chains() if self.fuse else {}
+        try:
+            self._start_stages(final, tail, unit, fail_fast)
+        except BaseException:
+            # A stage that could not start (a worker process that failed to load its
+            # function ...): stop the ones already started, then raise.
+            self._abort()
+            raise
+
+    def _start_stages(
+        self, final: Callable[[list[Any]], object], tail: int, unit: int, fail_fast: bool
+    ) -> None:
+        stages = self._stages
+        chains = self._chains
+        members = {id(m) for chain in chains.values() for m in chain[1:]}
         # Start from the end, so that each handler knows where its outputs go.
         emit: Callable[[list[Any]], object] = final
         for i, s in reversed(list(enumerate(stages))):
@@ -815,21 +936,74 @@ class Pipeline(Generic[T]):
                 self._final = emit
                 if self.ordered:
                     emit = self._reorder
-            s.start(
-                s.make_handler(_discard if s.kind == "sink" else emit, fail_fast, self._record),
-                self._internal_error(s),
-                self.name,
-                unit,
-            )
+            if id(s) in members:
+                continue  # runs in the pool of its chain's first stage
+            to = _discard if s.kind == "sink" else emit
+            if i in chains:
+                chain = chains[i]
+                to = _discard if chain[-1].kind == "sink" else emit
+                remote: RemoteCallbacks = ChainCallbacks(chain, to, fail_fast, self._record)
+                s.start(remote.handler(), remote.failed, self.name, unit, on_results=remote.took)
+                for m in chain[1:]:
+                    m.pool = s.pool
+            elif s.backend is None:
+                s.start(
+                    s.make_handler(to, fail_fast, self._record),
+                    self._internal_error(s),
+                    self.name,
+                    unit,
+                )
+            else:
+                remote = RemoteCallbacks(s, to, fail_fast, self._record)
+                s.start(remote.handler(), remote.failed, self.name, unit, on_results=remote.took)
             assert s.pool is not None
             s.pool._fork_owner = "Pipeline"  # named by the error a forked child gets
             emit = s.pool.submit_many
+            if s.pieces:
+                emit = remote.submit(emit)
             if s.key is not None and not fail_fast:
                 # continue: an item whose key function raises is this stage's error.
                 emit = s.skipping_bad_keys(emit, self._record)
         if tail == 0:
             self._final = emit
         self._entry = emit
+
+    def _fused_chains(self) -> dict[int, list[Stage]]:
+        """Runs of consecutive stages that fuse (index of the first -> the run): remote
+        stages given the same ``backend`` (the same name, or the same ``Backend``) with
+        the same ``workers``, every stage after the first without a ``key`` (it follows
+        the first stage's routing), none with a guard, on the same side of the reorder
+        buffer, and not moving whole units (a keyed ordered pipeline)."""
+
+        def fusable(a: Stage, b: Stage) -> bool:
+            same = a.backend_spec is b.backend_spec or (
+                isinstance(a.backend_spec, str) and a.backend_spec == b.backend_spec
+            )
+            return (
+                same
+                and a.backend is not None
+                and b.backend is not None
+                and a.kind != "sink"
+                and b.key is None
+                and not a.pool_options  # guards admit one stage's items, in this process
+                and not b.pool_options
+                and a.workers == b.workers
+                and a.units == b.units
+                and a.pieces == b.pieces
+                and (a.pieces or not a.units)
+            )
+
+        stages = self._stages
+        chains: dict[int, list[Stage]] = {}
+        i = 0
+        while i < len(stages):
+            j = i
+            while j + 1 < len(stages) and fusable(stages[j], stages[j + 1]):
+                j += 1
+            if j > i:
+                chains[i] = stages[i : j + 1]
+            i = j + 1
+        return chains
 
     def _feed(self) -> None:
         """Read the source into the first stage, in chunks, until it ends or the pipeline
@@ -993,12 +1167,22 @@ class Pipeline(Generic[T]):
         drop what is queued, wake every wait. Workers finish the call they are in."""
         self._aborted = True
         self._stop.set()
+        remote = []
         for s in self._stages:
             if s.pool is not None:
                 try:
                     s.pool.shutdown(wait=False, cancel=True)
                 except Exception:
                     pass
+                if s.backend is not None:
+                    remote.append(s.pool)
+        if remote:
+            # Threads end by themselves once their call returns; worker processes and
+            # actors are released by join(), which must not hold up the caller (a
+            # function may still be running over there): a reaper thread does it.
+            threading.Thread(
+                target=_reap, args=(remote,), name=f"{self.name}-reaper", daemon=True
+            ).start()
 
     def _finish(self) -> PipelineReport:
         stages = []
@@ -1119,6 +1303,15 @@ class Pipeline(Generic[T]):
 
     def _close_channel(self) -> None:
         self._feeder.join()
+
+
+def _reap(pools: list[Any]) -> None:
+    """Release the workers of stopped remote stages (see ``Pipeline._abort``)."""
+    for pool in pools:
+        try:
+            pool.join()
+        except BaseException:  # already reported, or nothing left to report to
+            pass
 
 
 def _discard(values: list[Any]) -> None:

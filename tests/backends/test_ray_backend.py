@@ -716,3 +716,29 @@ def test_cluster_array_batches_survive_with_order_and_rows(ray_cluster: Any, tmp
     assert {tuple(r["dtypes"]) for r in records} == {("int64", "int64")}
     assert len({r["pid"] for r in records}) == 2 and os.getpid() not in {r["pid"] for r in records}
     _check_array_run(pool, records, 20_000)
+
+
+def _fail7(x: int) -> int:
+    if x % 7 == 0:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_cluster_pipeline_stages_on_actors(ray_cluster: Any, fuse: bool) -> None:
+    """Pipeline stages on Ray actors (fused into one actor loop, or each on its own
+    actors), ordered, with per-item errors dead-lettered in the driver."""
+    dead: list[tuple[Any, BaseException]] = []
+    backend = RayBackend(batch_size=100, num_cpus_per_shard=0.5)
+    p = (
+        shardflow.Pipeline(range(3000), ordered=True, errors="continue", backend=backend, fuse=fuse)
+        .map(_fail7, workers=2, dead_letter=dead)
+        .flat_map(str, workers=2)
+        .map(int, backend="thread")
+    )
+    got = list(p)
+    assert got == [int(c) for x in range(3000) if x % 7 for c in str(x)]
+    assert sorted(x for x, _ in dead) == [x for x in range(3000) if x % 7 == 0]
+    assert all(isinstance(e, ValueError) for _, e in dead)
+    assert p.report is not None and p.report.balanced
+    assert (p._stages[0].pool is p._stages[1].pool) == fuse

@@ -12,7 +12,9 @@ what a user would write instead, side by side in one process run.
   ``pickle.dumps`` + ``pickle.loads`` of the same records, per item);
 * **start-up**: pool construction until its 2 workers can take work, vs
   ``ProcessPoolExecutor(2)`` with the same start method running its first 2 tasks;
-* **idle**: CPU (parent and workers) of an idle process pool over 1 s.
+* **idle**: CPU (parent and workers) of an idle process pool over 1 s;
+* **pipeline**: a 2-stage ``Pipeline`` with a CPU-bound map stage on processes vs
+  threads vs serial (``shardflow.bench.pipeline_process``).
 
 loky and mpire join the no-op and CPU-bound rows where they are installed
 (``bench/mp_baselines.py``; never dependencies of shardflow).
@@ -48,6 +50,7 @@ from shardflow.bench.common import (
     safe_ratio,
 )
 from shardflow.bench.mp_baselines import make_contenders
+from shardflow.bench.pipeline_process import section_rows as pipeline_rows
 from shardflow.pool import ShardedPool
 
 __all__ = ["cpu_item", "run_section"]
@@ -280,6 +283,8 @@ def section_process(
     print(f"\ndict records ({dict_n:,} per round)", file=out)
     print_table(_rows(dict_rates, DICT_FLOOR), out)
 
+    pipe_data, pipe_targets = pipeline_rows(ctx, quick, repeats, out)
+
     start = _startup(ctx, 3 if quick else 5)
     idle = _idle(0.3 if quick else 1.0)
     print(
@@ -298,6 +303,7 @@ def section_process(
         "noop": {"items": noop_n, "rates": noop_rates},
         "cpu": {"items": cpu_n, "rates": cpu_rates},
         "dicts": {"items": dict_n, "rates": dict_rates},
+        "pipeline": pipe_data,
         "startup": start,
         "idle": idle,
     }
@@ -327,6 +333,7 @@ def section_process(
             "<=",
             1.2,
         ),
+        *pipe_targets,
     ]
     return data, targets
 
