@@ -37,6 +37,7 @@ import signal
 import traceback
 from typing import Any
 
+from shardflow._procloop import run_items
 from shardflow._shmring import PeerDead, RingClosed, ShmRing
 
 FAILED = 1
@@ -93,23 +94,12 @@ def main(
         seq, items = msg
         values: Any = None
         if per_item:
-            if collect:
-                values = []
-                append = values.append
-                for i, item in enumerate(items):
-                    mark[0] = i
-                    try:
-                        append(handler(item))
-                    except BaseException as exc:
-                        put((seq, FAILED, i, _portable(exc)))
-                        append(None)
-            else:
-                for i, item in enumerate(items):
-                    mark[0] = i
-                    try:
-                        handler(item)
-                    except BaseException as exc:  # routed by the parent, like a thread worker
-                        put((seq, FAILED, i, _portable(exc)))
+            # Compiled loop: the progress word before each item; each failure reported
+            # (routed by the parent, like a thread worker's) before the next item runs.
+            values = [] if collect else None
+            run_items(
+                handler, items, mark, lambda i, exc: put((seq, FAILED, i, _portable(exc))), values
+            )
         else:
             mark[0] = 0
             try:
