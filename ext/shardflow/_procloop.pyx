@@ -18,7 +18,7 @@ deadline by one poll.
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport uint64_t
 
 from shardflow._atomic cimport sf_atomic_u64, sf_store_relaxed_u64
 
@@ -26,7 +26,7 @@ from shardflow._atomic cimport sf_atomic_u64, sf_store_relaxed_u64
 def run_items(object handler, list items, object progress, object on_error, list values=None):
     """Call ``handler(item)`` for each item of ``items``, in order, writing the item's index
     to ``progress`` (a writable buffer of at least 8 bytes, an int64 in shared memory)
-    before each call, and ``-1`` once the loop is over.
+    before each call (the caller marks the end of the batch itself).
 
     An exception raised by the handler is passed to ``on_error(index, exc)`` at once (the
     worker reports it before running the next item, so that a crash later in the batch
@@ -59,7 +59,6 @@ def run_items(object handler, list items, object progress, object on_error, list
             if values is not None:
                 values.append(result)
             i += 1
-        sf_store_relaxed_u64(word, <uint64_t>(<int64_t>-1))
     finally:
         PyBuffer_Release(&view)
     return failed

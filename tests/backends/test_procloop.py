@@ -29,7 +29,7 @@ def test_calls_in_order_and_marks_each_item_before_its_call() -> None:
     assert failed == 0
     assert seen == [(10, 0), (11, 1), (12, 2)]
     assert values == [20, 22, 24]
-    assert word[0] == -1  # the loop is over: no item is running
+    assert word[0] == 2  # the last item's index: the caller marks the end
 
 
 def test_failures_are_reported_before_the_next_item_runs() -> None:

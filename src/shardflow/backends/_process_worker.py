@@ -20,10 +20,14 @@ worker -> parent (result ring)
                                    that failed) or what the list handler returned. A value
                                    that does not pickle fails its item (a FAILED record,
                                    None in its place); a list handler's, the batch.
-shared progress word (int64, one per shard)
-    the index of the item being handled; written before each call, so that after a crash
-    the parent knows which item was running: those before it ran, it is the suspect, those
-    after it never started.
+shared progress words (two int64, one pair per worker): ``[index, seq]``
+    ``seq`` is the batch the worker took last (written after ``index`` was set to -1, once
+    the batch is unpickled); ``index`` is -1 until its first item starts, then the index
+    of the item being handled (written before each call), then -2 once every item ran
+    (before DONE is sent). After a crash the parent reads the pair for the batch in flight
+    at the head of its window: another ``seq`` or index -1: nothing of it started (it runs
+    again, nobody is blamed); index i: the items before i ran, i is the suspect, those
+    after it never started; -2: every item ran and only the DONE record was lost.
 
 The worker ignores SIGINT (Ctrl-C is the parent's to handle: it stops feeding batches and
 the worker exits when told, or when the parent dies: its task ring watches the read end
@@ -92,6 +96,8 @@ def main(
         if msg is None:
             return
         seq, items = msg
+        mark[0] = -1  # first: a crash from here on blames no item of the previous batch
+        mark[1] = seq
         values: Any = None
         if per_item:
             # Compiled loop: the progress word before each item; each failure reported
@@ -109,7 +115,7 @@ def main(
                 values = None
             if not collect:
                 values = None
-        mark[0] = -1
+        mark[0] = -2  # every item ran: a crash now loses only the DONE record
         _finish(put, seq, len(items), values, per_item)
 
 
