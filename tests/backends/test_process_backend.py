@@ -324,6 +324,8 @@ def test_fork_is_refused_while_other_threads_run() -> None:
         ({"ring_bytes": 10}, "ring_bytes"),
         ({"task_timeout": -1}, "task_timeout"),
         ({"mp_context": "spawn"}, "mp_context must be a multiprocessing context"),
+        ({"window": 0}, "window"),
+        ({"window": 1.5}, "window"),
     ],
 )
 def test_bad_backend_arguments_name_the_parameter(kwargs: dict[str, Any], words: str) -> None:
@@ -456,3 +458,50 @@ def test_max_tasks_per_child_recycles_workers_without_losing_anything(tmp_path: 
     assert 6 <= len(pids) <= 10
     m = accounted(pool)
     assert (m.processed, m.failed, m.dead_lettered) == (1000, 0, 0)
+
+
+def test_a_crash_with_batches_in_flight_reruns_them_in_order(tmp_path: Path) -> None:
+    # One shard, batches of 10, up to 4 in flight: when item 55 kills its worker, later
+    # batches are already in the dead worker's task ring. The suspect is retried alone
+    # (and given up); the rest of its batch and every later batch run once, in order.
+    dead: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), exit_on=frozenset({55})),
+        workers=1,
+        backend=ProcessBackend(window=4, ship_batch_size=10, max_attempts=2),
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    pool.submit_many(range(200))
+    assert pool.flush(timeout=60)
+    m = accounted(pool)  # flush waited for every batch in flight: all counted
+    assert (m.processed, m.dead_lettered, m.failed) == (199, 1, 0)
+    pool.shutdown()
+    ((item, exc),) = dead
+    assert item == 55 and isinstance(exc, WorkerLost) and exc.attempts == 2
+    handled = [int(r[2]) for r in ph.read_records(str(tmp_path))]
+    assert handled == [x for x in range(200) if x != 55]
+
+
+def test_a_worker_killed_between_batches_is_replaced_and_blames_no_item(
+    tmp_path: Path,
+) -> None:
+    dead: list[Any] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path)),
+        workers=1,
+        backend=ProcessBackend(max_attempts=1),
+        dead_letter=lambda item, exc: dead.append(item),
+    )
+    pool.submit_many(range(10))
+    assert pool.flush(timeout=60)
+    (pid,) = pool._runner.worker_pids()  # type: ignore[attr-defined]
+    os.kill(pid, signal.SIGKILL)  # this pool's own idle worker
+    deadline = time.monotonic() + 30
+    while pool._runner.worker_pids() in ([], [pid]):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the idle worker was not replaced"
+        time.sleep(0.01)
+    pool.submit_many(range(10, 20))
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.processed, m.dead_lettered, m.failed) == (20, 0, 0) and dead == []
+    assert sorted(int(r[2]) for r in ph.read_records(str(tmp_path))) == list(range(20))
