@@ -469,8 +469,13 @@ class _ProcessRunner(ShardRunner):
             while True:
                 if shard.broken is not None:
                     return ShardBroken(shard.broken)
-                if shard.hold or len(shard.inflight) >= self.window or shard.worker is None:
+                if shard.hold or shard.worker is None:
                     shard.cond.wait()
+                    continue
+                if len(shard.inflight) >= self.window:
+                    # Full: wait until half of it is free (the collector notifies then).
+                    while len(shard.inflight) > self.window // 2 and not shard.hold:
+                        shard.cond.wait()
                     continue
                 worker = shard.worker
                 seq = shard.seq + 1
@@ -556,7 +561,11 @@ class _ProcessRunner(ShardRunner):
             self._settle_run(shard, head)
             with shard.cond:
                 shard.inflight.popleft()
-                shard.cond.notify_all()
+                # A dispatch thread that found the window full waits until half of it
+                # is free (wait_settled and join until it is empty): one wake-up per
+                # window/2 batches instead of one per batch.
+                if len(shard.inflight) <= self.window // 2:
+                    shard.cond.notify_all()
             if self.max_tasks_per_child is not None:
                 shard.handled += head.sent
                 if shard.handled >= self.max_tasks_per_child:
@@ -907,10 +916,12 @@ class ProcessBackend(Backend):
             to start makes the pool's constructor raise ``RuntimeError``.
         max_tasks_per_child: replace a worker once it handled this many items (checked
             between batches: against memory growth in the handler). None: never.
-        window: batches in flight per shard (shipped, outcome not yet back). 2 lets the
-            parent pickle and ship the next batch while the worker runs one, so that the
-            worker never waits for the parent; each shard holds at most ``window``
-            batches beyond its ring. 1: one at a time.
+        window: batches in flight per shard (shipped, outcome not yet back). More than
+            one lets the parent pickle and ship the next batches while the worker runs
+            one, so that the worker does not wait for the parent; a full window is
+            refilled once half of it came back (fewer thread wake-ups). Each shard holds
+            at most ``window`` batches beyond its ring (and its task ring at most
+            ``ring_bytes`` of them). 1: one batch at a time.
 
     Example (a module-level handler; a pool of 2 worker processes)::
 
@@ -931,7 +942,7 @@ class ProcessBackend(Backend):
         crash_window: float = 10.0,
         start_timeout: float = 60.0,
         max_tasks_per_child: int | None = None,
-        window: int = 2,
+        window: int = 4,
     ) -> None:
         from shardflow._validate import check_int, check_seconds
 
