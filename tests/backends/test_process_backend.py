@@ -505,3 +505,48 @@ def test_a_worker_killed_between_batches_is_replaced_and_blames_no_item(
     m = accounted(pool)
     assert (m.processed, m.dead_lettered, m.failed) == (20, 0, 0) and dead == []
     assert sorted(int(r[2]) for r in ph.read_records(str(tmp_path))) == list(range(20))
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_ending_the_workers_returns_queued_items_and_fails_unfinished_ones(
+    method: str, tmp_path: Path
+) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), sleep_on=frozenset(range(1000)), sleep=0.01),
+        workers=2,
+        backend=ProcessBackend(ship_batch_size=5, window=2),
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
+    pool.submit_many(range(400))
+    time.sleep(0.3)  # the workers are mid-batch, with a second batch each in flight
+    t0 = time.monotonic()
+    returned = getattr(pool, method)()
+    assert time.monotonic() - t0 < 30  # not the 4 s the queued items would take
+    m = accounted(pool)
+    ran = [int(r[2]) for r in ph.read_records(str(tmp_path))]
+    failed = [item for item, _ in dead]
+    assert m.returned == len(returned) > 0 and m.dead_lettered == len(failed) > 0
+    assert m.submitted == 400 and m.failed == 0
+    assert set(ran) | set(returned) | set(failed) == set(range(400))  # nothing lost
+    assert set(returned).isdisjoint(ran) and set(returned).isdisjoint(failed)
+    assert m.processed <= len(ran)
+    for _, exc in dead:
+        assert isinstance(exc, WorkerLost) and exc.attempts == 0 and method in str(exc)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+    assert pool.shutdown() == []  # already shut down: nothing more
+
+
+def test_ending_workers_needs_the_process_backend() -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(ph.noop, workers=1)
+    try:
+        with pytest.raises(TypeError, match="terminate_workers.*backend='process'"):
+            pool.terminate_workers()
+        with pytest.raises(TypeError, match="kill_workers.*backend='process'"):
+            pool.kill_workers()
+    finally:
+        pool.shutdown()

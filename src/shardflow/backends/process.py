@@ -49,6 +49,7 @@ import atexit
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.util  # its exit hook must be registered before ours (_drain_at_exit)
+import os
 import pickle
 import signal
 import threading
@@ -374,6 +375,7 @@ class _ProcessRunner(ShardRunner):
         self.threads: list[threading.Thread] = []
         self.local = threading.local()
         self.joined = False
+        self.ending: str | None = None  # set by end_workers(): no more recovery
 
     # ------------------------------------------------------------ set-up (seam order)
 
@@ -457,7 +459,13 @@ class _ProcessRunner(ShardRunner):
         if failed is not None or not run.payload:
             # Nothing in flight for this batch: settle it here (its failures are known).
             if failed is not None:
-                run.error = failed
+                if self.per_item:  # each item is routed alone, as handler failures are
+                    run.failures.extend(
+                        (run.index(pos), failed) for pos in range(run.start, len(run.payload))
+                    )
+                    run.start = len(run.payload)
+                else:
+                    run.error = failed
             self._settle_run(shard, run)
         return DEFERRED
 
@@ -467,6 +475,14 @@ class _ProcessRunner(ShardRunner):
         alone and left out (the rest is shipped)."""
         with shard.cond:
             while True:
+                if self.ending is not None:
+                    return WorkerLost(
+                        f"{self.pool_name} shard {shard.index}: the worker processes were "
+                        f"ended by {self.ending}() before this batch could be sent",
+                        pid=-1,
+                        exitcode=None,
+                        attempts=0,
+                    )
                 if shard.broken is not None:
                     return ShardBroken(shard.broken)
                 if shard.hold or shard.worker is None:
@@ -474,7 +490,11 @@ class _ProcessRunner(ShardRunner):
                     continue
                 if len(shard.inflight) >= self.window:
                     # Full: wait until half of it is free (the collector notifies then).
-                    while len(shard.inflight) > self.window // 2 and not shard.hold:
+                    while (
+                        len(shard.inflight) > self.window // 2
+                        and not shard.hold
+                        and self.ending is None
+                    ):
                         shard.cond.wait()
                     continue
                 worker = shard.worker
@@ -543,6 +563,9 @@ class _ProcessRunner(ShardRunner):
             except RingClosed:  # PeerDead included: every record it sent was read
                 if shard.closing and worker.results.reader_closed:
                     return  # join() closed the ring once nothing was in flight
+                if self.ending is not None:
+                    self._abandon(shard, worker)
+                    continue
                 self._recover(shard, worker)
                 tracked = None
                 continue
@@ -629,6 +652,65 @@ class _ProcessRunner(ShardRunner):
                 self._after_crash(shard, runs[0], at, at_seq, reason)
             for run in runs:
                 self._drive(shard, run)
+                self._settle_run(shard, run)
+                with shard.cond:
+                    shard.inflight.popleft()
+                    shard.cond.notify_all()
+        finally:
+            with shard.cond:
+                shard.hold = False
+                shard.cond.notify_all()
+
+    def end_workers(self, sig: int, what: str) -> None:
+        """``terminate_workers()`` / ``kill_workers()``: send ``sig`` to every worker now,
+        with no replacement; the collectors fail what was in flight (``_abandon``)."""
+        self.ending = what
+        for shard in self.shards:
+            with shard.cond:
+                worker = shard.worker
+                shard.cond.notify_all()  # a dispatch thread waiting for room gives up
+            if worker is not None and worker.process.is_alive():
+                try:
+                    os.kill(worker.pid, sig)  # this pool's own worker, by pid
+                except ProcessLookupError:
+                    pass
+
+    def _abandon(self, shard: _Shard, worker: _Worker) -> None:
+        """After ``end_workers``: the worker is gone and is not replaced. What ran of the
+        head batch (the progress words; without values wanted) counts as run; every other
+        item in flight fails with ``WorkerLost`` (``attempts`` 0: it is not a crash)."""
+        with shard.cond:
+            shard.hold = True
+            runs = list(shard.inflight)
+        try:
+            at, at_seq = int(worker.mark[0]), int(worker.mark[1])
+            worker.kill()
+            pid, exitcode = worker.pid, worker.process.exitcode
+            with shard.cond:
+                shard.worker = None
+            worker.release()
+            for k, run in enumerate(runs):
+                if k == 0 and at_seq == run.seq and self.deliver is None:
+                    if at == -2:
+                        run.start += run.sent  # every item ran; only DONE was lost
+                    elif self.per_item and 0 <= at < run.sent:
+                        run.start += at  # those before it ran (failures came back)
+                if run.start < len(run.payload) and run.error is None:
+                    lost = WorkerLost(
+                        f"{self.pool_name} shard {shard.index}: the worker process (pid "
+                        f"{pid}, {_describe_exit(exitcode)}) was ended by {self.ending}() "
+                        "before this item finished",
+                        pid=pid,
+                        exitcode=exitcode,
+                        attempts=0,
+                    )
+                    if self.per_item:
+                        run.failures.extend(
+                            (run.index(pos), lost) for pos in range(run.start, len(run.payload))
+                        )
+                    else:
+                        run.error = lost
+                    run.start = len(run.payload)
                 self._settle_run(shard, run)
                 with shard.cond:
                     shard.inflight.popleft()
@@ -817,7 +899,9 @@ class _ProcessRunner(ShardRunner):
         broken: str | None = None
         now = time.monotonic()
         shard.deaths = [t for t in shard.deaths if now - t < self.crash_window] + [now]
-        if len(shard.deaths) >= self.max_crashes:
+        if self.ending is not None:
+            broken = f"{self.pool_name} shard {shard.index}: workers ended by {self.ending}()"
+        elif len(shard.deaths) >= self.max_crashes:
             broken = (
                 f"{self.pool_name} shard {shard.index}: its worker process died "
                 f"{len(shard.deaths)} times within {self.crash_window} s (last: pid {pid}, "
