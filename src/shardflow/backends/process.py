@@ -8,21 +8,36 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
 * per shard, a task ring and a result ring in shared memory (``shardflow._shmring``:
   memfd-backed, nothing in /dev/shm even after SIGKILL; waits park on a futex with a
   timeout that doubles as a liveness check of the peer);
-* a parent thread per shard runs the compiled shard loop and, for each batch, pickles it
-  once into the task ring and waits for the outcome. Per-item pools are shipped in lists
+* a parent thread per shard (its dispatch thread) runs the compiled shard loop and, for
+  each batch, pickles it once into the task ring and returns at once (``DEFERRED``):
+  up to ``window`` batches (default 4) are in flight per shard, so the worker starts the
+  next batch as soon as it finished one while the parent pickles the ones after it. A
+  full window is refilled once half of it came back. Per-item pools are shipped in lists
   of up to ``ship_batch_size`` items (whatever is queued, no waiting), and the worker calls
-  the handler once per item;
-* one batch is in flight per shard, so per-key order holds, across crashes too.
+  the handler once per item (a compiled loop, ``shardflow._procloop``);
+* a second parent thread per shard (its collector) is the only reader of the result ring:
+  it settles each batch when its DONE record comes back (failures came as FAILED records
+  before it), hands the values to ``on_results`` first, and does everything that replaces
+  the worker;
+* a shard's batches run in the order they were shipped, one after the other, so per-key
+  order holds, across crashes too.
 
 Nothing is lost when a worker dies (SIGKILL, a segfault in the handler, ``os._exit``,
-out of memory, or ``task_timeout`` running out): a shared progress word says which item
-was running. The items before it ran (their failures were reported as they happened);
-the suspect item is retried alone in a fresh worker, up to ``max_attempts`` runs in all,
-then failed with ``WorkerLost`` (dead letter, ``on_error``); the items after it run in the
-replacement worker. **The suspect item may therefore run more than once**: side effects
-of a handler that crashes its worker are at-least-once. After ``max_crashes`` worker
-deaths within ``crash_window`` seconds a shard is marked broken: its batches fail with
-``ShardBroken`` (counted, routed; nothing hangs).
+out of memory, or ``task_timeout`` running out): shared progress words say which batch
+and which item was running. The items before it ran (their failures were reported as they
+happened); the suspect item is retried alone in a fresh worker, up to ``max_attempts``
+runs in all, then failed with ``WorkerLost`` (dead letter, ``on_error``); the items after
+it, then every later batch that was in flight, run in the replacement worker, in order,
+before anything new is shipped. A worker that dies before its next batch started, or
+between batches, blames no item. **The suspect item may therefore run more than once**:
+side effects of a handler that crashes its worker are at-least-once. After
+``max_crashes`` worker deaths within ``crash_window`` seconds a shard is marked broken:
+its batches fail with ``ShardBroken`` (counted, routed; nothing hangs).
+
+``ShardedPool.terminate_workers()`` / ``kill_workers()`` end the workers at once (SIGTERM
+/ SIGKILL, as ``ProcessPoolExecutor`` in Python 3.14) without replacing them and shut
+the pool down: queued items are returned, unfinished items of the batches in flight fail
+with ``WorkerLost`` (``attempts`` 0).
 
 What differs from threads, and why:
 * the handler is pickled once per worker: by reference (a module-level function or a
@@ -36,7 +51,9 @@ What differs from threads, and why:
   each item when its batch is shipped and records each outcome; one limiter permit per
   batch in flight; rate tokens taken before shipping, batches capped at the burst). A
   retry is refused (retried here, an item would run after later items of its key);
-* the handler's return values are sent back only when the pool asks (``on_results``);
+* the handler's return values are sent back only when the pool asks (``on_results``), in
+  the DONE record of their batch; after a crash, the items before the suspect run again
+  for their values;
 * ``service_time`` covers the round trip of a batch (pickling and IPC included);
 * default start method: ``forkserver`` where available (``spawn`` elsewhere): never a
   bare ``fork`` of a process whose shardflow threads are running. Pass ``mp_context`` to
