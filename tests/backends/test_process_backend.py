@@ -550,3 +550,25 @@ def test_ending_workers_needs_the_process_backend() -> None:
             pool.kill_workers()
     finally:
         pool.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failing_collector_breaks_its_shard_instead_of_hanging() -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(ph.noop, workers=1, backend="process")
+    runner = pool._runner  # type: ignore[attr-defined]
+    real = runner._settle
+    calls: list[int] = []
+
+    def settle_once_failing(*args: Any) -> None:
+        if not calls:  # a stand-in for a bug in the collector's path
+            calls.append(1)
+            raise RuntimeError("settle failed")
+        real(*args)
+
+    runner._settle = settle_once_failing
+    pool.submit_many(range(10))
+    assert pool.flush(timeout=30)  # nothing waits forever for a batch nobody collects
+    pool.submit_many(range(10, 20))
+    pool.shutdown()
+    m = accounted(pool)
+    assert m.submitted == 20 and m.processed + m.failed == 20 and m.failed > 0

@@ -440,7 +440,7 @@ class _ProcessRunner(ShardRunner):
 
         for shard in self.shards:
             shard.collector = threading.Thread(
-                target=self._collect,
+                target=self._collect_guarded,
                 args=(shard,),
                 name=f"{self.pool_name}-collect-{shard.index}",
                 daemon=True,
@@ -476,13 +476,7 @@ class _ProcessRunner(ShardRunner):
         if failed is not None or not run.payload:
             # Nothing in flight for this batch: settle it here (its failures are known).
             if failed is not None:
-                if self.per_item:  # each item is routed alone, as handler failures are
-                    run.failures.extend(
-                        (run.index(pos), failed) for pos in range(run.start, len(run.payload))
-                    )
-                    run.start = len(run.payload)
-                else:
-                    run.error = failed
+                self._fail_unfinished(run, failed)
             self._settle_run(shard, run)
         return DEFERRED
 
@@ -542,6 +536,31 @@ class _ProcessRunner(ShardRunner):
                 return None
 
     # ------------------------------------------------------------ the collector thread
+
+    def _collect_guarded(self, shard: _Shard) -> None:
+        """``_collect``; if it fails (a bug, or an error escaping a callback), the shard is
+        marked broken and what it had in flight is failed, so that nothing waits forever
+        (flush, join) for batches nobody collects."""
+        try:
+            self._collect(shard)
+        except BaseException as exc:
+            with shard.cond:
+                shard.broken = (
+                    f"{self.pool_name} shard {shard.index}: its collector thread failed "
+                    f"({type(exc).__name__}: {exc}); the shard takes no more items"
+                )
+                runs = list(shard.inflight)
+            for run in runs:
+                try:
+                    self._fail_unfinished(run, ShardBroken(shard.broken))
+                    self._settle_run(shard, run)
+                except BaseException:  # pragma: no cover - already failing; keep going
+                    pass
+            with shard.cond:
+                shard.inflight.clear()
+                shard.hold = False
+                shard.cond.notify_all()
+            raise
 
     def _collect(self, shard: _Shard) -> None:
         """Shard ``shard``'s collector thread: the only reader of the worker's result
@@ -628,6 +647,17 @@ class _ProcessRunner(ShardRunner):
             run.value = got
             run.value_set = True
 
+    def _fail_unfinished(self, run: _Run, exc: BaseException) -> None:
+        """Fail what did not run of ``run`` with ``exc``: item by item for a per-item
+        handler (each routed alone, as handler failures are), the batch otherwise."""
+        if run.start >= len(run.payload) or run.error is not None:
+            return
+        if self.per_item:
+            run.failures.extend((run.index(pos), exc) for pos in range(run.start, len(run.payload)))
+        else:
+            run.error = exc
+        run.start = len(run.payload)
+
     def _settle_run(self, shard: _Shard, run: _Run) -> None:
         """Deliver ``run``'s values (``on_results``), then report its outcome to the core."""
         failures = run.failures
@@ -712,22 +742,15 @@ class _ProcessRunner(ShardRunner):
                         run.start += run.sent  # every item ran; only DONE was lost
                     elif self.per_item and 0 <= at < run.sent:
                         run.start += at  # those before it ran (failures came back)
-                if run.start < len(run.payload) and run.error is None:
-                    lost = WorkerLost(
-                        f"{self.pool_name} shard {shard.index}: the worker process (pid "
-                        f"{pid}, {_describe_exit(exitcode)}) was ended by {self.ending}() "
-                        "before this item finished",
-                        pid=pid,
-                        exitcode=exitcode,
-                        attempts=0,
-                    )
-                    if self.per_item:
-                        run.failures.extend(
-                            (run.index(pos), lost) for pos in range(run.start, len(run.payload))
-                        )
-                    else:
-                        run.error = lost
-                    run.start = len(run.payload)
+                lost = WorkerLost(
+                    f"{self.pool_name} shard {shard.index}: the worker process (pid "
+                    f"{pid}, {_describe_exit(exitcode)}) was ended by {self.ending}() "
+                    "before this item finished",
+                    pid=pid,
+                    exitcode=exitcode,
+                    attempts=0,
+                )
+                self._fail_unfinished(run, lost)
                 self._settle_run(shard, run)
                 with shard.cond:
                     shard.inflight.popleft()
