@@ -48,6 +48,10 @@ FAILED = 1
 DONE = 2
 READY = 3
 
+#: A DONE record wakes the parent's collector only when fewer than this many batches (of
+#: the finished one's size) are queued behind it in the task ring.
+QUIET_AHEAD = 2
+
 
 class RemoteError(Exception):
     """An exception a handler raised in a worker process that could not be pickled back:
@@ -116,14 +120,20 @@ def main(
             if not collect:
                 values = None
         mark[0] = -2  # every item ran: a crash now loses only the DONE record
-        _finish(put, seq, len(items), values, per_item)
+        # Wake the parent's collector (if it sleeps) unless at least QUIET_AHEAD batches
+        # of this one's size are still queued: it then settles this one with a later
+        # DONE, one wake-up for several batches, while the window still has work queued
+        # for this worker. The DONE before the queue runs low always wakes (liveness).
+        wake = len(tasks) < QUIET_AHEAD * (tasks.last_len + 16)
+        _finish(put, seq, len(items), values, per_item, wake)
 
 
-def _finish(put: Any, seq: int, n: int, values: Any, per_item: bool) -> None:
-    """Send batch ``seq``'s DONE record; values that cannot be sent fail their item (or,
-    for a list handler, the batch) instead of the record."""
+def _finish(put: Any, seq: int, n: int, values: Any, per_item: bool, wake: bool = True) -> None:
+    """Send batch ``seq``'s DONE record (without waking the reader unless ``wake``);
+    values that cannot be sent fail their item (or, for a list handler, the batch) instead
+    of the record."""
     try:
-        put((seq, DONE, n, values))
+        put((seq, DONE, n, values), wake=wake)
         return
     except (PeerDead, RingClosed):
         raise

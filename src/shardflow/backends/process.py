@@ -569,7 +569,7 @@ class _ProcessRunner(ShardRunner):
         batch in flight, in order, before anything new is shipped), when it overruns
         ``task_timeout`` and when it reached ``max_tasks_per_child``."""
         tracked: _Run | None = None
-        seen_index = -2
+        seen_index: tuple[int, int] = (-3, -1)
         overrun_at = 0.0
         while True:
             worker = shard.worker
@@ -585,7 +585,7 @@ class _ProcessRunner(ShardRunner):
                     head = shard.inflight[0] if shard.inflight else None
                 if head is not None and self.task_timeout is not None:
                     now = time.monotonic()
-                    index = worker.mark[0]
+                    index = (worker.mark[0], worker.mark[1])
                     if head is not tracked or index != seen_index:
                         # A new batch or a new item started: its own deadline.
                         tracked, seen_index = head, index
