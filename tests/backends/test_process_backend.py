@@ -544,9 +544,9 @@ def test_ending_the_workers_returns_queued_items_and_fails_unfinished_ones(
 def test_ending_workers_needs_the_process_backend() -> None:
     pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(ph.noop, workers=1)
     try:
-        with pytest.raises(TypeError, match="terminate_workers.*backend='process'"):
+        with pytest.raises(TypeError, match=r"terminate_workers.*backend='process'"):
             pool.terminate_workers()
-        with pytest.raises(TypeError, match="kill_workers.*backend='process'"):
+        with pytest.raises(TypeError, match=r"kill_workers.*backend='process'"):
             pool.kill_workers()
     finally:
         pool.shutdown()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import pickle
 import signal
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from shardflow._procloop import run_items
@@ -107,9 +108,7 @@ def main(
             # Compiled loop: the progress word before each item; each failure reported
             # (routed by the parent, like a thread worker's) before the next item runs.
             values = [] if collect else None
-            run_items(
-                handler, items, mark, lambda i, exc: put((seq, FAILED, i, _portable(exc))), values
-            )
+            run_items(handler, items, mark, _reporter(put, seq), values)
         else:
             mark[0] = 0
             try:
@@ -126,6 +125,15 @@ def main(
         # for this worker. The DONE before the queue runs low always wakes (liveness).
         wake = len(tasks) < QUIET_AHEAD * (tasks.last_len + 16)
         _finish(put, seq, len(items), values, per_item, wake)
+
+
+def _reporter(put: Any, seq: int) -> Callable[[int, BaseException], None]:
+    """``on_error`` for ``run_items``: a FAILED record of batch ``seq``, sent at once."""
+
+    def report(index: int, exc: BaseException) -> None:
+        put((seq, FAILED, index, _portable(exc)))
+
+    return report
 
 
 def _finish(put: Any, seq: int, n: int, values: Any, per_item: bool, wake: bool = True) -> None:
