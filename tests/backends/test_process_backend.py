@@ -218,8 +218,15 @@ def test_workers_sigkilled_at_random_moments_lose_nothing_and_keep_key_order(
         # flight: the kill lands mid-run, at a moment the test does not choose.
         pool.submit_many(range(start, start + chunk))
         time.sleep(rng.uniform(0, 0.01))
-        pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
-        os.kill(rng.choice(pids), signal.SIGKILL)  # one of this pool's own workers
+        for _ in range(1000):
+            pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
+            try:
+                os.kill(rng.choice(pids), signal.SIGKILL)  # one of this pool's own workers
+                break
+            except (IndexError, ProcessLookupError):
+                # Both being replaced, or the chosen one just died of an earlier kill
+                # (a race between listing and killing): pick again.
+                time.sleep(0.005)
         kills += 1
     pool.shutdown()
     m = accounted(pool)

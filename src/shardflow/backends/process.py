@@ -54,7 +54,8 @@ What differs from threads, and why:
 * the handler's return values are sent back only when the pool asks (``on_results``), in
   the DONE record of their batch; after a crash, the items before the suspect run again
   for their values;
-* ``service_time`` covers the round trip of a batch (pickling and IPC included);
+* ``service_time`` covers a batch from its shipping to its outcome: pickling, IPC and
+  the wait behind the batches ahead of it in the window included;
 * default start method: ``forkserver`` where available (``spawn`` elsewhere): never a
   bare ``fork`` of a process whose shardflow threads are running. Pass ``mp_context`` to
   choose; a ``fork`` context is refused while other threads run.
@@ -731,10 +732,10 @@ class _ProcessRunner(ShardRunner):
             runs = list(shard.inflight)
         try:
             at, at_seq = int(worker.mark[0]), int(worker.mark[1])
+            with shard.cond:
+                shard.worker = None  # first: worker_pids() never lists a pid already reaped
             worker.kill()
             pid, exitcode = worker.pid, worker.process.exitcode
-            with shard.cond:
-                shard.worker = None
             worker.release()
             for k, run in enumerate(runs):
                 if k == 0 and at_seq == run.seq and self.deliver is None:
@@ -929,10 +930,10 @@ class _ProcessRunner(ShardRunner):
         exit code. Marks the shard broken after too many deaths in the window."""
         old = shard.worker
         assert old is not None
+        with shard.cond:
+            shard.worker = None  # first: worker_pids() never lists a pid already reaped
         old.kill()
         pid, exitcode = old.pid, old.process.exitcode
-        with shard.cond:
-            shard.worker = None
         old.release()
         shard.handled = 0
         fresh: _Worker | None = None
@@ -1010,7 +1011,8 @@ class _ProcessRunner(ShardRunner):
         return f"process({self.ctx.get_start_method()})"
 
     def worker_pids(self) -> list[int]:
-        """The pids of the live workers (any thread may call it, also during a restart)."""
+        """The pids of the workers (any thread may call it, also during a restart); one of
+        them may have just died, its replacement not started yet."""
         pids = []
         for shard in self.shards:
             with shard.cond:
