@@ -97,6 +97,7 @@ RemoteError = wire.RemoteError
 
 _SLICE = 0.05  # seconds between liveness checks while waiting on a worker
 _JOIN_TIMEOUT = 5.0  # seconds a worker gets to exit after "no more batches"
+_IDLE_CHECK = 1.0  # seconds between health checks of a worker with nothing in flight
 
 
 class WorkerLost(ShardflowError):
@@ -534,6 +535,8 @@ class _ProcessRunner(ShardRunner):
                 run.reported = len(run.failures)
                 run.t0 = time.monotonic_ns()
                 shard.inflight.append(run)
+                if len(shard.inflight) == 1:
+                    shard.cond.notify_all()  # the collector sleeps while nothing is in flight
                 return None
 
     # ------------------------------------------------------------ the collector thread
@@ -579,6 +582,22 @@ class _ProcessRunner(ShardRunner):
                     while not shard.closing:
                         shard.cond.wait()
                 return
+            with shard.cond:
+                idle = not shard.inflight and not shard.closing
+                if idle:
+                    # Nothing in flight: sleep on the condition (the dispatch thread
+                    # notifies when it ships into an empty window), not in the ring's
+                    # park slices, so that an idle pool costs ~nothing; look at the
+                    # worker's health once per _IDLE_CHECK meanwhile.
+                    shard.cond.wait(_IDLE_CHECK)
+                    idle = not shard.inflight and not shard.closing
+            if idle:
+                if not worker.process.is_alive():  # died between batches: blames no item
+                    if self.ending is not None:
+                        self._abandon(shard, worker)
+                    else:
+                        self._recover(shard, worker)
+                continue
             try:
                 msg = worker.results.get(timeout=_SLICE)
             except RingTimeout:
