@@ -183,6 +183,26 @@ def test_two_threads_as_producer_and_consumer_with_parking() -> None:
     ring.close()
 
 
+def test_a_quiet_put_leaves_a_sleeping_reader_asleep_until_a_waking_put() -> None:
+    # No spin and long park slices: a reader that waits is asleep on the futex.
+    ring = ShmRing.create(1024, spin_us=0, check_interval=30)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(ring.get_bytes(timeout=WAIT) for _ in "ab"))
+    reader.start()
+    deadline = time.monotonic() + WAIT
+    while ring.stats()["consumer_parks"] == 0:  # the reader's own handle: parked once
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    ring.put(b"a", wake=False)
+    assert ring.stats()["wakes_sent_to_reader"] == 0  # published, nobody woken
+    ring.put(b"b")  # this one checks, finds the reader asleep and wakes it
+    reader.join(WAIT)
+    assert got == [b"a", b"b"]
+    assert ring.stats()["wakes_sent_to_reader"] == 1
+    assert ring.last_len == 1
+    ring.close()
+
+
 def test_close_writer_reader_and_peer() -> None:
     with ShmRing.create(256) as ring:
         ring.put(b"a")

@@ -378,9 +378,12 @@ static inline int sf_shmring_try_reserve(sf_shmring *r, uint64_t n, unsigned cha
     return SF_SHM_OK;
 }
 
-/* Publish the reserved record with m <= reserved payload bytes and a tag (not
- * SF_SHM_TAG_PAD). Returns 1 if it woke the consumer. */
-static inline int sf_shmring_commit(sf_shmring *r, uint64_t m, uint32_t tag) {
+/* Publish the reserved record without the wake-up check (N1 only): a consumer asleep
+ * stays asleep until a later commit that checks (or its deadline). For a producer that
+ * knows the consumer does not need this record yet and will publish another one soon
+ * (the process backend's worker: a DONE record while more batches are queued); liveness
+ * then rests on that later commit, which must be a checking one. */
+static inline void sf_shmring_commit_quiet(sf_shmring *r, uint64_t m, uint32_t tag) {
     sf_shmring_hdr *h = r->hdr;
     uint64_t off = r->res_pos & r->mask;
     uint32_t hdr[2] = {(uint32_t)m, tag};
@@ -389,7 +392,13 @@ static inline int sf_shmring_commit(sf_shmring *r, uint64_t m, uint32_t tag) {
     sf_store_release_u64(&h->tail, r->res_pos + SF_SHM_RECORD_SIZE(m)); /* N1 */
     sf_counter_add(&r->st.records_put, 1);
     sf_counter_add(&r->st.bytes_put, m);
-    if (sf_shm_notify(&h->data_word)) { /* N2-N4 */
+}
+
+/* Publish the reserved record with m <= reserved payload bytes and a tag (not
+ * SF_SHM_TAG_PAD). Returns 1 if it woke the consumer. */
+static inline int sf_shmring_commit(sf_shmring *r, uint64_t m, uint32_t tag) {
+    sf_shmring_commit_quiet(r, m, tag);
+    if (sf_shm_notify(&r->hdr->data_word)) { /* N2-N4 */
         sf_counter_add(&r->st.wakes_sent_data, 1);
         return 1;
     }

@@ -45,6 +45,7 @@ cdef extern from "shardflow/_shmring.h" nogil:
     int sf_shmring_reserve(sf_shmring *r, uint64_t n, unsigned char **out, int64_t spin_ns,
                            int64_t deadline_ns)
     int sf_shmring_commit(sf_shmring *r, uint64_t m, uint32_t tag)
+    void sf_shmring_commit_quiet(sf_shmring *r, uint64_t m, uint32_t tag)
     void sf_shmring_abort(sf_shmring *r)
     int sf_shmring_try_peek(sf_shmring *r, unsigned char **ptr, uint64_t *len, uint32_t *tag)
     int sf_shmring_peek(sf_shmring *r, unsigned char **ptr, uint64_t *len, uint32_t *tag,

@@ -64,6 +64,7 @@ from shardflow._shmring cimport (
     sf_shmring_close,
     sf_shmring_closed_flags,
     sf_shmring_commit,
+    sf_shmring_commit_quiet,
     sf_shmring_format,
     sf_shmring_map_size,
     sf_shmring_open,
@@ -176,6 +177,7 @@ cdef class ShmRing:
     cdef sf_atomic_u32 producing
     cdef sf_atomic_u32 consuming
     cdef readonly uint32_t last_tag  # tag of the record the last get/get_bytes returned
+    cdef readonly uint64_t last_len  # payload bytes of that record
 
     def __cinit__(self):
         self.base = NULL
@@ -406,23 +408,29 @@ cdef class ShmRing:
         raise RingError(f"put: unexpected ring status {rc}")
 
     cdef int _put_raw(self, const unsigned char *src, uint64_t n, object timeout,
-                      uint32_t tag) except -1:
+                      uint32_t tag, bint wake) except -1:
         cdef unsigned char *dst = self._reserve(n, timeout)
         if n >= _NOGIL_COPY:
             with nogil:
                 memcpy(dst, src, n)
         else:
             memcpy(dst, src, n)
-        sf_shmring_commit(&self.r, n, tag)
+        if wake:
+            sf_shmring_commit(&self.r, n, tag)
+        else:
+            sf_shmring_commit_quiet(&self.r, n, tag)
         return 0
 
-    def put(self, data, timeout=None, *, tag=0):
+    def put(self, data, timeout=None, *, tag=0, wake=True):
         """Append one record holding the bytes of ``data`` (any contiguous bytes-like).
 
         Waits up to ``timeout`` seconds for room (None: as long as it takes; 0: not at all).
         Raises RingTimeout, RingClosed (the reader closed), PeerDead (the watched peer
         ended), RecordTooLarge (larger than ``max_record``). ``tag`` (a u32 below
         0xffffffff) travels in the record header: ``last_tag`` on the reading side.
+        ``wake=False`` publishes without waking a reader that sleeps: it sees the record
+        at its next wake-up (a later ``put`` with ``wake=True``, or the end of its park
+        slice); for a writer that will put again soon and knows the reader can wait.
         """
         cdef Py_buffer view
         cdef uint32_t t = _check_tag(tag)
@@ -430,13 +438,14 @@ cdef class ShmRing:
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
             try:
-                self._put_raw(<const unsigned char *>view.buf, <uint64_t>view.len, timeout, t)
+                self._put_raw(<const unsigned char *>view.buf, <uint64_t>view.len, timeout, t,
+                              wake)
             finally:
                 PyBuffer_Release(&view)
         finally:
             sf_store_release_u32(&self.producing, 0)
 
-    def put_pickled(self, obj, timeout=None, *, tag=0):
+    def put_pickled(self, obj, timeout=None, *, tag=0, wake=True):
         """Append ``pickle.dumps(obj, protocol=5)`` as one record (see ``put``).
 
         Returns the size of the pickle in bytes."""
@@ -446,7 +455,7 @@ cdef class ShmRing:
         try:
             data = _dumps(obj, 5)
             self._put_raw(<const unsigned char *>PyBytes_AS_STRING(data),
-                          <uint64_t>PyBytes_GET_SIZE(data), timeout, t)
+                          <uint64_t>PyBytes_GET_SIZE(data), timeout, t, wake)
             return PyBytes_GET_SIZE(data)
         finally:
             sf_store_release_u32(&self.producing, 0)
@@ -480,6 +489,7 @@ cdef class ShmRing:
                     raise RingTimeout(f"get: no record within {timeout} s")
         if rc == SF_SHM_OK:
             self.last_tag = tag[0]
+            self.last_len = n[0]
             return 0
         if rc == SF_SHM_EMPTY:
             raise RingTimeout("get: the ring is empty and timeout=0")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import signal
 import threading
 import time
 import weakref
@@ -600,6 +601,49 @@ class ShardedPool(PoolCore, Generic[T]):
                 fatal.returned = returned  # type: ignore[attr-defined]
                 raise fatal
         return returned
+
+    def terminate_workers(self) -> list[Any]:
+        """``backend="process"`` only: end every worker process now with SIGTERM (as
+        ``ProcessPoolExecutor.terminate_workers()`` does in Python 3.14), without
+        replacing it, then ``shutdown(cancel=True)``.
+
+        Nothing is lost, and nothing is counted twice: the items still queued are
+        returned (the list, as ``shutdown(cancel=True)`` returns them); the items of the
+        batches the workers held that had not finished fail with ``WorkerLost``
+        (``attempts == 0``), routed like any failure (``on_error``, dead letter); those
+        that finished before count as processed. A handler that catches SIGTERM keeps
+        its worker alive until its batches are done (``kill_workers`` cannot be caught).
+        Raises ``TypeError`` for other backends (threads cannot be ended from outside).
+
+        Example::
+
+            pool = shardflow.ShardedPool(mymodule.handle, workers=2, backend="process")
+            pool.submit_many(items)
+            not_started = pool.terminate_workers()
+        """
+        return self._end_workers(signal.SIGTERM, "terminate_workers")
+
+    def kill_workers(self) -> list[Any]:
+        """``terminate_workers()`` with SIGKILL (as ``ProcessPoolExecutor.kill_workers()``
+        in Python 3.14): the workers cannot catch it. Same accounting: queued items are
+        returned, unfinished items of the batches in flight fail with ``WorkerLost``."""
+        return self._end_workers(signal.SIGKILL, "kill_workers")
+
+    def _end_workers(self, sig: int, what: str) -> list[Any]:
+        end = getattr(self._runner, "end_workers", None)
+        if end is None:
+            raise TypeError(
+                f"{self.name}: {what}() ends worker processes, and this pool's shards run on "
+                f"{self._runner.describe()}; it needs backend='process'"
+            )
+        self._check_fork()
+        with self._lifecycle:
+            # Stop the shard loops first (queued items stay to be returned), then end the
+            # workers: nothing new is shipped to a worker that is going away.
+            self._closed = True
+            self._stop(True)
+        end(sig, what)
+        return self.shutdown(cancel=True)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Hand every partial batch to the handler now, without waiting for it to fill or

@@ -218,8 +218,15 @@ def test_workers_sigkilled_at_random_moments_lose_nothing_and_keep_key_order(
         # flight: the kill lands mid-run, at a moment the test does not choose.
         pool.submit_many(range(start, start + chunk))
         time.sleep(rng.uniform(0, 0.01))
-        pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
-        os.kill(rng.choice(pids), signal.SIGKILL)  # one of this pool's own workers
+        for _ in range(1000):
+            pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
+            try:
+                os.kill(rng.choice(pids), signal.SIGKILL)  # one of this pool's own workers
+                break
+            except (IndexError, ProcessLookupError):
+                # Both being replaced, or the chosen one just died of an earlier kill
+                # (a race between listing and killing): pick again.
+                time.sleep(0.005)
         kills += 1
     pool.shutdown()
     m = accounted(pool)
@@ -324,6 +331,8 @@ def test_fork_is_refused_while_other_threads_run() -> None:
         ({"ring_bytes": 10}, "ring_bytes"),
         ({"task_timeout": -1}, "task_timeout"),
         ({"mp_context": "spawn"}, "mp_context must be a multiprocessing context"),
+        ({"window": 0}, "window"),
+        ({"window": 1.5}, "window"),
     ],
 )
 def test_bad_backend_arguments_name_the_parameter(kwargs: dict[str, Any], words: str) -> None:
@@ -456,3 +465,117 @@ def test_max_tasks_per_child_recycles_workers_without_losing_anything(tmp_path: 
     assert 6 <= len(pids) <= 10
     m = accounted(pool)
     assert (m.processed, m.failed, m.dead_lettered) == (1000, 0, 0)
+
+
+def test_a_crash_with_batches_in_flight_reruns_them_in_order(tmp_path: Path) -> None:
+    # One shard, batches of 10, up to 4 in flight: when item 55 kills its worker, later
+    # batches are already in the dead worker's task ring. The suspect is retried alone
+    # (and given up); the rest of its batch and every later batch run once, in order.
+    dead: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), exit_on=frozenset({55})),
+        workers=1,
+        backend=ProcessBackend(window=4, ship_batch_size=10, max_attempts=2),
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    pool.submit_many(range(200))
+    assert pool.flush(timeout=60)
+    m = accounted(pool)  # flush waited for every batch in flight: all counted
+    assert (m.processed, m.dead_lettered, m.failed) == (199, 1, 0)
+    pool.shutdown()
+    ((item, exc),) = dead
+    assert item == 55 and isinstance(exc, WorkerLost) and exc.attempts == 2
+    handled = [int(r[2]) for r in ph.read_records(str(tmp_path))]
+    assert handled == [x for x in range(200) if x != 55]
+
+
+def test_a_worker_killed_between_batches_is_replaced_and_blames_no_item(
+    tmp_path: Path,
+) -> None:
+    dead: list[Any] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path)),
+        workers=1,
+        backend=ProcessBackend(max_attempts=1),
+        dead_letter=lambda item, exc: dead.append(item),
+    )
+    pool.submit_many(range(10))
+    assert pool.flush(timeout=60)
+    (pid,) = pool._runner.worker_pids()  # type: ignore[attr-defined]
+    os.kill(pid, signal.SIGKILL)  # this pool's own idle worker
+    deadline = time.monotonic() + 30
+    while pool._runner.worker_pids() in ([], [pid]):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the idle worker was not replaced"
+        time.sleep(0.01)
+    pool.submit_many(range(10, 20))
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.processed, m.dead_lettered, m.failed) == (20, 0, 0) and dead == []
+    assert sorted(int(r[2]) for r in ph.read_records(str(tmp_path))) == list(range(20))
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_ending_the_workers_returns_queued_items_and_fails_unfinished_ones(
+    method: str, tmp_path: Path
+) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), sleep_on=frozenset(range(1000)), sleep=0.01),
+        workers=2,
+        backend=ProcessBackend(ship_batch_size=5, window=2),
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    pids = pool._runner.worker_pids()  # type: ignore[attr-defined]
+    pool.submit_many(range(400))
+    time.sleep(0.3)  # the workers are mid-batch, with a second batch each in flight
+    t0 = time.monotonic()
+    returned = getattr(pool, method)()
+    assert time.monotonic() - t0 < 30  # not the 4 s the queued items would take
+    m = accounted(pool)
+    ran = [int(r[2]) for r in ph.read_records(str(tmp_path))]
+    failed = [item for item, _ in dead]
+    assert m.returned == len(returned) > 0 and m.dead_lettered == len(failed) > 0
+    assert m.submitted == 400 and m.failed == 0
+    assert set(ran) | set(returned) | set(failed) == set(range(400))  # nothing lost
+    assert set(returned).isdisjoint(ran) and set(returned).isdisjoint(failed)
+    assert m.processed <= len(ran)
+    for _, exc in dead:
+        assert isinstance(exc, WorkerLost) and exc.attempts == 0 and method in str(exc)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+    assert pool.shutdown() == []  # already shut down: nothing more
+
+
+def test_ending_workers_needs_the_process_backend() -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(ph.noop, workers=1)
+    try:
+        with pytest.raises(TypeError, match=r"terminate_workers.*backend='process'"):
+            pool.terminate_workers()
+        with pytest.raises(TypeError, match=r"kill_workers.*backend='process'"):
+            pool.kill_workers()
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failing_collector_breaks_its_shard_instead_of_hanging() -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(ph.noop, workers=1, backend="process")
+    runner = pool._runner  # type: ignore[attr-defined]
+    real = runner._settle
+    calls: list[int] = []
+
+    def settle_once_failing(*args: Any) -> None:
+        if not calls:  # a stand-in for a bug in the collector's path
+            calls.append(1)
+            raise RuntimeError("settle failed")
+        real(*args)
+
+    runner._settle = settle_once_failing
+    pool.submit_many(range(10))
+    assert pool.flush(timeout=30)  # nothing waits forever for a batch nobody collects
+    pool.submit_many(range(10, 20))
+    pool.shutdown()
+    m = accounted(pool)
+    assert m.submitted == 20 and m.processed + m.failed == 20 and m.failed > 0

@@ -20,10 +20,14 @@ worker -> parent (result ring)
                                    that failed) or what the list handler returned. A value
                                    that does not pickle fails its item (a FAILED record,
                                    None in its place); a list handler's, the batch.
-shared progress word (int64, one per shard)
-    the index of the item being handled; written before each call, so that after a crash
-    the parent knows which item was running: those before it ran, it is the suspect, those
-    after it never started.
+shared progress words (two int64, one pair per worker): ``[index, seq]``
+    ``seq`` is the batch the worker took last (written after ``index`` was set to -1, once
+    the batch is unpickled); ``index`` is -1 until its first item starts, then the index
+    of the item being handled (written before each call), then -2 once every item ran
+    (before DONE is sent). After a crash the parent reads the pair for the batch in flight
+    at the head of its window: another ``seq`` or index -1: nothing of it started (it runs
+    again, nobody is blamed); index i: the items before i ran, i is the suspect, those
+    after it never started; -2: every item ran and only the DONE record was lost.
 
 The worker ignores SIGINT (Ctrl-C is the parent's to handle: it stops feeding batches and
 the worker exits when told, or when the parent dies: its task ring watches the read end
@@ -35,13 +39,19 @@ from __future__ import annotations
 import pickle
 import signal
 import traceback
+from collections.abc import Callable
 from typing import Any
 
+from shardflow._procloop import run_items
 from shardflow._shmring import PeerDead, RingClosed, ShmRing
 
 FAILED = 1
 DONE = 2
 READY = 3
+
+#: A DONE record wakes the parent's collector only when fewer than this many batches (of
+#: the finished one's size) are queued behind it in the task ring.
+QUIET_AHEAD = 2
 
 
 class RemoteError(Exception):
@@ -91,25 +101,14 @@ def main(
         if msg is None:
             return
         seq, items = msg
+        mark[0] = -1  # first: a crash from here on blames no item of the previous batch
+        mark[1] = seq
         values: Any = None
         if per_item:
-            if collect:
-                values = []
-                append = values.append
-                for i, item in enumerate(items):
-                    mark[0] = i
-                    try:
-                        append(handler(item))
-                    except BaseException as exc:
-                        put((seq, FAILED, i, _portable(exc)))
-                        append(None)
-            else:
-                for i, item in enumerate(items):
-                    mark[0] = i
-                    try:
-                        handler(item)
-                    except BaseException as exc:  # routed by the parent, like a thread worker
-                        put((seq, FAILED, i, _portable(exc)))
+            # Compiled loop: the progress word before each item; each failure reported
+            # (routed by the parent, like a thread worker's) before the next item runs.
+            values = [] if collect else None
+            run_items(handler, items, mark, _reporter(put, seq), values)
         else:
             mark[0] = 0
             try:
@@ -119,15 +118,30 @@ def main(
                 values = None
             if not collect:
                 values = None
-        mark[0] = -1
-        _finish(put, seq, len(items), values, per_item)
+        mark[0] = -2  # every item ran: a crash now loses only the DONE record
+        # Wake the parent's collector (if it sleeps) unless at least QUIET_AHEAD batches
+        # of this one's size are still queued: it then settles this one with a later
+        # DONE, one wake-up for several batches, while the window still has work queued
+        # for this worker. The DONE before the queue runs low always wakes (liveness).
+        wake = len(tasks) < QUIET_AHEAD * (tasks.last_len + 16)
+        _finish(put, seq, len(items), values, per_item, wake)
 
 
-def _finish(put: Any, seq: int, n: int, values: Any, per_item: bool) -> None:
-    """Send batch ``seq``'s DONE record; values that cannot be sent fail their item (or,
-    for a list handler, the batch) instead of the record."""
+def _reporter(put: Any, seq: int) -> Callable[[int, BaseException], None]:
+    """``on_error`` for ``run_items``: a FAILED record of batch ``seq``, sent at once."""
+
+    def report(index: int, exc: BaseException) -> None:
+        put((seq, FAILED, index, _portable(exc)))
+
+    return report
+
+
+def _finish(put: Any, seq: int, n: int, values: Any, per_item: bool, wake: bool = True) -> None:
+    """Send batch ``seq``'s DONE record (without waking the reader unless ``wake``);
+    values that cannot be sent fail their item (or, for a list handler, the batch) instead
+    of the record."""
     try:
-        put((seq, DONE, n, values))
+        put((seq, DONE, n, values), wake=wake)
         return
     except (PeerDead, RingClosed):
         raise

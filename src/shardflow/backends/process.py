@@ -8,21 +8,36 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
 * per shard, a task ring and a result ring in shared memory (``shardflow._shmring``:
   memfd-backed, nothing in /dev/shm even after SIGKILL; waits park on a futex with a
   timeout that doubles as a liveness check of the peer);
-* a parent thread per shard runs the compiled shard loop and, for each batch, pickles it
-  once into the task ring and waits for the outcome. Per-item pools are shipped in lists
+* a parent thread per shard (its dispatch thread) runs the compiled shard loop and, for
+  each batch, pickles it once into the task ring and returns at once (``DEFERRED``):
+  up to ``window`` batches (default 4) are in flight per shard, so the worker starts the
+  next batch as soon as it finished one while the parent pickles the ones after it. A
+  full window is refilled once half of it came back. Per-item pools are shipped in lists
   of up to ``ship_batch_size`` items (whatever is queued, no waiting), and the worker calls
-  the handler once per item;
-* one batch is in flight per shard, so per-key order holds, across crashes too.
+  the handler once per item (a compiled loop, ``shardflow._procloop``);
+* a second parent thread per shard (its collector) is the only reader of the result ring:
+  it settles each batch when its DONE record comes back (failures came as FAILED records
+  before it), hands the values to ``on_results`` first, and does everything that replaces
+  the worker;
+* a shard's batches run in the order they were shipped, one after the other, so per-key
+  order holds, across crashes too.
 
 Nothing is lost when a worker dies (SIGKILL, a segfault in the handler, ``os._exit``,
-out of memory, or ``task_timeout`` running out): a shared progress word says which item
-was running. The items before it ran (their failures were reported as they happened);
-the suspect item is retried alone in a fresh worker, up to ``max_attempts`` runs in all,
-then failed with ``WorkerLost`` (dead letter, ``on_error``); the items after it run in the
-replacement worker. **The suspect item may therefore run more than once**: side effects
-of a handler that crashes its worker are at-least-once. After ``max_crashes`` worker
-deaths within ``crash_window`` seconds a shard is marked broken: its batches fail with
-``ShardBroken`` (counted, routed; nothing hangs).
+out of memory, or ``task_timeout`` running out): shared progress words say which batch
+and which item was running. The items before it ran (their failures were reported as they
+happened); the suspect item is retried alone in a fresh worker, up to ``max_attempts``
+runs in all, then failed with ``WorkerLost`` (dead letter, ``on_error``); the items after
+it, then every later batch that was in flight, run in the replacement worker, in order,
+before anything new is shipped. A worker that dies before its next batch started, or
+between batches, blames no item. **The suspect item may therefore run more than once**:
+side effects of a handler that crashes its worker are at-least-once. After
+``max_crashes`` worker deaths within ``crash_window`` seconds a shard is marked broken:
+its batches fail with ``ShardBroken`` (counted, routed; nothing hangs).
+
+``ShardedPool.terminate_workers()`` / ``kill_workers()`` end the workers at once (SIGTERM
+/ SIGKILL, as ``ProcessPoolExecutor`` in Python 3.14) without replacing them and shut
+the pool down: queued items are returned, unfinished items of the batches in flight fail
+with ``WorkerLost`` (``attempts`` 0).
 
 What differs from threads, and why:
 * the handler is pickled once per worker: by reference (a module-level function or a
@@ -36,8 +51,11 @@ What differs from threads, and why:
   each item when its batch is shipped and records each outcome; one limiter permit per
   batch in flight; rate tokens taken before shipping, batches capped at the burst). A
   retry is refused (retried here, an item would run after later items of its key);
-* the handler's return values are sent back only when the pool asks (``on_results``);
-* ``service_time`` covers the round trip of a batch (pickling and IPC included);
+* the handler's return values are sent back only when the pool asks (``on_results``), in
+  the DONE record of their batch; after a crash, the items before the suspect run again
+  for their values;
+* ``service_time`` covers a batch from its shipping to its outcome: pickling, IPC and
+  the wait behind the batches ahead of it in the window included;
 * default start method: ``forkserver`` where available (``spawn`` elsewhere): never a
   bare ``fork`` of a process whose shardflow threads are running. Pass ``mp_context`` to
   choose; a ``fork`` context is refused while other threads run.
@@ -49,20 +67,24 @@ import atexit
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.util  # its exit hook must be registered before ours (_drain_at_exit)
+import os
 import pickle
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from shardflow._shmring import PeerDead, RingClosed, RingError, RingTimeout, ShmRing
 from shardflow.backends import _process_worker as wire
 from shardflow.backends.base import (
+    DEFERRED,
     Backend,
     BatchOutcome,
     Deliver,
     Handler,
+    Settle,
     ShardRunner,
     deliver_values,
     start_shard_threads,
@@ -75,6 +97,7 @@ RemoteError = wire.RemoteError
 
 _SLICE = 0.05  # seconds between liveness checks while waiting on a worker
 _JOIN_TIMEOUT = 5.0  # seconds a worker gets to exit after "no more batches"
+_IDLE_CHECK = 1.0  # seconds between health checks of a worker with nothing in flight
 
 
 class WorkerLost(ShardflowError):
@@ -162,9 +185,10 @@ class _Worker:
         ctx = runner.ctx
         self.tasks = ShmRing.create(runner.ring_bytes)
         self.results = ShmRing.create(runner.ring_bytes)
-        self.progress = ctx.RawArray("q", 1)
+        self.progress = ctx.RawArray("q", 2)  # [index, seq]: see _process_worker
         self.mark = memoryview(self.progress).cast("B").cast("q")
         self.mark[0] = -1
+        self.mark[1] = 0
         death_r, self.death_w = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=wire.main,
@@ -243,7 +267,14 @@ class _Worker:
 
 
 class _Shard:
-    """The parent's state of one shard: its worker, the batch counter, crash history."""
+    """The parent's state of one shard: its worker, the batches in flight (the window),
+    the batch counter, crash history.
+
+    ``cond`` guards ``inflight``, ``hold``, ``closing`` and the worker swap: the dispatch
+    thread ships under it, the collector thread pops under it (and notifies). ``hold``
+    stops shipping while the collector replaces the worker (a crash: the batches in
+    flight are re-run first, in order; or ``max_tasks_per_child``). ``settling``
+    serializes the shard's settle calls (the core's counters take one writer at a time)."""
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -252,6 +283,13 @@ class _Shard:
         self.handled = 0  # items the current worker ran (max_tasks_per_child)
         self.deaths: list[float] = []
         self.broken: str | None = None
+        self.cond = threading.Condition(threading.Lock())
+        self.inflight: deque[_Run] = deque()
+        self.hold = False
+        self.closing = False
+        self.settling = threading.Lock()
+        self.collector: threading.Thread | None = None
+        self.kill_reason: str | None = None  # why the collector killed the worker
 
 
 class _Run:
@@ -259,7 +297,23 @@ class _Run:
     ``offsets`` mapping payload positions to batch indexes once items were taken out),
     and what came back."""
 
-    __slots__ = ("failures", "offsets", "payload", "start", "value", "value_set", "values")
+    __slots__ = (
+        "batch",
+        "error",
+        "failures",
+        "offsets",
+        "payload",
+        "reported",
+        "sent",
+        "seq",
+        "start",
+        "suspect",
+        "t0",
+        "tries",
+        "value",
+        "value_set",
+        "values",
+    )
 
     def __init__(
         self,
@@ -267,6 +321,7 @@ class _Run:
         failures: list[tuple[int, BaseException]],
         values: list[Any] | None,
     ) -> None:
+        self.batch = batch
         self.payload = batch
         self.offsets: list[int] | None = None  # None: payload position == batch index
         self.start = 0  # payload[start:] has not run yet
@@ -274,6 +329,13 @@ class _Run:
         self.values = values  # per-item values by batch index, when wanted
         self.value: Any = None  # a list handler's value, when wanted
         self.value_set = False
+        self.error: BaseException | None = None  # the batch failed as a whole
+        self.seq = 0  # the sequence number of the chunk in flight
+        self.sent = 0  # its items: payload[start:start + sent]
+        self.reported = 0  # len(failures) when it was sent
+        self.tries: dict[int, int] = {}  # batch index -> runs that ended in a crash
+        self.suspect = -1  # payload position to run alone next (after a crash), or -1
+        self.t0 = time.monotonic_ns()
 
     def index(self, pos: int) -> int:
         return pos if self.offsets is None else self.offsets[pos]
@@ -323,6 +385,8 @@ class _ProcessRunner(ShardRunner):
         self.crash_window = backend.crash_window
         self.start_timeout = backend.start_timeout
         self.max_tasks_per_child = backend.max_tasks_per_child
+        self.window = backend.window
+        self._settle: Settle | None = None
         self.handler_pickle = b""
         self.per_item = True
         self.deliver: Deliver | None = None
@@ -330,6 +394,7 @@ class _ProcessRunner(ShardRunner):
         self.threads: list[threading.Thread] = []
         self.local = threading.local()
         self.joined = False
+        self.ending: str | None = None  # set by end_workers(): no more recovery
 
     # ------------------------------------------------------------ set-up (seam order)
 
@@ -346,6 +411,9 @@ class _ProcessRunner(ShardRunner):
         self.per_item = per_item
         self.deliver = deliver
         return self._run_batch
+
+    def attach(self, settle: Settle) -> None:
+        self._settle = settle
 
     def start(
         self,
@@ -372,6 +440,15 @@ class _ProcessRunner(ShardRunner):
                 shard.worker = None  # released by await_ready; the others by join()
                 raise
 
+        for shard in self.shards:
+            shard.collector = threading.Thread(
+                target=self._collect_guarded,
+                args=(shard,),
+                name=f"{self.pool_name}-collect-{shard.index}",
+                daemon=True,
+            )
+            shard.collector.start()
+
         def serve(i: int) -> None:
             self.local.shard = self.shards[i]
             run_shard(i)
@@ -388,93 +465,444 @@ class _ProcessRunner(ShardRunner):
             self.threads = getattr(exc, "started", [])
             raise
 
-    # ------------------------------------------------------------ one batch
+    # ------------------------------------------------------------ the dispatch thread
 
-    def _run_batch(self, batch: list[Any]) -> BatchOutcome | None:
-        """Called by shard ``i``'s loop, in its dispatch thread: run ``batch`` in the
-        worker, through crashes, and report per-item failures (and, with ``deliver``,
-        the values)."""
+    def _run_batch(self, batch: list[Any]) -> object:
+        """Called by shard ``i``'s loop, in its dispatch thread: ship ``batch`` to the
+        worker and return ``DEFERRED`` (its collector thread settles it); with a full
+        window, first wait for the oldest batch in flight to be settled."""
         shard: _Shard = self.local.shard
-        if shard.broken is not None:
-            raise ShardBroken(shard.broken)
-        collect = self.deliver is not None
-        failures: list[tuple[int, BaseException]] = []
-        values: list[Any] | None = [None] * len(batch) if collect and self.per_item else None
-        run = _Run(batch, failures, values)
-        tries: dict[int, int] = {}  # batch index -> runs that ended in a crash
-        suspect = -1  # payload position to run alone next (after a crash), or -1
-        while run.start < len(run.payload):
+        values = [None] * len(batch) if self.deliver is not None and self.per_item else None
+        run = _Run(batch, [], values)
+        failed = self._ship(shard, run)
+        if failed is not None or not run.payload:
+            # Nothing in flight for this batch: settle it here (its failures are known).
+            if failed is not None:
+                self._fail_unfinished(run, failed)
+            self._settle_run(shard, run)
+        return DEFERRED
+
+    def _ship(self, shard: _Shard, run: _Run) -> BaseException | None:
+        """Put ``run`` in the shard's window (the task ring), in order; returns the error
+        that failed it as a whole instead, if any. Items that do not pickle are failed
+        alone and left out (the rest is shipped)."""
+        with shard.cond:
+            while True:
+                if self.ending is not None:
+                    return WorkerLost(
+                        f"{self.pool_name} shard {shard.index}: the worker processes were "
+                        f"ended by {self.ending}() before this batch could be sent",
+                        pid=-1,
+                        exitcode=None,
+                        attempts=0,
+                    )
+                if shard.broken is not None:
+                    return ShardBroken(shard.broken)
+                if shard.hold or shard.worker is None:
+                    shard.cond.wait()
+                    continue
+                if len(shard.inflight) >= self.window:
+                    # Full: wait until half of it is free (the collector notifies then).
+                    while (
+                        len(shard.inflight) > self.window // 2
+                        and not shard.hold
+                        and self.ending is None
+                    ):
+                        shard.cond.wait()
+                    continue
+                worker = shard.worker
+                seq = shard.seq + 1
+                try:
+                    worker.tasks.put_pickled((seq, run.payload), timeout=_SLICE)
+                except (RingTimeout, PeerDead):
+                    # The task ring is full (or its reader died: the collector will see
+                    # it): let the collector take the lock meanwhile, then try again.
+                    shard.cond.wait(_SLICE)
+                    continue
+                except RingError as exc:  # e.g. RecordTooLarge: nothing was written
+                    return exc
+                except Exception:  # pickling failed before anything was written
+                    # Slow path, rare: find the items that do not pickle; they fail alone.
+                    run.drop_unpicklable()
+                    if not self.per_item and run.failures:
+                        return run.failures[0][1]
+                    if not run.payload:
+                        return None
+                    continue
+                shard.seq = seq
+                run.seq = seq
+                run.sent = len(run.payload)
+                run.reported = len(run.failures)
+                run.t0 = time.monotonic_ns()
+                shard.inflight.append(run)
+                if len(shard.inflight) == 1:
+                    shard.cond.notify_all()  # the collector sleeps while nothing is in flight
+                return None
+
+    # ------------------------------------------------------------ the collector thread
+
+    def _collect_guarded(self, shard: _Shard) -> None:
+        """``_collect``; if it fails (a bug, or an error escaping a callback), the shard is
+        marked broken and what it had in flight is failed, so that nothing waits forever
+        (flush, join) for batches nobody collects."""
+        try:
+            self._collect(shard)
+        except BaseException as exc:
+            with shard.cond:
+                shard.broken = (
+                    f"{self.pool_name} shard {shard.index}: its collector thread failed "
+                    f"({type(exc).__name__}: {exc}); the shard takes no more items"
+                )
+                runs = list(shard.inflight)
+            for run in runs:
+                try:
+                    self._fail_unfinished(run, ShardBroken(shard.broken))
+                    self._settle_run(shard, run)
+                except BaseException:  # pragma: no cover - already failing; keep going
+                    pass
+            with shard.cond:
+                shard.inflight.clear()
+                shard.hold = False
+                shard.cond.notify_all()
+            raise
+
+    def _collect(self, shard: _Shard) -> None:
+        """Shard ``shard``'s collector thread: the only reader of the worker's result
+        ring. Settles each batch when its DONE record comes back, in order; replaces the
+        worker when it dies (re-running what the crash interrupted, then every later
+        batch in flight, in order, before anything new is shipped), when it overruns
+        ``task_timeout`` and when it reached ``max_tasks_per_child``."""
+        tracked: _Run | None = None
+        seen_index: tuple[int, int] = (-3, -1)
+        overrun_at = 0.0
+        while True:
+            worker = shard.worker
+            if worker is None:  # broken: nothing more comes back
+                with shard.cond:
+                    while not shard.closing:
+                        shard.cond.wait()
+                return
+            with shard.cond:
+                idle = not shard.inflight and not shard.closing
+                if idle:
+                    # Nothing in flight: sleep on the condition (the dispatch thread
+                    # notifies when it ships into an empty window), not in the ring's
+                    # park slices, so that an idle pool costs ~nothing; look at the
+                    # worker's health once per _IDLE_CHECK meanwhile.
+                    shard.cond.wait(_IDLE_CHECK)
+                    idle = not shard.inflight and not shard.closing
+            if idle:
+                if not worker.process.is_alive():  # died between batches: blames no item
+                    if self.ending is not None:
+                        self._abandon(shard, worker)
+                    else:
+                        self._recover(shard, worker)
+                continue
+            try:
+                msg = worker.results.get(timeout=_SLICE)
+            except RingTimeout:
+                with shard.cond:
+                    head = shard.inflight[0] if shard.inflight else None
+                if head is not None and self.task_timeout is not None:
+                    now = time.monotonic()
+                    index = (worker.mark[0], worker.mark[1])
+                    if head is not tracked or index != seen_index:
+                        # A new batch or a new item started: its own deadline.
+                        tracked, seen_index = head, index
+                        overrun_at = now + self.task_timeout
+                    elif now >= overrun_at:
+                        shard.kill_reason = (
+                            f"overran task_timeout={self.task_timeout} s and was killed"
+                        )
+                        worker.kill()  # the next get() reports PeerDead
+                continue
+            except RingClosed:  # PeerDead included: every record it sent was read
+                if shard.closing and worker.results.reader_closed:
+                    return  # join() closed the ring once nothing was in flight
+                if self.ending is not None:
+                    self._abandon(shard, worker)
+                    continue
+                self._recover(shard, worker)
+                tracked = None
+                continue
+            mseq, kind, *rest = msg
+            with shard.cond:
+                head = shard.inflight[0] if shard.inflight else None
+            if head is None or mseq != head.seq:  # pragma: no cover - a stale record
+                continue
+            if kind == wire.FAILED:
+                self._failed(head, rest[0], rest[1])
+                continue
+            if kind != wire.DONE:  # pragma: no cover - not sent after READY
+                continue
+            self._done(head, rest)
+            head.start += head.sent
+            self._settle_run(shard, head)
+            with shard.cond:
+                shard.inflight.popleft()
+                # A dispatch thread that found the window full waits until half of it
+                # is free (wait_settled and join until it is empty): one wake-up per
+                # window/2 batches instead of one per batch.
+                if len(shard.inflight) <= self.window // 2:
+                    shard.cond.notify_all()
+            if self.max_tasks_per_child is not None:
+                shard.handled += head.sent
+                if shard.handled >= self.max_tasks_per_child:
+                    self._recycle(shard)
+
+    def _failed(self, run: _Run, index: int, raised: BaseException) -> None:
+        """A FAILED record of ``run``'s chunk in flight."""
+        if index < 0:
+            run.error = raised  # a list handler raised: the batch fails as a whole
+        else:
+            run.failures.append((run.index(run.start + index), raised))
+
+    def _done(self, run: _Run, rest: list[Any]) -> None:
+        """The DONE record of ``run``'s chunk in flight: keep the values it carries."""
+        got = rest[1] if len(rest) > 1 else None
+        if run.values is not None and got is not None:
+            for k, value in enumerate(got):
+                run.values[run.index(run.start + k)] = value
+        elif self.deliver is not None and not self.per_item and run.error is None:
+            run.value = got
+            run.value_set = True
+
+    def _fail_unfinished(self, run: _Run, exc: BaseException) -> None:
+        """Fail what did not run of ``run`` with ``exc``: item by item for a per-item
+        handler (each routed alone, as handler failures are), the batch otherwise."""
+        if run.start >= len(run.payload) or run.error is not None:
+            return
+        if self.per_item:
+            run.failures.extend((run.index(pos), exc) for pos in range(run.start, len(run.payload)))
+        else:
+            run.error = exc
+        run.start = len(run.payload)
+
+    def _settle_run(self, shard: _Shard, run: _Run) -> None:
+        """Deliver ``run``'s values (``on_results``), then report its outcome to the core."""
+        failures = run.failures
+        outcome: object = None
+        if run.error is not None:
+            outcome = run.error
+        elif failures and not self.per_item:
+            outcome = failures[0][1]
+        else:
+            try:
+                if self.deliver is not None:
+                    if self.per_item:
+                        assert run.values is not None
+                        deliver_values(self.deliver, run.batch, run.values, failures)
+                    elif run.value_set:
+                        self.deliver(run.batch, run.value)
+                outcome = BatchOutcome(failures) if failures else None
+            except BaseException as exc:  # on_results raised: the batch fails as a whole
+                outcome = exc
+        assert self._settle is not None
+        with shard.settling:
+            self._settle(shard.index, run.batch, outcome, time.monotonic_ns() - run.t0)
+
+    def _recover(self, shard: _Shard, worker: _Worker) -> None:
+        """The worker died (or was killed): replace it, then run what the crash
+        interrupted and every later batch in flight, in order, each to its end (settled),
+        with nothing new shipped meanwhile."""
+        with shard.cond:
+            shard.hold = True
+            runs = list(shard.inflight)
+        try:
+            reason = shard.kill_reason or self._how(worker)
+            shard.kill_reason = None
+            at, at_seq = int(worker.mark[0]), int(worker.mark[1])
+            if not runs:
+                # It died between batches: nothing to re-run, but it counts as a death.
+                self._replace(shard)
+            else:
+                self._after_crash(shard, runs[0], at, at_seq, reason)
+            for run in runs:
+                self._drive(shard, run)
+                self._settle_run(shard, run)
+                with shard.cond:
+                    shard.inflight.popleft()
+                    shard.cond.notify_all()
+        finally:
+            with shard.cond:
+                shard.hold = False
+                shard.cond.notify_all()
+
+    def end_workers(self, sig: int, what: str) -> None:
+        """``terminate_workers()`` / ``kill_workers()``: send ``sig`` to every worker now,
+        with no replacement; the collectors fail what was in flight (``_abandon``)."""
+        self.ending = what
+        for shard in self.shards:
+            with shard.cond:
+                worker = shard.worker
+                shard.cond.notify_all()  # a dispatch thread waiting for room gives up
+            if worker is not None and worker.process.is_alive():
+                try:
+                    os.kill(worker.pid, sig)  # this pool's own worker, by pid
+                except ProcessLookupError:
+                    pass
+
+    def _abandon(self, shard: _Shard, worker: _Worker) -> None:
+        """After ``end_workers``: the worker is gone and is not replaced. What ran of the
+        head batch (the progress words; without values wanted) counts as run; every other
+        item in flight fails with ``WorkerLost`` (``attempts`` 0: it is not a crash)."""
+        with shard.cond:
+            shard.hold = True
+            runs = list(shard.inflight)
+        try:
+            at, at_seq = int(worker.mark[0]), int(worker.mark[1])
+            with shard.cond:
+                shard.worker = None  # first: worker_pids() never lists a pid already reaped
+            worker.kill()
+            pid, exitcode = worker.pid, worker.process.exitcode
+            worker.release()
+            for k, run in enumerate(runs):
+                if k == 0 and at_seq == run.seq and self.deliver is None:
+                    if at == -2:
+                        run.start += run.sent  # every item ran; only DONE was lost
+                    elif self.per_item and 0 <= at < run.sent:
+                        run.start += at  # those before it ran (failures came back)
+                lost = WorkerLost(
+                    f"{self.pool_name} shard {shard.index}: the worker process (pid "
+                    f"{pid}, {_describe_exit(exitcode)}) was ended by {self.ending}() "
+                    "before this item finished",
+                    pid=pid,
+                    exitcode=exitcode,
+                    attempts=0,
+                )
+                self._fail_unfinished(run, lost)
+                self._settle_run(shard, run)
+                with shard.cond:
+                    shard.inflight.popleft()
+                    shard.cond.notify_all()
+        finally:
+            with shard.cond:
+                shard.hold = False
+                shard.cond.notify_all()
+
+    def _recycle(self, shard: _Shard) -> None:
+        """``max_tasks_per_child``: once nothing is in flight, replace the worker with a
+        clean stop (not a crash); nothing is shipped meanwhile."""
+        with shard.cond:
+            if shard.inflight:
+                # Later batches are in the old worker's ring: stop shipping and recycle
+                # once they are back (checked again after each of them).
+                shard.hold = True
+                return
+            shard.hold = True
+        try:
+            old = shard.worker
+            assert old is not None
+            shard.handled = 0
+            with shard.cond:
+                shard.worker = None
+            old.stop(_JOIN_TIMEOUT)
+            try:
+                fresh = _Worker(self, shard.index)
+                fresh.await_ready(self, shard.index)
+            except RuntimeError as exc:
+                with shard.cond:
+                    shard.worker = None
+                    shard.broken = f"{exc}; the shard takes no more items"
+            else:
+                with shard.cond:
+                    shard.worker = fresh
+        finally:
+            with shard.cond:
+                shard.hold = False
+                shard.cond.notify_all()
+
+    # ------------------------------------------------------------ crash recovery
+
+    def _after_crash(self, shard: _Shard, run: _Run, at: int, at_seq: int, reason: str) -> None:
+        """The worker died while ``run``'s chunk in flight was its next or current batch;
+        the progress words said item ``at`` of batch ``at_seq`` (see ``_process_worker``).
+        Replace the worker and set ``run`` up for ``_drive``: if nothing of the chunk
+        started, it runs again as it is (nobody is blamed); if every item ran, only the
+        DONE record was lost (with values wanted the chunk runs again for them);
+        otherwise the items before the suspect ran (with values wanted, they run again:
+        their values died with the worker), the suspect runs alone next, or fails with
+        ``WorkerLost`` after ``max_attempts``."""
+        pid, exitcode = self._replace(shard)
+        if at_seq != run.seq or at == -1 or at >= run.sent:
+            del run.failures[run.reported :]  # none came back for a chunk that never ran
+            return
+        if at == -2:
+            if self.deliver is not None:
+                del run.failures[run.reported :]  # it runs again: re-reported
+            else:
+                run.start += run.sent  # done: its failures came back before the DONE
+            return
+        pos = run.start + at
+        if self.deliver is not None and self.per_item:
+            del run.failures[run.reported :]  # the items before pos run again: re-reported
+        else:
+            run.start = pos  # those before the suspect ran (failures came back)
+        index = run.index(pos)
+        run.tries[index] = attempts = run.tries.get(index, 0) + 1
+        run.suspect = pos
+        if attempts >= self.max_attempts:
+            lost = WorkerLost(
+                f"{self.pool_name} shard {shard.index}: the worker process (pid "
+                f"{pid}) {reason} while handling this item, {attempts} "
+                "time(s); given up",
+                pid=pid,
+                exitcode=exitcode,
+                attempts=attempts,
+            )
+            if not self.per_item:
+                run.error = lost
+                run.start = len(run.payload)
+                return
+            run.failures.append((index, lost))
+            run.drop(pos)
+            run.suspect = -1
+
+    def _drive(self, shard: _Shard, run: _Run) -> None:
+        """Run what is left of ``run`` in the (replacement) worker, one chunk at a time,
+        waiting for each (the collector thread, during recovery), through further
+        crashes."""
+        while run.start < len(run.payload) and run.error is None:
             start = run.start
             if shard.broken is not None:
                 for pos in range(start, len(run.payload)):
-                    failures.append((run.index(pos), ShardBroken(shard.broken)))
+                    run.failures.append((run.index(pos), ShardBroken(shard.broken)))
                 break
             # After a crash the suspect runs alone; with values wanted, the items before it
             # first (their values died with the worker). Otherwise everything left at once.
+            suspect = run.suspect
             if suspect == start and self.per_item:
                 chunk = run.payload[start : start + 1]
             elif start < suspect:
                 chunk = run.payload[start:suspect]
             else:
                 chunk = run.payload if start == 0 else run.payload[start:]
-            reported = len(failures)
+            run.reported = len(run.failures)
             try:
                 self._send(shard, chunk, run)
                 run.start += len(chunk)
-                if run.start > suspect:
-                    suspect = -1
-                self._maybe_recycle(shard, len(chunk))
-            except _Unpicklable:
-                # Slow path, rare: find the items that do not pickle; they fail alone.
+                if run.start > run.suspect:
+                    run.suspect = -1
+            except _Unpicklable:  # pragma: no cover - the payload was checked when shipped
                 run.drop_unpicklable()
-                if not self.per_item and failures:
-                    raise failures[0][1] from None
+                if not self.per_item and run.failures:
+                    return
             except _Crash as crash:
-                at = int(self._suspect(shard))
-                at = 0 if at < 0 or at >= len(chunk) else at
-                pos = start + at
-                if collect and self.per_item:
-                    del failures[reported:]  # the items before pos run again: re-reported
-                else:
-                    run.start = pos  # those before the suspect ran (failures came back)
-                pid, exitcode = self._replace(shard)
-                index = run.index(pos)
-                tries[index] = attempts = tries.get(index, 0) + 1
-                suspect = pos
-                if attempts >= self.max_attempts:
-                    lost = WorkerLost(
-                        f"{self.pool_name} shard {shard.index}: the worker process (pid "
-                        f"{pid}) {crash.reason} while handling this item, {attempts} "
-                        "time(s); given up",
-                        pid=pid,
-                        exitcode=exitcode,
-                        attempts=attempts,
-                    )
-                    if not self.per_item:
-                        raise lost from None
-                    failures.append((index, lost))
-                    run.drop(pos)
-                    suspect = -1
-        if failures and not self.per_item:
-            raise failures[0][1]
-        if self.deliver is not None:
-            if self.per_item:
-                assert values is not None
-                deliver_values(self.deliver, batch, values, failures)
-            elif run.value_set:
-                self.deliver(batch, run.value)
-        if failures:
-            return BatchOutcome(failures)
-        return None
+                worker = shard.worker
+                assert worker is not None
+                at, at_seq = int(worker.mark[0]), int(worker.mark[1])
+                self._after_crash(shard, run, at, at_seq, crash.reason)
 
     def _send(self, shard: _Shard, items: list[Any], run: _Run) -> None:
-        """Run ``items`` (``run.payload[run.start:run.start + len(items)]``) in the worker;
-        failures and values are recorded by batch index. Raises _Crash if the worker dies
-        meanwhile."""
+        """Run ``items`` (``run.payload[run.start:run.start + len(items)]``) in the worker
+        and wait for them (recovery only: nothing else is in flight); failures and values
+        are recorded by batch index. Raises _Crash if the worker dies meanwhile."""
         worker = shard.worker
         assert worker is not None
         shard.seq += 1
         seq = shard.seq
+        run.seq = seq
+        run.sent = len(items)
         try:
             worker.tasks.put_pickled((seq, items))
         except PeerDead:
@@ -485,13 +913,10 @@ class _ProcessRunner(ShardRunner):
             raise _Unpicklable() from exc
         overrun_at = None if self.task_timeout is None else time.monotonic() + self.task_timeout
         seen_index = -2
-        start = run.start
         while True:
             try:
                 msg = worker.results.get(timeout=_SLICE)
             except RingTimeout:
-                if not worker.process.is_alive():
-                    raise _Crash(self._how(worker)) from None
                 if overrun_at is not None:
                     now = time.monotonic()
                     index = worker.mark[0]
@@ -507,66 +932,37 @@ class _ProcessRunner(ShardRunner):
             except PeerDead:
                 raise _Crash(self._how(worker)) from None
             mseq, kind, *rest = msg
-            if mseq != seq:  # a stale record (a batch whose DONE was not awaited)
+            if mseq != seq:  # pragma: no cover - a stale record
                 continue
             if kind == wire.FAILED:
-                index, raised = rest
-                if index < 0:
-                    raise raised
-                run.failures.append((run.index(start + index), raised))
+                self._failed(run, rest[0], rest[1])
             elif kind == wire.DONE:
-                got = rest[1] if len(rest) > 1 else None
-                if run.values is not None and got is not None:
-                    for k, value in enumerate(got):
-                        run.values[run.index(start + k)] = value
-                elif self.deliver is not None and not self.per_item:
-                    run.value = got
-                    run.value_set = True
+                self._done(run, rest)
                 return
-
-    def _maybe_recycle(self, shard: _Shard, ran: int) -> None:
-        """With ``max_tasks_per_child``: replace a worker that handled that many items
-        (counted per batch, so a worker may go past it by less than a batch), between two
-        batches, with a clean stop; not counted as a crash."""
-        if self.max_tasks_per_child is None:
-            return
-        shard.handled += ran
-        if shard.handled < self.max_tasks_per_child:
-            return
-        old = shard.worker
-        assert old is not None
-        shard.worker = None
-        shard.handled = 0
-        old.stop(_JOIN_TIMEOUT)
-        try:
-            fresh = _Worker(self, shard.index)
-            fresh.await_ready(self, shard.index)
-            shard.worker = fresh
-        except RuntimeError as exc:
-            shard.broken = f"{exc}; the shard takes no more items"
 
     def _how(self, worker: _Worker) -> str:
         worker.process.join(1.0)
         return _describe_exit(worker.process.exitcode)
-
-    def _suspect(self, shard: _Shard) -> int:
-        worker = shard.worker
-        assert worker is not None
-        return int(worker.mark[0])
 
     def _replace(self, shard: _Shard) -> tuple[int, int | None]:
         """Start a fresh worker (new rings) after a death; returns the dead one's pid and
         exit code. Marks the shard broken after too many deaths in the window."""
         old = shard.worker
         assert old is not None
+        with shard.cond:
+            shard.worker = None  # first: worker_pids() never lists a pid already reaped
         old.kill()
         pid, exitcode = old.pid, old.process.exitcode
         old.release()
-        shard.worker = None
+        shard.handled = 0
+        fresh: _Worker | None = None
+        broken: str | None = None
         now = time.monotonic()
         shard.deaths = [t for t in shard.deaths if now - t < self.crash_window] + [now]
-        if len(shard.deaths) >= self.max_crashes:
-            shard.broken = (
+        if self.ending is not None:
+            broken = f"{self.pool_name} shard {shard.index}: workers ended by {self.ending}()"
+        elif len(shard.deaths) >= self.max_crashes:
+            broken = (
                 f"{self.pool_name} shard {shard.index}: its worker process died "
                 f"{len(shard.deaths)} times within {self.crash_window} s (last: pid {pid}, "
                 f"{_describe_exit(exitcode)}); the shard takes no more items"
@@ -575,12 +971,31 @@ class _ProcessRunner(ShardRunner):
             try:
                 fresh = _Worker(self, shard.index)
                 fresh.await_ready(self, shard.index)
-                shard.worker = fresh
             except RuntimeError as exc:
-                shard.broken = f"{exc}; the shard takes no more items"
+                fresh = None
+                broken = f"{exc}; the shard takes no more items"
+        with shard.cond:
+            shard.worker = fresh
+            if broken is not None:
+                shard.broken = broken
+            shard.cond.notify_all()
         return pid, exitcode
 
     # ------------------------------------------------------------ teardown
+
+    def wait_settled(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for shard in self.shards:
+            with shard.cond:
+                while shard.inflight:
+                    if deadline is None:
+                        shard.cond.wait()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    shard.cond.wait(left)
+        return True
 
     def join(self) -> None:
         if self.joined:
@@ -588,7 +1003,19 @@ class _ProcessRunner(ShardRunner):
         self.joined = True
         for t in self.threads:
             t.join()
+        # The shard loops are done: let each collector settle what is in flight, then
+        # close its ring (it returns) and stop the worker.
         for shard in self.shards:
+            with shard.cond:
+                shard.closing = True
+                shard.cond.notify_all()
+                while shard.inflight or shard.hold:
+                    shard.cond.wait()
+                worker = shard.worker
+                if worker is not None:
+                    worker.results.close_peer()  # the collector's get() returns
+            if shard.collector is not None:
+                shard.collector.join()
             if shard.worker is not None:
                 shard.worker.stop(_JOIN_TIMEOUT)
                 shard.worker = None
@@ -603,7 +1030,15 @@ class _ProcessRunner(ShardRunner):
         return f"process({self.ctx.get_start_method()})"
 
     def worker_pids(self) -> list[int]:
-        return [s.worker.pid for s in self.shards if s.worker is not None]
+        """The pids of the workers (any thread may call it, also during a restart); one of
+        them may have just died, its replacement not started yet."""
+        pids = []
+        for shard in self.shards:
+            with shard.cond:
+                worker = shard.worker
+                if worker is not None:
+                    pids.append(worker.pid)
+        return pids
 
 
 class ProcessBackend(Backend):
@@ -626,6 +1061,12 @@ class ProcessBackend(Backend):
             to start makes the pool's constructor raise ``RuntimeError``.
         max_tasks_per_child: replace a worker once it handled this many items (checked
             between batches: against memory growth in the handler). None: never.
+        window: batches in flight per shard (shipped, outcome not yet back). More than
+            one lets the parent pickle and ship the next batches while the worker runs
+            one, so that the worker does not wait for the parent; a full window is
+            refilled once half of it came back (fewer thread wake-ups). Each shard holds
+            at most ``window`` batches beyond its ring (and its task ring at most
+            ``ring_bytes`` of them). 1: one batch at a time.
 
     Example (a module-level handler; a pool of 2 worker processes)::
 
@@ -646,6 +1087,7 @@ class ProcessBackend(Backend):
         crash_window: float = 10.0,
         start_timeout: float = 60.0,
         max_tasks_per_child: int | None = None,
+        window: int = 4,
     ) -> None:
         from shardflow._validate import check_int, check_seconds
 
@@ -668,6 +1110,7 @@ class ProcessBackend(Backend):
         check_seconds("start_timeout", start_timeout)
         if max_tasks_per_child is not None:
             check_int("max_tasks_per_child", max_tasks_per_child, lo=1, hi=1 << 62)
+        check_int("window", window, lo=1, hi=1 << 10)
         self.mp_context = mp_context
         self.ship_batch_size = ship_batch_size
         self.ring_bytes = ring_bytes
@@ -677,6 +1120,7 @@ class ProcessBackend(Backend):
         self.crash_window = crash_window
         self.start_timeout = start_timeout
         self.max_tasks_per_child = max_tasks_per_child
+        self.window = window
 
     def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
         return _ProcessRunner(self, pool_name, workers)

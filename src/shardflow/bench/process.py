@@ -10,6 +10,11 @@ what a user would write instead, side by side in one process run.
   each looping over half the items (what parallelism the machine gives right now);
 * **dict records**: 3-key dicts through one process stage vs the pickle floor (one
   ``pickle.dumps`` + ``pickle.loads`` of the same records, per item);
+* **round trip**: one item at a time through an idle pool (a pause of ``RTT_GAP_S``
+  between items, so that every thread and worker has parked): from ``submit(x)`` until
+  the caller's thread is woken by ``on_results`` with the handler's return value, vs
+  ``Pool(2).apply`` and ``ProcessPoolExecutor(2).submit(...).result()`` of the same
+  handler, interleaved in rounds; p50 and p99 of all trips of each contender;
 * **start-up**: pool construction until its 2 workers can take work, vs
   ``ProcessPoolExecutor(2)`` with the same start method running its first 2 tasks;
 * **idle**: CPU (parent and workers) of an idle process pool over 1 s;
@@ -30,6 +35,7 @@ import multiprocessing
 import os
 import pickle
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +53,7 @@ from shardflow.bench.common import (
     interleaved,
     noop,
     print_table,
+    quantile,
     safe_ratio,
 )
 from shardflow.bench.mp_baselines import make_contenders
@@ -56,6 +63,7 @@ from shardflow.pool import ShardedPool
 __all__ = ["cpu_item", "run_section"]
 
 CPU_LOOP = 1_500  # iterations of cpu_item's loop: ~75 us on these machines (3.11)
+RTT_GAP_S = 0.0003  # pause between round trips: longer than every spin (idle pool)
 
 NOOP_POOL = "ShardedPool backend=process, 1,000 per message"
 NOOP_MP = "multiprocessing.Pool(2).imap_unordered(chunksize=1000)"
@@ -66,6 +74,9 @@ CPU_POOL = "ShardedPool backend=process (defaults)"
 CPU_CONTROL = "control: 2 plain processes, static halves"
 DICT_POOL = "3-key dicts, ShardedPool backend=process"
 DICT_FLOOR = "pickle floor: dumps + loads of the same dicts"
+RTT_POOL = "ShardedPool backend=process: submit -> on_results"
+RTT_MP = "multiprocessing.Pool(2).apply"
+RTT_PPE = "ProcessPoolExecutor(2).submit().result()"
 
 
 def cpu_item(x: int) -> int:
@@ -171,6 +182,63 @@ def _pickle_floor(records: list[dict[str, Any]]) -> Runner:
         return n, time.perf_counter() - t0
 
     return run
+
+
+def _round_trips(ctx: Any, trips: int, rounds: int) -> dict[str, dict[str, float]]:
+    """p50/p99 (us) of single-item round trips through idle pools (see the module doc):
+    ``rounds`` rounds of ``trips`` trips per contender, the order rotating per round."""
+    got = threading.Event()
+
+    def delivered(items: list[Any], values: list[Any]) -> None:
+        got.set()
+
+    ours: ShardedPool[Any] = ShardedPool(
+        noop, workers=WORKERS, backend=ProcessBackend(mp_context=ctx), on_results=delivered
+    )
+    mp = ctx.Pool(WORKERS)
+    ppe = ProcessPoolExecutor(WORKERS, mp_context=ctx)
+
+    def via_pool(x: int) -> None:
+        got.clear()
+        ours.submit(x)
+        got.wait()
+
+    def via_ppe(x: int) -> None:
+        ppe.submit(noop, x).result()
+
+    def via_apply(x: int) -> None:
+        mp.apply(noop, (x,))
+
+    contenders: dict[str, Callable[[int], None]] = {
+        RTT_POOL: via_pool,
+        RTT_MP: via_apply,
+        RTT_PPE: via_ppe,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    try:
+        for fn in contenders.values():  # warm-up: workers started, code paths hot
+            for x in range(20):
+                fn(x)
+        names = list(contenders)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                fn = contenders[name]
+                out = samples[name]
+                for x in range(trips):
+                    time.sleep(RTT_GAP_S)
+                    t0 = time.perf_counter_ns()
+                    fn(x)
+                    out.append((time.perf_counter_ns() - t0) / 1e3)
+    finally:
+        ours.shutdown()
+        mp.close()
+        mp.join()
+        ppe.shutdown()
+    report = {}
+    for name, lat in samples.items():
+        lat.sort()
+        report[name] = {"p50_us": quantile(lat, 0.50), "p99_us": quantile(lat, 0.99)}
+    return report
 
 
 def _children_cpu(pids: list[int]) -> float:
@@ -285,6 +353,13 @@ def section_process(
 
     pipe_data, pipe_targets = pipeline_rows(ctx, quick, repeats, out)
 
+    rtt = _round_trips(ctx, 100 if quick else 1000, 2 if quick else 5)
+    print("\nsingle-item round trip, idle pool (us)", file=out)
+    rows = [["contender", "p50", "p99"]]
+    for name, st in rtt.items():
+        rows.append([name, f"{st['p50_us']:.1f}", f"{st['p99_us']:.1f}"])
+    print_table(rows, out)
+
     start = _startup(ctx, 3 if quick else 5)
     idle = _idle(0.3 if quick else 1.0)
     print(
@@ -306,6 +381,7 @@ def section_process(
         "pipeline": pipe_data,
         "startup": start,
         "idle": idle,
+        "round_trip": rtt,
     }
     targets = [
         Target(
@@ -326,6 +402,20 @@ def section_process(
             safe_ratio(med(dict_rates, DICT_POOL), med(dict_rates, DICT_FLOOR)),
             ">=",
             0.9,
+        ),
+        Target(
+            "process single-item round trip, idle pool, p50 <= 15 us",
+            rtt[RTT_POOL]["p50_us"],
+            "<=",
+            15.0,
+            unit="us",
+        ),
+        Target(
+            "process single-item round trip, idle pool, p99 <= 100 us",
+            rtt[RTT_POOL]["p99_us"],
+            "<=",
+            100.0,
+            unit="us",
         ),
         Target(
             "process start-up <= 1.2x ProcessPoolExecutor",
