@@ -28,7 +28,9 @@ from typing import Any
 
 
 class LineWriter:
-    """Per item: ``os.write`` of ``"<item>\\n"`` to ``<dir>/<pid>`` (opened once per worker)."""
+    """Per item: ``os.write`` of ``"<monotonic ns> <item>\\n"`` to ``<dir>/<pid>`` (opened
+    once per worker). CLOCK_MONOTONIC is system-wide, so the records of every worker
+    (a shard's replacements included) sort into the order they were handled in."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -45,7 +47,7 @@ class LineWriter:
         if self.fd < 0:
             path = os.path.join(self.directory, str(os.getpid()))
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.write(self.fd, b"%d\n" % item)
+        os.write(self.fd, b"%d %d\n" % (time.monotonic_ns(), item))
 
 
 def shm_entries() -> set[str]:
@@ -103,19 +105,22 @@ def run(items: int, keys: int, every: float, seed: int = 1) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         m = pool.metrics()
         handled: list[int] = []
-        files = sorted(Path(out).iterdir(), key=lambda p: p.stat().st_mtime_ns)
-        per_worker = [[int(x) for x in p.read_text().split()] for p in files]
-    # Per-key order: within each worker's file, and across workers in the order the
-    # files were started (a shard's workers run one after another).
+        records: list[tuple[int, int]] = []
+        for path in Path(out).iterdir():
+            for line in path.read_text().splitlines():
+                t, x = line.split()
+                records.append((int(t), int(x)))
+    # Per-key order: every record of every worker in the order it was written (files'
+    # mtimes are too coarse to order a shard's short-lived replacements).
+    records.sort()
     last: dict[int, int] = {}
     inversions = 0
-    for seq in per_worker:
-        for x in seq:
-            k = x % keys
-            if x < last.get(k, -1):
-                inversions += 1
-            last[k] = max(x, last.get(k, -1))
-            handled.append(x)
+    for _, x in records:
+        k = x % keys
+        if x < last.get(k, -1):
+            inversions += 1
+        last[k] = max(x, last.get(k, -1))
+        handled.append(x)
     distinct = set(handled)
     alive = [p for p in seen_pids if _alive(p)]
     report = {
