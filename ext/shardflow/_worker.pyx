@@ -428,14 +428,13 @@ cdef class PoolCore:
         """``submit`` to shard ``shard``, without the key function: ``submit_array``
         routes whole array batches itself (by the partition kernel's hash). Same returns,
         raises and counting as ``submit``."""
-        cdef void *p = <void *><PyObject *>item
         cdef int64_t r
         if not (0 <= shard < self.workers):
             raise IndexError(f"shard index {shard} out of range(0, {self.workers})")
         if timeout is not None:
             _check_timeout(timeout)
         Py_INCREF(item)
-        r = sf_sched_push(self.st, self.shards, shard, &p, 1)
+        r = sf_sched_push1(self.st, self.shards, shard, <void *><PyObject *>item)
         if r == 1:
             return True
         Py_DECREF(item)
