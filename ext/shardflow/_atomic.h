@@ -16,6 +16,13 @@
  * whatever the base alignment. */
 #define SF_CACHELINE 128
 #define SF_PAD(name) char name[SF_CACHELINE]
+/* For the few per-item functions whose call (prologue, register saves) would cost as much
+ * as their body: GCC and Clang do not always inline a `static inline` this size. */
+#if defined(__GNUC__) || defined(__clang__)
+#define SF_ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define SF_ALWAYS_INLINE static inline
+#endif
 
 typedef _Atomic(uint64_t) sf_atomic_u64;
 typedef _Atomic(uint32_t) sf_atomic_u32;

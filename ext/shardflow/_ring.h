@@ -250,6 +250,42 @@ static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
  * (a thief takes half). Returns how many were taken. Safe against concurrent consumers.
  * With `stamps` non-NULL, also returns in it the submit times of the sampled indices taken
  * (at most SF_RING_MAX_STAMPS) and their number in *nstamps; see "Queue-wait stamps". */
+/* sf_ring_push for one item: the per-item submit path. The same claim, stamp and publish
+ * steps with n = 1 written out, so that the compiler inlines it into submit (the general
+ * push is a call with a prologue, a loop over the batch and a division for the stamps). */
+SF_ALWAYS_INLINE int64_t sf_ring_push1(sf_ring *r, void *item) {
+    uint64_t t = sf_load_relaxed_u64(&r->tail);
+    for (;;) {
+        if (t & SF_RING_CLOSED) return -1;
+        if (t - sf_load_acquire_u64(&r->head_cache) >= r->capacity) {
+            uint64_t h = sf_load_acquire_u64(&r->head);
+            sf_store_release_u64(&r->head_cache, h);
+            if (t - h >= r->capacity) {
+                /* Full as seen from `t`, which may be stale: as in sf_ring_push. */
+                uint64_t t2 = sf_load_relaxed_u64(&r->tail);
+                if (t2 == t) return 0;
+                t = t2;
+                continue;
+            }
+        }
+        if (sf_cas_weak_seqcst_u64(&r->tail, &t, t + 1)) break;
+    }
+    /* [t, t+1) holds a stamped index iff t itself is one (t % S == 0). */
+    if ((t & ~r->stamp_high) == 0)
+        sf_store_relaxed_u64(&r->stamps[(t / r->stamp_every) & r->stamp_mask],
+                             (uint64_t)sf_now_ns());
+    sf_store_relaxed_ptr(&r->slots[t & r->mask], item);
+    {
+        unsigned spins = 0;
+        while (sf_load_acquire_u64(&r->commit) != t) {
+            if (++spins < 64) sf_cpu_relax();
+            else sf_thread_yield();
+        }
+    }
+    sf_store_release_u64(&r->commit, t + 1);
+    return 1;
+}
+
 static inline uint64_t sf_ring_take(sf_ring *r, void **out, uint64_t max, uint64_t divisor,
                                     uint64_t *stamps, unsigned *nstamps) {
     uint64_t h = sf_load_acquire_u64(&r->head);

@@ -18,5 +18,6 @@ cdef extern from "shardflow/_ring.h" nogil:
     int sf_ring_close(sf_ring *r)
     void sf_ring_wait_published(sf_ring *r)
     int64_t sf_ring_push(sf_ring *r, void **items, uint64_t n)
+    int64_t sf_ring_push1(sf_ring *r, void *item)
     uint64_t sf_ring_pop_part(sf_ring *r, void **out, uint64_t max, uint64_t divisor)
     uint64_t sf_ring_pop(sf_ring *r, void **out, uint64_t max)

@@ -97,12 +97,28 @@ static inline uint64_t sf_sched_pop_own(sf_pool *p, sf_shard *shards, uint64_t s
     return n;
 }
 
+SF_ALWAYS_INLINE int64_t sf_sched_after_push(sf_pool *p, sf_shard *shards, uint64_t s,
+                                            uint64_t t, int64_t k);
+
 /* Producer side: push to shard s, then wake its owner, or a thief (see above). */
 static inline int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s,
                                     void *const *items, uint64_t n) {
     sf_shard *sh = &shards[s];
     uint64_t t = p->steal ? sf_ring_tail_index(&sh->ring) : 0;
-    int64_t k = sf_ring_push(&sh->ring, items, n);
+    return sf_sched_after_push(p, shards, s, t, sf_ring_push(&sh->ring, items, n));
+}
+
+/* sf_sched_push of one item (per-item submit; inlines into the caller). */
+SF_ALWAYS_INLINE int64_t sf_sched_push1(sf_pool *p, sf_shard *shards, uint64_t s, void *item) {
+    sf_shard *sh = &shards[s];
+    uint64_t t = p->steal ? sf_ring_tail_index(&sh->ring) : 0;
+    return sf_sched_after_push(p, shards, s, t, sf_ring_push1(&sh->ring, item));
+}
+
+/* P2-P4 after a push that returned k; t: the tail index read before the claim. */
+SF_ALWAYS_INLINE int64_t sf_sched_after_push(sf_pool *p, sf_shard *shards, uint64_t s,
+                                            uint64_t t, int64_t k) {
+    sf_shard *sh = &shards[s];
     if (k <= 0) return k;
     if (SF_EV_WAITERS(sf_load_seqcst_u64(&sh->data_ev.word)) != 0) {
         sf_event_notify_slow(&sh->data_ev);

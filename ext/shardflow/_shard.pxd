@@ -92,6 +92,7 @@ cdef extern from "shardflow/_pool.h" nogil:
 cdef extern from "shardflow/_sched.h" nogil:
     uint64_t SF_STEAL_MAX
     int64_t sf_sched_push(sf_pool *p, sf_shard *shards, uint64_t s, void **items, uint64_t n)
+    int64_t sf_sched_push1(sf_pool *p, sf_shard *shards, uint64_t s, void *item)
     int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshards, uint64_t self,
                           void **out, uint64_t max, int64_t deadline_ns, uint64_t flush_seen,
                           int *hold)

@@ -61,6 +61,7 @@ from shardflow._shard cimport (
     sf_sched_flush_done,
     sf_sched_pop_own,
     sf_sched_push,
+    sf_sched_push1,
     sf_sched_release_hold,
     sf_sched_request_flush,
     sf_sched_wait,
@@ -90,8 +91,11 @@ from shardflow._shard cimport (
 )
 
 import logging
+import sys
 import threading
+import types
 
+from shardflow._itemloop import run_items as _item_loop
 from shardflow._validate import seconds_to_ns
 from shardflow.errors import Closed, Full
 
@@ -120,6 +124,11 @@ cdef extern from "shardflow/_pycompat.h":
     bint sf_seq_fast_ok(object o)
     PyObject **sf_seq_items(object o)
     int sf_iter_fill(object it, void **out, Py_ssize_t n, Py_ssize_t *got) except -1
+
+
+cdef extern from "shardflow/_fastcall.h":
+    ctypedef object (*sf_one_arg_fn)(object, object)
+    int sf_install_submit(object type_obj, sf_one_arg_fn one) except -1
 
 
 cdef extern from "shardflow/_pool.h" nogil:
@@ -175,6 +184,16 @@ cdef enum:
     # ... and waits at most this long (ns; the interpreter's default switch interval) for
     # the worker to take it.
     HAND_GIL_WAIT_NS = 5000000
+    # A drained run of at least this many items goes through the bytecode loop
+    # (_ItemRun); a shorter one is called from C (entering the loop costs about one call).
+    ITEM_LOOP_MIN = 2
+
+#: Per-item runs of a Python handler go through the bytecode loop (shardflow._itemloop)
+#: from 3.12 on. Measured per no-op item (callgrind, whole process, 2 workers): 3.12 1198
+#: -> 1029 instructions, 3.13 1047 -> 997, but 3.11 905 -> 963: there a call from C costs
+#: about what an inlined call does (~460 instructions either way), and the iterator's
+#: bookkeeping is then pure overhead. 3.10 does not inline calls at all.
+_INLINED_CALLS = sys.version_info >= (3, 12)
 
 ON_FULL_BLOCK = 0
 ON_FULL_RAISE = 1
@@ -185,6 +204,15 @@ WORKER_DRAIN = DRAIN_CHUNK
 
 
 _NO_ITEM = object()
+
+
+cdef bint _is_python_function(object fn):
+    """Is a call of ``fn`` from bytecode inlined (a Python function, or a bound method of
+    one)? Other callables (builtins, partials, instances with ``__call__``) cost the same
+    from bytecode as from C, plus the loop's own bytecode: they are called from C."""
+    if type(fn) is types.MethodType:
+        fn = fn.__func__
+    return type(fn) is types.FunctionType
 
 
 cdef object _unsent(object exc, object item):
@@ -285,6 +313,8 @@ cdef class PoolCore:
     cdef readonly bint reuse_batches
     cdef readonly bint lists     # the handler gets lists (batch_size > 1, or asked for)
     cdef object handler
+    # Per-item runs go through this bytecode loop (_itemloop.run_items), None: from C.
+    cdef readonly object item_loop
     cdef object key_fn
     cdef object on_error_fn
     cdef object dead_letter_fn
@@ -332,6 +362,8 @@ cdef class PoolCore:
         self.steal = steal
         self.reuse_batches = reuse_batches
         self.lists = lists or batch_size > 1
+        self.item_loop = (_item_loop if not self.lists and _INLINED_CALLS
+                          and _is_python_function(handler) else None)
         self._lock = threading.Lock()
         self._returned = []
         self._fatal = None
@@ -379,13 +411,14 @@ cdef class PoolCore:
         """Queue ``item`` for its shard's worker. Returns True when queued, False when the
         shard was full and ``on_full="drop"``; raises ``Full`` (``on_full="raise"``, or a
         blocking wait that timed out) and ``Closed`` after ``close()``."""
-        cdef Py_ssize_t s = self._route(item)
-        cdef void *p = <void *><PyObject *>item
+        cdef Py_ssize_t s
         cdef int64_t r
-        if timeout is not None:
-            _check_timeout(timeout)
+        if timeout is None:
+            return _submit_one(self, item)
+        _check_timeout(timeout)
+        s = self._route(item)
         Py_INCREF(item)
-        r = sf_sched_push(self.st, self.shards, s, &p, 1)
+        r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
         if r == 1:
             return True
         Py_DECREF(item)
@@ -395,14 +428,13 @@ cdef class PoolCore:
         """``submit`` to shard ``shard``, without the key function: ``submit_array``
         routes whole array batches itself (by the partition kernel's hash). Same returns,
         raises and counting as ``submit``."""
-        cdef void *p = <void *><PyObject *>item
         cdef int64_t r
         if not (0 <= shard < self.workers):
             raise IndexError(f"shard index {shard} out of range(0, {self.workers})")
         if timeout is not None:
             _check_timeout(timeout)
         Py_INCREF(item)
-        r = sf_sched_push(self.st, self.shards, shard, &p, 1)
+        r = sf_sched_push1(self.st, self.shards, shard, <void *><PyObject *>item)
         if r == 1:
             return True
         Py_DECREF(item)
@@ -682,6 +714,20 @@ cdef class PoolCore:
             except BaseException:
                 pass
 
+    cdef void _loop_failed(self, object exc) noexcept:
+        """An exception escaped the bytecode item loop between two items (no handler call
+        was in progress): nothing to count, but a ``KeyboardInterrupt``/``SystemExit`` is
+        re-raised by join() as one from a handler is, and anything else is logged."""
+        try:
+            if not isinstance(exc, Exception):
+                with self._lock:
+                    if self._fatal is None:
+                        self._fatal = exc
+            else:
+                _log.error("shardflow worker loop failed between two items", exc_info=exc)
+        except BaseException:
+            pass
+
     cdef Py_ssize_t _route_outcome(self, sf_shard *sh, list batch, BatchOutcome outcome,
                                    Py_ssize_t n) noexcept:
         """Route the failed items of a batch (``outcome.failures``) one by one, each with
@@ -916,6 +962,27 @@ cdef class PoolCore:
         return sf_load_acquire_u32(&self.st.live)
 
 
+cdef object _submit_one(PoolCore self, object item):
+    """``submit(item)``: the per-item hot path, called by the C entry of _fastcall.h (and
+    by ``submit`` without a timeout)."""
+    cdef Py_ssize_t s
+    cdef int64_t r
+    # The unkeyed route written out (a call to _route is not inlined).
+    if self.key_fn is None:
+        s = <Py_ssize_t>sf_pool_next_shard(self.st, <uint64_t>self.workers)
+    else:
+        s = self._route(item)
+    Py_INCREF(item)
+    r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
+    if r == 1:
+        return True
+    Py_DECREF(item)
+    return self._submit_slow(s, item, None, r)
+
+
+sf_install_submit(PoolCore, <sf_one_arg_fn>_submit_one)
+
+
 @cython.final
 cdef class _Worker:
     """One worker's private state: its drain buffer, the partial batch it is filling and a
@@ -932,6 +999,7 @@ cdef class _Worker:
     cdef uint64_t flush_seen    # the last flush request handled
     cdef object spare           # an empty list kept for the next batch (reuse_batches)
     cdef Py_ssize_t drain_max   # items taken per drain
+    cdef _ItemRun item_run      # the iterator core.item_loop walks (None: items from C)
 
     def __cinit__(self, PoolCore core, Py_ssize_t index):
         self.core = core
@@ -952,6 +1020,7 @@ cdef class _Worker:
             self.drain_max = core.batch_size if core.batch_size > STEAL_DRAIN else STEAL_DRAIN
         else:
             self.drain_max = DRAIN_CHUNK
+        self.item_run = _ItemRun(core, index) if core.item_loop is not None else None
 
     cdef inline Py_ssize_t room(self) noexcept nogil:
         cdef Py_ssize_t r = self.cap - self.n
@@ -1035,7 +1104,10 @@ cdef class _Worker:
             if sf_load_relaxed_int(&core.st.stop) == SF_STOP_HAND_BACK:
                 return 0  # run() hands the buffer back
             if not core.lists:
-                core._run_items(self.shard, self.buf, self.n)
+                if self.item_run is not None and self.n >= ITEM_LOOP_MIN:
+                    self.item_run.run(self.buf, self.n)
+                else:
+                    core._run_items(self.shard, self.buf, self.n)
                 handled += self.n
                 self.n = 0
             elif self.n >= bs:
@@ -1119,6 +1191,113 @@ cdef class _Worker:
             for i in range(k):
                 Py_DECREF_p(slots[i])
             self.spare = batch
+        return 0
+
+
+@cython.final
+cdef class _ItemRun:
+    """A worker's iterator over a drained run of items, walked by ``core.item_loop``
+    (``shardflow._itemloop.run_items``: one Python call per run instead of one call from
+    C per item). It does between handler calls what ``PoolCore._run_items`` does around
+    each: it stops at ``shutdown(cancel=True)`` (the rest is handed back), times one call
+    in ``SF_SERVICE_SAMPLE_EVERY``, counts each item processed (or its failure, routed by
+    ``fail``) and releases it once its call ended, before the next one starts.
+
+    The run's buffer keeps each item's reference until that item's call ended, so that an
+    exception escaping the loop itself (not the handler's: the loop catches those) can be
+    routed for the item in progress, and what was not yet yielded is run from C: nothing
+    is lost or run twice."""
+
+    cdef PoolCore core
+    cdef sf_shard *sh
+    cdef sf_pool *st
+    cdef void **buf     # the run: buf[pos:n] not yet yielded, owned references
+    cdef Py_ssize_t pos
+    cdef Py_ssize_t n
+    cdef bint open      # buf[pos - 1] was yielded and its call has not ended
+    cdef int64_t t0     # start of the timed call, -1: this call is not timed
+
+    def __cinit__(self, PoolCore core, Py_ssize_t index):
+        self.core = core
+        self.sh = &core.shards[index]
+        self.st = core.st
+        self._reset()
+
+    cdef inline void _reset(self) noexcept:
+        self.buf = NULL
+        self.pos = self.n = 0
+        self.open = False
+        self.t0 = -1
+
+    cdef inline void _stop_clock(self) noexcept:
+        if self.t0 >= 0:
+            sf_hist_record_since(&self.sh.service, self.t0, sf_now_ns())
+            self.t0 = -1
+
+    cdef inline void _end_call(self, bint ok) noexcept:
+        """The call of buf[pos - 1] ended: count it and release the item."""
+        self._stop_clock()
+        self.open = False
+        if ok:
+            sf_counter_add(&self.sh.ctr.processed, 1)
+        sf_counter_add(&self.sh.ctr.batches, 1)
+        Py_DECREF_p(<PyObject *>self.buf[self.pos - 1])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef sf_shard *sh = self.sh
+        cdef Py_ssize_t i = self.pos
+        if self.open:
+            self._end_call(True)
+        if i >= self.n or sf_load_relaxed_int(&self.st.stop) == SF_STOP_HAND_BACK:
+            raise StopIteration
+        self.pos = i + 1
+        self.open = True
+        # One call in SF_SERVICE_SAMPLE_EVERY is timed, as in PoolCore._run_items.
+        if (sh.svc_tick & (SF_SERVICE_SAMPLE_EVERY - 1)) == 0:
+            self.t0 = sf_now_ns()
+        sh.svc_tick += 1
+        return <object>self.buf[i]
+
+    def fail(self, exc):
+        """Route ``exc``, raised by the handler for the item in progress, and end its call."""
+        if not self.open:
+            raise RuntimeError("_ItemRun.fail() without an item in progress")
+        self._stop_clock()
+        self.core._route_failure(self.sh, <PyObject *>self.buf[self.pos - 1], 1, exc)
+        self._end_call(False)
+
+    cdef int run(self, void **buf, Py_ssize_t n) except -1:
+        """Hand buf[0:n] to ``core.item_loop``. Consumes the references."""
+        cdef PoolCore core = self.core
+        cdef Py_ssize_t left
+        self.buf = buf
+        self.n = n
+        self.pos = 0
+        self.open = False
+        self.t0 = -1
+        try:
+            core.item_loop(core.handler, self)
+        except BaseException as exc:
+            # The loop itself failed (a MemoryError, an asynchronous exception between
+            # two calls): the item in progress gets the exception, the rest runs below.
+            if self.open:
+                self._stop_clock()
+                core._route_failure(self.sh, <PyObject *>buf[self.pos - 1], 1, exc)
+                self._end_call(False)
+            else:
+                core._loop_failed(exc)
+        if self.open:  # the loop returned without taking the next item
+            self._end_call(True)
+        left = self.n - self.pos
+        buf = self.buf + self.pos
+        self._reset()
+        if left:
+            # Stopped by shutdown(cancel=True) (_run_items hands them back), or the loop
+            # gave up early.
+            core._run_items(self.sh, buf, left)
         return 0
 
 

@@ -364,7 +364,9 @@ static void *ring_producer(void *arg) {
     while (v < hi) {
         uint64_t want = pick_batch(&seed, hi - v);
         for (uint64_t i = 0; i < want; i++) batch[i] = (void *)(uintptr_t)(v + i);
-        int64_t k = sf_ring_push(&c->ring, batch, want);
+        /* One item: half the time through the per-item submit's sf_ring_push1. */
+        int64_t k = want == 1 && (rnd(&seed) & 1) ? sf_ring_push1(&c->ring, batch[0])
+                                                   : sf_ring_push(&c->ring, batch, want);
         if (k < 0) {
             fail("ring: producer %d: push reported closed on an open ring", a->index);
             return NULL;
@@ -1203,7 +1205,8 @@ static void *sched_producer(void *arg) {
         uint64_t s = skewed ? 0 : sf_pool_next_shard(c->pool, c->nshards);
         for (uint64_t i = 0; i < want; i++) batch[i] = (void *)(uintptr_t)(v + i);
         for (;;) {
-            int64_t k = sf_sched_push(c->pool, c->shards, s, batch, want);
+            int64_t k = want == 1 && (v & 1) ? sf_sched_push1(c->pool, c->shards, s, batch[0])
+                                              : sf_sched_push(c->pool, c->shards, s, batch, want);
             if (k < 0) {
                 fail("sched: producer %d: push reported closed before close", a->index);
                 return NULL;
