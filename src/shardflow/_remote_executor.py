@@ -1,0 +1,713 @@
+"""``Executor(backend="process")`` and ``Executor(backend="ray")``: a
+``concurrent.futures`` executor whose calls run in worker processes or Ray actors.
+
+``shardflow.Executor(..., backend=...)`` returns a ``RemoteExecutor`` for any backend but
+threads; the thread executor (``shardflow.executor``) is a separate, tuned path. This one
+is a ``ShardedPool`` of the chosen backend and three small pieces around it:
+
+* **The pool item is a ``_Task``**: the call ``(fn, args, kwargs)`` and its future. Only
+  the call crosses the process boundary: ``_Task.__reduce_ex__`` pickles it as a plain
+  tuple, while the parent's ``_Task`` keeps its future. The pool's shard loops ship
+  whatever is queued in one message (``ProcessBackend.ship_batch_size`` calls, one Ray
+  call per ``RayBackend.batch_size``), the worker calls ``_call`` per task, and the
+  return values come back with the batch.
+* **Futures are completed in batches**, in the shard's dispatch thread, by
+  ``on_results`` (one call per run of tasks, values in task order) and ``on_error``
+  (failed calls, one by one): no message, queue or lock per task besides the future's
+  own. A future becomes *running* when its call is shipped (``__reduce_ex__`` runs in
+  the dispatch thread as the batch is pickled, as ``ProcessPoolExecutor`` marks a call
+  running when it moves it to its call queue); a future cancelled before that is not run.
+* **``map`` ships chunks**: one task per chunk of ``chunksize`` argument tuples, run by
+  ``_run_chunk`` in the worker; the results come back as one list per chunk and are
+  yielded in input order.
+
+Worker deaths are the backend's business (see ``shardflow.backends.process``): the call
+that was running when a worker died is retried in a fresh worker, then failed alone with
+``WorkerLost`` (``ProcessBackend(max_attempts=...)``); every other call completes. That is
+the difference with ``ProcessPoolExecutor``, which fails every pending call with
+``BrokenProcessPool`` and refuses new ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import _base
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from shardflow.backends import Backend, resolve_backend
+from shardflow.errors import Closed
+from shardflow.pool import ShardedPool
+
+__all__ = ["RemoteExecutor"]
+
+T = TypeVar("T")
+
+LOGGER = _base.LOGGER
+_names = itertools.count()
+
+#: ``map`` without ``chunksize``: aim at this many chunks per worker (load spread) ...
+MAP_CHUNKS_PER_WORKER = 4
+#: ... with at most this many calls per chunk (one message, one result list).
+MAP_CHUNK_MAX = 1024
+
+# _Task.state
+_QUEUED = 0  # in the pool's queue; the future is PENDING (or CANCELLED by the user)
+_SHIPPED = 1  # handed to a worker; the future is RUNNING
+_SKIPPED = 2  # the future was cancelled before shipping: the worker gets an empty call
+
+_CANCELLED_CALL: tuple[Any, ...] = ()
+
+
+def _future_type() -> type:
+    # The thread executor's future: a concurrent.futures.Future whose state and lock are
+    # compiled (cheaper to create and complete); imported here to share it.
+    from shardflow.executor import _Future
+
+    return _Future
+
+
+class _Task:
+    """One call and its future, as queued in the pool (parent side).
+
+    Pickling it (what the process and Ray backends do with every batch they ship) sends
+    only the call, as a tuple ``(fn, args, kwargs)``, and marks the future running; a
+    future cancelled by then becomes an empty tuple (not run)."""
+
+    __slots__ = ("args", "fn", "future", "kwargs", "state")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None, future: Any
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.future = future
+        self.state = _QUEUED
+
+    def call(self) -> tuple[Any, ...]:
+        """The call to send (``(fn, args, kwargs)``, or ``()`` if the future was
+        cancelled before it could start); marks the future running the first time."""
+        if self.state == _QUEUED:
+            if self.future.set_running_or_notify_cancel():
+                self.state = _SHIPPED
+            else:
+                self.state = _SKIPPED
+        if self.state == _SKIPPED:
+            return _CANCELLED_CALL
+        return (self.fn, self.args, self.kwargs)
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        # tuple(t) returns t itself: unpickling costs nothing beyond the tuple.
+        return (tuple, (self.call(),))
+
+    def release(self) -> None:
+        """Drop the call (it ran or never will): its arguments are freed with it."""
+        self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
+
+
+class _IsolatedTask(_Task):
+    """A ``_Task`` that pickles its call on its own, so that one call that cannot be
+    pickled fails alone instead of failing the batch it travels in (Ray serializes a
+    batch as one argument). Costs one nested pickle per call."""
+
+    __slots__ = ()
+
+    #: How calls are pickled: cloudpickle for Ray (set by the executor), as Ray would.
+    dumps: Callable[[Any], bytes] = staticmethod(lambda obj: pickle.dumps(obj, 5))  # type: ignore[assignment]
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        call = self.call()
+        if not call:
+            return (tuple, (call,))
+        try:
+            data = type(self).dumps(call)
+        except Exception as exc:
+            return (_unsendable_call, (_describe_unpicklable(self.fn, exc),))
+        return (pickle.loads, (data,))
+
+
+def _describe_unpicklable(fn: Any, exc: BaseException) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return (
+        f"cannot send the call {name}(...) to a worker: the function or its arguments "
+        f"cannot be pickled ({type(exc).__name__}: {exc})"
+    )
+
+
+def _unsendable_call(message: str) -> tuple[Any, ...]:
+    """A call whose function or arguments did not pickle (worker side): running it
+    raises the TypeError that says so."""
+    return (_raise_type_error, (message,), None)
+
+
+def _raise_type_error(message: str) -> None:
+    raise TypeError(message)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _call(task: Any) -> Any:
+    """The pool's handler: run one call (in the worker process or actor)."""
+    if type(task) is not tuple:
+        task = task.call()  # a backend that does not pickle its batches (a fake remote)
+    if not task:
+        return None  # cancelled before it was shipped
+    fn, args, kwargs = task
+    try:
+        if kwargs is None:
+            return fn(*args)
+        return fn(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:
+        # SystemExit & co. belong to the call's future, as with ProcessPoolExecutor; the
+        # pool would treat them as fatal (re-raised by join()), so they travel wrapped.
+        raise _NotAnException(exc) from None
+
+
+class _NotAnException(Exception):
+    """Carries a ``BaseException`` that is not an ``Exception`` raised by a call."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class InitializerFailed(Exception):
+    """Raised for every call of a worker whose ``initializer`` raised (the executor then
+    breaks: ``BrokenProcessPool``); carries the initializer's error as text."""
+
+
+class _Initialized:
+    """The handler when an ``initializer`` is given: runs it once per worker (process or
+    actor), before that worker's first call, as ``ProcessPoolExecutor`` does."""
+
+    __slots__ = ("failed", "initargs", "initializer", "ready")
+
+    def __init__(self, initializer: Callable[..., object], initargs: tuple[Any, ...]) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+        self.ready = False
+        self.failed: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A fresh copy in each worker: the initializer runs there, once.
+        return (_Initialized, (self.initializer, self.initargs))
+
+    def __call__(self, task: Any) -> Any:
+        if not self.ready:
+            self._initialize()
+        if self.failed is not None:
+            raise InitializerFailed(self.failed)
+        return _call(task)
+
+    def _initialize(self) -> None:
+        self.ready = True
+        try:
+            self.initializer(*self.initargs)
+        except BaseException as exc:
+            LOGGER.critical("Exception in initializer:", exc_info=True)
+            self.failed = (
+                f"the initializer {self.initializer!r} raised in worker process "
+                f"{os.getpid()}: {''.join(traceback.format_exception_only(type(exc), exc)).strip()}"
+            )
+
+
+class _ChunkFailed:
+    """What ``_run_chunk`` returns when a call raised: the results before it and the
+    exception (made picklable), so that ``map`` yields those results, then raises."""
+
+    __slots__ = ("error", "results")
+
+    def __init__(self, results: list[Any], error: BaseException) -> None:
+        self.results = results
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ChunkFailed, (self.results, self.error))
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any] | _ChunkFailed:
+    """One ``map`` chunk, in the worker: ``[fn(*args) for args in chunk]``, stopping at the
+    first call that raises."""
+    results: list[Any] = []
+    append = results.append
+    try:
+        for args in chunk:
+            append(fn(*args))
+    except BaseException as exc:
+        return _ChunkFailed(results, _portable(exc))
+    return results
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a RuntimeError carrying its text."""
+    try:
+        pickle.loads(pickle.dumps(exc, 5))
+        return exc
+    except Exception as why:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return RuntimeError(
+            f"{type(exc).__qualname__}: {exc} (could not be sent back from the worker: "
+            f"{type(why).__name__}: {why})\nremote traceback:\n{text}"
+        )
+
+
+# ---------------------------------------------------------------- parent side
+
+
+class _State:
+    """What the pool's callbacks need of the executor (they hold this, not the executor,
+    so that an executor dropped without ``shutdown()`` can be collected)."""
+
+    __slots__ = ("broken", "lock", "shutdown")
+
+    def __init__(self) -> None:
+        self.shutdown = False
+        self.broken: str | None = None
+        self.lock = threading.Lock()
+
+
+def _make_callbacks(
+    state: _State,
+) -> tuple[Callable[[list[Any], list[Any]], None], Callable[[Any, BaseException], None]]:
+    """``on_results`` and ``on_error`` for the executor's pool."""
+
+    def on_results(tasks: list[Any], values: list[Any]) -> None:
+        for task, value in zip(tasks, values):
+            state_ = task.state
+            if state_ == _SKIPPED:
+                continue
+            fut = task.future
+            if state_ == _QUEUED:  # not pickled on its way (an in-process remote)
+                task.state = _SHIPPED
+                if not fut.set_running_or_notify_cancel():
+                    continue
+            task.release()
+            fut.set_result(value)
+
+    def on_error(item: Any, exc: BaseException) -> None:
+        # A list: a batch that failed as a whole (every call in it failed with exc).
+        for task in item if isinstance(item, list) else (item,):
+            _fail(state, task, exc)
+
+    return on_results, on_error
+
+
+def _fail(state: _State, task: _Task, exc: BaseException) -> None:
+    if task.state == _SKIPPED:
+        return
+    fut = task.future
+    if task.state == _QUEUED:
+        task.state = _SHIPPED
+        if not fut.set_running_or_notify_cancel():
+            return
+    if isinstance(exc, _NotAnException):
+        exc = exc.error
+    elif isinstance(exc, InitializerFailed):
+        if state.broken is None:
+            state.broken = str(exc)
+        error: BaseException = BrokenProcessPool(
+            "A process initializer failed, the process pool is not usable anymore "
+            f"({exc})"
+        )
+        error.__cause__ = exc
+        exc = error
+    elif isinstance(exc, TypeError) and task.fn is not None:
+        exc = _explain_unpicklable(task, exc)
+    elif type(exc).__name__ == "ShardBroken":
+        error = BrokenProcessPool(str(exc))
+        error.__cause__ = exc
+        exc = error
+    task.release()
+    fut.set_exception(exc)
+
+
+def _explain_unpicklable(task: _Task, exc: TypeError) -> BaseException:
+    """The process backend fails an item that does not pickle with a TypeError naming the
+    item's type (here always ``_Task``): name the call instead. Any other TypeError (the
+    call's own) is left alone."""
+    if "_Task" not in str(exc):
+        return exc
+    try:
+        pickle.dumps((task.fn, task.args, task.kwargs), 5)
+    except Exception as why:
+        error = TypeError(_describe_unpicklable(task.fn, why))
+        error.__cause__ = why
+        return error
+    return exc
+
+
+def _default_workers() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)
+    return count() or 1
+
+
+def _make_backend(
+    backend: str | Backend,
+    mp_context: Any,
+    max_tasks_per_child: int | None,
+) -> Backend:
+    if isinstance(backend, str) and backend == "process":
+        from shardflow.backends.process import ProcessBackend
+
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError(
+                    f"max_tasks_per_child must be an int >= 1 or None, got {max_tasks_per_child!r}"
+                )
+            if max_tasks_per_child < 1:
+                raise ValueError(f"max_tasks_per_child must be >= 1, got {max_tasks_per_child!r}")
+            if mp_context is not None and mp_context.get_start_method() == "fork":
+                # The standard library's rule and message.
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+                    "start method; supply a different mp_context."
+                )
+        return ProcessBackend(mp_context=mp_context, max_tasks_per_child=max_tasks_per_child)
+    resolved = resolve_backend(backend)
+    for name, value in (("mp_context", mp_context), ("max_tasks_per_child", max_tasks_per_child)):
+        if value is not None:
+            what = "configure the ProcessBackend you pass" if resolved.name == "process" else (
+                "it applies to backend='process' only"
+            )
+            raise ValueError(f"{name}= is not accepted with backend={resolved!r}: {what}")
+    return resolved
+
+
+class RemoteExecutor(_base.Executor):
+    """A ``concurrent.futures.Executor`` whose calls run in worker processes
+    (``backend="process"`` or a ``ProcessBackend``) or Ray actors (``backend="ray"`` or a
+    ``RayBackend``). Made by ``shardflow.Executor(..., backend=...)``; see its
+    documentation for the arguments and for what differs from ``ProcessPoolExecutor``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        backend: str | Backend = "process",
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        capacity: int | None = None,
+        name: str = "",
+    ) -> None:
+        from shardflow._validate import check_callable, check_int, check_str
+
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif type(max_workers) is int and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")  # the stdlib's words
+        check_int("max_workers", max_workers, lo=1, hi=4096)
+        check_callable("initializer", initializer, optional=True)
+        if not isinstance(initargs, tuple):
+            raise TypeError(
+                f"initargs must be a tuple, got {initargs!r} ({type(initargs).__name__})"
+            )
+        check_str("thread_name_prefix", name, optional=False)
+        resolved = _make_backend(backend, mp_context, max_tasks_per_child)
+        self._max_workers = max_workers
+        self._state = state = _State()
+        self._future = _future_type()
+        self._task: type[_Task] = _Task
+        if resolved.name == "ray":
+            # Ray pickles a batch as one argument: a call that does not pickle would fail
+            # its whole batch. Each call is pickled on its own (with Ray's cloudpickle).
+            from shardflow.backends.ray import _dumps
+
+            class _RayTask(_IsolatedTask):
+                __slots__ = ()
+                dumps = staticmethod(_dumps)
+
+            self._task = _RayTask
+        handler: Callable[[Any], Any] = _call
+        if initializer is not None:
+            handler = _Initialized(initializer, initargs)
+        on_results, on_error = _make_callbacks(state)
+        self._pool: ShardedPool[Any] = ShardedPool(
+            handler,
+            workers=max_workers,
+            capacity=capacity,
+            backend=resolved,
+            on_results=on_results,
+            on_error=on_error,
+            name=name or f"Executor-{next(_names)}",
+        )
+        self._pool._fork_owner = "Executor"
+        self._backend = resolved
+        self._push = self._pool.submit
+        self._shutdown_lock = threading.Lock()
+        weakref.finalize(self, _close_pool, self._pool)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def max_workers(self) -> int:
+        """The number of workers (processes or actors)."""
+        return self._max_workers
+
+    @property
+    def backend(self) -> Backend:
+        """The backend the calls run on."""
+        return self._backend
+
+    @property
+    def _broken(self) -> str | bool:
+        """False, or the message once an initializer failed (``ProcessPoolExecutor``
+        exposes the same attribute)."""
+        return self._state.broken or False
+
+    def metrics(self) -> Any:
+        """The pool's metrics (``shardflow.PoolMetrics``): a submitted call is counted
+        once as processed (it returned), failed (it raised, or could not be sent) or
+        returned (cancelled by ``shutdown(cancel_futures=True)`` while queued)."""
+        return self._pool.metrics()
+
+    # ------------------------------------------------------------ submit / map
+
+    def _refuse(self) -> None:
+        state = self._state
+        if state.broken is not None:
+            raise BrokenProcessPool(
+                "A process initializer failed, the process pool is not usable anymore "
+                f"({state.broken})"
+            )
+        if state.shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        from shardflow import executor
+
+        if executor._interpreter_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> _base.Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on a worker; returns its ``Future``.
+
+        ``fn``, the arguments and the result travel by pickle: a call that cannot be
+        pickled fails its future with ``TypeError`` (it is never sent), as does a
+        result that cannot be pickled. Raises ``RuntimeError`` after ``shutdown()`` and
+        ``BrokenProcessPool`` once an initializer failed. Blocks (without holding the
+        GIL) while the chosen worker's queue is full (``capacity`` calls).
+        """
+        state = self._state
+        if state.shutdown or state.broken is not None:
+            self._refuse()
+        fut = self._future()
+        try:
+            self._push(self._task(fn, args, kwargs or None, fut))
+        except Closed:
+            self._refuse()
+            raise
+        return fut
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """``map(fn, *iterables)`` run on the workers; results come in input order.
+
+        The calls go in chunks of ``chunksize`` argument tuples, one message (and one
+        result list) per chunk. ``chunksize=None`` (the default) picks it: about
+        ``MAP_CHUNKS_PER_WORKER`` chunks per worker, at most ``MAP_CHUNK_MAX`` calls
+        each (1 with ``buffersize``). The iterables are collected now unless
+        ``buffersize`` is given: then at most ``buffersize`` chunks are submitted and not
+        yet yielded, and the input is read as results are yielded (as Python 3.14's
+        ``ProcessPoolExecutor.map`` does). An exception raised by ``fn`` is raised when
+        its value would be yielded (the results before it in its chunk are yielded
+        first). ``timeout`` counts from this call. Pending chunks are cancelled when the
+        iterator is closed or raises.
+        """
+        if chunksize is not None:
+            if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+                raise TypeError(f"chunksize must be an int >= 1 or None, got {chunksize!r}")
+            if chunksize < 1:
+                raise ValueError("chunksize must be >= 1.")  # the stdlib's words
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        zipped = zip(*iterables, strict=False)
+        if buffersize is None:
+            args = list(zipped)
+            if chunksize is None:
+                per = self._max_workers * MAP_CHUNKS_PER_WORKER
+                chunksize = min(MAP_CHUNK_MAX, max(1, -(-len(args) // per)))
+            futures = deque(
+                self._submit_chunk(fn, args[i : i + chunksize])
+                for i in range(0, len(args), chunksize)
+            )
+            return _map_results(futures, end_time, None)
+        source = _batched(zipped, chunksize or 1)
+        futures = deque(self._submit_chunk(fn, c) for c in itertools.islice(source, buffersize))
+        refill = _Refill(weakref.ref(self), fn, source)
+        return _map_results(futures, end_time, refill)
+
+    def _submit_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> Any:
+        return self.submit(_run_chunk, fn, chunk)
+
+    # ------------------------------------------------------------ shutdown
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new calls; with ``cancel_futures`` cancel every call still queued (calls
+        already shipped to a worker run); with ``wait`` return once every call is done
+        and the workers have exited. Idempotent."""
+        pool = self._pool
+        with self._shutdown_lock:
+            self._state.shutdown = True
+            if cancel_futures and not pool.closed:
+                for i in range(pool.workers):
+                    for task in pool._take_queued(i):
+                        _cancel(task)
+            if not pool.closed:
+                pool.close()
+        if wait:
+            pool.join()
+
+    def terminate_workers(self) -> None:
+        """Stop the worker processes now (SIGTERM), as Python 3.14's
+        ``ProcessPoolExecutor.terminate_workers`` does: queued calls are cancelled and the
+        calls that were running fail (``BrokenProcessPool``). The executor is shut down."""
+        self._end_workers(kill=False)
+
+    def kill_workers(self) -> None:
+        """``terminate_workers`` with SIGKILL."""
+        self._end_workers(kill=True)
+
+    def _end_workers(self, *, kill: bool) -> None:
+        runner = self._pool._runner
+        stop = getattr(runner, "end_workers", None)
+        if stop is None:
+            raise NotImplementedError(
+                f"terminate_workers()/kill_workers() need backend='process', not {self._backend!r}"
+            )
+        self.shutdown(wait=False, cancel_futures=True)
+        stop(kill=kill)
+        self._pool.join()
+
+    def __enter__(self) -> RemoteExecutor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._state.shutdown else "running"
+        return (
+            f"<shardflow.Executor {self._pool.name!r} {state} max_workers={self._max_workers} "
+            f"backend={self._pool._runner.describe()}>"
+        )
+
+
+def _cancel(task: _Task) -> None:
+    """Cancel a task taken back from the queue (it never reaches a worker)."""
+    if task.state == _QUEUED:
+        task.state = _SKIPPED
+        fut = task.future
+        fut.cancel()
+        # On to CANCELLED_AND_NOTIFIED, so that wait()/as_completed() callers see it.
+        fut.set_running_or_notify_cancel()
+    task.release()
+
+
+def _close_pool(pool: ShardedPool[Any]) -> None:
+    """An executor dropped without shutdown(): its pool finishes the queued calls, then
+    its workers exit (joined by a daemon thread: this may run in any thread)."""
+    try:
+        pool._check_fork()
+    except RuntimeError:
+        return
+    if not pool.closed:
+        pool.close()
+        threading.Thread(target=pool.join, name=f"{pool.name}-finalizer", daemon=True).start()
+
+
+def _batched(iterable: Iterator[tuple[Any, ...]], n: int) -> Iterator[list[tuple[Any, ...]]]:
+    while True:
+        chunk = list(itertools.islice(iterable, n))
+        if not chunk:
+            return
+        yield chunk
+
+
+class _Refill:
+    """The lazy input side of ``map(..., buffersize=n)``: one chunk in per chunk out."""
+
+    __slots__ = ("executor", "fn", "source")
+
+    def __init__(
+        self,
+        executor: weakref.ref[RemoteExecutor],
+        fn: Callable[..., Any],
+        source: Iterator[list[tuple[Any, ...]]],
+    ) -> None:
+        self.executor = executor
+        self.fn = fn
+        self.source: Iterator[list[tuple[Any, ...]]] | None = source
+
+    def next(self) -> Any:
+        if self.source is None:
+            return None
+        executor = self.executor()
+        chunk = next(self.source, None) if executor is not None else None
+        if chunk is None:
+            self.source = None
+            return None
+        return executor._submit_chunk(self.fn, chunk)  # type: ignore[union-attr]
+
+
+def _result(fut: Any, end_time: float | None) -> Any:
+    try:
+        if end_time is None:
+            return fut.result()
+        return fut.result(end_time - time.monotonic())
+    finally:
+        fut.cancel()  # the standard _result_or_cancel: a no-op once done
+
+
+def _map_results(futures: deque[Any], end_time: float | None, refill: _Refill | None) -> Iterator[Any]:
+    """Yield the results of the chunk futures in order (a generator: ``map`` has already
+    submitted what it submits eagerly before this runs)."""
+    try:
+        while futures:
+            fut = futures[0]
+            if refill is not None:
+                # As the standard map: the next input goes before this result comes out.
+                more = refill.next()
+                if more is not None:
+                    futures.append(more)
+            out = _result(fut, end_time)
+            futures.popleft()
+            del fut
+            if type(out) is _ChunkFailed:
+                yield from out.results
+                error = out.error
+                del out
+                try:
+                    raise error
+                finally:
+                    del error
+            yield from out
+            del out
+    finally:
+        for fut in futures:
+            fut.cancel()
+        if refill is not None:
+            refill.source = None
+
