@@ -6,17 +6,19 @@ threads; the thread executor (``shardflow.executor``) is a separate, tuned path.
 is a ``ShardedPool`` of the chosen backend and three small pieces around it:
 
 * **The pool item is a ``_Task``**: the call ``(fn, args, kwargs)`` and its future. Only
-  the call crosses the process boundary: ``_Task.__reduce_ex__`` pickles it as a plain
-  tuple, while the parent's ``_Task`` keeps its future. The pool's shard loops ship
-  whatever is queued in one message (``ProcessBackend.ship_batch_size`` calls, one Ray
-  call per ``RayBackend.batch_size``), the worker calls ``_call`` per task, and the
-  return values come back with the batch.
+  the call crosses the process boundary: the executor's runner (``_Shipper``, around the
+  backend's own) turns each batch the shard loop hands over into call tuples (plain
+  tuples pickle several times faster than objects with ``__reduce__``) and keeps each
+  task in a registry keyed by the identity of its tuple. The backend ships whatever is
+  queued in one message (``ProcessBackend.ship_batch_size`` calls, one Ray call per
+  ``RayBackend.batch_size``), the worker calls ``_call`` per tuple, and the return
+  values come back with the batch.
 * **Futures are completed in batches**, in the shard's dispatch thread, by
   ``on_results`` (one call per run of tasks, values in task order) and ``on_error``
   (failed calls, one by one): no message, queue or lock per task besides the future's
-  own. A future becomes *running* when its call is shipped (``__reduce_ex__`` runs in
-  the dispatch thread as the batch is pickled, as ``ProcessPoolExecutor`` marks a call
-  running when it moves it to its call queue); a future cancelled before that is not run.
+  own. A future becomes *running* when its call is shipped (as ``ProcessPoolExecutor``
+  marks a call running when it moves it to its call queue); a future cancelled before
+  that is not run (its tuple is empty).
 * **``map`` ships chunks**: one task per chunk of ``chunksize`` argument tuples, run by
   ``_run_chunk`` in the worker; the results come back as one list per chunk and are
   yielded in input order.
@@ -41,9 +43,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import _base
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from shardflow.backends import Backend, resolve_backend
+from shardflow.backends.base import Deliver, Handler, Settle, ShardRunner
 from shardflow.errors import Closed
 from shardflow.pool import ShardedPool
 
@@ -76,26 +79,29 @@ def _future_type() -> type:
 
 
 class _Task:
-    """One call and its future, as queued in the pool (parent side).
+    """One call and its future, as queued in the pool (parent side only: what a worker
+    gets is ``call()``, a plain tuple, see ``_Shipper``)."""
 
-    Pickling it (what the process and Ray backends do with every batch they ship) sends
-    only the call, as a tuple ``(fn, args, kwargs)``, and marks the future running; a
-    future cancelled by then becomes an empty tuple (not run)."""
-
-    __slots__ = ("args", "fn", "future", "kwargs", "state")
+    __slots__ = ("args", "fn", "future", "kwargs", "sent", "state")
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None, future: Any
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        future: Any,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.future = future
         self.state = _QUEUED
+        self.sent: tuple[Any, ...] | None = None  # the call tuple shipped for it
 
     def call(self) -> tuple[Any, ...]:
-        """The call to send (``(fn, args, kwargs)``, or ``()`` if the future was
-        cancelled before it could start); marks the future running the first time."""
+        """The call to ship, ``(fn, args, kwargs)`` (a new tuple: ``_Shipper`` finds the
+        task again by its identity), or ``()`` if the future was cancelled before it
+        could start; marks the future running."""
         if self.state == _QUEUED:
             if self.future.set_running_or_notify_cancel():
                 self.state = _SHIPPED
@@ -105,34 +111,25 @@ class _Task:
             return _CANCELLED_CALL
         return (self.fn, self.args, self.kwargs)
 
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
-        # tuple(t) returns t itself: unpickling costs nothing beyond the tuple.
-        return (tuple, (self.call(),))
-
     def release(self) -> None:
         """Drop the call (it ran or never will): its arguments are freed with it."""
-        self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
+        self.fn = self.args = self.kwargs = self.sent = None  # type: ignore[assignment]
 
 
-class _IsolatedTask(_Task):
-    """A ``_Task`` that pickles its call on its own, so that one call that cannot be
-    pickled fails alone instead of failing the batch it travels in (Ray serializes a
-    batch as one argument). Costs one nested pickle per call."""
+def _isolate(dumps: Callable[[Any], bytes], fn: Any, call: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``call`` pickled on its own (Ray serializes a batch as one argument, so one call
+    that does not pickle would fail its whole batch): a call that does not pickle
+    becomes one that raises the TypeError saying so, in the worker."""
+    try:
+        data = dumps(call)
+    except Exception as exc:
+        return (_raise_type_error, (_describe_unpicklable(fn, exc),), None)
+    return (_run_pickled, (data,), None)
 
-    __slots__ = ()
 
-    #: How calls are pickled: cloudpickle for Ray (set by the executor), as Ray would.
-    dumps: Callable[[Any], bytes] = staticmethod(lambda obj: pickle.dumps(obj, 5))  # type: ignore[assignment]
-
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
-        call = self.call()
-        if not call:
-            return (tuple, (call,))
-        try:
-            data = type(self).dumps(call)
-        except Exception as exc:
-            return (_unsendable_call, (_describe_unpicklable(self.fn, exc),))
-        return (pickle.loads, (data,))
+def _run_pickled(data: bytes) -> Any:
+    fn, args, kwargs = pickle.loads(data)
+    return fn(*args, **kwargs) if kwargs else fn(*args)
 
 
 def _describe_unpicklable(fn: Any, exc: BaseException) -> str:
@@ -143,26 +140,143 @@ def _describe_unpicklable(fn: Any, exc: BaseException) -> str:
     )
 
 
-def _unsendable_call(message: str) -> tuple[Any, ...]:
-    """A call whose function or arguments did not pickle (worker side): running it
-    raises the TypeError that says so."""
-    return (_raise_type_error, (message,), None)
-
-
 def _raise_type_error(message: str) -> None:
     raise TypeError(message)
+
+
+class _Shipper(ShardRunner):
+    """The executor's runner: the backend's own runner, fed call tuples instead of the
+    pool's ``_Task`` items.
+
+    The pool's shard loop hands a batch of ``_Task``s to ``run``: each becomes its call
+    tuple (``_Task.call``, which marks the future running, or skips it if it was
+    cancelled), registered by identity in ``registry``, and the backend's runner ships
+    the tuples (pickling a plain tuple costs a fraction of pickling an object with
+    ``__reduce__``). Values (``deliver``) and failures (``on_error``, whether reported
+    at once or later through ``settle`` by a runner that keeps batches in flight) name
+    the call tuples; ``registry`` maps them back to their tasks."""
+
+    def __init__(
+        self,
+        inner: ShardRunner,
+        registry: dict[int, _Task],
+        isolate: Callable[[Any], bytes] | None,
+    ) -> None:
+        self.inner = inner
+        self.registry = registry
+        self.isolate = isolate
+        self.deliver: Callable[[list[Any], list[Any]], object] | None = None
+
+    #: The executor's pool has no guards to share.
+    shares_guards: ClassVar[bool] = False
+
+    def batch_shape(
+        self, batch_size: int, batch_timeout: float | None, lists: bool
+    ) -> tuple[int, float | None, bool]:
+        return self.inner.batch_shape(batch_size, batch_timeout, lists)
+
+    def wrap(self, handler: Handler, *, per_item: bool, deliver: Deliver | None = None) -> Handler:
+        assert per_item and deliver is not None, "the executor's pool: per-item, with values"
+        self.deliver = deliver
+        inner = self.inner.wrap(handler, per_item=True, deliver=self._deliver)
+        registry = self.registry
+        isolate = self.isolate
+
+        def run(batch: list[_Task]) -> Any:
+            calls: list[tuple[Any, ...]] = []
+            append = calls.append
+            for task in batch:
+                call = task.call()
+                if call:
+                    if isolate is not None:
+                        call = _isolate(isolate, task.fn, call)
+                    task.sent = call
+                    registry[id(call)] = task
+                append(call)
+            return inner(calls)
+
+        return run
+
+    def _deliver(self, calls: list[Any], values: list[Any]) -> None:
+        pop = self.registry.pop
+        tasks = [pop(id(call), None) for call in calls]
+        assert self.deliver is not None
+        self.deliver(tasks, values)
+
+    def task_of(self, item: Any) -> _Task | None:
+        """The task of an item the pool reports (a ``_Task``, or a call tuple from a
+        runner that settles later), taken out of the registry."""
+        if type(item) is tuple:
+            return self.registry.pop(id(item), None)
+        sent = item.sent
+        if sent is not None:
+            self.registry.pop(id(sent), None)
+        return item  # type: ignore[no-any-return]
+
+    def attach(self, settle: Settle) -> None:
+        self.inner.attach(settle)
+
+    def wait_settled(self, timeout: float | None) -> bool:
+        return self.inner.wait_settled(timeout)
+
+    def start(
+        self,
+        run_shard: Callable[[int], None],
+        starting: Callable[[], None],
+        start_failed: Callable[[], None],
+    ) -> None:
+        self.inner.start(run_shard, starting, start_failed)
+
+    def join(self) -> None:
+        self.inner.join()
+
+    def after_fork_in_child(self) -> None:
+        self.inner.after_fork_in_child()
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def __getattr__(self, name: str) -> Any:
+        # end_workers, worker_pids, stats ...: the backend runner's own extras.
+        return getattr(self.__dict__["inner"], name)
+
+
+class _ShipperBackend(Backend):
+    """The backend the executor's pool is given: the user's, with ``_Shipper`` around
+    each runner it makes."""
+
+    name: ClassVar[str] = "executor"
+
+    def __init__(
+        self,
+        inner: Backend,
+        registry: dict[int, _Task],
+        isolate: Callable[[Any], bytes] | None,
+        state: _State,
+    ) -> None:
+        self.inner = inner
+        self.registry = registry
+        self.isolate = isolate
+        self.state = state
+
+    def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
+        inner = self.inner.runner(pool_name=pool_name, workers=workers)
+        self.state.shipper = shipper = _Shipper(inner, self.registry, self.isolate)
+        return shipper
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
 
 
 # ---------------------------------------------------------------- worker side
 
 
-def _call(task: Any) -> Any:
-    """The pool's handler: run one call (in the worker process or actor)."""
-    if type(task) is not tuple:
-        task = task.call()  # a backend that does not pickle its batches (a fake remote)
-    if not task:
-        return None  # cancelled before it was shipped
-    fn, args, kwargs = task
+def _call(call: tuple[Any, ...]) -> Any:
+    """The pool's handler: run one call ``(fn, args, kwargs)`` (in the worker process or
+    actor); ``()`` is a call cancelled before it was shipped."""
+    if not call:
+        return None
+    fn, args, kwargs = call
     try:
         if kwargs is None:
             return fn(*args)
@@ -270,56 +384,53 @@ class _State:
     """What the pool's callbacks need of the executor (they hold this, not the executor,
     so that an executor dropped without ``shutdown()`` can be collected)."""
 
-    __slots__ = ("broken", "lock", "shutdown")
+    __slots__ = ("broken", "shipper", "shutdown")
 
     def __init__(self) -> None:
         self.shutdown = False
         self.broken: str | None = None
-        self.lock = threading.Lock()
+        self.shipper: _Shipper | None = None
 
 
 def _make_callbacks(
     state: _State,
 ) -> tuple[Callable[[list[Any], list[Any]], None], Callable[[Any, BaseException], None]]:
-    """``on_results`` and ``on_error`` for the executor's pool."""
+    """``on_results`` (tasks from ``_Shipper``: None for a call cancelled before it was
+    shipped) and ``on_error`` (tasks or call tuples) for the executor's pool."""
 
     def on_results(tasks: list[Any], values: list[Any]) -> None:
-        for task, value in zip(tasks, values):
-            state_ = task.state
-            if state_ == _SKIPPED:
-                continue
-            fut = task.future
-            if state_ == _QUEUED:  # not pickled on its way (an in-process remote)
-                task.state = _SHIPPED
-                if not fut.set_running_or_notify_cancel():
-                    continue
-            task.release()
-            fut.set_result(value)
+        for task, value in zip(tasks, values, strict=True):
+            if task is not None:
+                fut = task.future
+                task.release()
+                fut.set_result(value)
 
     def on_error(item: Any, exc: BaseException) -> None:
         # A list: a batch that failed as a whole (every call in it failed with exc).
-        for task in item if isinstance(item, list) else (item,):
+        shipper = state.shipper
+        assert shipper is not None
+        for one in item if isinstance(item, list) else (item,):
+            task = shipper.task_of(one)
+            if task is None or task.state == _SKIPPED:
+                continue
+            if task.state == _QUEUED:  # failed without being shipped
+                task.state = _SHIPPED
+                if not task.future.set_running_or_notify_cancel():
+                    continue
             _fail(state, task, exc)
 
     return on_results, on_error
 
 
 def _fail(state: _State, task: _Task, exc: BaseException) -> None:
-    if task.state == _SKIPPED:
-        return
     fut = task.future
-    if task.state == _QUEUED:
-        task.state = _SHIPPED
-        if not fut.set_running_or_notify_cancel():
-            return
     if isinstance(exc, _NotAnException):
         exc = exc.error
     elif isinstance(exc, InitializerFailed):
         if state.broken is None:
             state.broken = str(exc)
         error: BaseException = BrokenProcessPool(
-            "A process initializer failed, the process pool is not usable anymore "
-            f"({exc})"
+            f"A process initializer failed, the process pool is not usable anymore ({exc})"
         )
         error.__cause__ = exc
         exc = error
@@ -335,9 +446,9 @@ def _fail(state: _State, task: _Task, exc: BaseException) -> None:
 
 def _explain_unpicklable(task: _Task, exc: TypeError) -> BaseException:
     """The process backend fails an item that does not pickle with a TypeError naming the
-    item's type (here always ``_Task``): name the call instead. Any other TypeError (the
+    item's type (here always a tuple): name the call instead. Any other TypeError (the
     call's own) is left alone."""
-    if "_Task" not in str(exc):
+    if "could not pickle an item" not in str(exc):
         return exc
     try:
         pickle.dumps((task.fn, task.args, task.kwargs), 5)
@@ -378,8 +489,10 @@ def _make_backend(
     resolved = resolve_backend(backend)
     for name, value in (("mp_context", mp_context), ("max_tasks_per_child", max_tasks_per_child)):
         if value is not None:
-            what = "configure the ProcessBackend you pass" if resolved.name == "process" else (
-                "it applies to backend='process' only"
+            what = (
+                "configure the ProcessBackend you pass"
+                if resolved.name == "process"
+                else ("it applies to backend='process' only")
             )
             raise ValueError(f"{name}= is not accepted with backend={resolved!r}: {what}")
     return resolved
@@ -421,17 +534,14 @@ class RemoteExecutor(_base.Executor):
         self._max_workers = max_workers
         self._state = state = _State()
         self._future = _future_type()
-        self._task: type[_Task] = _Task
+        isolate: Callable[[Any], bytes] | None = None
         if resolved.name == "ray":
             # Ray pickles a batch as one argument: a call that does not pickle would fail
             # its whole batch. Each call is pickled on its own (with Ray's cloudpickle).
             from shardflow.backends.ray import _dumps
 
-            class _RayTask(_IsolatedTask):
-                __slots__ = ()
-                dumps = staticmethod(_dumps)
-
-            self._task = _RayTask
+            isolate = _dumps
+        registry: dict[int, _Task] = {}
         handler: Callable[[Any], Any] = _call
         if initializer is not None:
             handler = _Initialized(initializer, initargs)
@@ -440,7 +550,7 @@ class RemoteExecutor(_base.Executor):
             handler,
             workers=max_workers,
             capacity=capacity,
-            backend=resolved,
+            backend=_ShipperBackend(resolved, registry, isolate, state),
             on_results=on_results,
             on_error=on_error,
             name=name or f"Executor-{next(_names)}",
@@ -503,9 +613,9 @@ class RemoteExecutor(_base.Executor):
         state = self._state
         if state.shutdown or state.broken is not None:
             self._refuse()
-        fut = self._future()
+        fut: _base.Future[T] = self._future()
         try:
-            self._push(self._task(fn, args, kwargs or None, fut))
+            self._push(_Task(fn, args, kwargs or None, fut))
         except Closed:
             self._refuse()
             raise
@@ -681,7 +791,9 @@ def _result(fut: Any, end_time: float | None) -> Any:
         fut.cancel()  # the standard _result_or_cancel: a no-op once done
 
 
-def _map_results(futures: deque[Any], end_time: float | None, refill: _Refill | None) -> Iterator[Any]:
+def _map_results(
+    futures: deque[Any], end_time: float | None, refill: _Refill | None
+) -> Iterator[Any]:
     """Yield the results of the chunk futures in order (a generator: ``map`` has already
     submitted what it submits eagerly before this runs)."""
     try:
@@ -710,4 +822,3 @@ def _map_results(futures: deque[Any], end_time: float | None, refill: _Refill | 
             fut.cancel()
         if refill is not None:
             refill.source = None
-

@@ -315,7 +315,10 @@ class Executor(ThreadPoolExecutor):
         mp_context: Any = None,
         max_tasks_per_child: int | None = None,
     ) -> None:
-        for param, value in (("mp_context", mp_context), ("max_tasks_per_child", max_tasks_per_child)):
+        for param, value in (
+            ("mp_context", mp_context),
+            ("max_tasks_per_child", max_tasks_per_child),
+        ):
             if value is not None:
                 raise ValueError(
                     f"{param}= applies to worker processes; pass backend='process' with it "
