@@ -501,8 +501,37 @@ def _make_backend(
 class RemoteExecutor(_base.Executor):
     """A ``concurrent.futures.Executor`` whose calls run in worker processes
     (``backend="process"`` or a ``ProcessBackend``) or Ray actors (``backend="ray"`` or a
-    ``RayBackend``). Made by ``shardflow.Executor(..., backend=...)``; see its
-    documentation for the arguments and for what differs from ``ProcessPoolExecutor``.
+    ``RayBackend``), as ``ProcessPoolExecutor`` documents: ``submit``, ``map`` (with
+    ``chunksize``, ``buffersize``, ``timeout``), ``shutdown(wait, cancel_futures)``, the
+    context manager, ``initializer``/``initargs`` run once per worker (one that raises
+    breaks the executor: ``BrokenProcessPool``), ``max_tasks_per_child``, ``mp_context``,
+    ``terminate_workers()``/``kill_workers()``. Made by ``shardflow.Executor(...,
+    backend=...)``.
+
+    Args:
+        max_workers: worker processes (or actors); default the CPU count.
+        backend: ``"process"``, ``"ray"`` or a ``shardflow.backends.Backend``.
+        mp_context, max_tasks_per_child: as ``ProcessPoolExecutor`` takes them, for
+            ``backend="process"`` (with a ``ProcessBackend`` instance, configure it).
+        initializer, initargs: ``initializer(*initargs)`` once in each worker, before
+            its first call.
+        capacity: per-worker queue bound (calls), default ``shardflow.DEFAULT_CAPACITY``;
+            ``submit`` waits while the worker's queue is full.
+        name: names the pool and its dispatch threads (``thread_name_prefix``).
+
+    What differs from ``ProcessPoolExecutor``: a worker that dies fails only the call it
+    was running (``WorkerLost``, after ``ProcessBackend.max_attempts`` runs of it; that
+    call may run more than once) and the executor goes on, where the standard one breaks;
+    a call is *running* once shipped in a batch with the calls queued with it; calls go
+    round-robin to per-worker queues and stay there; a call or result that cannot be
+    pickled fails its own future (``TypeError``).
+
+    Example (a call that kills its worker fails alone)::
+
+        with shardflow.Executor(2, backend="process") as ex:
+            crash = ex.submit(os._exit, 1)
+            assert ex.submit(math.factorial, 5).result() == 120
+            assert isinstance(crash.exception(), WorkerLost)
     """
 
     def __init__(

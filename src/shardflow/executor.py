@@ -264,6 +264,14 @@ class Executor(ThreadPoolExecutor):
     ``shutdown``, waiting on one of its pending futures) raises ``RuntimeError`` naming
     the Executor and the fork.
 
+    ``backend="process"`` (or a ``shardflow.backends.ProcessBackend``), ``"ray"`` (or a
+    ``RayBackend``): the calls run in worker processes or Ray actors instead, and the
+    object returned is a ``shardflow._remote_executor.RemoteExecutor``, a drop-in
+    ``concurrent.futures.ProcessPoolExecutor`` (not a ``ThreadPoolExecutor``) that also
+    takes ``mp_context`` and ``max_tasks_per_child`` (process only) and has
+    ``terminate_workers()``/``kill_workers()``; see its documentation. The thread
+    executor refuses those two arguments.
+
     Example:
         >>> import shardflow
         >>> with shardflow.Executor(max_workers=2) as ex:
