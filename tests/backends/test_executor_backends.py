@@ -30,7 +30,6 @@ from typing import Any
 
 import exec_tasks as tasks
 import pytest
-import test_ray_backend
 from test_ray_backend import FakeRayBackend
 
 import shardflow
@@ -43,8 +42,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 WAIT = tasks.WAIT
-#: The session's local Ray cluster (skips without Ray), shared with test_ray_backend.
-ray_cluster = test_ray_backend.ray_cluster
 BACKENDS = ["thread", "process", "fake-ray"]
 #: Backends where a call is queued in this process until it is shipped (fake actors run
 #: the calls of their window without pickling them, so those calls stay cancellable).
@@ -492,41 +489,3 @@ def test_every_call_is_counted_once(kind: str) -> None:
     m = accounted(ex)
     assert m.submitted == 100 + 10  # 100 calls and 10 map chunks
     assert m.failed == 1 and m.processed == 109
-
-
-# ---------------------------------------------------------------- a real Ray cluster
-
-
-def test_cluster_executor(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """Executor(backend=RayBackend()) on the session's local cluster (skipped without
-    Ray): results, per-call errors, a call or result that cannot be pickled fails alone,
-    map in order, the initializer runs in the actors."""
-    ray_cluster: Any = request.getfixturevalue("ray_cluster")
-    ray_cluster.cloudpickle.register_pickle_by_value(tasks)  # the actors cannot import tests/
-    try:
-        with shardflow.Executor(
-            2, backend=RayBackend(), initializer=tasks.record_init, initargs=(str(tmp_path), "ray")
-        ) as ex:
-            assert ex.submit(tasks.add, 1, 2, c=3).result(WAIT) == 6
-            futs = [ex.submit(tasks.fail_on, i, 5) for i in range(20)]
-            futs.append(ex.submit(tasks.add, threading.Lock()))
-            futs.append(ex.submit(tasks.return_lock))
-            futs.append(ex.submit(lambda: 42))  # cloudpickle sends it by value
-            futs.append(ex.submit(tasks.pid))
-            wait(futs, WAIT)
-            assert [f.result() for f in futs[:5]] == [0, 1, 2, 3, 4]
-            assert isinstance(futs[5].exception(), ValueError)
-            unsent, unreturned = futs[20].exception(), futs[21].exception()
-            assert isinstance(unsent, TypeError) and "cannot send the call add" in str(unsent)
-            assert isinstance(unreturned, TypeError) and "lock" in str(unreturned)
-            assert futs[22].result() == 42
-            actor_pid = futs[23].result()
-            assert actor_pid != os.getpid()
-            assert list(tmp_path.glob(f"init-{actor_pid}-*"))  # the initializer ran there
-            assert list(ex.map(tasks.square, range(100), chunksize=7)) == [
-                i * i for i in range(100)
-            ]
-        m = accounted(ex)
-        assert m.failed == 3
-    finally:
-        ray_cluster.cloudpickle.unregister_pickle_by_value(tasks)
