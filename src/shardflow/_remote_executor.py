@@ -5,14 +5,14 @@
 threads; the thread executor (``shardflow.executor``) is a separate, tuned path. This one
 is a ``ShardedPool`` of the chosen backend and three small pieces around it:
 
-* **The pool item is a ``_Task``**: the call ``(fn, args, kwargs)`` and its future. Only
-  the call crosses the process boundary: the executor's runner (``_Shipper``, around the
-  backend's own) turns each batch the shard loop hands over into call tuples (plain
-  tuples pickle several times faster than objects with ``__reduce__``) and keeps each
-  task in a registry keyed by the identity of its tuple. The backend ships whatever is
-  queued in one message (``ProcessBackend.ship_batch_size`` calls, one Ray call per
-  ``RayBackend.batch_size``), the worker calls ``_call`` per tuple, and the return
-  values come back with the batch.
+* **The pool item is the future**, carrying its call ``(fn, args, kwargs)``, made and
+  pushed by the thread executor's compiled ``submit``. Only the call crosses the process
+  boundary: the executor's runner (``_Shipper``, around the backend's own) takes each
+  call off its future as a plain tuple (which pickles several times faster than an object
+  with ``__reduce__``) and keeps the future in a registry keyed by the tuple's identity.
+  The backend ships whatever is queued in one message (``ProcessBackend.ship_batch_size``
+  calls, one Ray call per ``RayBackend.batch_size``), the worker calls ``_call`` per
+  tuple, and the return values come back with the batch.
 * **Futures are completed in batches**, in the shard's dispatch thread, by
   ``on_results`` (one call per run of tasks, values in task order) and ``on_error``
   (failed calls, one by one): no message, queue or lock per task besides the future's
@@ -32,6 +32,7 @@ the difference with ``ProcessPoolExecutor``, which fails every pending call with
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
@@ -42,17 +43,20 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import _base
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, ClassVar, TypeVar
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
+from shardflow._executor import Halt, take_call
+from shardflow._executor import submit as _compiled_submit
+from shardflow._fork import fork_error
 from shardflow.backends import Backend, resolve_backend
-from shardflow.backends.base import Deliver, Handler, Settle, ShardRunner
-from shardflow.errors import Closed
+from shardflow.backends.base import BatchOutcome, Deliver, Handler, Settle, ShardRunner
 from shardflow.pool import ShardedPool
 
 __all__ = ["RemoteExecutor"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 LOGGER = _base.LOGGER
 _names = itertools.count()
@@ -62,68 +66,26 @@ MAP_CHUNKS_PER_WORKER = 4
 #: ... with at most this many calls per chunk (one message, one result list).
 MAP_CHUNK_MAX = 1024
 
-# _Task.state
-_QUEUED = 0  # in the pool's queue; the future is PENDING (or CANCELLED by the user)
-_SHIPPED = 1  # handed to a worker; the future is RUNNING
-_SKIPPED = 2  # the future was cancelled before shipping: the worker gets an empty call
-
 _CANCELLED_CALL: tuple[Any, ...] = ()
 
 
 def _future_type() -> type:
     # The thread executor's future: a concurrent.futures.Future whose state and lock are
-    # compiled (cheaper to create and complete); imported here to share it.
+    # compiled (cheaper to create and complete), and which carries its call until it is
+    # taken (``take_call``); imported here to share it.
     from shardflow.executor import _Future
 
     return _Future
 
 
-class _Task:
-    """One call and its future, as queued in the pool (parent side only: what a worker
-    gets is ``call()``, a plain tuple, see ``_Shipper``)."""
-
-    __slots__ = ("args", "fn", "future", "kwargs", "sent", "state")
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        future: Any,
-    ) -> None:
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.future = future
-        self.state = _QUEUED
-        self.sent: tuple[Any, ...] | None = None  # the call tuple shipped for it
-
-    def call(self) -> tuple[Any, ...]:
-        """The call to ship, ``(fn, args, kwargs)`` (a new tuple: ``_Shipper`` finds the
-        task again by its identity), or ``()`` if the future was cancelled before it
-        could start; marks the future running."""
-        if self.state == _QUEUED:
-            if self.future.set_running_or_notify_cancel():
-                self.state = _SHIPPED
-            else:
-                self.state = _SKIPPED
-        if self.state == _SKIPPED:
-            return _CANCELLED_CALL
-        return (self.fn, self.args, self.kwargs)
-
-    def release(self) -> None:
-        """Drop the call (it ran or never will): its arguments are freed with it."""
-        self.fn = self.args = self.kwargs = self.sent = None  # type: ignore[assignment]
-
-
-def _isolate(dumps: Callable[[Any], bytes], fn: Any, call: tuple[Any, ...]) -> tuple[Any, ...]:
+def _isolate(dumps: Callable[[Any], bytes], call: tuple[Any, ...]) -> tuple[Any, ...]:
     """``call`` pickled on its own (Ray serializes a batch as one argument, so one call
     that does not pickle would fail its whole batch): a call that does not pickle
     becomes one that raises the TypeError saying so, in the worker."""
     try:
         data = dumps(call)
     except Exception as exc:
-        return (_raise_type_error, (_describe_unpicklable(fn, exc),), None)
+        return (_raise_type_error, (_describe_unpicklable(call[0], exc),), None)
     return (_run_pickled, (data,), None)
 
 
@@ -146,29 +108,30 @@ def _raise_type_error(message: str) -> None:
 
 class _Shipper(ShardRunner):
     """The executor's runner: the backend's own runner, fed call tuples instead of the
-    pool's ``_Task`` items.
+    pool's items (the futures, each carrying its call, as the thread executor's do).
 
-    The pool's shard loop hands a batch of ``_Task``s to ``run``: each becomes its call
-    tuple (``_Task.call``, which marks the future running, or skips it if it was
-    cancelled), registered by identity in ``registry``, and the backend's runner ships
-    the tuples (pickling a plain tuple costs a fraction of pickling an object with
-    ``__reduce__``). Values (``deliver``) and failures (``on_error``, whether reported
-    at once or later through ``settle`` by a runner that keeps batches in flight) name
-    the call tuples; ``registry`` maps them back to their tasks."""
+    The pool's shard loop hands a batch of futures to ``run``: each is marked running (or
+    skipped, if it was cancelled: its call becomes ``()``), its call taken off it as a
+    tuple ``(fn, args, kwargs)`` and registered in ``registry`` by the tuple's identity,
+    and the backend's runner ships the tuples (a plain tuple pickles several times faster
+    than an object with ``__reduce__``). Values (``deliver``) and failures name the call
+    tuples when a runner reports them later (``settle``: Ray's window); ``registry`` maps
+    them back to their futures. Failures reported at once (a ``BatchOutcome``) name the
+    futures (the core's batch); ``run`` drops their tuples from the registry itself."""
+
+    #: The executor's pool has no guards to share.
+    shares_guards: ClassVar[bool] = False
 
     def __init__(
         self,
         inner: ShardRunner,
-        registry: dict[int, _Task],
+        registry: dict[int, Any],
         isolate: Callable[[Any], bytes] | None,
     ) -> None:
         self.inner = inner
         self.registry = registry
         self.isolate = isolate
         self.deliver: Callable[[list[Any], list[Any]], object] | None = None
-
-    #: The executor's pool has no guards to share.
-    shares_guards: ClassVar[bool] = False
 
     def batch_shape(
         self, batch_size: int, batch_timeout: float | None, lists: bool
@@ -182,36 +145,51 @@ class _Shipper(ShardRunner):
         registry = self.registry
         isolate = self.isolate
 
-        def run(batch: list[_Task]) -> Any:
+        def run(batch: list[Any]) -> Any:
             calls: list[tuple[Any, ...]] = []
             append = calls.append
-            for task in batch:
-                call = task.call()
-                if call:
-                    if isolate is not None:
-                        call = _isolate(isolate, task.fn, call)
-                    task.sent = call
-                    registry[id(call)] = task
+            for fut in batch:
+                taken = take_call(fut) if fut.set_running_or_notify_cancel() else None
+                if taken is not None:
+                    call = taken if isolate is None else _isolate(isolate, taken)
+                    registry[id(call)] = fut
+                else:  # cancelled before it could start: not run
+                    take_call(fut)
+                    call = _CANCELLED_CALL
                 append(call)
-            return inner(calls)
+            try:
+                outcome = inner(calls)
+            except BaseException:
+                for call in calls:
+                    registry.pop(id(call), None)
+                raise
+            if type(outcome) is BatchOutcome:
+                # Reported now, by index into the core's batch (the futures): the tuples
+                # leave the registry here; a call that did not pickle is named.
+                failures = []
+                for index, exc in outcome.failures:
+                    call = calls[index]
+                    registry.pop(id(call), None)
+                    if isinstance(exc, TypeError) and call:
+                        exc = _explain_unpicklable(call, exc)
+                    failures.append((index, exc))
+                return BatchOutcome(failures)
+            return outcome
 
         return run
 
     def _deliver(self, calls: list[Any], values: list[Any]) -> None:
         pop = self.registry.pop
-        tasks = [pop(id(call), None) for call in calls]
+        futures = [pop(id(call), None) for call in calls]
         assert self.deliver is not None
-        self.deliver(tasks, values)
+        self.deliver(futures, values)
 
-    def task_of(self, item: Any) -> _Task | None:
-        """The task of an item the pool reports (a ``_Task``, or a call tuple from a
-        runner that settles later), taken out of the registry."""
+    def future_of(self, item: Any) -> Any:
+        """The future of an item the pool reports failed: a future (the core's batch), or
+        a call tuple from a runner that settles later (taken out of the registry)."""
         if type(item) is tuple:
             return self.registry.pop(id(item), None)
-        sent = item.sent
-        if sent is not None:
-            self.registry.pop(id(sent), None)
-        return item  # type: ignore[no-any-return]
+        return item
 
     def attach(self, settle: Settle) -> None:
         self.inner.attach(settle)
@@ -250,7 +228,7 @@ class _ShipperBackend(Backend):
     def __init__(
         self,
         inner: Backend,
-        registry: dict[int, _Task],
+        registry: dict[int, Any],
         isolate: Callable[[Any], bytes] | None,
         state: _State,
     ) -> None:
@@ -281,12 +259,38 @@ def _call(call: tuple[Any, ...]) -> Any:
         if kwargs is None:
             return fn(*args)
         return fn(*args, **kwargs)
-    except Exception:
+    except Exception as exc:
+        _keep_traceback(exc)
         raise
     except BaseException as exc:
         # SystemExit & co. belong to the call's future, as with ProcessPoolExecutor; the
         # pool would treat them as fatal (re-raised by join()), so they travel wrapped.
         raise _NotAnException(exc) from None
+
+
+_TRACEBACK = "_shardflow_remote_traceback"
+
+
+def _keep_traceback(exc: BaseException) -> None:
+    """Store the traceback as text in the exception's ``__dict__``, which pickling keeps
+    (the traceback itself does not travel); the parent turns it into the ``__cause__``
+    ``ProcessPoolExecutor`` gives (``_remote_traceback``)."""
+    try:
+        exc.__dict__[_TRACEBACK] = "".join(traceback.format_exception(exc))
+    except Exception:  # an exception class without a __dict__ (or a broken __str__)
+        pass
+
+
+def _remote_traceback(exc: BaseException) -> None:
+    """Parent side of ``_keep_traceback``: the text becomes ``exc.__cause__`` (a
+    ``concurrent.futures.process._RemoteTraceback``, as the standard executor sets)."""
+    try:
+        text = exc.__dict__.pop(_TRACEBACK, None)
+    except Exception:
+        return
+    if text is not None and exc.__cause__ is None:
+        # typeshed says TracebackType; the standard executor passes this text.
+        exc.__cause__ = _RemoteTraceback(f'\n"""\n{text}"""')  # type: ignore[arg-type]
 
 
 class _NotAnException(Exception):
@@ -360,6 +364,7 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
         for args in chunk:
             append(fn(*args))
     except BaseException as exc:
+        _keep_traceback(exc)
         return _ChunkFailed(results, _portable(exc))
     return results
 
@@ -382,27 +387,25 @@ def _portable(exc: BaseException) -> BaseException:
 
 class _State:
     """What the pool's callbacks need of the executor (they hold this, not the executor,
-    so that an executor dropped without ``shutdown()`` can be collected)."""
+    so that an executor dropped without ``shutdown()`` can be collected): the ``Halt``
+    (shut down / broken / forked flags, read by the compiled submit) and the runner."""
 
-    __slots__ = ("broken", "shipper", "shutdown")
+    __slots__ = ("halt", "shipper")
 
-    def __init__(self) -> None:
-        self.shutdown = False
-        self.broken: str | None = None
+    def __init__(self, halt: Halt) -> None:
+        self.halt = halt
         self.shipper: _Shipper | None = None
 
 
 def _make_callbacks(
     state: _State,
 ) -> tuple[Callable[[list[Any], list[Any]], None], Callable[[Any, BaseException], None]]:
-    """``on_results`` (tasks from ``_Shipper``: None for a call cancelled before it was
-    shipped) and ``on_error`` (tasks or call tuples) for the executor's pool."""
+    """``on_results`` (futures from ``_Shipper``: None for a call cancelled before it was
+    shipped) and ``on_error`` (futures or call tuples) for the executor's pool."""
 
-    def on_results(tasks: list[Any], values: list[Any]) -> None:
-        for task, value in zip(tasks, values, strict=True):
-            if task is not None:
-                fut = task.future
-                task.release()
+    def on_results(futures: list[Any], values: list[Any]) -> None:
+        for fut, value in zip(futures, values, strict=True):
+            if fut is not None:
                 fut.set_result(value)
 
     def on_error(item: Any, exc: BaseException) -> None:
@@ -410,53 +413,68 @@ def _make_callbacks(
         shipper = state.shipper
         assert shipper is not None
         for one in item if isinstance(item, list) else (item,):
-            task = shipper.task_of(one)
-            if task is None or task.state == _SKIPPED:
+            if type(one) is tuple and not one:
+                continue  # a call cancelled before it was shipped
+            fut = shipper.future_of(one)
+            if fut is None or fut.done():
                 continue
-            if task.state == _QUEUED:  # failed without being shipped
-                task.state = _SHIPPED
-                if not task.future.set_running_or_notify_cancel():
-                    continue
-            _fail(state, task, exc)
+            if not fut.running() and not fut.set_running_or_notify_cancel():
+                continue  # failed without being shipped, and cancelled meanwhile
+            fut.set_exception(_translate(state, exc))
 
     return on_results, on_error
 
 
-def _fail(state: _State, task: _Task, exc: BaseException) -> None:
-    fut = task.future
+def _translate(state: _State, exc: BaseException) -> BaseException:
+    """The exception a call's future gets for ``exc`` (what the pool reports)."""
     if isinstance(exc, _NotAnException):
         exc = exc.error
     elif isinstance(exc, InitializerFailed):
-        if state.broken is None:
-            state.broken = str(exc)
+        if state.halt.broken is None:
+            state.halt.set_broken(str(exc))
         error: BaseException = BrokenProcessPool(
             f"A process initializer failed, the process pool is not usable anymore ({exc})"
         )
         error.__cause__ = exc
-        exc = error
-    elif isinstance(exc, TypeError) and task.fn is not None:
-        exc = _explain_unpicklable(task, exc)
+        return error
     elif type(exc).__name__ == "ShardBroken":
         error = BrokenProcessPool(str(exc))
         error.__cause__ = exc
-        exc = error
-    task.release()
-    fut.set_exception(exc)
+        return error
+    _remote_traceback(exc)
+    return exc
 
 
-def _explain_unpicklable(task: _Task, exc: TypeError) -> BaseException:
+def _explain_unpicklable(call: tuple[Any, ...], exc: TypeError) -> BaseException:
     """The process backend fails an item that does not pickle with a TypeError naming the
     item's type (here always a tuple): name the call instead. Any other TypeError (the
     call's own) is left alone."""
     if "could not pickle an item" not in str(exc):
         return exc
     try:
-        pickle.dumps((task.fn, task.args, task.kwargs), 5)
+        pickle.dumps(call, 5)
     except Exception as why:
-        error = TypeError(_describe_unpicklable(task.fn, why))
+        error = TypeError(_describe_unpicklable(call[0], why))
         error.__cause__ = why
         return error
     return exc
+
+
+def _refuse(halt: Halt) -> None:
+    """Raise what a submit refused by ``halt``'s executor raises."""
+    if halt.forked:
+        raise fork_error("Executor")
+    broken = halt.broken
+    if broken is not None:
+        raise BrokenProcessPool(
+            f"A process initializer failed, the process pool is not usable anymore ({broken})"
+        )
+    if halt.shutdown:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+    from shardflow import executor
+
+    if executor._interpreter_shutdown:
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
 
 def _default_workers() -> int:
@@ -561,8 +579,12 @@ class RemoteExecutor(_base.Executor):
         check_str("thread_name_prefix", name, optional=False)
         resolved = _make_backend(backend, mp_context, max_tasks_per_child)
         self._max_workers = max_workers
-        self._state = state = _State()
-        self._future = _future_type()
+        # The compiled submit of the thread executor (shardflow._executor.submit) reads
+        # these: the Halt's flags, its push (the pool's submit) and future type.
+        self._halt = halt = Halt()
+        halt.future_type = _future_type()
+        halt.refuse = functools.partial(_refuse, halt)  # no reference to self
+        self._state = state = _State(halt)
         isolate: Callable[[Any], bytes] | None = None
         if resolved.name == "ray":
             # Ray pickles a batch as one argument: a call that does not pickle would fail
@@ -570,7 +592,7 @@ class RemoteExecutor(_base.Executor):
             from shardflow.backends.ray import _dumps
 
             isolate = _dumps
-        registry: dict[int, _Task] = {}
+        registry: dict[int, Any] = {}
         handler: Callable[[Any], Any] = _call
         if initializer is not None:
             handler = _Initialized(initializer, initargs)
@@ -586,7 +608,13 @@ class RemoteExecutor(_base.Executor):
         )
         self._pool._fork_owner = "Executor"
         self._backend = resolved
-        self._push = self._pool.submit
+        halt.push = self._pool.submit
+        # The thread executor's hooks: a forked child marks the Halt (its submits and
+        # pending futures then raise instead of waiting forever), and interpreter exit
+        # closes the pool and waits for the queued calls, as ProcessPoolExecutor does.
+        from shardflow import executor as thread_executor
+
+        thread_executor._register(self._pool, halt)
         self._shutdown_lock = threading.Lock()
         weakref.finalize(self, _close_pool, self._pool)
 
@@ -606,7 +634,7 @@ class RemoteExecutor(_base.Executor):
     def _broken(self) -> str | bool:
         """False, or the message once an initializer failed (``ProcessPoolExecutor``
         exposes the same attribute)."""
-        return self._state.broken or False
+        return self._halt.broken or False
 
     def metrics(self) -> Any:
         """The pool's metrics (``shardflow.PoolMetrics``): a submitted call is counted
@@ -616,39 +644,23 @@ class RemoteExecutor(_base.Executor):
 
     # ------------------------------------------------------------ submit / map
 
-    def _refuse(self) -> None:
-        state = self._state
-        if state.broken is not None:
-            raise BrokenProcessPool(
-                "A process initializer failed, the process pool is not usable anymore "
-                f"({state.broken})"
-            )
-        if state.shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        from shardflow import executor
+    if TYPE_CHECKING:
 
-        if executor._interpreter_shutdown:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        def submit(
+            self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+        ) -> _base.Future[T]:
+            """Schedule ``fn(*args, **kwargs)`` on a worker; returns its ``Future``."""
+            ...
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> _base.Future[T]:
-        """Schedule ``fn(*args, **kwargs)`` on a worker; returns its ``Future``.
-
-        ``fn``, the arguments and the result travel by pickle: a call that cannot be
-        pickled fails its future with ``TypeError`` (it is never sent), as does a
-        result that cannot be pickled. Raises ``RuntimeError`` after ``shutdown()`` and
-        ``BrokenProcessPool`` once an initializer failed. Blocks (without holding the
-        GIL) while the chosen worker's queue is full (``capacity`` calls).
-        """
-        state = self._state
-        if state.shutdown or state.broken is not None:
-            self._refuse()
-        fut: _base.Future[T] = self._future()
-        try:
-            self._push(_Task(fn, args, kwargs or None, fut))
-        except Closed:
-            self._refuse()
-            raise
-        return fut
+    else:
+        # Compiled (shardflow._executor.submit, shared with the thread executor): checks
+        # the Halt, makes the future with the call attached and pushes it to the pool.
+        # ``fn``, the arguments and the result travel by pickle: a call that cannot be
+        # pickled fails its future with ``TypeError`` (it is never sent), as does a
+        # result that cannot be pickled. Raises ``RuntimeError`` after ``shutdown()``
+        # and ``BrokenProcessPool`` once an initializer failed. Blocks (without holding
+        # the GIL) while the chosen worker's queue is full (``capacity`` calls).
+        submit = _compiled_submit
 
     def map(
         self,
@@ -708,12 +720,14 @@ class RemoteExecutor(_base.Executor):
         already shipped to a worker run); with ``wait`` return once every call is done
         and the workers have exited. Idempotent."""
         pool = self._pool
+        if self._halt.forked:
+            raise fork_error("Executor")
         with self._shutdown_lock:
-            self._state.shutdown = True
+            self._halt.set_shutdown(False)
             if cancel_futures and not pool.closed:
                 for i in range(pool.workers):
-                    for task in pool._take_queued(i):
-                        _cancel(task)
+                    for fut in pool._take_queued(i):
+                        _cancel(fut)
             if not pool.closed:
                 pool.close()
         if wait:
@@ -747,22 +761,19 @@ class RemoteExecutor(_base.Executor):
         self.shutdown(wait=True)
 
     def __repr__(self) -> str:
-        state = "shut down" if self._state.shutdown else "running"
+        state = "shut down" if self._halt.shutdown else "running"
         return (
             f"<shardflow.Executor {self._pool.name!r} {state} max_workers={self._max_workers} "
             f"backend={self._pool._runner.describe()}>"
         )
 
 
-def _cancel(task: _Task) -> None:
-    """Cancel a task taken back from the queue (it never reaches a worker)."""
-    if task.state == _QUEUED:
-        task.state = _SKIPPED
-        fut = task.future
-        fut.cancel()
-        # On to CANCELLED_AND_NOTIFIED, so that wait()/as_completed() callers see it.
-        fut.set_running_or_notify_cancel()
-    task.release()
+def _cancel(fut: Any) -> None:
+    """Cancel a call taken back from the queue (it never reaches a worker)."""
+    take_call(fut)
+    fut.cancel()
+    # On to CANCELLED_AND_NOTIFIED, so that wait()/as_completed() callers see it.
+    fut.set_running_or_notify_cancel()
 
 
 def _close_pool(pool: ShardedPool[Any]) -> None:
@@ -840,6 +851,7 @@ def _map_results(
                 yield from out.results
                 error = out.error
                 del out
+                _remote_traceback(error)
                 try:
                     raise error
                 finally:

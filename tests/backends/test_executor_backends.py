@@ -33,6 +33,7 @@ import pytest
 from test_ray_backend import FakeRayBackend
 
 import shardflow
+from helpers import run_script
 from shardflow._remote_executor import RemoteExecutor
 from shardflow.backends import ProcessBackend, RayBackend
 from shardflow.backends.process import WorkerLost
@@ -489,3 +490,39 @@ def test_every_call_is_counted_once(kind: str) -> None:
     m = accounted(ex)
     assert m.submitted == 100 + 10  # 100 calls and 10 map chunks
     assert m.failed == 1 and m.processed == 109
+
+
+def test_a_forked_child_gets_a_clear_error_from_an_inherited_executor(tmp_path: Path) -> None:
+    script = f"""
+import os, sys, warnings
+warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+sys.path.insert(0, {str(Path(tasks.__file__).parent)!r})
+import exec_tasks, shardflow
+
+if __name__ == "__main__":
+    gate = {str(tmp_path)!r}
+    ex = shardflow.Executor(1, backend="process")
+    pending = ex.submit(exec_tasks.gated, gate, "r")
+    exec_tasks.wait_started(gate, "r")
+    pid = os.fork()
+    if pid == 0:
+        for label, call in (("submit", lambda: ex.submit(exec_tasks.square, 2)),
+                            ("result", lambda: pending.result(5))):
+            try:
+                call()
+            except RuntimeError as exc:
+                print(label, "fork error" if "Executor" in str(exc) and "fork" in str(exc)
+                      else "other: " + str(exc), flush=True)
+            else:
+                print(label, "no error", flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    exec_tasks.open_gate(gate)
+    print("parent", pending.result(30), ex.submit(exec_tasks.square, 3).result(30), flush=True)
+    ex.shutdown()
+"""
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "submit fork error" in lines and "result fork error" in lines, lines
+    assert "parent None 9" in lines, lines
