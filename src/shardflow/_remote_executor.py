@@ -322,6 +322,10 @@ class _Initialized:
         # A fresh copy in each worker: the initializer runs there, once.
         return (_Initialized, (self.initializer, self.initargs))
 
+    def __repr__(self) -> str:
+        # Named by the error of a backend that cannot send it to its workers.
+        return f"the initializer {self.initializer!r} with initargs {self.initargs!r}"
+
     def __call__(self, task: Any) -> Any:
         if not self.ready:
             self._initialize()

@@ -161,7 +161,10 @@ def test_an_exception_goes_to_its_future_and_the_others_complete(kind: str) -> N
         if i == 13:
             with pytest.raises(ValueError, match="bad item 13"):
                 fut.result()
-            assert isinstance(fut.exception(), ValueError)
+            exc = fut.exception()
+            assert isinstance(exc, ValueError)
+            if kind != "thread":  # the worker's traceback, as ProcessPoolExecutor gives it
+                assert "in fail_on" in str(exc.__cause__), exc.__cause__
         else:
             assert fut.result() == i
 
@@ -375,6 +378,13 @@ def test_a_failing_initializer_breaks_the_executor(
 
 
 # ---------------------------------------------------------------- what cannot travel
+
+
+def test_an_initializer_that_cannot_be_pickled_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match="initializer .*record_init.* with initargs"):
+        shardflow.Executor(
+            1, backend="process", initializer=tasks.record_init, initargs=(threading.Lock(), "x")
+        )
 
 
 def test_a_call_that_cannot_be_pickled_fails_its_future_only() -> None:
