@@ -381,7 +381,7 @@ def test_a_failing_initializer_breaks_the_executor(
 
 
 def test_an_initializer_that_cannot_be_pickled_is_refused_at_construction() -> None:
-    with pytest.raises(TypeError, match="initializer .*record_init.* with initargs"):
+    with pytest.raises(TypeError, match=r"initializer .*record_init.* with initargs"):
         shardflow.Executor(
             1, backend="process", initializer=tasks.record_init, initargs=(threading.Lock(), "x")
         )
