@@ -65,6 +65,8 @@ _names = itertools.count()
 MAP_CHUNKS_PER_WORKER = 4
 #: ... with at most this many calls per chunk (one message, one result list).
 MAP_CHUNK_MAX = 1024
+#: ``map`` without ``buffersize``: chunks submitted and not yet yielded, per worker.
+MAP_WINDOW_PER_WORKER = 4
 
 _CANCELLED_CALL: tuple[Any, ...] = ()
 
@@ -682,10 +684,13 @@ class RemoteExecutor(_base.Executor):
         each (1 with ``buffersize``). The iterables are collected now unless
         ``buffersize`` is given: then at most ``buffersize`` chunks are submitted and not
         yet yielded, and the input is read as results are yielded (as Python 3.14's
-        ``ProcessPoolExecutor.map`` does). An exception raised by ``fn`` is raised when
-        its value would be yielded (the results before it in its chunk are yielded
-        first). ``timeout`` counts from this call. Pending chunks are cancelled when the
-        iterator is closed or raises.
+        ``ProcessPoolExecutor.map`` does). Without ``buffersize`` the chunks are submitted
+        as results are taken too, ``MAP_WINDOW_PER_WORKER`` per worker ahead (so that
+        results stream back while later chunks run); the input is read at once. An
+        exception raised by ``fn`` is raised when its value would be yielded (the
+        results before it in its chunk are yielded first). ``timeout`` counts from this
+        call. Pending chunks are cancelled (or never submitted) when the iterator is
+        closed or raises.
         """
         if chunksize is not None:
             if isinstance(chunksize, bool) or not isinstance(chunksize, int):
@@ -704,13 +709,18 @@ class RemoteExecutor(_base.Executor):
             if chunksize is None:
                 per = self._max_workers * MAP_CHUNKS_PER_WORKER
                 chunksize = min(MAP_CHUNK_MAX, max(1, -(-len(args) // per)))
-            futures = deque(
-                self._submit_chunk(fn, args[i : i + chunksize])
-                for i in range(0, len(args), chunksize)
+            # All of the input is read now (as documented), but the chunks go out as the
+            # results are taken, at most MAP_WINDOW_PER_WORKER per worker ahead: a
+            # worker's batch then holds a few chunks, not all of them, and results come
+            # back (and are yielded) while the next chunks run.
+            source: Iterator[list[tuple[Any, ...]]] = (
+                args[i : i + chunksize] for i in range(0, len(args), chunksize)
             )
-            return _map_results(futures, end_time, None)
-        source = _batched(zipped, chunksize or 1)
-        futures = deque(self._submit_chunk(fn, c) for c in itertools.islice(source, buffersize))
+            window = self._max_workers * MAP_WINDOW_PER_WORKER
+        else:
+            source = _batched(zipped, chunksize or 1)
+            window = buffersize
+        futures = deque(self._submit_chunk(fn, c) for c in itertools.islice(source, window))
         refill = _Refill(weakref.ref(self), fn, source)
         return _map_results(futures, end_time, refill)
 
