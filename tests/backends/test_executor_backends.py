@@ -258,6 +258,21 @@ def test_map_timeout_counts_from_the_call(kind: str, tmp_path: Path) -> None:
     tasks.wait_started(gate, "a")  # "b" may have been cancelled (not started yet)
 
 
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_map_without_buffersize_reads_its_input_at_the_call(kind: str) -> None:
+    ex = shared(kind)
+    read: list[int] = []
+
+    def source() -> Iterator[int]:
+        for i in range(5000):
+            read.append(i)
+            yield i
+
+    it = ex.map(tasks.square, source())
+    assert len(read) == 5000  # before the first result is asked for
+    assert list(it) == [i * i for i in range(5000)]
+
+
 @pytest.mark.parametrize("kind", ["process", "fake-ray"])
 def test_map_with_buffersize_reads_its_input_lazily(kind: str) -> None:
     ex = shared(kind)
