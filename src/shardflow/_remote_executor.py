@@ -426,7 +426,10 @@ def _make_callbacks(
                 continue
             if not fut.running() and not fut.set_running_or_notify_cancel():
                 continue  # failed without being shipped, and cancelled meanwhile
-            fut.set_exception(_translate(state, exc))
+            error = exc
+            if type(one) is tuple and isinstance(exc, TypeError):
+                error = _explain_unpicklable(one, exc)  # reported later (settle)
+            fut.set_exception(_translate(state, error))
 
     return on_results, on_error
 
