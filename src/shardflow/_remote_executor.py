@@ -310,15 +310,21 @@ class InitializerFailed(Exception):
 
 class _Initialized:
     """The handler when an ``initializer`` is given: runs it once per worker (process or
-    actor), before that worker's first call, as ``ProcessPoolExecutor`` does."""
+    actor), before that worker's first call, as ``ProcessPoolExecutor`` does.
 
-    __slots__ = ("failed", "initargs", "initializer", "ready")
+    Each worker unpickles its own copy (``__reduce__``). The lock matters only where one
+    copy serves several threads (a remote that runs in this process, as the tests' fake
+    actors do): no call runs before the initializer has finished, or its failure is
+    known."""
+
+    __slots__ = ("failed", "initargs", "initializer", "lock", "ready")
 
     def __init__(self, initializer: Callable[..., object], initargs: tuple[Any, ...]) -> None:
         self.initializer = initializer
         self.initargs = initargs
         self.ready = False
         self.failed: str | None = None
+        self.lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A fresh copy in each worker: the initializer runs there, once.
@@ -328,15 +334,16 @@ class _Initialized:
         # Named by the error of a backend that cannot send it to its workers.
         return f"the initializer {self.initializer!r} with initargs {self.initargs!r}"
 
-    def __call__(self, task: Any) -> Any:
+    def __call__(self, call: tuple[Any, ...]) -> Any:
         if not self.ready:
-            self._initialize()
+            with self.lock:
+                if not self.ready:
+                    self._initialize()
         if self.failed is not None:
             raise InitializerFailed(self.failed)
-        return _call(task)
+        return _call(call)
 
     def _initialize(self) -> None:
-        self.ready = True
         try:
             self.initializer(*self.initargs)
         except BaseException as exc:
@@ -345,6 +352,8 @@ class _Initialized:
                 f"the initializer {self.initializer!r} raised in worker process "
                 f"{os.getpid()}: {''.join(traceback.format_exception_only(type(exc), exc)).strip()}"
             )
+        finally:
+            self.ready = True  # after ``failed``: a call that sees it sees the outcome
 
 
 class _ChunkFailed:
