@@ -16,9 +16,11 @@ is a ``ShardedPool`` of the chosen backend and three small pieces around it:
 * **Futures are completed in batches**, in the shard's dispatch thread, by
   ``on_results`` (one call per run of tasks, values in task order) and ``on_error``
   (failed calls, one by one): no message, queue or lock per task besides the future's
-  own. A future becomes *running* when its call is shipped (as ``ProcessPoolExecutor``
-  marks a call running when it moves it to its call queue); a future cancelled before
-  that is not run (its tuple is empty).
+  own. A future becomes *running* when a dispatch thread takes its call (as
+  ``ProcessPoolExecutor`` marks a call running when it moves it to its call queue); a
+  future cancelled before that is not run (its tuple is empty). The pool does not steal:
+  a dispatch thread takes a batch ahead of its window, and a stolen one would wait there
+  behind a long call while its own worker idles.
 * **``map`` ships chunks**: one task per chunk of ``chunksize`` argument tuples, run by
   ``_run_chunk`` in the worker; the results come back as one list per chunk and are
   yielded in input order.
@@ -558,9 +560,10 @@ class RemoteExecutor(_base.Executor):
     What differs from ``ProcessPoolExecutor``: a worker that dies fails only the call it
     was running (``WorkerLost``, after ``ProcessBackend.max_attempts`` runs of it; that
     call may run more than once) and the executor goes on, where the standard one breaks;
-    a call is *running* once shipped in a batch with the calls queued with it; calls go
-    round-robin to per-worker queues and stay there; a call or result that cannot be
-    pickled fails its own future (``TypeError``).
+    a call is *running* once its worker's dispatch thread took it, in a batch with the
+    calls queued with it (the batches in the backend's window and one more per worker
+    cannot be cancelled); calls go round-robin to per-worker queues and stay there; a
+    call or result that cannot be pickled fails its own future (``TypeError``).
 
     Example (a call that kills its worker fails alone)::
 
@@ -622,6 +625,10 @@ class RemoteExecutor(_base.Executor):
             backend=_ShipperBackend(resolved, registry, isolate, state),
             on_results=on_results,
             on_error=on_error,
+            # No stealing: a dispatch thread takes a batch ahead of its window (and marks
+            # its calls running); a stolen batch would wait there behind a long call
+            # while the worker it came from sits idle.
+            steal=False,
             name=name or f"Executor-{next(_names)}",
         )
         self._pool._fork_owner = "Executor"
@@ -761,24 +768,25 @@ class RemoteExecutor(_base.Executor):
 
     def terminate_workers(self) -> None:
         """Stop the worker processes now (SIGTERM), as Python 3.14's
-        ``ProcessPoolExecutor.terminate_workers`` does: queued calls are cancelled and the
-        calls that were running fail (``BrokenProcessPool``). The executor is shut down."""
-        self._end_workers(kill=False)
+        ``ProcessPoolExecutor.terminate_workers`` does, and shut the executor down: the
+        calls still queued are cancelled, those shipped that had not finished fail with
+        ``WorkerLost`` (``ShardedPool.terminate_workers``). ``backend="process"`` only
+        (``TypeError`` otherwise)."""
+        self._end_workers(self._pool.terminate_workers)
 
     def kill_workers(self) -> None:
-        """``terminate_workers`` with SIGKILL."""
-        self._end_workers(kill=True)
+        """``terminate_workers`` with SIGKILL (the workers cannot catch it)."""
+        self._end_workers(self._pool.kill_workers)
 
-    def _end_workers(self, *, kill: bool) -> None:
-        runner = self._pool._runner
-        stop = getattr(runner, "end_workers", None)
-        if stop is None:
-            raise NotImplementedError(
-                f"terminate_workers()/kill_workers() need backend='process', not {self._backend!r}"
-            )
-        self.shutdown(wait=False, cancel_futures=True)
-        stop(kill=kill)
-        self._pool.join()
+    def _end_workers(self, end: Callable[[], list[Any]]) -> None:
+        if self._halt.forked:
+            raise fork_error("Executor")
+        if getattr(self._pool._runner, "end_workers", None) is None:
+            end()  # raises the pool's TypeError (this backend has no worker processes)
+        with self._shutdown_lock:
+            self._halt.set_shutdown(False)
+            for fut in end():  # the futures still queued, taken back
+                _cancel(fut)
 
     def __enter__(self) -> RemoteExecutor:
         return self
