@@ -320,6 +320,9 @@ def executor_and_snapshots() -> None:
         fut = ex.submit(pow, 2, 8)
         assert fut.result() == 256
         assert list(ex.map(abs, [-1, -2], buffersize=1)) == [1, 2]
+    with Executor(1, backend="process", max_tasks_per_child=100) as procs:
+        assert procs.submit(pow, 3, 2).result() == 9
+        assert list(procs.map(abs, [-1, -2], chunksize=1)) == [1, 2]
     pool: ShardedPool[int] = ShardedPool(lambda item: None, workers=2, name="typed")
     with pool:
         before = pool.snapshot()

@@ -43,7 +43,8 @@ from shardflow._executor import (
 from shardflow._executor import submit as _compiled_submit
 from shardflow._fork import fork_error
 from shardflow._validate import check_callable, check_int, check_str
-from shardflow.backends.thread import ThreadRunner
+from shardflow.backends import Backend
+from shardflow.backends.thread import ThreadBackend, ThreadRunner
 from shardflow.errors import Closed
 from shardflow.pool import ShardedPool
 
@@ -263,6 +264,14 @@ class Executor(ThreadPoolExecutor):
     ``shutdown``, waiting on one of its pending futures) raises ``RuntimeError`` naming
     the Executor and the fork.
 
+    ``backend="process"`` (or a ``shardflow.backends.ProcessBackend``), ``"ray"`` (or a
+    ``RayBackend``): the calls run in worker processes or Ray actors instead, and the
+    object returned is a ``shardflow._remote_executor.RemoteExecutor``, a drop-in
+    ``concurrent.futures.ProcessPoolExecutor`` (not a ``ThreadPoolExecutor``) that also
+    takes ``mp_context`` and ``max_tasks_per_child`` (process only) and has
+    ``terminate_workers()``/``kill_workers()``; see its documentation. The thread
+    executor refuses those two arguments.
+
     Example:
         >>> import shardflow
         >>> with shardflow.Executor(max_workers=2) as ex:
@@ -272,6 +281,36 @@ class Executor(ThreadPoolExecutor):
         (1024, [0, 1, 4, 9, 16])
     """
 
+    def __new__(
+        cls,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        capacity: int | None = None,
+        backend: str | Backend = "thread",
+        mp_context: Any = None,
+        max_tasks_per_child: int | None = None,
+    ) -> Executor:
+        if backend == "thread" or isinstance(backend, ThreadBackend):
+            return super().__new__(cls)
+        # Worker processes or Ray actors: a separate implementation (not a subclass:
+        # it is no ThreadPoolExecutor), built here; Python then skips __init__.
+        from shardflow._remote_executor import RemoteExecutor
+
+        remote: Any = RemoteExecutor(
+            max_workers,
+            backend=backend,
+            mp_context=mp_context,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            capacity=capacity,
+            name=thread_name_prefix,
+        )
+        return remote  # type: ignore[no-any-return]
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -280,7 +319,19 @@ class Executor(ThreadPoolExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         capacity: int | None = None,
+        backend: str | Backend = "thread",
+        mp_context: Any = None,
+        max_tasks_per_child: int | None = None,
     ) -> None:
+        for param, value in (
+            ("mp_context", mp_context),
+            ("max_tasks_per_child", max_tasks_per_child),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{param}= applies to worker processes; pass backend='process' with it "
+                    "(this executor runs calls in threads)"
+                )
         if max_workers is None:
             max_workers = _default_workers()
         elif type(max_workers) is int and max_workers <= 0:

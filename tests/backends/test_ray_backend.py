@@ -742,3 +742,45 @@ def test_cluster_pipeline_stages_on_actors(ray_cluster: Any, fuse: bool) -> None
     assert all(isinstance(e, ValueError) for _, e in dead)
     assert p.report is not None and p.report.balanced
     assert (p._stages[0].pool is p._stages[1].pool) == fuse
+
+
+# ---------------------------------------------------------------- Executor on the cluster
+
+
+def test_cluster_executor(ray_cluster: Any, tmp_path: Any) -> None:
+    """Executor(backend=RayBackend()) (more in test_executor_backends.py): results,
+    per-call errors, a call or result that cannot be pickled fails alone, map in order,
+    the initializer runs in the actors."""
+    from concurrent.futures import wait
+
+    import exec_tasks as tasks
+
+    wait_s = tasks.WAIT
+    ray_cluster.cloudpickle.register_pickle_by_value(tasks)  # the actors cannot import tests/
+    try:
+        with shardflow.Executor(
+            2, backend=RayBackend(), initializer=tasks.record_init, initargs=(str(tmp_path), "ray")
+        ) as ex:
+            assert ex.submit(tasks.add, 1, 2, c=3).result(wait_s) == 6
+            futs = [ex.submit(tasks.fail_on, i, 5) for i in range(20)]
+            futs.append(ex.submit(tasks.add, threading.Lock()))
+            futs.append(ex.submit(tasks.return_lock))
+            futs.append(ex.submit(lambda: 42))  # cloudpickle sends it by value
+            futs.append(ex.submit(tasks.pid))
+            wait(futs, wait_s)
+            assert [f.result() for f in futs[:5]] == [0, 1, 2, 3, 4]
+            assert isinstance(futs[5].exception(), ValueError)
+            unsent, unreturned = futs[20].exception(), futs[21].exception()
+            assert isinstance(unsent, TypeError) and "cannot send the call add" in str(unsent)
+            assert isinstance(unreturned, TypeError) and "lock" in str(unreturned)
+            assert futs[22].result() == 42
+            actor_pid = futs[23].result()
+            assert actor_pid != os.getpid()
+            assert list(tmp_path.glob(f"init-{actor_pid}-*"))  # the initializer ran there
+            assert list(ex.map(tasks.square, range(100), chunksize=7)) == [
+                i * i for i in range(100)
+            ]
+        m = ex.metrics()
+        assert m.failed == 3 and m.processed == m.submitted - 3
+    finally:
+        ray_cluster.cloudpickle.unregister_pickle_by_value(tasks)

@@ -45,10 +45,10 @@ the time its handler ran on the actor (measured there and sent back with the rep
 the percentiles describe the handler, not Ray; ``RayBackend`` runners' ``stats()`` give
 re-sends and replaced actors.
 
-``ShardedPool``, ``BatchProcessor`` and ``Pipeline`` stages take
+``ShardedPool``, ``BatchProcessor``, ``Pipeline`` stages and ``Executor`` take
 ``backend=RayBackend(...)`` (a stage's outputs come back to the driver, which hands them
-to the next stage); ``Executor`` (futures completed in this process) does not run on Ray
-yet.
+to the next stage; an ``Executor``'s futures are completed in this process, see
+``shardflow._remote_executor``).
 
 The handler is sent to each actor once, when it starts (cloudpickle). A ``breaker``,
 ``limiter`` or ``rate_limiter`` stays in the driver, around the shipping of batches, one

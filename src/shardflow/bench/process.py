@@ -15,6 +15,10 @@ what a user would write instead, side by side in one process run.
   the caller's thread is woken by ``on_results`` with the handler's return value, vs
   ``Pool(2).apply`` and ``ProcessPoolExecutor(2).submit(...).result()`` of the same
   handler, interleaved in rounds; p50 and p99 of all trips of each contender;
+* **Executor**: ``Executor(backend="process")`` against ``ProcessPoolExecutor(2)`` (same
+  start method, both started outside the timed region): per-item ``submit`` of a no-op
+  until every future is done (the standard executor moves 1/20 of the calls: it is that
+  much slower), and ``map`` of no-op calls vs ``ProcessPoolExecutor.map(chunksize=1000)``;
 * **start-up**: pool construction until its 2 workers can take work, vs
   ``ProcessPoolExecutor(2)`` with the same start method running its first 2 tasks;
 * **idle**: CPU (parent and workers) of an idle process pool over 1 s;
@@ -72,6 +76,12 @@ CPU_THREADS = "ShardedPool 2 threads"
 CPU_MP = "multiprocessing.Pool(2).map (its chunking)"
 CPU_POOL = "ShardedPool backend=process (defaults)"
 CPU_CONTROL = "control: 2 plain processes, static halves"
+EXEC_SUBMIT = 'Executor(backend="process").submit, per item'
+PPE_SUBMIT = "ProcessPoolExecutor(2).submit, per item"
+EXEC_MAP = 'Executor(backend="process").map (default chunks)'
+PPE_MAP = "ProcessPoolExecutor(2).map(chunksize=1000)"
+#: ProcessPoolExecutor.submit moves this fraction of the calls (~10k calls/s here).
+PPE_DIVISOR = 20
 DICT_POOL = "3-key dicts, ShardedPool backend=process"
 DICT_FLOOR = "pickle floor: dumps + loads of the same dicts"
 RTT_POOL = "ShardedPool backend=process: submit -> on_results"
@@ -133,6 +143,58 @@ def _mp_imap(pool: Any, fn: Callable[[Any], object], chunksize: int) -> Runner:
         return n, time.perf_counter() - t0
 
     return run
+
+
+def _submit_all(executor: Any) -> Runner:
+    """Per-item submit of no-op calls until every future is done."""
+
+    def run(n: int) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        futures = [executor.submit(noop, i) for i in range(n)]
+        _, not_done = wait_futures(futures)
+        if not_done:
+            raise RuntimeError("process bench: futures left pending")
+        return n, time.perf_counter() - t0
+
+    return run
+
+
+def _map_all(executor: Any, chunksize: int | None) -> Runner:
+    def run(n: int) -> tuple[int, float]:
+        kwargs = {} if chunksize is None else {"chunksize": chunksize}
+        t0 = time.perf_counter()
+        for _ in executor.map(noop, range(n), **kwargs):
+            pass
+        return n, time.perf_counter() - t0
+
+    return run
+
+
+def _executor_rates(
+    ctx: Any, submit_n: int, map_n: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Executor(backend="process") vs ProcessPoolExecutor, both warmed up first."""
+    from shardflow.executor import Executor
+
+    ours = Executor(WORKERS, backend=ProcessBackend(mp_context=ctx))
+    ppe = ProcessPoolExecutor(WORKERS, mp_context=ctx)
+    try:
+        for ex in (ours, ppe):
+            wait_futures([ex.submit(noop, i) for i in range(100)])
+        submit = interleaved(
+            {EXEC_SUBMIT: _submit_all(ours), PPE_SUBMIT: _submit_all(ppe)},
+            lambda name: submit_n if name == EXEC_SUBMIT else max(1, submit_n // PPE_DIVISOR),
+            repeats,
+        )
+        mapped = interleaved(
+            {EXEC_MAP: _map_all(ours, None), PPE_MAP: _map_all(ppe, 1000)},
+            lambda _: map_n,
+            repeats,
+        )
+    finally:
+        ours.shutdown()
+        ppe.shutdown()
+    return submit, mapped
 
 
 def _control(ctx: Any) -> Runner:
@@ -351,6 +413,22 @@ def section_process(
     print(f"\ndict records ({dict_n:,} per round)", file=out)
     print_table(_rows(dict_rates, DICT_FLOOR), out)
 
+    submit_rates, map_rates = _executor_rates(
+        ctx, 10_000 if quick else 100_000, 20_000 if quick else 100_000, repeats
+    )
+    print(
+        f"\nExecutor(backend='process') vs ProcessPoolExecutor: per-item submit of no-op "
+        f"calls (PPE moves 1/{PPE_DIVISOR} of them)",
+        file=out,
+    )
+    print_table(_rows(submit_rates, PPE_SUBMIT), out)
+    per_round = [
+        a / b for a, b in zip(submit_rates[EXEC_SUBMIT], submit_rates[PPE_SUBMIT], strict=True)
+    ]
+    print(f"per-round ratios: {', '.join(f'{r:.1f}x' for r in per_round)}", file=out)
+    print("\nmap of no-op calls", file=out)
+    print_table(_rows(map_rates, PPE_MAP), out)
+
     pipe_data, pipe_targets = pipeline_rows(ctx, quick, repeats, out)
 
     rtt = _round_trips(ctx, 100 if quick else 1000, 2 if quick else 5)
@@ -382,6 +460,7 @@ def section_process(
         "startup": start,
         "idle": idle,
         "round_trip": rtt,
+        "executor": {"submit": submit_rates, "map": map_rates},
     }
     targets = [
         Target(
@@ -416,6 +495,18 @@ def section_process(
             "<=",
             100.0,
             unit="us",
+        ),
+        Target(
+            'Executor(backend="process").submit >= 20x ProcessPoolExecutor',
+            safe_ratio(med(submit_rates, EXEC_SUBMIT), med(submit_rates, PPE_SUBMIT)),
+            ">=",
+            20.0,
+        ),
+        Target(
+            'Executor(backend="process").map >= ProcessPoolExecutor.map(chunksize=1000)',
+            safe_ratio(med(map_rates, EXEC_MAP), med(map_rates, PPE_MAP)),
+            ">=",
+            1.0,
         ),
         Target(
             "process start-up <= 1.2x ProcessPoolExecutor",
