@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proc_handlers import ExitOnceOn, lock_for_5  # noqa: F401 - used as pf.lock_for_5
+
 
 def triple(x: int) -> int:
     return 3 * x
@@ -88,29 +90,9 @@ def read_lines(directory: str) -> list[str]:
     return out
 
 
-class ExitOn:
-    """Returns ``x + 1``; item ``item`` ends its worker process (``os._exit``), ``times``
-    times in all (a marker file in ``directory`` counts them across workers)."""
-
-    def __init__(self, directory: str, item: int, times: int = 1) -> None:
-        self.directory = directory
-        self.item = item
-        self.times = times
-
-    def __call__(self, x: int) -> int:
-        if x == self.item:
-            marker = Path(self.directory) / "exits"
-            done = len(marker.read_text()) if marker.exists() else 0
-            if done < self.times:
-                with open(marker, "a") as f:
-                    f.write("x")
-                os._exit(9)
-        return x + 1
-
-
-def lock_for_5(x: int) -> Any:
-    """A result that cannot be sent back for item 5."""
-    return __import__("threading").Lock() if x == 5 else x
+# The pool tests' helpers: a crash counted across workers by a marker file, and a
+# result that cannot be sent back for item 5.
+ExitOn = ExitOnceOn
 
 
 def slow(x: int) -> int:

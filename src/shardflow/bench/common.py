@@ -119,6 +119,30 @@ def interleaved(
     return rates
 
 
+def two_process_control(ctx: Any, half: Callable[..., None]) -> Runner:
+    """The machine's own parallelism, as a contender: 2 plain processes (of ``ctx``)
+    running ``half(lo, hi, stamps, slot, barrier)`` over static halves of ``range(n)``,
+    timed from the first loop's start to the last one's end as the children recorded them
+    in ``stamps`` (``time.monotonic``, system-wide on Linux; process start-up is not what
+    this control is about). ``half`` must be importable by the children."""
+
+    def run(n: int) -> tuple[int, float]:
+        stamps = ctx.RawArray("d", 4)
+        barrier = ctx.Barrier(2)
+        mid = n // 2
+        procs = [
+            ctx.Process(target=half, args=(0, mid, stamps, 0, barrier)),
+            ctx.Process(target=half, args=(mid, n, stamps, 1, barrier)),
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        return n, max(stamps[1], stamps[3]) - min(stamps[0], stamps[2])
+
+    return run
+
+
 def safe_ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
 

@@ -35,6 +35,7 @@ from shardflow.bench.common import (
     interleaved,
     print_table,
     safe_ratio,
+    two_process_control,
 )
 from shardflow.pipeline import Pipeline
 
@@ -83,27 +84,6 @@ def _half(lo: int, hi: int, stamps: Any, slot: int, barrier: Any) -> None:
     stamps[2 * slot + 1] = time.monotonic()
 
 
-def _control(ctx: Any) -> Runner:
-    """2 plain processes over static halves, timed from the first loop's start to the
-    last one's end as the children saw it (system-wide monotonic clock on Linux)."""
-
-    def run(n: int) -> tuple[int, float]:
-        stamps = ctx.RawArray("d", 4)
-        barrier = ctx.Barrier(2)
-        half = n // 2
-        procs = [
-            ctx.Process(target=_half, args=(0, half, stamps, 0, barrier)),
-            ctx.Process(target=_half, args=(half, n, stamps, 1, barrier)),
-        ]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join()
-        return n, max(stamps[1], stamps[3]) - min(stamps[0], stamps[2])
-
-    return run
-
-
 def _serial(n: int) -> tuple[int, float]:
     t0 = time.perf_counter()
     out = [pipe_post(pipe_cpu(x)) for x in range(n)]
@@ -146,7 +126,7 @@ def section_rows(
             PROCESS: _pipeline(backend, False),
             PROCESS_ORDERED: _pipeline(backend, True),
             FUSED: _pipeline(backend, False, backend),
-            CONTROL: _control(ctx),
+            CONTROL: two_process_control(ctx, _half),
         },
         lambda _: n,
         repeats,

@@ -59,6 +59,7 @@ from shardflow.bench.common import (
     print_table,
     quantile,
     safe_ratio,
+    two_process_control,
 )
 from shardflow.bench.mp_baselines import make_contenders
 from shardflow.bench.pipeline_process import section_rows as pipeline_rows
@@ -195,28 +196,6 @@ def _executor_rates(
         ours.shutdown()
         ppe.shutdown()
     return submit, mapped
-
-
-def _control(ctx: Any) -> Runner:
-    """2 plain processes looping over static halves; the time is from the first loop's
-    start to the last loop's end, as the children measured it (process start-up is not
-    what this control is about)."""
-
-    def run(n: int) -> tuple[int, float]:
-        half = n // 2
-        stamps = ctx.RawArray("d", 4)
-        barrier = ctx.Barrier(2)
-        procs = [
-            ctx.Process(target=_serial_half, args=(0, half, stamps, 0, barrier)),
-            ctx.Process(target=_serial_half, args=(half, n, stamps, 1, barrier)),
-        ]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        return n, max(stamps[1], stamps[3]) - min(stamps[0], stamps[2])
-
-    return run
 
 
 def _serial(n: int) -> tuple[int, float]:
@@ -390,7 +369,7 @@ def section_process(
                 CPU_THREADS: _threads,
                 CPU_MP: mp_map,
                 CPU_POOL: lambda n: cpu_pool.run(range(n)),
-                CPU_CONTROL: _control(ctx),
+                CPU_CONTROL: two_process_control(ctx, _serial_half),
                 **cpu_others,
             },
             lambda _: cpu_n,
