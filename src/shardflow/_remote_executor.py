@@ -52,6 +52,7 @@ from shardflow._executor import Halt, take_call
 from shardflow._executor import submit as _compiled_submit
 from shardflow._fork import fork_error
 from shardflow.backends import Backend, resolve_backend
+from shardflow.backends._process_worker import _portable
 from shardflow.backends.base import BatchOutcome, Deliver, Handler, Settle, ShardRunner
 from shardflow.pool import ShardedPool
 
@@ -382,24 +383,10 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
             append(fn(*args))
     except BaseException as exc:
         _keep_traceback(exc)
+        # An exception that does not pickle comes back as the process backend's
+        # RemoteError (type, message and remote traceback as text).
         return _ChunkFailed(results, _portable(exc))
     return results
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else a RuntimeError carrying its text."""
-    try:
-        pickle.loads(pickle.dumps(exc, 5))
-        return exc
-    except Exception as why:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return RuntimeError(
-            f"{type(exc).__qualname__}: {exc} (could not be sent back from the worker: "
-            f"{type(why).__name__}: {why})\nremote traceback:\n{text}"
-        )
-
-
-# ---------------------------------------------------------------- parent side
 
 
 class _State:
