@@ -476,14 +476,7 @@ class RemoteCallbacks:
             n_in += n - refused
             n_fail += failed
             n_out += len(flat)
-        with stage.lock:
-            stage.received += n_in
-            if kind == "filter":
-                stage.succeeded += n_out
-                stage.filtered += n_in - n_fail - n_out
-            else:
-                stage.succeeded += n_in - n_fail
-            stage.emitted += n_out
+        stage.count(n_in, n_fail, n_out)
         stage.hand_on(self.emit, moved, self.record)
 
     # ------------------------------------------------------------ results
@@ -517,15 +510,7 @@ class RemoteCallbacks:
             flat = list(chain.from_iterable(values))
         else:  # sink
             flat = []
-        out = len(flat)
-        with stage.lock:
-            stage.received += n
-            if kind == "filter":
-                stage.succeeded += out
-                stage.filtered += n - out
-            else:
-                stage.succeeded += n
-            stage.emitted += out
+        stage.count(n, 0, len(flat))
         if flat:
             stage.hand_on(self.emit, flat, self.record)
 
@@ -545,14 +530,7 @@ class RemoteCallbacks:
             n_in += len(vals)
             n_fail += len(failures)
             n_out += len(out)
-        with stage.lock:
-            stage.received += n_in
-            if kind == "filter":
-                stage.succeeded += n_out
-                stage.filtered += n_in - n_fail - n_out
-            else:
-                stage.succeeded += n_in - n_fail
-            stage.emitted += n_out
+        stage.count(n_in, n_fail, n_out)
         stage.hand_on(self.emit, moved, self.record)
 
     # ------------------------------------------------------------ failures
@@ -653,14 +631,7 @@ class ChainCallbacks(RemoteCallbacks):
         for j in range(1, k):
             received[j] = emitted[j - 1]
         for j, st in enumerate(self.chain):
-            with st.lock:
-                st.received += received[j]
-                if st.kind == "filter":
-                    st.succeeded += emitted[j]
-                    st.filtered += received[j] - failed[j] - emitted[j]
-                else:
-                    st.succeeded += received[j] - failed[j]
-                st.emitted += emitted[j]
+            st.count(received[j], failed[j], emitted[j])
 
     def failed(self, what: Any, exc: BaseException) -> None:
         stage = self.stage

@@ -215,6 +215,18 @@ class Stage:
 
         return submit_all
 
+    def count(self, n_in: int, n_fail: int, n_out: int) -> None:
+        """Count one handled run: ``n_in`` values in, ``n_fail`` of them failed (routed
+        already), ``n_out`` values out (for a filter, the values kept)."""
+        with self.lock:
+            self.received += n_in
+            if self.kind == "filter":
+                self.succeeded += n_out
+                self.filtered += n_in - n_fail - n_out
+            else:
+                self.succeeded += n_in - n_fail
+            self.emitted += n_out
+
     # ------------------------------------------------------------------ handlers
 
     def make_handler(
@@ -256,22 +268,12 @@ class Stage:
                 flat = []
             return flat, res, nfail
 
-        lock = self.lock
-
         if not self.units:
 
             def handle(batch: list[Any]) -> None:
                 n = len(batch)
                 flat, _, nfail = outputs(batch)
-                out = len(flat)
-                with lock:
-                    self.received += n
-                    if kind == "filter":
-                        self.succeeded += out
-                        self.filtered += n - nfail - out
-                    else:
-                        self.succeeded += n - nfail
-                    self.emitted += out
+                self.count(n, nfail, len(flat))
                 if flat:
                     hand_on(flat)
 
@@ -288,14 +290,7 @@ class Stage:
                 n_in += len(values)
                 n_fail += nfail
                 n_out += len(flat)
-            with lock:
-                self.received += n_in
-                if kind == "filter":
-                    self.succeeded += n_out
-                    self.filtered += n_in - n_fail - n_out
-                else:
-                    self.succeeded += n_in - n_fail
-                self.emitted += n_out
+            self.count(n_in, n_fail, n_out)
             hand_on(units)
 
         return handle_units
