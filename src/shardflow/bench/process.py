@@ -342,8 +342,10 @@ def section_process(
     print(f"\n== process backend ({method}; {WORKERS} workers) ==", file=out)
 
     ours = _Reusable(noop, ProcessBackend(mp_context=ctx, ship_batch_size=1000))
+    # Each table's third-party pools live only while that table runs: idle pools of the
+    # other table (worker processes, loky's manager thread, mpire's) would otherwise share
+    # the machine with every contender of this one, the 2-process control included.
     others, closers, missing = make_contenders(noop, 1000)
-    cpu_others, cpu_closers, _ = make_contenders(cpu_item, None)
     if missing:
         print(f"({', '.join(missing)} not installed: not compared)", file=out)
     with ctx.Pool(WORKERS) as mp:
@@ -353,8 +355,12 @@ def section_process(
             repeats,
         )
         ours.close()
+        for close in closers:
+            close()
         print(f"no-op items ({noop_n:,} per round)", file=out)
         print_table(_rows(noop_rates, NOOP_MP), out)
+
+        cpu_others, cpu_closers, _ = make_contenders(cpu_item, None)
 
         cpu_pool = _Reusable(cpu_item, ProcessBackend(mp_context=ctx))
 
@@ -376,8 +382,8 @@ def section_process(
             repeats,
         )
         cpu_pool.close()
-    for close in closers + cpu_closers:
-        close()
+        for close in cpu_closers:
+            close()
     print(f"\nCPU-bound pure-Python handler (~75 us/item, {cpu_n:,} items per round)", file=out)
     print_table(_rows(cpu_rates, CPU_SERIAL), out)
 
