@@ -311,6 +311,7 @@ cdef class PoolCore:
     cdef uint64_t hand_gil_at   # see HAND_GIL_AT; 0: never (the ring fills first)
     cdef readonly bint steal
     cdef readonly bint reuse_batches
+    cdef readonly bint drain_one_batch  # see _core_init
     cdef readonly bint lists     # the handler gets lists (batch_size > 1, or asked for)
     cdef object handler
     # Per-item runs go through this bytecode loop (_itemloop.run_items), None: from C.
@@ -347,8 +348,14 @@ cdef class PoolCore:
     def _core_init(self, handler, Py_ssize_t workers, key, uint64_t capacity,
                    Py_ssize_t batch_size, batch_timeout, int on_full, on_error,
                    bint steal=False, bint reuse_batches=True, dead_letter=None,
-                   bint lists=False):
-        """Allocate the shards. Arguments are validated by the Python layer."""
+                   bint lists=False, bint drain_one_batch=False):
+        """Allocate the shards. Arguments are validated by the Python layer.
+
+        ``drain_one_batch``: a worker takes at most one batch from its ring at a time. For
+        runners that ship batches elsewhere (processes, Ray) and may wait for room in a
+        window: items drained ahead would sit in the dispatch thread's buffer, out of
+        reach of ``_take_queued`` (``Executor.shutdown(cancel_futures=True)`` could not
+        cancel them) and of ``cancel``."""
         cdef Py_ssize_t i, j
         if self._ready:
             raise RuntimeError("pool core initialised twice")
@@ -362,6 +369,7 @@ cdef class PoolCore:
         self.steal = steal
         self.reuse_batches = reuse_batches
         self.lists = lists or batch_size > 1
+        self.drain_one_batch = drain_one_batch
         self.item_loop = (_item_loop if not self.lists and _INLINED_CALLS
                           and _is_python_function(handler) else None)
         self._lock = threading.Lock()
@@ -999,6 +1007,7 @@ cdef class _Worker:
     cdef uint64_t flush_seen    # the last flush request handled
     cdef object spare           # an empty list kept for the next batch (reuse_batches)
     cdef Py_ssize_t drain_max   # items taken per drain
+    cdef Py_ssize_t hold_max    # > 0: at most this many items buffered (drain_one_batch)
     cdef _ItemRun item_run      # the iterator core.item_loop walks (None: items from C)
 
     def __cinit__(self, PoolCore core, Py_ssize_t index):
@@ -1016,7 +1025,10 @@ cdef class _Worker:
         # still be acknowledged by it (acknowledging with an empty buffer is harmless).
         self.flush_seen = 0
         self.spare = None
-        if core.steal:
+        self.hold_max = core.batch_size if core.drain_one_batch else 0
+        if core.drain_one_batch:
+            self.drain_max = core.batch_size
+        elif core.steal:
             self.drain_max = core.batch_size if core.batch_size > STEAL_DRAIN else STEAL_DRAIN
         else:
             self.drain_max = DRAIN_CHUNK
@@ -1024,6 +1036,10 @@ cdef class _Worker:
 
     cdef inline Py_ssize_t room(self) noexcept nogil:
         cdef Py_ssize_t r = self.cap - self.n
+        if self.hold_max:
+            # At most one batch held: what is not shipped stays in the ring (see _core_init).
+            r = self.hold_max - self.n
+            return r if r > 0 else 0
         return r if r < self.drain_max else self.drain_max
 
     def __dealloc__(self):

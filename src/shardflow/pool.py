@@ -304,6 +304,9 @@ class ShardedPool(PoolCore, Generic[T]):
             reuse_batches,
             dead_letter_fn,
             lists,
+            # Handlers that ship batches elsewhere may wait for room in a window: what
+            # has not been shipped stays in the ring, where cancel/take-back reach it.
+            not runner.shares_guards,
         )
         runner.attach(settle if driver_guards is None else driver_guards.wrap_settle(settle))
         self.breaker = breaker
