@@ -15,10 +15,16 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
   full window is refilled once half of it came back. Per-item pools are shipped in lists
   of up to ``ship_batch_size`` items (whatever is queued, no waiting), and the worker calls
   the handler once per item (a compiled loop, ``shardflow._procloop``);
+* an item submitted to an idle shard (staging ring empty, nothing in flight) is shipped
+  by the submitting thread itself, as a batch of one (``_ProcessRunner.direct_ship``: a
+  per-item pool without driver guards), so an idle round trip does not pay for waking
+  the dispatch thread; the dispatch thread stays the owner otherwise, and every ship
+  holds the shard's lock (one producer on the task ring);
 * a second parent thread per shard (its collector) is the only reader of the result ring:
   it settles each batch when its DONE record comes back (failures came as FAILED records
   before it), hands the values to ``on_results`` first, and does everything that replaces
-  the worker;
+  the worker. It waits on the result ring even with nothing in flight (in park slices of
+  ``_IDLE_CHECK``), so that the worker's DONE wakes it directly;
 * a shard's batches run in the order they were shipped, one after the other, so per-key
   order holds, across crashes too.
 
@@ -528,7 +534,8 @@ class _ProcessRunner(ShardRunner):
         * never blocks: a busy lock (the collector or the dispatch thread holds it) means
           the ring path."""
         shard = self.shards[index]
-        if shard.inflight or not shard.cond.acquire(False):
+        count = self.count_direct
+        if count is None or shard.inflight or not shard.cond.acquire(False):
             return False
         try:
             worker = shard.worker
@@ -552,7 +559,7 @@ class _ProcessRunner(ShardRunner):
             run.seq = seq
             run.sent = 1
             shard.inflight.append(run)
-            self.count_direct(index)
+            count(index)
             return True
         finally:
             shard.cond.release()
