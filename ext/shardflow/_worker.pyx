@@ -810,7 +810,9 @@ cdef class PoolCore:
         shard's ring is empty and open, after routing: ``tail`` is the ring's tail index
         for a keyed pool (the backend ships only if every item pushed before it was
         handed to the backend already, so the item overtakes none of its key) or
-        ``2**64 - 1`` for an unkeyed one; ``_count_direct(shard)`` must be called once the
+        ``2**64 - 1`` for an unkeyed one (no order is promised without a key, and an
+        unkeyed pool steals, which would skew a per-shard count); ``_count_direct(shard)``
+        must be called once the
         item is shipped and before its outcome can be settled. ``fn`` returns True when it took
         the item (it then settles it like a ``DEFERRED`` batch of one), anything else to
         leave it to the ring path. It must not block, and must not take it once the pool
