@@ -19,8 +19,11 @@ Contenders (the child echoes the unpickled batch back, pickled again):
   futex), one contender per value of ``--spins`` (default: ShmRing's default and 0);
   ``shmring no spin`` (0): every wait that finds nothing parks on the futex and every hop
   is a futex wake-up (the floor of a parked worker);
-* ``shmring idle gap``: default rings, but the parent sleeps ``--gap-us`` (default 300 us)
-  between requests, so the child has gone to sleep each time (not timed: only the trip);
+* ``shmring idle gap``: the parent sleeps ``--gap-us`` (default 300 us) between requests,
+  so the child has gone to sleep each time (not timed: only the trip); one contender per
+  value of ``--gap-spins`` (default: ShmRing's default and 0). With 0 both hops are futex
+  wake-ups; with a spin, the parent's wait for the reply may catch it spinning (one
+  wake-up per trip): the floor of a round trip through a parked worker;
 * ``Pipe``: ``conn.send(batch)`` / ``conn.recv()``, the child ``send(recv())``; and the
   same with the idle gap;
 * ``Pool(1).apply``: ``pool.apply(echo, (batch,))``.
@@ -163,7 +166,10 @@ def rtt(args: argparse.Namespace) -> None:
         RingContender(f"shmring spin {x:g}us" if x else "shmring no spin", ctx, x, 0) for x in spins
     ]
     contenders += [
-        RingContender(f"shmring idle gap {args.gap_us:g}us", ctx, DEFAULT_SPIN_US, args.gap_us),
+        RingContender(f"shmring idle gap {args.gap_us:g}us spin {x:g}us", ctx, x, args.gap_us)
+        for x in [float(v) for v in args.gap_spins.split(",")]
+    ]
+    contenders += [
         PipeContender(ctx),
         PipeContender(ctx, args.gap_us),
         PoolContender(ctx),
@@ -245,6 +251,11 @@ def main() -> None:
         "--spins",
         default=f"{DEFAULT_SPIN_US},0",
         help="comma-separated spin_us values, one ring contender each (0: futex only)",
+    )
+    ap.add_argument(
+        "--gap-spins",
+        default=f"{DEFAULT_SPIN_US},0",
+        help="comma-separated spin_us values of the idle-gap ring contenders (0: futex only)",
     )
     ap.add_argument(
         "--start-method",

@@ -275,6 +275,13 @@ def test_bad_arguments_name_the_parameter() -> None:
         ShmRing.create(64, spin_us=-1)
     with pytest.raises(ValueError, match="check_interval"):
         ShmRing.create(64, check_interval=0)
+    with ShmRing.create(64, check_interval=0.02) as ring:
+        ring.check_interval = 1.5  # this handle's park slice; the spin stays
+        assert ring.check_interval == 1.5 and ring.spin_us == 20
+        with pytest.raises(ValueError, match="check_interval"):
+            ring.check_interval = -1
+        with pytest.raises(TypeError, match="check_interval"):
+            ring.check_interval = "1"  # type: ignore[assignment]
     with pytest.raises(ValueError, match="fd must be"):
         ShmRing.attach(-1)
     r, w = os.pipe()

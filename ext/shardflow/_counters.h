@@ -7,8 +7,9 @@
  * dropping, the shutdown path returning items) are rare events and use fetch_add on a line
  * of their own, so they never disturb the worker's line.
  *
- * `submitted` is not a counter: it is the ring's tail index plus drops, so the submit fast
- * path pays for no counter at all.
+ * `submitted` is not a counter: it is the ring's tail index plus drops (plus `direct`, the
+ * rare items a backend took straight from the submitting thread), so the submit fast path
+ * pays for no counter at all.
  */
 #ifndef SF_COUNTERS_H
 #define SF_COUNTERS_H
@@ -30,6 +31,8 @@ typedef struct sf_counters {
     sf_atomic_u64 dropped;    /* refused by on_full="drop" */
     sf_atomic_u64 returned;   /* handed back by shutdown(cancel=True) */
     sf_atomic_u64 stolen_out; /* items thieves took from this shard (once per theft) */
+    sf_atomic_u64 direct;     /* items a backend shipped from the submitting thread (never in
+                               * the ring: counted in `submitted` and in `batches` here) */
     SF_PAD(_pad2);
 } sf_counters;
 
@@ -44,6 +47,7 @@ static inline void sf_counters_init(sf_counters *c) {
     atomic_init(&c->flushed, 0);
     atomic_init(&c->dropped, 0);
     atomic_init(&c->returned, 0);
+    atomic_init(&c->direct, 0);
 }
 
 #endif /* SF_COUNTERS_H */

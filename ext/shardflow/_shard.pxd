@@ -19,6 +19,7 @@ cdef extern from "shardflow/_counters.h" nogil:
         sf_atomic_u64 dropped
         sf_atomic_u64 returned
         sf_atomic_u64 flushed
+        sf_atomic_u64 direct
 
 
 cdef extern from "shardflow/_hist.h" nogil:

@@ -324,8 +324,14 @@ cdef class ShmRing:
 
     @property
     def check_interval(self):
-        """Park slice in seconds."""
+        """Park slice in seconds: how often a long wait checks the watched peer and
+        signals. Settable (this process's handle only; a copy already sent to another
+        process keeps the value it had then)."""
         return self.slice_ns / 1e9
+
+    @check_interval.setter
+    def check_interval(self, value):
+        self._configure(self.spin_ns / 1000, value)
 
     @property
     def spin_us(self):

@@ -42,6 +42,7 @@ from shardflow._ring cimport (
     sf_ring_close,
     sf_ring_has_items,
     sf_ring_depth,
+    sf_ring_is_closed,
     sf_ring_pop,
     sf_ring_round_capacity,
     sf_ring_tail_index,
@@ -323,6 +324,7 @@ cdef class PoolCore:
     cdef list _returned
     cdef object _fatal
     cdef bint _ready
+    cdef object _direct   # see _set_direct; None: every item goes through the ring
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -330,6 +332,7 @@ cdef class PoolCore:
         self.st = NULL
         self.workers = 0
         self._ready = False
+        self._direct = None
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -425,6 +428,8 @@ cdef class PoolCore:
             return _submit_one(self, item)
         _check_timeout(timeout)
         s = self._route(item)
+        if self._direct is not None and _try_direct(self, s, item):
+            return True
         Py_INCREF(item)
         r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
         if r == 1:
@@ -803,6 +808,32 @@ cdef class PoolCore:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _set_direct(self, fn):
+        """Let a backend ship single items from the submitting thread (``None``: never).
+
+        Why: with an idle shard, the ring path costs a thread wake-up (the shard's loop
+        sleeps) before the item even leaves; a backend whose hand-over is cheap and
+        non-blocking (the process backend: one record into the worker's task ring) can
+        take it at once. ``submit`` then calls ``fn(shard, item, tail)`` when the
+        shard's ring is empty and open, after routing: ``tail`` is the ring's tail index
+        for a keyed pool (the backend ships only if every item pushed before it was
+        handed to the backend already, so the item overtakes none of its key) or
+        ``2**64 - 1`` for an unkeyed one (no order is promised without a key, and an
+        unkeyed pool steals, which would skew a per-shard count); ``_count_direct(shard)``
+        must be called once the
+        item is shipped and before its outcome can be settled. ``fn`` returns True when it took
+        the item (it then settles it like a ``DEFERRED`` batch of one), anything else to
+        leave it to the ring path. It must not block, and must not take it once the pool
+        is closing (its own lock decides the race with ``join``)."""
+        self._direct = fn
+
+    def _count_direct(self, Py_ssize_t s):
+        """Count one item shipped by ``_set_direct``'s backend as submitted (and as a
+        batch). A rare-path counter (fetch_add): several threads may ship directly."""
+        if not (0 <= s < self.workers):
+            raise IndexError(f"shard index {s} out of range(0, {self.workers})")
+        sf_fetch_add_relaxed_u64(&self.shards[s].ctr.direct, 1)
+
     def _check_fork(self):
         if sf_load_relaxed_int(&self.st.forked):
             self._raise_closed()
@@ -915,20 +946,21 @@ cdef class PoolCore:
         high_water, batches, stolen_in, stolen_out, dead_lettered)."""
         cdef Py_ssize_t i
         cdef sf_shard *sh
-        cdef uint64_t dropped
+        cdef uint64_t dropped, direct
         out = []
         for i in range(self.workers):
             sh = &self.shards[i]
             dropped = sf_load_relaxed_u64(&sh.ctr.dropped)
+            direct = sf_load_relaxed_u64(&sh.ctr.direct)
             out.append((
-                sf_ring_tail_index(&sh.ring) + dropped,
+                sf_ring_tail_index(&sh.ring) + dropped + direct,
                 sf_load_relaxed_u64(&sh.ctr.processed),
                 sf_load_relaxed_u64(&sh.ctr.failed),
                 dropped,
                 sf_load_relaxed_u64(&sh.ctr.returned),
                 sf_ring_depth(&sh.ring),
                 sf_load_relaxed_u64(&sh.ctr.high_water),
-                sf_load_relaxed_u64(&sh.ctr.batches),
+                sf_load_relaxed_u64(&sh.ctr.batches) + direct,
                 sf_load_relaxed_u64(&sh.ctr.stolen_in),
                 sf_load_relaxed_u64(&sh.ctr.stolen_out),
                 sf_load_relaxed_u64(&sh.ctr.dead_lettered),
@@ -980,12 +1012,28 @@ cdef object _submit_one(PoolCore self, object item):
         s = <Py_ssize_t>sf_pool_next_shard(self.st, <uint64_t>self.workers)
     else:
         s = self._route(item)
+    if self._direct is not None and _try_direct(self, s, item):
+        return True
     Py_INCREF(item)
     r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
     if r == 1:
         return True
     Py_DECREF(item)
     return self._submit_slow(s, item, None, r)
+
+
+cdef bint _try_direct(PoolCore self, Py_ssize_t s, object item) except -1:
+    """The direct ship (see ``PoolCore._set_direct``): offer ``item`` to the backend when
+    shard ``s``'s ring is empty and open. Returns True when the backend took it (counted
+    here, as submitted and as a batch), False when the ring path must take it."""
+    cdef sf_shard *sh = &self.shards[s]
+    cdef uint64_t tail
+    if sf_ring_depth(&sh.ring) != 0 or sf_ring_is_closed(&sh.ring):
+        return False
+    # Read before the backend's check: every item pushed before this point must have been
+    # shipped for a keyed (ordered) item to overtake nothing; later pushes are concurrent.
+    tail = sf_ring_tail_index(&sh.ring) if self.key_fn is not None else <uint64_t>-1
+    return self._direct(s, item, tail) is True
 
 
 sf_install_submit(PoolCore, <sf_one_arg_fn>_submit_one)

@@ -309,6 +309,16 @@ class ShardedPool(PoolCore, Generic[T]):
             not runner.shares_guards,
         )
         runner.attach(settle if driver_guards is None else driver_guards.wrap_settle(settle))
+        # A runner that can ship one item from the submitting thread (the process backend:
+        # one record into an idle worker's task ring, no dispatch-thread wake-up) gets
+        # the items of an idle shard directly; only for per-item handlers without driver
+        # guards (those admit and count per shipped batch, in the dispatch thread) and
+        # without arrays. Looked up on the type: the executor's runner wraps the process
+        # runner and its items (futures) need its own hand-over, so it has none.
+        direct = getattr(type(runner), "direct_ship", None)
+        if direct is not None and per_item and driver_guards is None and not arrays:
+            runner.count_direct = self._count_direct  # type: ignore[attr-defined]
+            self._set_direct(runner.direct_ship)  # type: ignore[attr-defined]
         self.breaker = breaker
         self.limiter = limiter
         self.rate_limiter = rate_limiter

@@ -579,3 +579,159 @@ def test_a_failing_collector_breaks_its_shard_instead_of_hanging() -> None:
     pool.shutdown()
     m = accounted(pool)
     assert m.submitted == 20 and m.processed + m.failed == 20 and m.failed > 0
+
+
+# ---------------------------------------------------------------- the direct ship
+# A per-item process pool ships an item into an idle shard's task ring from the submitting
+# thread itself (ProcessBackend's direct_ship), without waking the shard's dispatch thread.
+
+
+def count_direct(pool: shardflow.ShardedPool[Any]) -> list[int]:
+    """Wrap the runner's direct-ship counter: the returned list gets one shard index per
+    item shipped directly."""
+    runner: Any = pool._runner  # type: ignore[attr-defined]
+    shipped: list[int] = []
+    inner = runner.count_direct
+    assert inner is not None, "the pool did not enable the direct ship"
+
+    def counting(index: int) -> None:
+        shipped.append(index)
+        inner(index)
+
+    runner.count_direct = counting
+    return shipped
+
+
+def test_direct_ships_and_ring_batches_keep_per_key_order(tmp_path: Path) -> None:
+    # Bursts after an idle pool: the first item of each burst finds its shard idle and
+    # goes directly; it sleeps, so the rest of the burst finds a batch in flight and
+    # takes the ring. Per key, the worker must see submission order across both paths.
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), sleep_on=frozenset(range(0, 300, 10)), sleep=0.02),
+        workers=2,
+        key=lambda x: x % 3,
+        backend="process",
+    )
+    shipped = count_direct(pool)
+    for burst in range(30):
+        assert pool.flush(timeout=60)  # idle again: nothing queued, nothing in flight
+        for x in range(burst * 10, burst * 10 + 10):
+            assert pool.submit(x)
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.submitted, m.processed, m.failed) == (300, 300, 0)
+    assert 0 < len(shipped) < 300  # both paths were taken
+    records = ph.read_records(str(tmp_path))
+    assert sorted(int(r[2]) for r in records) == list(range(300))
+    for k in range(3):
+        seq = [int(r[2]) for r in records if int(r[2]) % 3 == k]
+        assert seq == sorted(seq)
+
+
+def test_direct_ship_values_reach_on_results() -> None:
+    got: list[tuple[list[Any], list[Any]]] = []
+    done = threading.Event()
+
+    def on_results(items: list[Any], values: list[Any]) -> None:
+        got.append((items, values))
+        done.set()
+
+    failed: list[int] = []
+
+    def on_error(item: Any, exc: BaseException) -> None:
+        failed.append(item)
+        done.set()
+
+    # ph.square raises for x % 7 == 3: those come back as failures, the rest as values.
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.square, workers=2, backend="process", on_results=on_results, on_error=on_error
+    )
+    shipped = count_direct(pool)
+    for x in range(20):
+        done.clear()
+        pool.submit(x)
+        assert done.wait(60)
+    pool.shutdown()
+    m = accounted(pool)
+    assert failed == [3, 10, 17] and m.failed == 3
+    ok = [(x, v) for items, values in got for x, v in zip(items, values, strict=True)]
+    assert sorted(x for x, _ in ok if x not in failed) == [x for x in range(20) if x % 7 != 3]
+    assert all(v == x * x for x, v in ok if x not in failed)
+    assert shipped  # one item at a time into an idle pool: the direct path
+
+
+def test_a_direct_item_that_kills_its_worker_is_retried_then_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    dead: list[tuple[Any, BaseException]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), exit_on=frozenset({77})),
+        workers=1,
+        key=lambda x: x,
+        backend=ProcessBackend(max_attempts=2),
+        dead_letter=lambda item, exc: dead.append((item, exc)),
+    )
+    shipped = count_direct(pool)
+    for x in (76, 77, 78, 79):  # one at a time: each finds the shard idle
+        assert pool.submit(x)
+        assert pool.flush(timeout=60)
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.submitted, m.processed, m.dead_lettered, m.failed) == (4, 3, 1, 0)
+    ((item, exc),) = dead
+    assert item == 77 and isinstance(exc, WorkerLost) and exc.attempts == 2
+    assert [int(r[2]) for r in ph.read_records(str(tmp_path))] == [76, 78, 79]
+    assert shipped  # the crash path was reached from a direct ship at least once
+
+
+def test_shutdown_while_a_direct_ship_is_in_flight_loses_nothing(tmp_path: Path) -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path), sleep_on=frozenset({1}), sleep=0.3),
+        workers=1,
+        backend="process",
+    )
+    shipped = count_direct(pool)
+    assert pool.submit(1)
+    # In flight (shipped, not finished): not queued, so nothing to return; it completes.
+    returned = pool.shutdown(cancel=True)
+    m = accounted(pool)
+    assert returned == [] or returned == [1]
+    ran = [int(r[2]) for r in ph.read_records(str(tmp_path))]
+    assert ran == ([] if returned else [1])
+    assert m.processed == len(ran) and m.returned == len(returned)
+    assert shipped == [0] or returned  # the direct path, unless the lock was busy
+
+
+def test_submits_racing_close_are_each_run_or_refused(tmp_path: Path) -> None:
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.Recorder(str(tmp_path)), workers=2, key=lambda x: x % 5, backend="process"
+    )
+    accepted: list[int] = []
+    refused: list[int] = []
+    start = threading.Barrier(4)
+
+    def producer(base: int) -> None:
+        start.wait()
+        for x in range(base, base + 200):
+            try:
+                pool.submit(x)
+            except shardflow.Closed:
+                refused.append(x)
+            else:
+                accepted.append(x)
+            if x % 7 == 0:
+                time.sleep(0.0005)  # let the shards go idle now and then (direct ships)
+
+    threads = [threading.Thread(target=producer, args=(k * 1000,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    start.wait()
+    time.sleep(0.02)
+    pool.close()
+    for t in threads:
+        t.join()
+    pool.join()
+    m = accounted(pool)
+    assert m.submitted == len(accepted) and m.processed == len(accepted)
+    assert sorted(int(r[2]) for r in ph.read_records(str(tmp_path))) == sorted(accepted)
+    assert len(accepted) + len(refused) == 600

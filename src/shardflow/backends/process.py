@@ -15,10 +15,16 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
   full window is refilled once half of it came back. Per-item pools are shipped in lists
   of up to ``ship_batch_size`` items (whatever is queued, no waiting), and the worker calls
   the handler once per item (a compiled loop, ``shardflow._procloop``);
+* an item submitted to an idle shard (staging ring empty, nothing in flight) is shipped
+  by the submitting thread itself, as a batch of one (``_ProcessRunner.direct_ship``: a
+  per-item pool without driver guards), so an idle round trip does not pay for waking
+  the dispatch thread; the dispatch thread stays the owner otherwise, and every ship
+  holds the shard's lock (one producer on the task ring);
 * a second parent thread per shard (its collector) is the only reader of the result ring:
   it settles each batch when its DONE record comes back (failures came as FAILED records
   before it), hands the values to ``on_results`` first, and does everything that replaces
-  the worker;
+  the worker. It waits on the result ring even with nothing in flight (in park slices of
+  ``_IDLE_CHECK``), so that the worker's DONE wakes it directly;
 * a shard's batches run in the order they were shipped, one after the other, so per-key
   order holds, across crashes too.
 
@@ -96,6 +102,7 @@ __all__ = ["ProcessBackend", "RemoteError", "ShardBroken", "WorkerLost"]
 RemoteError = wire.RemoteError
 
 _SLICE = 0.05  # seconds between liveness checks while waiting on a worker
+_UNKEYED = (1 << 64) - 1  # direct_ship's tail for an unkeyed pool: no order to keep
 _JOIN_TIMEOUT = 5.0  # seconds a worker gets to exit after "no more batches"
 _IDLE_CHECK = 1.0  # seconds between health checks of a worker with nothing in flight
 
@@ -235,6 +242,10 @@ class _Worker:
             self.kill()
             self.release()
             raise RuntimeError(f"{where} could not load the handler: {failure}") from failure
+        # From now on the collector is the only reader; it waits on this ring even with
+        # nothing in flight (see _collect), in park slices this long (this handle only:
+        # the worker's copy keeps the default).
+        self.results.check_interval = _IDLE_CHECK
 
     @property
     def pid(self) -> int:
@@ -290,6 +301,10 @@ class _Shard:
         self.settling = threading.Lock()
         self.collector: threading.Thread | None = None
         self.kill_reason: str | None = None  # why the collector killed the worker
+        # Items of the shard's staging ring that reached _run_batch (shipped, or settled
+        # there): equal to the ring's tail index once nothing is between the two, which
+        # is when a keyed item may be shipped directly (direct_ship).
+        self.from_ring = 0
 
 
 class _Run:
@@ -395,6 +410,8 @@ class _ProcessRunner(ShardRunner):
         self.local = threading.local()
         self.joined = False
         self.ending: str | None = None  # set by end_workers(): no more recovery
+        # The core's _count_direct, set by the pool when it enables direct_ship.
+        self.count_direct: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------ set-up (seam order)
 
@@ -480,7 +497,72 @@ class _ProcessRunner(ShardRunner):
             if failed is not None:
                 self._fail_unfinished(run, failed)
             self._settle_run(shard, run)
+        with shard.cond:
+            shard.from_ring += len(batch)  # after the ship: see direct_ship
         return DEFERRED
+
+    # ------------------------------------------------------------ the direct ship
+
+    def direct_ship(self, index: int, item: Any, tail: int) -> bool:
+        """Ship ``item`` from the submitting thread (``PoolCore._set_direct``; only for
+        per-item pools without driver guards): when shard ``index`` has nothing in flight
+        and its staging ring is empty, waking its dispatch thread only for it to pickle
+        one record costs a thread wake-up and a GIL hand-off per round trip (measured:
+        a quarter to a third of an idle round trip on the 2-core VM). Returns True when
+        the item is in flight (settled by the collector, as any batch), False to leave it
+        to the ring path, which then handles it exactly as before.
+
+        Contracts, and what keeps each:
+
+        * one producer on the task ring: every ship (the dispatch thread's ``_ship``, this
+          one) holds ``shard.cond``; recovery ships while ``hold`` is set, and this path
+          refuses then (and with the worker gone, broken, ending or the pool closing:
+          ``join`` sets ``closing`` under the same lock before it stops the worker);
+        * per-key order: for a keyed pool the core passes the ring's tail index read
+          before this call, and the item goes directly only if every item pushed before
+          it reached ``_run_batch`` and was shipped (``from_ring``, counted after each
+          ship): the dispatch thread holds none, so nothing of its key is left behind;
+          items pushed later are shipped after it (the same lock, the same ring);
+        * window accounting: only into an empty window (no batch in flight), as a run of
+          one item with the next sequence number, so crash recovery charges it like any
+          batch (the progress words name its seq);
+        * exactness: nothing is written unless it fits at once (``timeout=0``); any
+          failure (a full or closed ring, an item that does not pickle) leaves it to the
+          ring path, which reports it as usual; the core counts the item as submitted
+          (``_count_direct``) before the lock is released, so before the collector can
+          settle it;
+        * never blocks: a busy lock (the collector or the dispatch thread holds it) means
+          the ring path."""
+        shard = self.shards[index]
+        count = self.count_direct
+        if count is None or shard.inflight or not shard.cond.acquire(False):
+            return False
+        try:
+            worker = shard.worker
+            if (
+                shard.inflight
+                or shard.hold
+                or shard.closing
+                or worker is None
+                or shard.broken is not None
+                or self.ending is not None
+                or (tail != _UNKEYED and tail != shard.from_ring)
+            ):
+                return False
+            seq = shard.seq + 1
+            run = _Run([item], [], [None] if self.deliver is not None else None)
+            try:
+                worker.tasks.put_pickled((seq, run.payload), timeout=0)
+            except Exception:
+                return False  # nothing was written: the ring path reports what it is
+            shard.seq = seq
+            run.seq = seq
+            run.sent = 1
+            shard.inflight.append(run)
+            count(index)
+            return True
+        finally:
+            shard.cond.release()
 
     def _ship(self, shard: _Shard, run: _Run) -> BaseException | None:
         """Put ``run`` in the shard's window (the task ring), in order; returns the error
@@ -535,8 +617,6 @@ class _ProcessRunner(ShardRunner):
                 run.reported = len(run.failures)
                 run.t0 = time.monotonic_ns()
                 shard.inflight.append(run)
-                if len(shard.inflight) == 1:
-                    shard.cond.notify_all()  # the collector sleeps while nothing is in flight
                 return None
 
     # ------------------------------------------------------------ the collector thread
@@ -575,6 +655,18 @@ class _ProcessRunner(ShardRunner):
         tracked: _Run | None = None
         seen_index: tuple[int, int] = (-3, -1)
         overrun_at = 0.0
+        # With nothing in flight the collector still waits on the result ring, not on
+        # shard.cond: the worker's DONE record then wakes it directly (one futex wake-up)
+        # instead of a notify from the dispatch thread at every ship into an empty window
+        # (a second thread wake-up per round trip, and a GIL hand-off). The long wait
+        # parks in slices of _IDLE_CHECK (the ring's check_interval, set in _Worker), so
+        # an idle pool costs one wake-up per second per shard, in which the ring checks
+        # the worker's sentinel (a death between batches is PeerDead, below). A batch
+        # shipped during that wait is picked up when its DONE comes; with task_timeout
+        # the wait is shorter, so that an overrun is noticed in time.
+        idle_wait = _IDLE_CHECK
+        if self.task_timeout is not None:
+            idle_wait = min(_IDLE_CHECK, max(_SLICE, self.task_timeout / 2))
         while True:
             worker = shard.worker
             if worker is None:  # broken: nothing more comes back
@@ -583,23 +675,9 @@ class _ProcessRunner(ShardRunner):
                         shard.cond.wait()
                 return
             with shard.cond:
-                idle = not shard.inflight and not shard.closing
-                if idle:
-                    # Nothing in flight: sleep on the condition (the dispatch thread
-                    # notifies when it ships into an empty window), not in the ring's
-                    # park slices, so that an idle pool costs ~nothing; look at the
-                    # worker's health once per _IDLE_CHECK meanwhile.
-                    shard.cond.wait(_IDLE_CHECK)
-                    idle = not shard.inflight and not shard.closing
-            if idle:
-                if not worker.process.is_alive():  # died between batches: blames no item
-                    if self.ending is not None:
-                        self._abandon(shard, worker)
-                    else:
-                        self._recover(shard, worker)
-                continue
+                idle = not shard.inflight
             try:
-                msg = worker.results.get(timeout=_SLICE)
+                msg = worker.results.get(timeout=idle_wait if idle else _SLICE)
             except RingTimeout:
                 with shard.cond:
                     head = shard.inflight[0] if shard.inflight else None
