@@ -9,7 +9,8 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
   memfd-backed, nothing in /dev/shm even after SIGKILL; waits park on a futex with a
   timeout that doubles as a liveness check of the peer);
 * a parent thread per shard (its dispatch thread) runs the compiled shard loop and, for
-  each batch, pickles it once into the task ring and returns at once (``DEFERRED``):
+  each batch, pickles it once (before taking the shard's lock, which the collector needs
+  to settle batches) into the task ring and returns at once (``DEFERRED``):
   up to ``window`` batches (default 4) are in flight per shard, so the worker starts the
   next batch as soon as it finished one while the parent pickles the ones after it. A
   full window is refilled once half of it came back. Per-item pools are shipped in lists
@@ -45,7 +46,10 @@ What differs from threads, and why:
   ``ShardedPool`` raises ``TypeError`` at construction otherwise. Items and exceptions
   cross by pickle: an item that cannot be pickled fails (``TypeError`` naming its type)
   and is routed like a handler failure; an exception that cannot be pickled comes back as
-  ``RemoteError`` with its text and traceback;
+  ``RemoteError`` with its text and traceback. ``ProcessBackend(serializer=...)`` sends
+  the items of each batch and the values for ``on_results`` with the user's
+  ``(dumps, loads)`` instead (msgspec, orjson: faster for plain-data records; see
+  ``Serializer`` for what it cannot carry);
 * a breaker, limiter or rate limiter is not copied into the workers: the pool keeps it in
   this process around the shipping of batches (``backends/_guards.py``: the breaker admits
   each item when its batch is shipped and records each outcome; one limiter permit per
@@ -189,6 +193,18 @@ class Serializer(NamedTuple):
     lambdas and closures with cloudpickle installed. A plain ``(dumps, loads)`` tuple, or
     any object with ``dumps`` and ``loads`` attributes (the ``marshal``, ``orjson`` or
     ``json`` module itself), is accepted too.
+
+    Use it for records of plain data (dicts, lists, str, numbers, None), where a C encoder
+    beats pickle. It carries only what its ``dumps`` encodes: an item it rejects (for
+    JSON: a set, bytes, a datetime, your own class) fails alone when its batch is shipped
+    (``TypeError`` naming the item's type and the serializer; counted and routed like a
+    handler failure, never lost), a value it rejects fails its item, and what it changes
+    on the way (tuples into lists, JSON's int keys into str) the handler and
+    ``on_results`` see changed. A ``loads`` that gives back another number of items fails
+    every item of the batch (``RuntimeError``) rather than charge a value or a crash to
+    the wrong item. The handler, exceptions and the protocol's records still travel by
+    pickle. ``Executor`` (its items are calls) and ordered pipelines (values with their
+    place in the order) refuse a backend with a serializer.
 
     Example (msgspec's MessagePack)::
 
