@@ -429,8 +429,13 @@ def section_process(
     for pool in dict_pools.values():
         pool.close()
     print(f"\ndict records ({dict_n:,} per round)", file=out)
-    if len(serializers) < 2:
-        print("(msgspec/orjson not installed: their serializer= rows are left out)", file=out)
+    absent = [
+        lib
+        for lib, row in (("msgspec", DICT_MSGSPEC), ("orjson", DICT_ORJSON))
+        if row not in serializers
+    ]
+    if absent:
+        print(f"({', '.join(absent)} not installed: no serializer= row for it)", file=out)
     print_table(_rows(dict_rates, DICT_FLOOR), out)
 
     submit_rates, map_rates = _executor_rates(
