@@ -435,17 +435,17 @@ class _Run:
                 else:
                     pickle.dumps(serializer.dumps([item]), 5)
             except Exception as exc:
-                how = (
-                    "pickle"
+                verb, how = (
+                    ("pickle", "")
                     if serializer is None
-                    else f"encode with serializer {wire._name(serializer.dumps)}"
+                    else ("encode", f" with serializer {wire._name(serializer.dumps)}")
                 )
                 self.failures.append(
                     (
                         self.index(pos),
                         TypeError(
-                            f"backend='process' could not {how} an item of type "
-                            f"{type(item).__qualname__} ({type(exc).__name__}: {exc})"
+                            f"backend='process' could not {verb} an item of type "
+                            f"{type(item).__qualname__}{how} ({type(exc).__name__}: {exc})"
                         ),
                     )
                 )
