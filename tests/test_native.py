@@ -336,3 +336,44 @@ def test_shm_park_model_finds_the_lost_wakeup_without_the_notifier_fence(tmp_pat
     the sleeping flag), the model finds a side asleep forever."""
     report = _verify(tmp_path, "-DITEMS=3", "-DCAP=1", "-DNO_NOTIFY_FENCE", model=SHM_MODEL)
     assert "invalid end state" in report and "errors: 1" in report, report
+
+
+@needs_shm_model
+@pytest.mark.parametrize(
+    "defines",
+    [
+        ("-DQUIET", "-DITEMS=4", "-DCAP=1"),
+        ("-DQUIET", "-DITEMS=6", "-DCAP=2"),
+        ("-DQUIET", "-DITEMS=6", "-DCAP=2", "-DTIMEOUTS"),
+    ],
+)
+def test_shm_park_model_quiet_commits_never_strand_the_reader(
+    tmp_path: Path, defines: tuple[str, ...]
+) -> None:
+    """The worker's quiet DONE commits (put(wake=False) while QUIET_AHEAD batches are
+    queued): every record is consumed on wake-ups alone (nobody closes the ring), with
+    the producer waking the reader before it parks for room (step S)."""
+    report = _verify(tmp_path, *defines, model=SHM_MODEL)
+    assert "errors: 0" in report, (defines, report)
+    assert "invalid end states\t+" in report, report
+    assert _states(report) > 10_000, (defines, report)
+
+
+@needs_shm_model
+@pytest.mark.parametrize(
+    ("defines", "finds"),
+    [
+        (("-DQUIET", "-DITEMS=4", "-DCAP=1", "-DNO_SPACE_NOTIFY"), "invalid end state"),
+        (("-DQUIET", "-DITEMS=4", "-DCAP=2", "-DQUIET_ALWAYS"), "invalid end state"),
+        (("-DQUIET", "-DITEMS=4", "-DCAP=2", "-DQUIET_REACHED"), "assertion violated"),
+    ],
+    ids=["without-step-S", "quiet-without-the-rule", "quiet-commits-are-reached"],
+)
+def test_shm_park_model_quiet_controls(
+    tmp_path: Path, defines: tuple[str, ...], finds: str
+) -> None:
+    """Controls of the quiet model: without step S (the ring fills with quiet records:
+    both sides asleep) or without the worker's rule (every DONE quiet) spin finds a side
+    asleep for good; and the quiet path is exercised (the probe's assertion fails)."""
+    report = _verify(tmp_path, *defines, model=SHM_MODEL)
+    assert finds in report and "errors: 1" in report, (defines, report)

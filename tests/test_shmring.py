@@ -203,6 +203,45 @@ def test_a_quiet_put_leaves_a_sleeping_reader_asleep_until_a_waking_put() -> Non
     ring.close()
 
 
+def test_a_writer_that_waits_for_room_wakes_a_reader_asleep_on_quiet_records() -> None:
+    # The ring fills with quiet puts while the reader sleeps (long park slices): the
+    # writer's next put must wait for room, which only the reader can make. Before it
+    # parks, the writer wakes the reader (step S of _shmring.h); without that both would
+    # sleep until the reader's 30 s slice ends, and the put below would time out.
+    ring = ShmRing.create(1024, spin_us=0, check_interval=30)
+    got: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                got.append(ring.get_bytes(timeout=WAIT))
+            except RingClosed:
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + WAIT
+    while ring.stats()["consumer_parks"] == 0:  # the reader is asleep on the futex
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    sent = []
+    while True:
+        record = b"%03d" % len(sent) * 40  # 128-byte records: 8 fill it, no padding
+        try:
+            ring.put(record, timeout=0, wake=False)
+        except RingTimeout:
+            break
+        sent.append(record)
+    assert len(sent) > 1 and ring.stats()["wakes_sent_to_reader"] == 0
+    last = b"last" * 30
+    ring.put(last, timeout=WAIT / 3, wake=False)  # waits for room: the reader must wake
+    assert ring.stats()["wakes_sent_to_reader"] >= 1
+    ring.close_writer()
+    reader.join(WAIT)
+    assert got == [*sent, last]
+    ring.close()
+
+
 def test_close_writer_reader_and_peer() -> None:
     with ShmRing.create(256) as ring:
         ring.put(b"a")

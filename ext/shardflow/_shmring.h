@@ -78,6 +78,16 @@
  * (which re-checks the flags) pairs with it the same way. tools/model/shmpark.pml checks
  * this exhaustively (and finds the lost wake-up without the fences).
  *
+ * Quiet commits (sf_shmring_commit_quiet, ShmRing.put(wake=False)) do N1 only: a consumer
+ * asleep stays asleep. Liveness then rests on two things: (1) the caller's promise of a
+ * later checking commit (the process backend's worker commits a DONE record quietly only
+ * while at least QUIET_AHEAD batches are queued in its task ring, so the DONE before its
+ * backlog runs low always checks), and (2) step S of the producer's wait for space: after
+ * W1-W3 found no room and before W4, it runs N3-N4 on data_word (W2's fence orders its
+ * earlier tail stores before that load). Without S, a ring filled by quiet records leaves
+ * both sides asleep, each waiting for the other, until the consumer's deadline.
+ * shmpark.pml -DQUIET checks both (and finds the stall with -DNO_SPACE_NOTIFY).
+ *
  * W0 is a busy spin of at most spin_ns, adaptive (see sf_shm_adapt_spin below): it never
  * yields, and shrinks to nothing while spins keep missing.
  *
@@ -382,7 +392,8 @@ static inline int sf_shmring_try_reserve(sf_shmring *r, uint64_t n, unsigned cha
  * stays asleep until a later commit that checks (or its deadline). For a producer that
  * knows the consumer does not need this record yet and will publish another one soon
  * (the process backend's worker: a DONE record while more batches are queued); liveness
- * then rests on that later commit, which must be a checking one. */
+ * then rests on that later commit, which must be a checking one, and on step S of
+ * sf_shmring_reserve when the ring fills up first (see the protocol above). */
 static inline void sf_shmring_commit_quiet(sf_shmring *r, uint64_t m, uint32_t tag) {
     sf_shmring_hdr *h = r->hdr;
     uint64_t off = r->res_pos & r->mask;
@@ -447,6 +458,9 @@ static inline int sf_shmring_reserve(sf_shmring *r, uint64_t n, unsigned char **
             sf_store_release_u32(&h->space_word, 0);
             goto retry;
         }
+        /* S: records committed quietly may have left the consumer asleep on data_word,
+         * and it is the one who would make the room we are about to wait for. */
+        if (sf_shm_notify(&h->data_word)) sf_counter_add(&r->st.wakes_sent_data, 1);
         if (sf_now_ns() >= deadline_ns) {
             sf_store_release_u32(&h->space_word, 0);
             return SF_SHM_TIMEOUT;

@@ -435,8 +435,9 @@ cdef class ShmRing:
         ended), RecordTooLarge (larger than ``max_record``). ``tag`` (a u32 below
         0xffffffff) travels in the record header: ``last_tag`` on the reading side.
         ``wake=False`` publishes without waking a reader that sleeps: it sees the record
-        at its next wake-up (a later ``put`` with ``wake=True``, or the end of its park
-        slice); for a writer that will put again soon and knows the reader can wait.
+        at its next wake-up (a later ``put`` with ``wake=True``, this writer's wait for
+        room, or the end of its park slice); for a writer that will put again soon and
+        knows the reader can wait.
         """
         cdef Py_buffer view
         cdef uint32_t t = _check_tag(tag)

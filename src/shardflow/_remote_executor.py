@@ -512,6 +512,14 @@ def _make_backend(
                 )
         return ProcessBackend(mp_context=mp_context, max_tasks_per_child=max_tasks_per_child)
     resolved = resolve_backend(backend)
+    serializer = getattr(resolved, "serializer", None)
+    if serializer is not None:
+        raise ValueError(
+            f"backend: an Executor cannot use a ProcessBackend with serializer= "
+            f"({serializer!r}): it ships calls (functions and their arguments), "
+            "which only pickle carries; serializer= is for ShardedPool, BatchProcessor "
+            "and Pipeline stages whose items are plain data"
+        )
     for name, value in (("mp_context", mp_context), ("max_tasks_per_child", max_tasks_per_child)):
         if value is not None:
             what = (

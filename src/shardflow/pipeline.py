@@ -237,7 +237,10 @@ class Pipeline(Generic[T]):
     travel (for processes: by reference, a module-level function, or by value with
     cloudpickle when installed; checked when the stage is added: ``TypeError``); items
     and outputs cross by pickle (an item or output that does not pickle fails alone,
-    ``TypeError``); ``breaker``, ``limiter`` and ``rate_limiter`` stay in this process
+    ``TypeError``; with ``backend=ProcessBackend(serializer=...)`` they cross with that
+    serializer instead, e.g. msgspec for plain-data records: unordered pipelines only
+    (``ValueError`` otherwise), and such a stage is never fused); ``breaker``,
+    ``limiter`` and ``rate_limiter`` stay in this process
     around the shipping of the stage's lists (one state for all its workers, as
     ``ShardedPool`` does) and ``retry`` is refused (``ValueError``: retried here, an item
     would run after later items of its key); ``batch_size`` is the most items per message
@@ -402,6 +405,14 @@ class Pipeline(Generic[T]):
                     "or use backend='thread'"
                 )
             check_shippable(remote, kind, fn, False)
+            serializer = getattr(remote, "serializer", None)
+            if self.ordered and serializer is not None:
+                raise ValueError(
+                    f"backend: a stage of an ordered pipeline cannot use a ProcessBackend "
+                    f"with serializer= ({serializer!r}): it moves each value with "
+                    "its place in the source order, which only pickle carries; use "
+                    "ordered=False, or a ProcessBackend without serializer="
+                )
             # The other guards stay in this process, in the stage's pool, around the
             # shipping of its lists (one state for all the workers): see ShardedPool.
             pool_options = {
@@ -988,6 +999,8 @@ class Pipeline(Generic[T]):
                 and not a.pool_options  # guards admit one stage's items, in this process
                 and not b.pool_options
                 and a.workers == b.workers
+                # A fused run sends back its framing (outputs, failures): pickle only.
+                and getattr(a.backend, "serializer", None) is None
                 and a.units == b.units
                 and a.pieces == b.pieces
                 and (a.pieces or not a.units)

@@ -205,3 +205,48 @@ def read_array_records(directory: str) -> list[dict[str, Any]]:
     for path in sorted(Path(directory).iterdir()):
         out.extend(json.loads(line) for line in path.read_text().splitlines())
     return out
+
+
+# ---------------------------------------------------------------- serializer= pairs
+
+
+def json_dumps(x: Any) -> bytes:
+    """A stdlib serializer for ProcessBackend(serializer=(json_dumps, json_loads))."""
+    import json
+
+    return json.dumps(x, separators=(",", ":")).encode()
+
+
+def json_loads(data: bytes) -> Any:
+    import json
+
+    return json.loads(data)
+
+
+def drop_last_loads(data: bytes) -> Any:
+    """A broken loads: one item short (the worker must refuse the batch, not misname
+    items)."""
+    return json_loads(data)[:-1]
+
+
+def enrich(record: dict[str, Any]) -> dict[str, Any]:
+    """A dict-records handler: fails on id 13, returns a new dict."""
+    if record["id"] == 13:
+        raise ValueError("bad record 13")
+    return {"id": record["id"], "total": record["a"] + record["b"], "tag": record["tag"].upper()}
+
+
+def as_set(x: int) -> Any:
+    """Returns a set for multiples of 10 (JSON cannot carry it), else the item."""
+    return {x} if x % 10 == 0 else x
+
+
+def slow_zero(x: int) -> int:
+    """Item 0 takes a while (so the next batch is being pickled when it comes back)."""
+    if x == 0:
+        time.sleep(0.2)
+    return x
+
+
+def enrich_total(record: dict[str, Any]) -> int:
+    return int(record["total"])

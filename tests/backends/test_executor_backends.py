@@ -587,3 +587,33 @@ if __name__ == "__main__":
     lines = result.stdout.splitlines()
     assert "submit fork error" in lines and "result fork error" in lines, lines
     assert "parent None 9" in lines, lines
+
+
+def test_interpreter_exit_runs_every_call_of_an_executor_not_shut_down(tmp_path: Path) -> None:
+    # As the thread Executor and ProcessPoolExecutor do: no shutdown(), yet every queued
+    # call runs at exit, and the worker processes are stopped (joined), not left to
+    # multiprocessing's exit hook, which would terminate them with calls in flight.
+    out = tmp_path / "records"
+    out.mkdir()
+    script = f"""
+    import sys
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    import shardflow, proc_handlers as ph
+    if __name__ == "__main__":
+        ex = shardflow.Executor(2, backend="process")
+        rec = ph.Recorder({str(out)!r}, sleep_on=frozenset(range(0, 300, 30)), sleep=0.05)
+        futures = [ex.submit(rec, i) for i in range(300)]
+        print(sum(not f.done() for f in futures), flush=True)
+    """
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int(result.stdout.strip()) > 0  # calls were still pending when exit began
+    import proc_handlers as ph
+
+    handled = ph.read_records(str(out))
+    assert sorted(int(r[2]) for r in handled) == list(range(300))
+    for pid in {r[1] for r in handled}:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]
+        ), f"worker {pid} outlived its parent"

@@ -735,3 +735,49 @@ def test_submits_racing_close_are_each_run_or_refused(tmp_path: Path) -> None:
     assert m.submitted == len(accepted) and m.processed == len(accepted)
     assert sorted(int(r[2]) for r in ph.read_records(str(tmp_path))) == sorted(accepted)
     assert len(accepted) + len(refused) == 600
+
+
+_SETTLED = threading.Event()
+_PICKLED_AFTER_SETTLE: list[bool] = []
+
+
+class _WaitsToPickle:
+    """Pickles as its int, but only once batch 0 was settled (``_SETTLED``; gives up
+    after 30 s): pickling a batch must not hold the lock the collector settles with."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _PICKLED_AFTER_SETTLE.append(_SETTLED.wait(30))
+        return (int, (self.n,))
+
+
+def test_a_batch_being_pickled_does_not_block_settling_the_batches_in_flight() -> None:
+    # The dispatch thread pickles batch 1 while batch 0 runs; batch 1's pickling waits
+    # for batch 0's on_results, which the collector calls. With the pickling under the
+    # shard's lock, the collector could not settle batch 0: a 30 s stall, then the
+    # record below says False.
+    _SETTLED.clear()
+    _PICKLED_AFTER_SETTLE.clear()
+    values: list[tuple[Any, Any]] = []
+
+    def on_results(items: list[Any], vals: list[Any]) -> None:
+        values.extend(zip(items, vals, strict=True))
+        if any(item == 0 for item in items):
+            _SETTLED.set()
+
+    pool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(
+        ph.slow_zero,
+        workers=1,
+        backend=ProcessBackend(ship_batch_size=1),
+        on_results=on_results,
+    )
+    slow = _WaitsToPickle(1)
+    pool.submit_many([0, slow, 2])
+    pool.shutdown()
+    m = accounted(pool)
+    assert (m.processed, m.failed) == (3, 0)
+    assert _PICKLED_AFTER_SETTLE and all(_PICKLED_AFTER_SETTLE)
+    assert sorted((v for _, v in values)) == [0, 1, 2]  # order kept, nothing lost
+    assert [item for item, _ in values] == [0, slow, 2]

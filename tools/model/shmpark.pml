@@ -40,6 +40,35 @@
  *              pass the buffered index store, and spin finds the lost wake-up (the consumer
  *              re-checks the old tail, sleeps; the producer sees no sleeper).
  *
+ * Quiet commits (-DQUIET). ShmRing.put(wake=False) publishes with N1 only (no N2-N4): a
+ * consumer asleep stays asleep. The process backend's worker does it for a DONE record
+ * when at least QUIET_AHEAD more batches are queued in its task ring (len(tasks), in
+ * bytes, padding included), so that the parent's collector is woken once for several
+ * batches. Under -DQUIET the producer is that worker: it takes batches from an abstract
+ * task channel fed by a Dispatcher (the parent, shipping while fewer than WINDOW batches
+ * are uncollected: a condition variable inside the parent, so sequentially consistent),
+ * and publishes one DONE record per batch, quiet when `queued` (+ QUIET_AHEAD while the
+ * dispatcher has a padding record out ahead of a batch it has not committed yet: bytes
+ * the worker counts) is at least QUIET_AHEAD. The consumer is the collector: nobody
+ * closes the ring (the parent closes it only after every batch was collected), so the
+ * consumer must take all ITEMS records on wake-ups alone. The worker's read of the task
+ * ring is the exact backlog (a stale read is smaller, which only makes a DONE loud).
+ *
+ * The property, without timeouts: no invalid end state and every record consumed, i.e.
+ * a quiet record never leaves the consumer asleep for good: the worker's rule guarantees
+ * a later checking commit (the last DONE before the task backlog runs low is loud), and
+ * a producer that must wait for SPACE first wakes a consumer asleep on the data word
+ * (S below): otherwise, with the ring filled by quiet records, the producer waits for
+ * room the sleeping consumer would make and both sides sleep until the consumer's
+ * deadline (-DNO_SPACE_NOTIFY finds that: a stall of one park slice in the real code,
+ * with DONE records large enough, e.g. big on_results values). Negative control
+ * -DQUIET_ALWAYS (every DONE quiet, no rule): invalid end state. So with the rule and S,
+ * the deadline bounds nothing but latency: a batch settled late by a quiet DONE waits at
+ * most for the worker's next batch.
+ *
+ *   producer about to park for space, after W1-W3 found no room:
+ *   S  N3-N4 on data_word (the fence W2 already orders the earlier tail stores)
+ *
  * Not covered: the record bytes (release/acquire of the data against tail/head: the TSan
  * build of tests/native/stress.c, scenario shmring), padding records (a padding record is
  * one more publication, the same protocol), the reader-closed flag (symmetric to the
@@ -60,6 +89,19 @@ byte head = 0;
 byte tail_buf = NONE;        /* the producer's store buffer (one entry) */
 byte head_buf = NONE;        /* the consumer's */
 bool writer_closed = false;
+
+#ifdef QUIET
+#ifndef WINDOW
+#define WINDOW 3             /* batches shipped and not collected (ProcessBackend window) */
+#endif
+#ifndef QUIET_AHEAD
+#define QUIET_AHEAD 2        /* _process_worker.QUIET_AHEAD */
+#endif
+byte queued = 0;             /* batches committed to the task ring, not taken yet */
+bool padding = false;        /* the dispatcher published padding ahead of its next batch */
+byte shipped = 0;
+byte quiet_records = 0;      /* statistics: quiet commits seen (the model exercises them) */
+#endif
 
 bit data_word = 0;           /* 1: the consumer sleeps (or is about to) */
 bit space_word = 0;          /* 1: the producer sleeps (or is about to) */
@@ -109,11 +151,39 @@ inline park(word, asleep) {
     word = 0                                       /* W5 */
 }
 
+#ifdef QUIET
+proctype Dispatcher() {
+    do
+    :: shipped == ITEMS -> break
+    :: shipped < ITEMS ->
+        shipped - consumed < WINDOW;               /* the window (a condvar in the parent) */
+        if
+        :: padding = true                          /* a put that pads first, then commits */
+        :: skip
+        fi;
+        atomic { queued++; shipped++; padding = false }
+    od
+}
+#endif
+
 proctype Producer() {
     byte i = 0;
+#ifdef QUIET
+    bool quiet = false;
+#endif
     do
     :: i == ITEMS -> break
     :: i < ITEMS ->
+#ifdef QUIET
+        atomic { queued > 0 -> queued-- };         /* take the next batch and run it */
+#ifdef QUIET_ALWAYS
+        quiet = true;
+#else
+        atomic {                                   /* len(tasks) >= QUIET_AHEAD batches */
+            quiet = (queued + (padding -> QUIET_AHEAD : 0) >= QUIET_AHEAD)
+        };
+#endif
+#endif
         /* wait for space: OWN_TAIL - head < CAP (head read from memory) */
 wait_space:
         if
@@ -122,21 +192,36 @@ wait_space:
             atomic { tail_buf == NONE; space_word = 1 };   /* W1 (RMW) + W2 (fence) */
             if
             :: OWN_TAIL - head < CAP -> space_word = 0     /* W3 */
-            :: else -> park(space_word, prod_asleep)
+            :: else ->
+#ifndef NO_SPACE_NOTIFY
+                notify(tail_buf, data_word, cons_asleep);  /* S */
+#endif
+                park(space_word, prod_asleep)
             fi;
             goto wait_space
         fi;
         /* write the record, then N1: release store of tail into the buffer */
         atomic { tail_buf == NONE -> tail_buf = OWN_TAIL + 1 };
+#ifdef QUIET
+        if
+        :: quiet -> quiet_records++                /* commit_quiet: N1 only */
+        :: else -> notify(tail_buf, data_word, cons_asleep)
+        fi;
+#else
         notify(tail_buf, data_word, cons_asleep);
+#endif
         i++
     od;
+#ifdef QUIET
+    producer_done = true    /* the worker waits for more batches; it never closes */
+#else
     /* sf_shmring_close(WRITER_CLOSED): seq_cst fetch_or (drains the buffer), then N3-N4
      * on both words (the fence of notify is implied by the RMW) */
     atomic { tail_buf == NONE; writer_closed = true };
     notify(tail_buf, data_word, cons_asleep);
     notify(tail_buf, space_word, prod_asleep);
     producer_done = true
+#endif
 }
 
 proctype Consumer() {
@@ -152,8 +237,13 @@ proctype Consumer() {
             /* release: N1 store head into the buffer, N2-N4 for the producer */
             atomic { head_buf == NONE -> head_buf = OWN_HEAD + 1 };
             notify(head_buf, space_word, prod_asleep)
+#ifdef QUIET
+        :: t == OWN_HEAD && consumed == ITEMS -> break  /* every batch collected */
+        :: t == OWN_HEAD && consumed < ITEMS ->
+#else
         :: t == OWN_HEAD && writer_closed && tail == OWN_HEAD -> break   /* CLOSED */
         :: t == OWN_HEAD && !(writer_closed && tail == OWN_HEAD) ->
+#endif
             atomic { head_buf == NONE; data_word = 1 };    /* W1 (RMW) + W2 (fence) */
             if
             :: tail != OWN_HEAD || writer_closed -> data_word = 0   /* W3 */
@@ -183,11 +273,17 @@ init {
     atomic {
         run Producer();
         run Consumer();
+#ifdef QUIET
+        run Dispatcher();
+#endif
         run FlushTail();
         run FlushHead()
     }
     producer_done && consumer_done;
     assert(consumed == ITEMS && !cons_asleep && !prod_asleep)
+#ifdef QUIET_REACHED
+    assert(quiet_records == 0)   /* a reachability probe: spin must find it violated */
+#endif
 }
 
 ltl done { <> consumer_done }

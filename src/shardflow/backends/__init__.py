@@ -26,6 +26,7 @@ __all__ = [
     "BatchOutcome",
     "ProcessBackend",
     "RayBackend",
+    "Serializer",
     "ShardRunner",
     "ThreadBackend",
     "resolve_backend",
@@ -46,8 +47,15 @@ def _backend_class(name: str) -> type[Backend]:
     return found
 
 
+#: Other public names of the backends' modules, imported on first use as well.
+_EXTRAS: dict[str, str] = {"Serializer": "shardflow.backends.process:Serializer"}
+
+
 def __getattr__(name: str) -> Any:
     # ProcessBackend & co. on first use: `import shardflow` stays free of multiprocessing.
+    if name in _EXTRAS:
+        module, _, attr = _EXTRAS[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
     for spec in BACKENDS.values():
         module, _, cls = spec.partition(":")
         if cls == name:

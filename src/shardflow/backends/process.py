@@ -9,7 +9,8 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
   memfd-backed, nothing in /dev/shm even after SIGKILL; waits park on a futex with a
   timeout that doubles as a liveness check of the peer);
 * a parent thread per shard (its dispatch thread) runs the compiled shard loop and, for
-  each batch, pickles it once into the task ring and returns at once (``DEFERRED``):
+  each batch, pickles it once (before taking the shard's lock, which the collector needs
+  to settle batches) into the task ring and returns at once (``DEFERRED``):
   up to ``window`` batches (default 4) are in flight per shard, so the worker starts the
   next batch as soon as it finished one while the parent pickles the ones after it. A
   full window is refilled once half of it came back. Per-item pools are shipped in lists
@@ -51,7 +52,10 @@ What differs from threads, and why:
   ``ShardedPool`` raises ``TypeError`` at construction otherwise. Items and exceptions
   cross by pickle: an item that cannot be pickled fails (``TypeError`` naming its type)
   and is routed like a handler failure; an exception that cannot be pickled comes back as
-  ``RemoteError`` with its text and traceback;
+  ``RemoteError`` with its text and traceback. ``ProcessBackend(serializer=...)`` sends
+  the items of each batch and the values for ``on_results`` with the user's
+  ``(dumps, loads)`` instead (msgspec, orjson: faster for plain-data records; see
+  ``Serializer`` for what it cannot carry);
 * a breaker, limiter or rate limiter is not copied into the workers: the pool keeps it in
   this process around the shipping of batches (``backends/_guards.py``: the breaker admits
   each item when its batch is shipped and records each outcome; one limiter permit per
@@ -80,7 +84,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from shardflow._shmring import PeerDead, RingClosed, RingError, RingTimeout, ShmRing
 from shardflow.backends import _process_worker as wire
@@ -97,7 +101,7 @@ from shardflow.backends.base import (
 )
 from shardflow.errors import ShardflowError
 
-__all__ = ["ProcessBackend", "RemoteError", "ShardBroken", "WorkerLost"]
+__all__ = ["ProcessBackend", "RemoteError", "Serializer", "ShardBroken", "WorkerLost"]
 
 RemoteError = wire.RemoteError
 
@@ -153,7 +157,7 @@ class _Crash(Exception):
         self.reason = reason
 
 
-def _dumps_handler(handler: Handler) -> bytes:
+def _dumps_handler(handler: Any, what: str = "the handler") -> bytes:
     """The handler as the workers will load it: by reference (plain pickle) when it can
     be, else by value with cloudpickle when that is installed (lambdas, closures);
     ``TypeError`` saying what to do otherwise. Checked here, at construction, so that a
@@ -168,7 +172,7 @@ def _dumps_handler(handler: Handler) -> bytes:
         import cloudpickle  # type: ignore[import-untyped]
     except ImportError:
         raise TypeError(
-            f"backend='process' sends the handler to each worker process by pickle, and "
+            f"backend='process' sends {what} to each worker process by pickle, and "
             f"{handler!r} cannot be pickled ({type(first).__name__}: {first}); use a "
             "module-level function or a picklable callable object, or install cloudpickle "
             "(pip install 'shardflow[cloudpickle]') to send lambdas and closures by value"
@@ -183,6 +187,78 @@ def _dumps_handler(handler: Handler) -> bytes:
             f"({type(exc).__name__}: {exc})"
         ) from exc
     return by_value
+
+
+class Serializer(NamedTuple):
+    """How ``ProcessBackend(serializer=...)`` encodes the items of each shipped batch and
+    the values that come back (``on_results``), instead of pickle.
+
+    ``dumps(list_of_items)`` returns bytes (or str) and ``loads`` turns that back into a
+    list of as many items; both are called once per batch with the whole list (a C
+    encoder such as msgspec or orjson then runs one call per batch). Both travel to the
+    worker processes by pickle: module-level functions or builtins (by reference), or
+    lambdas and closures with cloudpickle installed. A plain ``(dumps, loads)`` tuple, or
+    any object with ``dumps`` and ``loads`` attributes (the ``marshal``, ``orjson`` or
+    ``json`` module itself), is accepted too.
+
+    Use it for records of plain data (dicts, lists, str, numbers, None), where a C encoder
+    beats pickle. It carries only what its ``dumps`` encodes: an item it rejects (for
+    JSON: a set, bytes, a datetime, your own class) fails alone when its batch is shipped
+    (``TypeError`` naming the item's type and the serializer; counted and routed like a
+    handler failure, never lost), a value it rejects fails its item, and what it changes
+    on the way (tuples into lists, JSON's int keys into str) the handler and
+    ``on_results`` see changed. A ``loads`` that gives back another number of items fails
+    every item of the batch (``RuntimeError``) rather than charge a value or a crash to
+    the wrong item. The handler, exceptions and the protocol's records still travel by
+    pickle. ``Executor`` (its items are calls) and ordered pipelines (values with their
+    place in the order) refuse a backend with a serializer.
+
+    Example (msgspec's MessagePack)::
+
+        Serializer(msgspec.msgpack.encode, msgspec.msgpack.decode)
+    """
+
+    dumps: Callable[[Any], Any]
+    loads: Callable[[Any], Any]
+
+
+def _make_serializer(serializer: object) -> tuple[Serializer, bytes] | None:
+    """``serializer=`` checked and normalised (None: pickle): the pair and its pickle for
+    the workers. ``TypeError`` naming the parameter for anything that is not a pair of
+    callables that round-trips a list, or that cannot be sent to a worker process."""
+    if serializer is None:
+        return None
+    accepted = (
+        "a (dumps, loads) pair of callables, a shardflow.backends.Serializer, or an "
+        "object with dumps and loads attributes (such as the marshal or orjson module)"
+    )
+    pair: tuple[Any, ...]
+    if isinstance(serializer, tuple):
+        pair = serializer
+    elif callable(getattr(serializer, "dumps", None)) and callable(
+        getattr(serializer, "loads", None)
+    ):
+        pair = (serializer.dumps, serializer.loads)  # type: ignore[attr-defined]
+    else:
+        raise TypeError(f"serializer must be None (pickle) or {accepted}, got {serializer!r}")
+    if len(pair) != 2 or not all(callable(f) for f in pair):
+        raise TypeError(f"serializer must be None (pickle) or {accepted}, got {serializer!r}")
+    dumps, loads = pair
+    try:
+        back = loads(dumps([]))
+        if list(back) != []:
+            raise ValueError(f"got {back!r}")
+    except Exception as exc:
+        raise TypeError(
+            f"serializer=: loads(dumps([])) must give back an empty list (the pair encodes "
+            f"each batch as a list; is it (dumps, loads) in that order?), but it failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        data = _dumps_handler(pair, "the serializer's (dumps, loads)")
+    except TypeError as exc:
+        raise TypeError(f"serializer=: {exc}") from exc
+    return Serializer(dumps, loads), data
 
 
 class _Worker:
@@ -207,6 +283,7 @@ class _Worker:
                 runner.deliver is not None,
                 self.progress,
                 death_r,
+                runner.serializer_pickle,
             ),
             name=f"{runner.pool_name}-worker-{shard}",
             daemon=True,
@@ -362,26 +439,37 @@ class _Run:
         self.payload = self.payload[:pos] + self.payload[pos + 1 :]
         del self.offsets[pos]
 
-    def drop_unpicklable(self) -> None:
-        """Take out the items that do not pickle, failing each with a ``TypeError``."""
+    def drop_unpicklable(self, serializer: Serializer | None) -> bool:
+        """Take out the items that do not pickle (or that the serializer's ``dumps``
+        rejects), failing each with a ``TypeError``; False if every item passed alone."""
         payload, offsets = [], []
         for pos, item in enumerate(self.payload):
             try:
-                pickle.dumps(item, 5)
+                if serializer is None:
+                    pickle.dumps(item, 5)
+                else:
+                    pickle.dumps(serializer.dumps([item]), 5)
             except Exception as exc:
+                verb, how = (
+                    ("pickle", "")
+                    if serializer is None
+                    else ("encode", f" with serializer {wire._name(serializer.dumps)}")
+                )
                 self.failures.append(
                     (
                         self.index(pos),
                         TypeError(
-                            f"backend='process' could not pickle an item of type "
-                            f"{type(item).__qualname__} ({type(exc).__name__}: {exc})"
+                            f"backend='process' could not {verb} an item of type "
+                            f"{type(item).__qualname__}{how} ({type(exc).__name__}: {exc})"
                         ),
                     )
                 )
             else:
                 payload.append(item)
                 offsets.append(self.index(pos))
+        dropped = len(payload) < len(self.payload)
         self.payload, self.offsets = payload, offsets
+        return dropped
 
 
 class _ProcessRunner(ShardRunner):
@@ -401,6 +489,8 @@ class _ProcessRunner(ShardRunner):
         self.start_timeout = backend.start_timeout
         self.max_tasks_per_child = backend.max_tasks_per_child
         self.window = backend.window
+        self.serializer: Serializer | None = backend.serializer
+        self.serializer_pickle = backend.serializer_pickle
         self._settle: Settle | None = None
         self.handler_pickle = b""
         self.per_item = True
@@ -409,6 +499,7 @@ class _ProcessRunner(ShardRunner):
         self.threads: list[threading.Thread] = []
         self.local = threading.local()
         self.joined = False
+        self.join_lock = threading.RLock()
         self.ending: str | None = None  # set by end_workers(): no more recovery
         # The core's _count_direct, set by the pool when it enables direct_ship.
         self.count_direct: Callable[[int], None] | None = None
@@ -552,7 +643,7 @@ class _ProcessRunner(ShardRunner):
             seq = shard.seq + 1
             run = _Run([item], [], [None] if self.deliver is not None else None)
             try:
-                worker.tasks.put_pickled((seq, run.payload), timeout=0)
+                worker.tasks.put(self._encode(seq, run.payload), timeout=0)
             except Exception:
                 return False  # nothing was written: the ring path reports what it is
             shard.seq = seq
@@ -564,60 +655,88 @@ class _ProcessRunner(ShardRunner):
         finally:
             shard.cond.release()
 
+    def _encode(self, seq: int, items: list[Any]) -> bytes:
+        """Batch ``seq``'s task record (``_process_worker`` has the protocol): pickled, or
+        with a serializer, its ``dumps`` of the list inside. Raises what they raise."""
+        serializer = self.serializer
+        if serializer is None:
+            return pickle.dumps((seq, items), 5)
+        return pickle.dumps((seq, serializer.dumps(items), len(items)), 5)
+
     def _ship(self, shard: _Shard, run: _Run) -> BaseException | None:
         """Put ``run`` in the shard's window (the task ring), in order; returns the error
-        that failed it as a whole instead, if any. Items that do not pickle are failed
-        alone and left out (the rest is shipped)."""
-        with shard.cond:
-            while True:
-                if self.ending is not None:
-                    return WorkerLost(
-                        f"{self.pool_name} shard {shard.index}: the worker processes were "
-                        f"ended by {self.ending}() before this batch could be sent",
-                        pid=-1,
-                        exitcode=None,
-                        attempts=0,
-                    )
-                if shard.broken is not None:
-                    return ShardBroken(shard.broken)
-                if shard.hold or shard.worker is None:
-                    shard.cond.wait()
-                    continue
-                if len(shard.inflight) >= self.window:
-                    # Full: wait until half of it is free (the collector notifies then).
-                    while (
-                        len(shard.inflight) > self.window // 2
-                        and not shard.hold
-                        and self.ending is None
-                    ):
-                        shard.cond.wait()
-                    continue
-                worker = shard.worker
+        that failed it as a whole instead, if any. Items that do not pickle (or that the
+        serializer rejects) are failed alone and left out (the rest is shipped).
+
+        The batch is encoded before the shard's lock is taken: pickling a big batch takes
+        a while, and the collector needs the lock to settle each batch that comes back
+        (and the ``on_results`` it calls) meanwhile. The record carries the sequence
+        number it expects to get; if another ship took numbers in between (a recovery by
+        the collector while ``hold`` is set, or ``direct_ship`` of an unkeyed pool), the
+        batch is encoded again."""
+        data = b""
+        seq = -1
+        while True:
+            if seq != shard.seq + 1:  # a hint read without the lock; checked under it
                 seq = shard.seq + 1
                 try:
-                    worker.tasks.put_pickled((seq, run.payload), timeout=_SLICE)
-                except (RingTimeout, PeerDead):
-                    # The task ring is full (or its reader died: the collector will see
-                    # it): let the collector take the lock meanwhile, then try again.
-                    shard.cond.wait(_SLICE)
-                    continue
-                except RingError as exc:  # e.g. RecordTooLarge: nothing was written
-                    return exc
-                except Exception:  # pickling failed before anything was written
-                    # Slow path, rare: find the items that do not pickle; they fail alone.
-                    run.drop_unpicklable()
+                    data = self._encode(seq, run.payload)
+                except Exception as exc:
+                    # Slow path, rare: find the items that do not encode; they fail alone.
+                    if not run.drop_unpicklable(self.serializer):
+                        return TypeError(
+                            f"backend='process' could not send a batch of {len(run.payload)} "
+                            f"item(s), though each one encodes alone ({type(exc).__name__}: "
+                            f"{exc})"
+                        )
                     if not self.per_item and run.failures:
                         return run.failures[0][1]
                     if not run.payload:
                         return None
+                    seq = -1
                     continue
-                shard.seq = seq
-                run.seq = seq
-                run.sent = len(run.payload)
-                run.reported = len(run.failures)
-                run.t0 = time.monotonic_ns()
-                shard.inflight.append(run)
-                return None
+            with shard.cond:
+                while True:
+                    if self.ending is not None:
+                        return WorkerLost(
+                            f"{self.pool_name} shard {shard.index}: the worker processes "
+                            f"were ended by {self.ending}() before this batch could be sent",
+                            pid=-1,
+                            exitcode=None,
+                            attempts=0,
+                        )
+                    if shard.broken is not None:
+                        return ShardBroken(shard.broken)
+                    if shard.hold or shard.worker is None:
+                        shard.cond.wait()
+                        continue
+                    if len(shard.inflight) >= self.window:
+                        # Full: wait until half of it is free (the collector notifies then).
+                        while (
+                            len(shard.inflight) > self.window // 2
+                            and not shard.hold
+                            and self.ending is None
+                        ):
+                            shard.cond.wait()
+                        continue
+                    if shard.seq + 1 != seq:
+                        break  # a recovery took sequence numbers: encode again, unlocked
+                    try:
+                        shard.worker.tasks.put(data, timeout=_SLICE)
+                    except (RingTimeout, PeerDead):
+                        # The task ring is full (or its reader died: the collector will
+                        # see it): let the collector take the lock meanwhile, then retry.
+                        shard.cond.wait(_SLICE)
+                        continue
+                    except RingError as exc:  # e.g. RecordTooLarge: nothing was written
+                        return exc
+                    shard.seq = seq
+                    run.seq = seq
+                    run.sent = len(run.payload)
+                    run.reported = len(run.failures)
+                    run.t0 = time.monotonic_ns()
+                    shard.inflight.append(run)
+                    return None
 
     # ------------------------------------------------------------ the collector thread
 
@@ -731,13 +850,51 @@ class _ProcessRunner(ShardRunner):
     def _failed(self, run: _Run, index: int, raised: BaseException) -> None:
         """A FAILED record of ``run``'s chunk in flight."""
         if index < 0:
-            run.error = raised  # a list handler raised: the batch fails as a whole
+            self._fail_chunk(run, raised)
         else:
             run.failures.append((run.index(run.start + index), raised))
+
+    def _fail_chunk(self, run: _Run, exc: BaseException) -> None:
+        """The chunk in flight failed as a whole: a list handler raised (the batch fails),
+        or, for a per-item handler, its items could not be decoded or their values not
+        sent back: each item of the chunk fails alone (routed one by one, as handler
+        failures are), except those already reported failed."""
+        if not self.per_item:
+            run.error = exc
+            return
+        already = {index for index, _ in run.failures[run.reported :]}
+        for k in range(run.sent):
+            index = run.index(run.start + k)
+            if index not in already:
+                run.failures.append((index, exc))
 
     def _done(self, run: _Run, rest: list[Any]) -> None:
         """The DONE record of ``run``'s chunk in flight: keep the values it carries."""
         got = rest[1] if len(rest) > 1 else None
+        if got is not None and self.serializer is not None:
+            try:
+                got = self.serializer.loads(got)
+            except Exception as exc:
+                # The values cannot be had: the chunk fails as a whole (its items ran).
+                error = RuntimeError(
+                    f"serializer=: could not decode the values of {run.sent} item(s) with "
+                    f"{wire._name(self.serializer.loads)} ({type(exc).__name__}: {exc})"
+                )
+                error.__cause__ = exc
+                self._fail_chunk(run, error)
+                return
+            if run.values is not None and type(got) is not list:
+                got = list(got) if isinstance(got, tuple) else got
+            if run.values is not None and (not isinstance(got, list) or len(got) != run.sent):
+                self._fail_chunk(
+                    run,
+                    RuntimeError(
+                        f"serializer=: the values of {run.sent} item(s) decoded into a "
+                        f"{type(got).__qualname__} of another length; the pair must "
+                        "round-trip a list"
+                    ),
+                )
+                return
         if run.values is not None and got is not None:
             for k, value in enumerate(got):
                 run.values[run.index(run.start + k)] = value
@@ -961,8 +1118,12 @@ class _ProcessRunner(ShardRunner):
                 run.start += len(chunk)
                 if run.start > run.suspect:
                     run.suspect = -1
-            except _Unpicklable:  # pragma: no cover - the payload was checked when shipped
-                run.drop_unpicklable()
+            except _Unpicklable as why:  # pragma: no cover - the payload was checked when shipped
+                if not run.drop_unpicklable(self.serializer):
+                    self._fail_unfinished(
+                        run, TypeError(f"could not send the batch: {why.__cause__}")
+                    )
+                    return
                 if not self.per_item and run.failures:
                     return
             except _Crash as crash:
@@ -982,13 +1143,13 @@ class _ProcessRunner(ShardRunner):
         run.seq = seq
         run.sent = len(items)
         try:
-            worker.tasks.put_pickled((seq, items))
+            data = self._encode(seq, items)
+        except Exception as exc:  # nothing was written
+            raise _Unpicklable() from exc
+        try:
+            worker.tasks.put(data)
         except PeerDead:
             raise _Crash(self._how(worker)) from None
-        except RingError:
-            raise
-        except Exception as exc:  # pickling failed before anything was written
-            raise _Unpicklable() from exc
         overrun_at = None if self.task_timeout is None else time.monotonic() + self.task_timeout
         seen_index = -2
         while True:
@@ -1076,9 +1237,16 @@ class _ProcessRunner(ShardRunner):
         return True
 
     def join(self) -> None:
-        if self.joined:
-            return
-        self.joined = True
+        # One join at a time, and a second caller waits for the first to finish (the exit
+        # drain and an executor's finalizer thread may both join): returning early would
+        # let multiprocessing's exit hook terminate workers with batches in flight.
+        with self.join_lock:
+            if self.joined:
+                return
+            self.joined = True
+            self._join()
+
+    def _join(self) -> None:
         for t in self.threads:
             t.join()
         # The shard loops are done: let each collector settle what is in flight, then
@@ -1145,6 +1313,19 @@ class ProcessBackend(Backend):
             refilled once half of it came back (fewer thread wake-ups). Each shard holds
             at most ``window`` batches beyond its ring (and its task ring at most
             ``ring_bytes`` of them). 1: one batch at a time.
+        serializer: None (pickle, the default) or a ``Serializer(dumps, loads)`` (a
+            ``(dumps, loads)`` tuple, or an object with ``dumps``/``loads`` such as the
+            ``orjson`` or ``marshal`` module): encodes the items of each shipped batch,
+            as one list per batch, and the values sent back for ``on_results``. For
+            records of plain data (dicts, lists, str, numbers) a C encoder such as
+            msgspec or orjson is faster than pickle. It carries only what it can encode:
+            an item it rejects fails alone at shipping (``TypeError``, counted and
+            routed like an unpicklable item), a value it rejects fails its item; what
+            it changes on the way (a tuple that comes back as a list, int keys as str
+            with JSON) the handler and ``on_results`` see changed. Exceptions, the
+            handler and the control records still travel by pickle. Checked here:
+            callables, ``loads(dumps([]))`` gives an empty list, and the pair can be
+            sent to the workers (``TypeError`` otherwise).
 
     Example (a module-level handler; a pool of 2 worker processes)::
 
@@ -1166,6 +1347,7 @@ class ProcessBackend(Backend):
         start_timeout: float = 60.0,
         max_tasks_per_child: int | None = None,
         window: int = 4,
+        serializer: Serializer | tuple[Callable[[Any], Any], Callable[[Any], Any]] | Any = None,
     ) -> None:
         from shardflow._validate import check_int, check_seconds
 
@@ -1189,6 +1371,7 @@ class ProcessBackend(Backend):
         if max_tasks_per_child is not None:
             check_int("max_tasks_per_child", max_tasks_per_child, lo=1, hi=1 << 62)
         check_int("window", window, lo=1, hi=1 << 10)
+        made = _make_serializer(serializer)
         self.mp_context = mp_context
         self.ship_batch_size = ship_batch_size
         self.ring_bytes = ring_bytes
@@ -1199,6 +1382,9 @@ class ProcessBackend(Backend):
         self.start_timeout = start_timeout
         self.max_tasks_per_child = max_tasks_per_child
         self.window = window
+        #: The ``Serializer`` of items and values, or None (pickle).
+        self.serializer: Serializer | None = None if made is None else made[0]
+        self.serializer_pickle = b"" if made is None else made[1]
 
     def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
         return _ProcessRunner(self, pool_name, workers)
@@ -1206,7 +1392,9 @@ class ProcessBackend(Backend):
     def __repr__(self) -> str:
         return (
             f"ProcessBackend(start_method={self.mp_context.get_start_method()!r}, "
-            f"max_attempts={self.max_attempts}, task_timeout={self.task_timeout})"
+            f"max_attempts={self.max_attempts}, task_timeout={self.task_timeout}"
+            + ("" if self.serializer is None else f", serializer={self.serializer!r}")
+            + ")"
         )
 
 
@@ -1222,8 +1410,20 @@ def _drain_at_exit() -> None:
     pool_module._at_exit()
     for pool in list(pool_module._live):
         runner = getattr(pool, "_runner", None)
-        if isinstance(runner, _ProcessRunner) and pool._exit_wait:
-            runner.join()
+        if _runs_processes(runner) and pool._exit_wait:
+            runner.join()  # type: ignore[union-attr]
+
+
+def _runs_processes(runner: object) -> bool:
+    """Is ``runner`` a process runner, or a runner around one (``Executor(backend=
+    "process")``'s ``_Shipper``, whose ``inner`` is the backend's runner)?"""
+    for _ in range(8):  # wrappers do not nest deeply; never loop on a cycle
+        if isinstance(runner, _ProcessRunner):
+            return True
+        runner = vars(runner).get("inner") if hasattr(runner, "__dict__") else None
+        if runner is None:
+            return False
+    return False
 
 
 atexit.register(_drain_at_exit)

@@ -9,7 +9,9 @@ what a user would write instead, side by side in one process run.
   default chunking), the process backend, and the machine's control: 2 plain processes
   each looping over half the items (what parallelism the machine gives right now);
 * **dict records**: 3-key dicts through one process stage vs the pickle floor (one
-  ``pickle.dumps`` + ``pickle.loads`` of the same records, per item);
+  ``pickle.dumps`` + ``pickle.loads`` of the same records, per item); with msgspec
+  and/or orjson installed, the same pool with ``ProcessBackend(serializer=...)`` of
+  each (msgspec's MessagePack, orjson's JSON) joins the table (neither is a dependency);
 * **round trip**: one item at a time through an idle pool (a pause of ``RTT_GAP_S``
   between items, so that every thread and worker has parked): from ``submit(x)`` until
   the caller's thread is woken by ``on_results`` with the handler's return value, vs
@@ -46,7 +48,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, TextIO
 
-from shardflow.backends.process import ProcessBackend
+from shardflow.backends.process import ProcessBackend, Serializer
 from shardflow.bench.common import (
     WORKERS,
     BenchContext,
@@ -85,6 +87,8 @@ PPE_MAP = "ProcessPoolExecutor(2).map(chunksize=1000)"
 PPE_DIVISOR = 20
 DICT_POOL = "3-key dicts, ShardedPool backend=process"
 DICT_FLOOR = "pickle floor: dumps + loads of the same dicts"
+DICT_MSGSPEC = "3-key dicts, backend=process, serializer=msgspec.msgpack"
+DICT_ORJSON = "3-key dicts, backend=process, serializer=orjson"
 RTT_POOL = "ShardedPool backend=process: submit -> on_results"
 RTT_MP = "multiprocessing.Pool(2).apply"
 RTT_PPE = "ProcessPoolExecutor(2).submit().result()"
@@ -223,6 +227,25 @@ def _pickle_floor(records: list[dict[str, Any]]) -> Runner:
         return n, time.perf_counter() - t0
 
     return run
+
+
+def _serializers() -> dict[str, Serializer]:
+    """The dict-records rows of the serializers installed here (optional: never
+    dependencies of shardflow; the section runs without them)."""
+    found: dict[str, Serializer] = {}
+    try:
+        import msgspec
+
+        found[DICT_MSGSPEC] = Serializer(msgspec.msgpack.encode, msgspec.msgpack.decode)
+    except ImportError:
+        pass
+    try:
+        import orjson
+
+        found[DICT_ORJSON] = Serializer(orjson.dumps, orjson.loads)
+    except ImportError:
+        pass
+    return found
 
 
 def _round_trips(ctx: Any, trips: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -388,14 +411,31 @@ def section_process(
     print_table(_rows(cpu_rates, CPU_SERIAL), out)
 
     records = _records(dict_n)
-    dict_pool = _Reusable(noop, ProcessBackend(mp_context=ctx))
+    dict_pools = {DICT_POOL: _Reusable(noop, ProcessBackend(mp_context=ctx))}
+    serializers = _serializers()
+    for name, serializer in serializers.items():
+        dict_pools[name] = _Reusable(noop, ProcessBackend(mp_context=ctx, serializer=serializer))
     dict_rates = interleaved(
-        {DICT_POOL: lambda n: dict_pool.run(records[:n]), DICT_FLOOR: _pickle_floor(records)},
+        {
+            **{
+                name: (lambda n, p=pool: p.run(records[:n]))  # type: ignore[misc]
+                for name, pool in dict_pools.items()
+            },
+            DICT_FLOOR: _pickle_floor(records),
+        },
         lambda _: dict_n,
         repeats,
     )
-    dict_pool.close()
+    for pool in dict_pools.values():
+        pool.close()
     print(f"\ndict records ({dict_n:,} per round)", file=out)
+    absent = [
+        lib
+        for lib, row in (("msgspec", DICT_MSGSPEC), ("orjson", DICT_ORJSON))
+        if row not in serializers
+    ]
+    if absent:
+        print(f"({', '.join(absent)} not installed: no serializer= row for it)", file=out)
     print_table(_rows(dict_rates, DICT_FLOOR), out)
 
     submit_rates, map_rates = _executor_rates(
