@@ -98,6 +98,21 @@ def test_indices_wrap_around_many_times() -> None:
     assert len(ring) == 0
 
 
+def test_a_run_that_wraps_at_any_offset_keeps_its_order() -> None:
+    """Pushes and pops copy a range as two contiguous runs, several slots per step: every
+    start offset and every length, up to the whole ring, comes back in order."""
+    for offset in range(16):
+        for size in range(1, 17):
+            ring = Ring(16)
+            if offset:
+                assert ring.push_many(list(range(offset))) == offset
+                assert ring.pop_many(offset) == list(range(offset))
+            items = [f"item-{offset}-{k}" for k in range(size)]
+            assert ring.push_many(items) == size
+            assert ring.pop_many(size) == items
+            assert len(ring) == 0
+
+
 # --------------------------------------------------------------------------- stateful model
 
 

@@ -195,6 +195,48 @@ static inline void sf_ring_wait_published(sf_ring *r) {
     }
 }
 
+/* Copy k items into / out of the slots of indices [i, i+k), k <= capacity. The range wraps
+ * the array at most once, so it is two contiguous runs, copied four slots per step: the
+ * masked loop this replaces cost ~8 instructions per item on each side (~10% of a no-op
+ * item's whole path through submit_many), and compilers neither vectorize nor unroll loops
+ * of atomic accesses. The slots stay relaxed atomics (a losing consumer may read one while
+ * the next producer rewrites it, see above), so no memcpy. */
+static inline void sf_ring_store_run(sf_atomic_ptr *dst, void *const *src, uint64_t k) {
+    uint64_t j = 0;
+    for (; j + 4 <= k; j += 4) {
+        sf_store_relaxed_ptr(&dst[j], src[j]);
+        sf_store_relaxed_ptr(&dst[j + 1], src[j + 1]);
+        sf_store_relaxed_ptr(&dst[j + 2], src[j + 2]);
+        sf_store_relaxed_ptr(&dst[j + 3], src[j + 3]);
+    }
+    for (; j < k; j++) sf_store_relaxed_ptr(&dst[j], src[j]);
+}
+
+static inline void sf_ring_load_run(void **dst, sf_atomic_ptr *src, uint64_t k) {
+    uint64_t j = 0;
+    for (; j + 4 <= k; j += 4) {
+        dst[j] = sf_load_relaxed_ptr(&src[j]);
+        dst[j + 1] = sf_load_relaxed_ptr(&src[j + 1]);
+        dst[j + 2] = sf_load_relaxed_ptr(&src[j + 2]);
+        dst[j + 3] = sf_load_relaxed_ptr(&src[j + 3]);
+    }
+    for (; j < k; j++) dst[j] = sf_load_relaxed_ptr(&src[j]);
+}
+
+static inline void sf_ring_store_slots(sf_ring *r, uint64_t i, void *const *items, uint64_t k) {
+    uint64_t at = i & r->mask;
+    uint64_t first = r->capacity - at < k ? r->capacity - at : k;
+    sf_ring_store_run(r->slots + at, items, first);
+    sf_ring_store_run(r->slots, items + first, k - first);
+}
+
+static inline void sf_ring_load_slots(sf_ring *r, uint64_t i, void **out, uint64_t k) {
+    uint64_t at = i & r->mask;
+    uint64_t first = r->capacity - at < k ? r->capacity - at : k;
+    sf_ring_load_run(out, r->slots + at, first);
+    sf_ring_load_run(out + first, r->slots, k - first);
+}
+
 /* Push up to n items. Returns how many were pushed (0 when full), or -1 when closed.
  * Never blocks, except for the short wait for earlier claimers to publish. */
 static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
@@ -234,7 +276,7 @@ static inline int64_t sf_ring_push(sf_ring *r, void *const *items, uint64_t n) {
         for (; m < t + k; m += r->stamp_every)
             sf_store_relaxed_u64(&r->stamps[(m / r->stamp_every) & r->stamp_mask], now);
     }
-    for (uint64_t i = 0; i < k; i++) sf_store_relaxed_ptr(&r->slots[(t + i) & r->mask], items[i]);
+    sf_ring_store_slots(r, t, items, k);
     {
         unsigned spins = 0;
         while (sf_load_acquire_u64(&r->commit) != t) {
@@ -295,7 +337,7 @@ static inline uint64_t sf_ring_take(sf_ring *r, void **out, uint64_t max, uint64
         if (c <= h) return 0;
         if (divisor > 1) n = (n + divisor - 1) / divisor;
         if (n > max) n = max;
-        for (uint64_t i = 0; i < n; i++) out[i] = sf_load_relaxed_ptr(&r->slots[(h + i) & r->mask]);
+        sf_ring_load_slots(r, h, out, n);
         if (stamps) {
             /* Before the CAS: afterwards the producer of m + capacity may overwrite them. */
             unsigned ns = 0;

@@ -25,7 +25,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport INFINITY
-from libc.string cimport memmove
+from libc.string cimport memcpy, memmove
 
 from shardflow._atomic cimport (
     sf_counter_add,
@@ -107,7 +107,6 @@ cdef extern from "Python.h":
     PyObject *PyObject_CallOneArg(PyObject *callable, PyObject *arg)
     void Py_DECREF_p "Py_DECREF"(PyObject *o)
     void Py_INCREF_p "Py_INCREF"(PyObject *o)
-    void PyList_SET_ITEM_steal "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject *o)
     object PyList_New(Py_ssize_t n)
     int PyErr_CheckSignals() except -1
     Py_hash_t PyObject_Hash(object o) except -1
@@ -1216,15 +1215,14 @@ cdef class _Worker:
         cdef int64_t t0
         batch = self.spare
         self.spare = None
+        # One memcpy moves the references into the list (an item-by-item loop cost ~5
+        # instructions per item more: buf is this worker's own, the list not yet shared).
         if batch is not None and (<PyListObject *>batch).allocated >= n:
-            slots = (<PyListObject *>batch).ob_item
-            for i in range(n):
-                slots[i] = <PyObject *>buf[i]
+            memcpy((<PyListObject *>batch).ob_item, buf, n * sizeof(void *))
             Py_SET_SIZE(batch, n)
         else:
             batch = PyList_New(n)
-            for i in range(n):
-                PyList_SET_ITEM_steal(batch, i, <PyObject *>buf[i])
+            memcpy((<PyListObject *>batch).ob_item, buf, n * sizeof(void *))
         t0 = sf_now_ns()
         res = PyObject_CallOneArg(<PyObject *>core.handler, <PyObject *>batch)
         if res == NULL:
