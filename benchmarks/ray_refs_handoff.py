@@ -9,7 +9,9 @@ to the driver, which submits them to stage 2 (the path before). One local cluste
 CPUs, 127.0.0.1), started once; each run builds a new pipeline (its actors start), so a
 tiny run of each mode is subtracted to report the steady state. Per run: wall time,
 items/s, driver CPU (``getrusage(RUSAGE_SELF)``: every thread of this process, Ray's
-included) per item. Modes interleaved; medians and same-run ratios printed.
+included) per item. A third mode, ``fused`` (stage 2 unkeyed on stage 1's actor, no
+hand-off), is the floor: the driver's cost of the source and stage 1. Modes rotate each
+repetition; medians and same-run ratios printed.
 """
 
 from __future__ import annotations
@@ -38,14 +40,20 @@ def size(t: tuple[int, bytes]) -> int:
     return len(t[1])
 
 
-def run(backend: Any, refs: bool, n: int) -> tuple[float, float]:
+MODES = ("refs", "driver", "fused")
+
+
+def run(backend: Any, mode: str, n: int) -> tuple[float, float]:
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    p = (
-        shardflow.Pipeline(range(n), backend=backend, object_refs=refs)
-        .map(make_payload, workers=1)
-        .map(size, workers=2, key=key2)
-    )
+    p = shardflow.Pipeline(range(n), backend=backend, object_refs=mode == "refs")
+    p.map(make_payload, workers=1)
+    if mode == "fused":
+        # The control: stage 2 unkeyed on stage 1's sharding fuses into its actor (no
+        # hand-off at all): what the driver costs for the source and stage 1 alone.
+        p.map(size, workers=1)
+    else:
+        p.map(size, workers=2, key=key2)
     report = p.run()
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -63,32 +71,33 @@ def main(argv: list[str]) -> int:
     ray = backend.ensure_ray()
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     print(f"cluster start-up {time.perf_counter() - t0:.2f} s", flush=True)
-    for refs in (True, False):  # warm-up: worker processes, imports
-        run(backend, refs, small)
-    rows: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for mode in MODES:  # warm-up: worker processes, imports
+        run(backend, mode, small)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {m: [] for m in MODES}
     for rep in range(reps):
-        for refs in (True, False) if rep % 2 == 0 else (False, True):
-            w0, c0 = run(backend, refs, small)
-            w1, c1 = run(backend, refs, n)
+        for mode in MODES[rep % 3 :] + MODES[: rep % 3]:  # rotate the order
+            w0, c0 = run(backend, mode, small)
+            w1, c1 = run(backend, mode, n)
             steady_w = (w1 - w0) / (n - small)
             steady_c = (c1 - c0) / (n - small)
-            rows[refs].append((steady_w, steady_c))
-            mode = "refs  " if refs else "driver"
+            rows[mode].append((w1, c1, steady_w, steady_c))
             print(
-                f"{mode} n={n}: wall {w1:.2f} s, {n / w1:,.0f} items/s overall; steady "
-                f"{1 / steady_w:,.0f} items/s, driver CPU {steady_c * 1e6:.2f} us/item "
-                f"(overall {c1 / n * 1e6:.2f})",
+                f"{mode:6} n={n}: wall {w1:.2f} s, {n / w1:,.0f} items/s, driver CPU "
+                f"{c1 / n * 1e6:.2f} us/item; minus a {small}-item run (actor start-up): "
+                f"{1 / steady_w:,.0f} items/s, {steady_c * 1e6:.2f} us/item",
                 flush=True,
             )
-    med = {
-        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-        for k, v in rows.items()
-    }
+    med = {m: tuple(statistics.median(r[k] for r in v) for k in range(4)) for m, v in rows.items()}
+    for m in MODES:
+        w, c, sw, sc = med[m]
+        print(
+            f"median {m:6}: {n / w:,.0f} items/s, {c / n * 1e6:.2f} us driver CPU/item "
+            f"(steady {1 / sw:,.0f} items/s, {sc * 1e6:.2f} us/item)"
+        )
+    r, d = med["refs"], med["driver"]
     print(
-        f"median steady: refs {1 / med[True][0]:,.0f} items/s, {med[True][1] * 1e6:.2f} us "
-        f"CPU/item; driver {1 / med[False][0]:,.0f} items/s, {med[False][1] * 1e6:.2f} us "
-        f"CPU/item; throughput ratio {med[False][0] / med[True][0]:.2f}x, driver CPU ratio "
-        f"{med[True][1] / med[False][1]:.2f}x"
+        f"refs vs driver: throughput {d[0] / r[0]:.2f}x (steady {d[2] / r[2]:.2f}x), "
+        f"driver CPU per item {r[1] / d[1]:.2f}x (steady {r[3] / d[3]:.2f}x)"
     )
     ray.shutdown()
     return 0

@@ -687,6 +687,10 @@ class ChainCallbacks(RemoteCallbacks):
 # retrievable), and ``ordered=True`` pipelines whose units move one by one (a keyed
 # ordered pipeline) carry their ``(seq, count, values)`` units through parts unchanged.
 #
+# Ray returns small objects (under ~100 KiB) to their owner with the reply and sends them
+# inline in the calls that take them: a small part then passes through this process's
+# memory as bytes, still never unpickled; large parts stay in the object store.
+#
 # A batch whose outputs cannot be routed on the actor exactly as this process would
 # route them (a key that raises, or whose hash is not the same in every process: ``str``
 # and ``bytes`` when the actors' ``PYTHONHASHSEED`` differs from the driver's, ``None``,

@@ -338,7 +338,7 @@ class Stage:
         prefix: str,
         unit: int = 1,
         on_results: Callable[[list[Any], Any], object] | None = None,
-        refs: tuple[int, bool, int] | None = None,
+        refs: tuple[int, bool, int, int] | None = None,
     ) -> None:
         """Create the pool. ``unit``: items per unit of an ordered pipeline; the pool
         counts units, so its batch size and capacity are the stage's divided by it.
@@ -346,9 +346,10 @@ class Stage:
         workers and ``on_results`` (``shardflow._remote_stage``); its batch size is the
         backend's per-message item count. ``refs``: a Ray stage handing outputs on by
         reference (``_remote_stage.RefCallbacks``), ``(objects per call, whether its
-        items are RefToken parts, values expected per part)``: a list handler
-        (``StageBatch``) runs on the actors; with parts, the pool counts parts, so its
-        batch size and capacity are the stage's divided by the expected part size."""
+        items are RefToken parts, values expected per part, the most per part)``: a list
+        handler (``StageBatch``) runs on the actors; with parts, the pool counts parts,
+        so its batch size is the stage's divided by the expected part size and its
+        capacity the stage's divided by the largest part (an upstream batch)."""
         key = self.key
         if key is not None and self.units:
             user_key = key
@@ -403,16 +404,19 @@ class Stage:
         prefix: str,
         key: Callable[[Any], Hashable] | None,
         on_results: Callable[[list[Any], Any], object] | None,
-        refs: tuple[int, bool, int],
+        refs: tuple[int, bool, int, int],
     ) -> None:
         from shardflow.backends.ray import RayBackend, RefToken
 
-        returns, tokens, per_part = refs
+        returns, tokens, per_part, most = refs
         assert isinstance(self.backend, RayBackend)
         batch_size, capacity = self.batch_size, self.capacity
         if tokens:
+            # Calls of about batch_size values (parts of the expected size); a ring of
+            # parts that holds about `capacity` values even when every part is as large
+            # as an upstream batch (all its outputs for one shard).
             batch_size = max(1, batch_size // per_part)
-            capacity = max(2 * batch_size, capacity // per_part)
+            capacity = max(2 * batch_size, capacity // most)
             if key is not None:
                 item_key = key
 

@@ -239,7 +239,11 @@ class Pipeline(Generic[T]):
             whose next-stage key cannot be routed on the actor exactly as here (the
             key raised, or hashes differ between processes: ``str``/``bytes`` keys
             when the actors' ``PYTHONHASHSEED`` is not the driver's, ``None``,
-            objects with their own ``__hash__``). A stage on this path runs its
+            objects with their own ``__hash__``; Ray's workers inherit the driver's
+            environment when ``RayBackend`` starts the local cluster, so running the
+            driver with ``PYTHONHASHSEED`` set lets ``str`` keys through; on a cluster,
+            set it for the actors too, ``actor_options={"runtime_env": {"env_vars":
+            ...}}``). A stage on this path runs its
             function over a batch on the actor, so an actor death charges the batch
             (re-sent, then ``ShardLost``), as for any Ray pool. ``False``: always
             through this process.
@@ -972,7 +976,7 @@ class Pipeline(Generic[T]):
             to = _discard if s.kind == "sink" else emit
             if i in self._refs:
                 chain = chains.get(i, [s])
-                route, tokens, per_part = self._refs[i]
+                route, tokens, per_part, most = self._refs[i]
                 to = _discard if chain[-1].kind == "sink" else emit
                 by_ref = RefCallbacks(chain, to, fail_fast, self._record, route)
                 returns = 1 if route is None else route.parts + 1
@@ -982,7 +986,7 @@ class Pipeline(Generic[T]):
                     self.name,
                     unit,
                     on_results=by_ref.took,
-                    refs=(returns, tokens, per_part),
+                    refs=(returns, tokens, per_part, most),
                 )
                 for m in chain[1:]:
                     m.pool = s.pool
@@ -1015,13 +1019,14 @@ class Pipeline(Generic[T]):
             self._final = emit
         self._entry = emit
 
-    def _ref_handoffs(self, tail: int) -> dict[int, tuple[Route | None, bool, int]]:
+    def _ref_handoffs(self, tail: int) -> dict[int, tuple[Route | None, bool, int, int]]:
         """Where outputs move actor to actor (``object_refs``): for the first stage of
         every run of stages (a fused chain or one stage) on either side of such a
         hand-off, ``(route to the next run or None, whether its items are parts, values
-        expected per part)``. A hand-off joins two consecutive runs of Ray stages,
-        neither moving pieces (ordered units of several items), the second without
-        guards (its items are parts) and, when ordered, before the reorder buffer."""
+        expected per part, the most values a part holds before a flat_map)``. A hand-off
+        joins two consecutive runs of Ray stages, neither moving pieces (ordered units
+        of several items), the second without guards (its items are parts) and, when
+        ordered, before the reorder buffer."""
         from shardflow.backends.ray import RayBackend
 
         chains = self._chains
@@ -1036,7 +1041,7 @@ class Pipeline(Generic[T]):
         def on_ray(run: list[Stage]) -> bool:
             return all(isinstance(st.backend, RayBackend) and not st.pieces for st in run)
 
-        out: dict[int, tuple[Route | None, bool, int]] = {}
+        out: dict[int, tuple[Route | None, bool, int, int]] = {}
         for (a, up), (b, down) in pairwise(runs):
             if not (on_ray(up) and on_ray(down)) or up[-1].kind == "sink":
                 continue
@@ -1046,10 +1051,10 @@ class Pipeline(Generic[T]):
                 continue
             head = down[0]
             route = Route(head.key, head.workers, head.units)
-            _, tokens_in, per_in = out.get(a, (None, False, 1))
-            out[a] = (route, tokens_in, per_in)
+            _, tokens_in, per_in, most_in = out.get(a, (None, False, 1, 1))
+            out[a] = (route, tokens_in, per_in, most_in)
             per_part = max(1, up[0].batch_size // route.parts)
-            out[b] = (None, True, per_part)
+            out[b] = (None, True, per_part, up[0].batch_size)
         return out
 
     def _fused_chains(self) -> dict[int, list[Stage]]:
