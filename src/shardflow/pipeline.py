@@ -234,7 +234,8 @@ class Pipeline(Generic[T]):
             Used only where it can keep them; these go through this process as before:
             stages of an ordered pipeline whose units hold several items (unkeyed:
             their values move one by one), a stage after the reorder buffer, a stage
-            with a ``breaker``/``limiter``/``rate_limiter`` (it admits items here),
+            with a ``breaker``/``limiter``/``rate_limiter`` on either side (it
+            admits items here, one by one),
             anything next to a thread or process stage, and, batch by batch, outputs
             whose next-stage key cannot be routed on the actor exactly as here (the
             key raised, or hashes differ between processes: ``str``/``bytes`` keys
@@ -1025,8 +1026,8 @@ class Pipeline(Generic[T]):
         hand-off, ``(route to the next run or None, whether its items are parts, values
         expected per part, the most values a part holds before a flat_map)``. A hand-off
         joins two consecutive runs of Ray stages, neither moving pieces (ordered units
-        of several items), the second without guards (its items are parts) and, when
-        ordered, before the reorder buffer."""
+        of several items) nor having guards, and, when ordered, before the reorder
+        buffer."""
         from shardflow.backends.ray import RayBackend
 
         chains = self._chains
@@ -1045,7 +1046,9 @@ class Pipeline(Generic[T]):
         for (a, up), (b, down) in pairwise(runs):
             if not (on_ray(up) and on_ray(down)) or up[-1].kind == "sink":
                 continue
-            if any(st.pool_options for st in down) or up[0].units != down[0].units:
+            if any(st.pool_options for st in up + down) or up[0].units != down[0].units:
+                # A guard admits items in this process (per item on the path through
+                # it); a stage on this path ships whole lists, which it would admit.
                 continue
             if self.ordered and b >= tail:
                 continue

@@ -274,7 +274,14 @@ def test_ordered_keyed_pipelines_release_in_source_order() -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["object_refs=False", "thread stage between", "guard downstream", "ordered pieces"]
+    "case",
+    [
+        "object_refs=False",
+        "thread stage between",
+        "guard upstream",
+        "guard downstream",
+        "ordered pieces",
+    ],
 )
 def test_where_a_contract_needs_the_driver_outputs_go_through_it(case: str) -> None:
     b = FakeRayBackend(batch_size=16)
@@ -284,11 +291,12 @@ def test_where_a_contract_needs_the_driver_outputs_go_through_it(case: str) -> N
         object_refs=case != "object_refs=False",
         ordered=case == "ordered pieces",
     )
-    p.map(lambda x: (x % 3, x), workers=2)
+    guard = {"limiter": shardflow.Limiter(4)}
+    p.map(lambda x: (x % 3, x), workers=2, **(guard if case == "guard upstream" else {}))
     if case == "thread stage between":
         p.map(lambda t: t, backend="thread")
     if case == "guard downstream":
-        p.map(lambda t: t[1], workers=2, limiter=shardflow.Limiter(4))
+        p.map(lambda t: t[1], workers=2, **guard)
     elif case == "ordered pieces":
         p.map(lambda t: t[1], workers=3)  # other workers: no fusion; unkeyed: pieces
     else:
