@@ -1027,17 +1027,32 @@ class RefCallbacks:
     def failed(self, what: Any, exc: BaseException) -> None:
         """A batch failed as a whole (its shard was lost for ``restart_timeout``, or the
         call failed on the way): each of its values is that failure of the first stage
-        (parts are read back to name them); ordered units go on emptied."""
+        (parts are read back to name them); ordered units go on emptied. A part that
+        cannot be read back (its object was lost with its node) fails each of its
+        values with the token standing for the item; with ordered units, whose places
+        in the order are then unknown, that also stops the pipeline (its error is
+        raised), rather than leave the reorder buffer waiting for them."""
         from shardflow.backends.ray import RefToken
 
         stage = self.stage
         batch = what if isinstance(what, list) else [what]
         flat: list[Any] = []
         for x in batch:
-            if type(x) is RefToken:
-                flat += x.items()
-            else:
-                flat.append(x)
+            got = x.read() if type(x) is RefToken else [x]
+            if got is not None:
+                flat += got
+                continue
+            with stage.lock:
+                stage.received += x.values
+            for _ in range(x.values):
+                stage.route_error(x, exc, self.fail_fast, self.record)
+            if stage.units:
+                lost = RuntimeError(
+                    f"{stage.name}: a part of {x.n} ordered units could not be read back "
+                    "after its batch failed; their place in the order is unknown"
+                )
+                lost.__cause__ = exc
+                self.record(lost, stage.name)
         if not stage.units:
             with stage.lock:
                 stage.received += len(flat)
@@ -1046,9 +1061,6 @@ class RefCallbacks:
             return
         emptied: list[Any] = []
         for unit in flat:
-            if type(unit) is not tuple:  # a part that could not be read back
-                stage.route_error(unit, exc, self.fail_fast, self.record)
-                continue
             seq, count, vals = unit
             with stage.lock:
                 stage.received += len(vals)

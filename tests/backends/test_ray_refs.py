@@ -254,6 +254,30 @@ def test_a_batch_lost_for_good_downstream_dead_letters_its_items() -> None:
     assert fetched(p) > 0
 
 
+def test_a_part_that_cannot_be_read_back_still_counts_each_of_its_values() -> None:
+    """The part's object is gone too (lost with its node): each of its values is dead-
+    lettered with the token standing for the item, so the accounting stays exact."""
+    from shardflow.backends.ray import RefToken, ShardLost
+
+    dead: list[tuple[Any, BaseException]] = []
+    b_down = FakeRayBackend(die=lambda shard, seq, attempt: 0, batch_size=25, restart_timeout=0.2)
+    p = (
+        shardflow.Pipeline(range(100), errors="continue")
+        .map(lambda x: (x % 2, x), backend=FakeRayBackend(batch_size=25))
+        .map(lambda t: t[1], workers=2, key=lambda t: t[0], backend=b_down, dead_letter=dead)
+    )
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(RefToken, "read", lambda self: None)
+        assert list(p) == []
+    finally:
+        mp.undo()
+    assert len(dead) == 100
+    assert all(isinstance(x, RefToken) and isinstance(e, ShardLost) for x, e in dead)
+    assert p.report is not None
+    check_accounting(p.report)
+
+
 def test_ordered_keyed_pipelines_release_in_source_order() -> None:
     p = (
         shardflow.Pipeline(

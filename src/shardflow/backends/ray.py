@@ -396,13 +396,18 @@ class RefToken:
         self.values = values
         self.fetch = fetch
 
-    def items(self) -> list[Any]:
-        """The part's items, fetched from the object store (failure paths only); the
-        token itself in a one-element list if the object is gone."""
+    def read(self) -> list[Any] | None:
+        """The part's items, fetched from the object store (failure paths only); None if
+        the object is gone (lost with its node)."""
         try:
             return self.fetch(self.ref)
         except Exception:
-            return [self]
+            return None
+
+    def items(self) -> list[Any]:
+        """``read()``, or the token itself in a one-element list if the object is gone."""
+        got = self.read()
+        return [self] if got is None else got
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("a RefToken is sent as an actor call argument, never pickled")
