@@ -37,8 +37,10 @@ exception), ...])`` for its values, so that a failing value fails alone.)
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from itertools import chain, compress
+from operator import length_hint
 from typing import TYPE_CHECKING, Any
 
 from shardflow._stage import FAILED
@@ -56,8 +58,11 @@ __all__ = [
     "Frame",
     "Piece",
     "PieceStep",
+    "RefCallbacks",
     "RemoteCallbacks",
+    "Route",
     "SinkStep",
+    "StageBatch",
     "UnitStep",
     "remote_step",
     "stage_backend",
@@ -653,3 +658,414 @@ class ChainCallbacks(RemoteCallbacks):
             for f in frames
         ]
         self.last.hand_on(self.emit, moved, self.record)
+
+
+# ---------------------------------------------------------------------- hand-off by reference
+#
+# Consecutive Ray stages that do not fuse (the next one routes by its own key, has other
+# ``workers``, or ``fuse=False``) would bring every output to this process, which would
+# unpickle it, route it and pickle it again for the next stage's actors. Instead (see
+# ``Pipeline(object_refs=)``), each such stage runs a whole batch on its actor as the
+# stage does here (``StageBatch``: its function, error capture, counting, the
+# ``filter``/``flat_map`` shaping) and answers with
+#
+# * a small reply, which this process reads: per stage ``(received, failed, emitted)``,
+#   the failures ``(stage index, item, exception)`` (the item travels only then: its dead
+#   letter needs it), the handler's time (the shard's service time, as usual);
+# * one Ray object per shard of the next stage: its outputs, routed on the actor by the
+#   next stage's key with the core's rule (``hash(key) % workers``, ``Route``); this
+#   process owns those objects (return values of its calls) but never reads them.
+#
+# ``RefCallbacks.took`` counts and routes errors as ``RemoteCallbacks`` does, then
+# submits one ``RefToken`` per non-empty part to the next stage's pool, routed to the
+# part's shard: that stage's rings, backpressure, sequence numbers and re-sends work on
+# tokens as on items, and the next actor gets the references as call arguments (Ray
+# resolves them there). Per-key order holds (a key's items go to one shard, in the order
+# their tokens were submitted, which is the order of the batches that made them), an
+# actor death on either side re-sends unacknowledged batches in order (the driver holds
+# a token's reference until the batch carrying it settled, so the part stays
+# retrievable), and ``ordered=True`` pipelines whose units move one by one (a keyed
+# ordered pipeline) carry their ``(seq, count, values)`` units through parts unchanged.
+#
+# Ray returns small objects (under ~100 KiB) to their owner with the reply and sends them
+# inline in the calls that take them: a small part then passes through this process's
+# memory as bytes, still never unpickled; large parts stay in the object store.
+#
+# A batch whose outputs cannot be routed on the actor exactly as this process would
+# route them (a key that raises, or whose hash is not the same in every process: ``str``
+# and ``bytes`` when the actors' ``PYTHONHASHSEED`` differs from the driver's, ``None``,
+# objects with their own ``__hash__``) sends its outputs back inline instead: this
+# process submits them as items (the next stage's pool routes them by key, to the same
+# shard), so nothing is lost and per-key order holds either way.
+
+
+#: Types whose ``hash()`` is the same in every process (``str``/``bytes`` only when the
+#: actor's hash seed is the driver's, checked with ``hash_probe``).
+_SEED_FREE = (int, bool, float)
+
+
+def hash_probe() -> tuple[int, int]:
+    """Hashes of a ``str`` and a ``bytes``: equal in two processes iff they hash
+    strings alike (same ``PYTHONHASHSEED``, or both unrandomized)."""
+    return (hash("shardflow-route"), hash(b"shardflow-route"))
+
+
+def _routable(k: Any, strings: bool) -> bool:
+    t = type(k)
+    if t in _SEED_FREE:
+        return bool(k == k)  # NaN hashes by identity
+    if t is str or t is bytes:
+        return strings
+    if t is tuple:
+        return all(_routable(e, strings) for e in k)
+    return False
+
+
+class Route:
+    """How an upstream actor cuts its outputs for the next stage: that stage's ``key``
+    (None: unkeyed, one part, spread over shards by this process), its ``workers`` and
+    whether outputs are ordered units; ``probe`` is this process's ``hash_probe()``."""
+
+    __slots__ = ("_strings", "key", "probe", "units", "workers")
+
+    def __init__(
+        self,
+        key: Callable[[Any], Any] | None,
+        workers: int,
+        units: bool,
+        probe: tuple[int, int] | None = None,
+    ) -> None:
+        self.key = key
+        self.workers = workers
+        self.units = units
+        self.probe = hash_probe() if probe is None else probe
+        self._strings: bool | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Route, (self.key, self.workers, self.units, self.probe))
+
+    @property
+    def parts(self) -> int:
+        return 1 if self.key is None else self.workers
+
+    def cut(self, outs: list[Any]) -> list[list[Any]] | None:
+        """``outs`` split per shard of the next stage, or None if one cannot be routed
+        here exactly as the driver's core would (then the batch goes back inline)."""
+        key = self.key
+        if key is None:
+            return [outs]
+        if self._strings is None:
+            self._strings = hash_probe() == self.probe
+        strings = self._strings
+        n = self.workers
+        parts: list[list[Any]] = [[] for _ in range(n)]
+        units = self.units
+        for o in outs:
+            try:
+                # The unit key of Stage.start: the first value's key, or seq when empty.
+                k = (key(o[2][0]) if o[2] else o[0]) if units else key(o)
+            except Exception:
+                return None  # the driver routes it and reports the error as usual
+            if not _routable(k, strings):
+                return None
+            parts[hash(k) % n].append(o)  # the core's rule (non-negative, as there)
+        return parts
+
+
+def _run_op(
+    kind: str,
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    j: int,
+    failures: list[Any],
+    bad: list[int] | None = None,
+) -> list[Any]:
+    """One stage's operation over a list, each item once; a failing item is recorded as
+    ``(j, item, exception)`` (its index in ``bad`` if given) and the loop goes on."""
+    out: list[Any] = []
+    append = out.append
+    n = len(items)
+    it = iter(items)
+    while True:
+        try:
+            if kind == "map":
+                for y in it:
+                    append(fn(y))
+            elif kind == "filter":
+                for y in it:
+                    if fn(y):
+                        append(y)
+            elif kind == "flat_map":
+                for y in it:
+                    out += list(fn(y))
+            else:  # sink
+                for y in it:
+                    fn(y)
+            return out
+        except Exception as exc:
+            i = n - length_hint(it) - 1
+            failures.append((j, items[i], _portable(exc)))
+            if bad is not None:
+                bad.append(i)
+
+
+def _pickles(v: Any) -> bool:
+    try:
+        pickle.dumps(v, 5)
+    except Exception:
+        return False
+    return True
+
+
+def _dump(
+    values: list[Any],
+    units: bool,
+    j: int,
+    failures: list[Any],
+    counts: list[list[int]],
+    source: Callable[[Any], Any] | None = None,
+) -> bytes:
+    """Pickle a list of outputs; an output that does not pickle is taken out and fails
+    alone (``TypeError``, charged to stage ``j``: one failure, one output fewer). The
+    failure names the item the stage got for it (``source(value)``: a ``map``'s input,
+    as a failure on the way back names it elsewhere), or, when that does not pickle
+    either, the output's ``repr``."""
+    try:
+        return pickle.dumps(values, 5)
+    except Exception:
+        pass
+    from shardflow.backends.ray import _unsendable
+
+    def sendable(v: Any) -> bool:
+        try:
+            pickle.dumps(v, 5)
+        except Exception as why:
+            item = source(v) if source is not None else v
+            if not _pickles(item):
+                item = f"<unsendable output: {v!r:.200}>"
+            failures.append((j, item, _unsendable(v, why)))
+            counts[j][1] += 1
+            counts[j][2] -= 1
+            return False
+        return True
+
+    if units:
+        values[:] = [(s, c, [v for v in vals if sendable(v)]) for s, c, vals in values]
+    else:
+        values[:] = [v for v in values if sendable(v)]
+    return pickle.dumps(values, 5)
+
+
+def _map_sources(kind: str, items: list[Any], outs: list[Any], bad: list[int]) -> Any:
+    """For the last stage's outputs: output -> the item that made it (a ``map``: the
+    k-th item that did not fail), else None (the output is named by itself)."""
+    if kind != "map":
+        return None
+    failed = set(bad)
+    ok = [x for i, x in enumerate(items) if i not in failed]
+    by_id = {id(o): x for o, x in zip(outs, ok, strict=True)}
+    return lambda v: by_id.get(id(v), v)
+
+
+class StageBatch:
+    """Runs on a shard actor: a batch through one stage (or a fused run of them), as the
+    stage does in this process. Returns ``(counts, failures, inline, sizes)``: per stage
+    ``[received, failed, emitted]`` in values; ``(stage index, item, exception)`` per
+    failed item; the outputs pickled (``inline``), or, with a ``Route``, None and a
+    ``Parted`` answer whose parts hold the outputs per shard of the next stage
+    (``sizes``: ``(pool items, values)`` per part). Never raises for an item."""
+
+    __slots__ = ("ops", "route", "units")
+
+    def __init__(
+        self, ops: tuple[tuple[str, Callable[[Any], Any]], ...], units: bool, route: Route | None
+    ) -> None:
+        self.ops = ops
+        self.units = units
+        self.route = route
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StageBatch, (self.ops, self.units, self.route))
+
+    def __call__(self, batch: list[Any]) -> Any:
+        from shardflow.backends.ray import Parted
+
+        failures: list[Any] = []
+        counts = [[0, 0, 0] for _ in self.ops]
+        if self.units:
+            kind, fn = self.ops[0]
+            outs: list[Any] = []
+            c = counts[0]
+            for seq, count, vals in batch:
+                out = _run_op(kind, fn, vals, 0, failures)
+                outs.append((seq, count, out))
+                c[0] += len(vals)
+                c[2] += len(out)
+            c[1] = len(failures)
+        else:
+            outs = batch
+            last_in: list[Any] = outs
+            bad: list[int] = []
+            for j, (kind, fn) in enumerate(self.ops):
+                before = len(failures)
+                counts[j][0] = len(outs)
+                last_in = outs
+                outs = _run_op(kind, fn, outs, j, failures, bad if j == len(self.ops) - 1 else None)
+                counts[j][1] = len(failures) - before
+                counts[j][2] = len(outs)
+        last = len(self.ops) - 1
+        source = None
+        route = self.route
+
+        def dump(values: list[Any]) -> bytes:
+            nonlocal source
+            try:
+                return pickle.dumps(values, 5)
+            except Exception:
+                if source is None and not self.units:
+                    source = _map_sources(self.ops[-1][0], last_in, outs, bad)
+                return _dump(values, self.units, last, failures, counts, source)
+
+        cut = None if route is None or self.ops[-1][0] == "sink" else route.cut(outs)
+        if cut is None:
+            inline = dump(outs) if outs else None
+            meta = (counts, failures, inline, None)
+            if route is None:
+                return meta
+            return Parted(meta, [_NO_PART] * route.parts)
+        parts: list[bytes] = []
+        sizes: list[tuple[int, int]] = []
+        for part in cut:
+            parts.append(dump(part))
+            n_values = sum(len(u[2]) for u in part) if self.units else len(part)
+            sizes.append((len(part), n_values))
+        return Parted((counts, failures, None, sizes), parts)
+
+
+_NO_PART = pickle.dumps([], 5)
+
+
+class RefCallbacks:
+    """``on_results``/``on_error`` of a stage (or a fused run of stages, ``chain``) whose
+    pool runs ``StageBatch`` on Ray actors: its items are the source's or a thread
+    stage's (plain), or the ``RefToken`` parts of the stage before it, and its outputs
+    come back inline (``route`` None) or go on as ``RefToken`` parts of the next stage."""
+
+    def __init__(
+        self,
+        chain: list[Stage],
+        emit: Emit,
+        fail_fast: bool,
+        record: Callable[..., None],
+        route: Route | None,
+    ) -> None:
+        self.chain = chain
+        self.stage = chain[0]
+        self.last = chain[-1]
+        self.emit = emit
+        self.fail_fast = fail_fast
+        self.record = record
+        self.route = route
+
+    def handler(self) -> StageBatch:
+        ops = []
+        for st in self.chain:
+            assert st.fn is not None
+            ops.append((st.kind, st.fn))
+        return StageBatch(tuple(ops), self.stage.units, self.route)
+
+    def took(self, items: list[Any], value: Any) -> None:
+        """A batch's reply: count every stage, route the failures, hand the outputs on."""
+        from shardflow.backends.ray import Forwarded, RefToken
+
+        try:
+            refs: list[Any] | None = None
+            fetch: Any = None
+            if type(value) is Forwarded:
+                value, refs, fetch = value.meta, value.refs, value.fetch
+            counts, failures, inline, sizes = value
+            ff, record = self.fail_fast, self.record
+            for j, item, exc in failures:
+                self.chain[j].route_error(item, exc, ff, record)
+            for st, (n_in, n_fail, n_out) in zip(self.chain, counts, strict=True):
+                st.count(n_in, n_fail, n_out)
+            if self.last.kind == "sink":
+                return
+            if inline is not None:
+                outs = pickle.loads(inline)
+                if outs:
+                    self.last.hand_on(self.emit, outs, record)
+            elif sizes is not None and refs is not None:
+                tokens = [RefToken(refs[j], j, n, v, fetch) for j, (n, v) in enumerate(sizes) if n]
+                if tokens:
+                    self._hand_on_tokens(tokens)
+        except Exception as exc:  # a bug here: kept, and it stops the pipeline
+            with self.stage.lock:
+                self.stage.errors.extend((x, exc) for x in items)
+            self.record(exc, self.stage.name)
+
+    def _hand_on_tokens(self, tokens: list[Any]) -> None:
+        """``Stage.hand_on`` for parts: what the next stage refuses (the pipeline was
+        stopped) is counted as ``unsent``, in values, and kept in ``errors`` with its
+        items (read from the object store, only now)."""
+        try:
+            self.emit(tokens)
+        except Exception as exc:
+            taken = list(getattr(exc, "unsent", ()))
+            lost = taken + tokens[getattr(exc, "submitted", 0) + len(taken) :]
+            k = sum(t.values for t in lost)
+            kept: list[Any] = []
+            for t in lost:
+                kept += t.items()
+            last = self.last
+            with last.lock:
+                last.emitted -= k
+                last.unsent += k
+                last.errors.extend((x, exc) for x in kept)
+            self.record(exc, last.name)
+
+    def failed(self, what: Any, exc: BaseException) -> None:
+        """A batch failed as a whole (its shard was lost for ``restart_timeout``, or the
+        call failed on the way): each of its values is that failure of the first stage
+        (parts are read back to name them); ordered units go on emptied. A part that
+        cannot be read back (its object was lost with its node) fails each of its
+        values with the token standing for the item; with ordered units, whose places
+        in the order are then unknown, that also stops the pipeline (its error is
+        raised), rather than leave the reorder buffer waiting for them."""
+        from shardflow.backends.ray import RefToken
+
+        stage = self.stage
+        batch = what if isinstance(what, list) else [what]
+        flat: list[Any] = []
+        for x in batch:
+            got = x.read() if type(x) is RefToken else [x]
+            if got is not None:
+                flat += got
+                continue
+            with stage.lock:
+                stage.received += x.values
+            for _ in range(x.values):
+                stage.route_error(x, exc, self.fail_fast, self.record)
+            if stage.units:
+                lost = RuntimeError(
+                    f"{stage.name}: a part of {x.n} ordered units could not be read back "
+                    "after its batch failed; their place in the order is unknown"
+                )
+                lost.__cause__ = exc
+                self.record(lost, stage.name)
+        if not stage.units:
+            with stage.lock:
+                stage.received += len(flat)
+            for item in flat:
+                stage.route_error(item, exc, self.fail_fast, self.record)
+            return
+        emptied: list[Any] = []
+        for unit in flat:
+            seq, count, vals = unit
+            with stage.lock:
+                stage.received += len(vals)
+            for v in vals:
+                stage.route_error(v, exc, self.fail_fast, self.record)
+            emptied.append((seq, count, []))
+        if emptied and self.last.kind != "sink":
+            self.last.hand_on(self.emit, emptied, self.record)

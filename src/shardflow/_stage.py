@@ -338,12 +338,18 @@ class Stage:
         prefix: str,
         unit: int = 1,
         on_results: Callable[[list[Any], Any], object] | None = None,
+        refs: tuple[int, bool, int, int] | None = None,
     ) -> None:
         """Create the pool. ``unit``: items per unit of an ordered pipeline; the pool
         counts units, so its batch size and capacity are the stage's divided by it.
         A remote stage (``backend`` set) gets a per-item ``handler`` shipped to its
         workers and ``on_results`` (``shardflow._remote_stage``); its batch size is the
-        backend's per-message item count."""
+        backend's per-message item count. ``refs``: a Ray stage handing outputs on by
+        reference (``_remote_stage.RefCallbacks``), ``(objects per call, whether its
+        items are RefToken parts, values expected per part, the most per part)``: a list
+        handler (``StageBatch``) runs on the actors; with parts, the pool counts parts,
+        so its batch size is the stage's divided by the expected part size and its
+        capacity the stage's divided by the largest part (an upstream batch)."""
         key = self.key
         if key is not None and self.units:
             user_key = key
@@ -362,6 +368,9 @@ class Stage:
         if self.units and not self.pieces:
             batch_size = max(1, batch_size // unit)
             capacity = max(1, capacity // unit)
+        if refs is not None:
+            self._start_refs(handler, on_error, prefix, key, on_results, refs)
+            return
         if self.backend is not None:
             self.pool = ShardedPool(
                 handler,
@@ -385,5 +394,48 @@ class Stage:
             lists=True,
             on_error=on_error,
             name=f"{prefix}-{self.name}",
+            **self.pool_options,
+        )
+
+    def _start_refs(
+        self,
+        handler: Callable[[list[Any]], Any],
+        on_error: Callable[[Any, BaseException], object],
+        prefix: str,
+        key: Callable[[Any], Hashable] | None,
+        on_results: Callable[[list[Any], Any], object] | None,
+        refs: tuple[int, bool, int, int],
+    ) -> None:
+        from shardflow.backends.ray import RayBackend, RefToken
+
+        returns, tokens, per_part, most = refs
+        assert isinstance(self.backend, RayBackend)
+        batch_size, capacity = self.batch_size, self.capacity
+        if tokens:
+            # Calls of about batch_size values (parts of the expected size); a ring of
+            # parts that holds about `capacity` values even when every part is as large
+            # as an upstream batch (all its outputs for one shard).
+            batch_size = max(1, batch_size // per_part)
+            capacity = max(2 * batch_size, capacity // most)
+            if key is not None:
+                item_key = key
+
+                def key(x: Any) -> Hashable:
+                    # A part was cut on the actor for its shard with the core's rule;
+                    # hash(shard) % workers is that shard. Items that came back inline
+                    # are routed by their key, to the shard the actor would have picked.
+                    return x.shard if type(x) is RefToken else item_key(x)
+
+        self.pool = ShardedPool(
+            handler,
+            workers=self.workers,
+            key=key,
+            capacity=capacity,
+            batch_size=batch_size,
+            lists=True,
+            on_error=on_error,
+            name=f"{prefix}-{self.name}",
+            backend=self.backend.for_stage(returns, tokens),
+            on_results=on_results,
             **self.pool_options,
         )

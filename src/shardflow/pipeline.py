@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, pairwise
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from shardflow import _aio, _fork
@@ -24,7 +24,9 @@ from shardflow._array_stage import concat as concat_batches
 from shardflow._columnar import DEFAULT_BATCH_ROWS
 from shardflow._remote_stage import (
     ChainCallbacks,
+    RefCallbacks,
     RemoteCallbacks,
+    Route,
     check_shippable,
     remote_batch_size,
     stage_backend,
@@ -218,6 +220,34 @@ class Pipeline(Generic[T]):
             IPC between them; each stage keeps its own counters, dead letter and errors
             in the report, and they share one pool (the same ``metrics()``). ``False``:
             every stage has its own workers.
+        object_refs: between consecutive Ray stages that do not fuse, move the outputs
+            actor to actor as Ray object references (default True): the first stage's
+            actors cut their outputs per shard of the next stage (routing by its key on
+            the actor, as this process would) and keep them in the object store; this
+            process gets counts, failures and references, and passes the references to
+            the next stage's actors, never reading the data (see "Hand-off by object
+            reference" in ``shardflow._remote_stage``). Contracts hold as through this
+            process: per-key order, exact accounting and dead letters (a failed item
+            travels back with its error), backpressure (the next stage's ring holds
+            parts: its pool ``metrics()`` count parts, not items; the ``StageReport``
+            counts items), re-sends after an actor death on either side, ``ordered``.
+            Used only where it can keep them; these go through this process as before:
+            stages of an ordered pipeline whose units hold several items (unkeyed:
+            their values move one by one), a stage after the reorder buffer, a stage
+            with a ``breaker``/``limiter``/``rate_limiter`` on either side (it
+            admits items here, one by one),
+            anything next to a thread or process stage, and, batch by batch, outputs
+            whose next-stage key cannot be routed on the actor exactly as here (the
+            key raised, or hashes differ between processes: ``str``/``bytes`` keys
+            when the actors' ``PYTHONHASHSEED`` is not the driver's, ``None``,
+            objects with their own ``__hash__``; Ray's workers inherit the driver's
+            environment when ``RayBackend`` starts the local cluster, so running the
+            driver with ``PYTHONHASHSEED`` set lets ``str`` keys through; on a cluster,
+            set it for the actors too, ``actor_options={"runtime_env": {"env_vars":
+            ...}}``). A stage on this path runs its
+            function over a batch on the actor, so an actor death charges the batch
+            (re-sent, then ``ShardLost``), as for any Ray pool. ``False``: always
+            through this process.
 
     Stage arguments (``map``, ``filter``, ``flat_map``, ``sink``): ``workers`` (default
     1: under the GIL more workers help only functions that release it), ``key``,
@@ -253,9 +283,10 @@ class Pipeline(Generic[T]):
     died may run twice). With ``ordered=True``, a remote stage moves the values of its
     units one by one and regroups them (``shardflow._remote_stage``), so that a crash is
     charged to one item while the other stages keep their runs. Outputs travel through
-    this process between stages (not actor to actor), except between fused stages
-    (``fuse``), where they stay in the worker; in a fused run of stages, a worker that
-    dies is charged to the item the first stage got. Use remote stages for functions
+    this process between stages, except between fused stages (``fuse``), where they
+    stay in the worker, and between consecutive Ray stages (``object_refs``), where
+    they go actor to actor as object references; in a fused run of stages, a worker
+    that dies is charged to the item the first stage got. Use remote stages for functions
     that cost well above the ~1-2 us per item that crossing to a worker costs.
 
     Ctrl-C (``KeyboardInterrupt``) during ``run()`` or iteration stops the pipeline at
@@ -283,6 +314,7 @@ class Pipeline(Generic[T]):
         name: str | None = None,
         backend: str | Backend = "thread",
         fuse: bool = True,
+        object_refs: bool = True,
     ) -> None:
         if not isinstance(source, Iterable):
             raise TypeError(f"source must be an iterable, got {source!r} ({type(source).__name__})")
@@ -298,6 +330,9 @@ class Pipeline(Generic[T]):
         check_str("name", name)
         resolve_backend(backend)  # refused here, with the usual message, if unknown
         check_bool("fuse", fuse)
+        check_bool("object_refs", object_refs)
+        #: Hand outputs between consecutive unfused Ray stages as object references.
+        self.object_refs = object_refs
         #: Run consecutive remote stages that can share their workers in one worker loop.
         self.fuse = fuse
         self._source: Iterable[Any] = source
@@ -926,6 +961,7 @@ class Pipeline(Generic[T]):
             s.pieces = s.units and s.backend is not None and unit > 1
         fail_fast = self.errors == "fail_fast"
         self._chains = self._fused_chains() if self.fuse else {}
+        self._refs = self._ref_handoffs(tail) if self.object_refs else {}
         try:
             self._start_stages(final, tail, unit, fail_fast)
         except BaseException:
@@ -950,7 +986,23 @@ class Pipeline(Generic[T]):
             if id(s) in members:
                 continue  # runs in the pool of its chain's first stage
             to = _discard if s.kind == "sink" else emit
-            if i in chains:
+            if i in self._refs:
+                chain = chains.get(i, [s])
+                route, tokens, per_part, most = self._refs[i]
+                to = _discard if chain[-1].kind == "sink" else emit
+                by_ref = RefCallbacks(chain, to, fail_fast, self._record, route)
+                returns = 1 if route is None else route.parts + 1
+                s.start(
+                    by_ref.handler(),
+                    by_ref.failed,
+                    self.name,
+                    unit,
+                    on_results=by_ref.took,
+                    refs=(returns, tokens, per_part, most),
+                )
+                for m in chain[1:]:
+                    m.pool = s.pool
+            elif i in chains:
                 chain = chains[i]
                 to = _discard if chain[-1].kind == "sink" else emit
                 remote: RemoteCallbacks = ChainCallbacks(chain, to, fail_fast, self._record)
@@ -978,6 +1030,46 @@ class Pipeline(Generic[T]):
         if tail == 0:
             self._final = emit
         self._entry = emit
+
+    def _ref_handoffs(self, tail: int) -> dict[int, tuple[Route | None, bool, int, int]]:
+        """Where outputs move actor to actor (``object_refs``): for the first stage of
+        every run of stages (a fused chain or one stage) on either side of such a
+        hand-off, ``(route to the next run or None, whether its items are parts, values
+        expected per part, the most values a part holds before a flat_map)``. A hand-off
+        joins two consecutive runs of Ray stages, neither moving pieces (ordered units
+        of several items) nor having guards, and, when ordered, before the reorder
+        buffer."""
+        from shardflow.backends.ray import RayBackend
+
+        chains = self._chains
+        runs: list[tuple[int, list[Stage]]] = []
+        i = 0
+        stages = self._stages
+        while i < len(stages):
+            run = chains.get(i, [stages[i]])
+            runs.append((i, run))
+            i += len(run)
+
+        def on_ray(run: list[Stage]) -> bool:
+            return all(isinstance(st.backend, RayBackend) and not st.pieces for st in run)
+
+        out: dict[int, tuple[Route | None, bool, int, int]] = {}
+        for (a, up), (b, down) in pairwise(runs):
+            if not (on_ray(up) and on_ray(down)) or up[-1].kind == "sink":
+                continue
+            if any(st.pool_options for st in up + down) or up[0].units != down[0].units:
+                # A guard admits items in this process (per item on the path through
+                # it); a stage on this path ships whole lists, which it would admit.
+                continue
+            if self.ordered and b >= tail:
+                continue
+            head = down[0]
+            route = Route(head.key, head.workers, head.units)
+            _, tokens_in, per_in, most_in = out.get(a, (None, False, 1, 1))
+            out[a] = (route, tokens_in, per_in, most_in)
+            per_part = max(1, up[0].batch_size // route.parts)
+            out[b] = (None, True, per_part, up[0].batch_size)
+        return out
 
     def _fused_chains(self) -> dict[int, list[Stage]]:
         """Runs of consecutive stages that fuse (index of the first -> the run): remote

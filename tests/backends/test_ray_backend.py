@@ -33,7 +33,10 @@ from shardflow.backends.ray import (
     RemoteError,
     ShardLost,
     current_batch,
+    fill_slots,
     run_batch_here,
+    split_refs,
+    take_parts,
 )
 
 # ---------------------------------------------------------------------- a fake remote
@@ -69,6 +72,9 @@ class FakeRemote(Remote):
         self.calls: list[tuple[int, int, int]] = []  # (shard, seq, attempt)
         self.outstanding: defaultdict[int, int] = defaultdict(int)  # sent, not collected
         self.max_outstanding = 0
+        self.refs_out: defaultdict[int, int] = defaultdict(int)  # references sent, not run
+        self.max_refs_out = 0
+        self.fetched = 0  # parts read back by the driver (failure paths only)
         self.lock = threading.Lock()
 
     def create(self, shard: int) -> Any:
@@ -85,19 +91,39 @@ class FakeRemote(Remote):
     def submit(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> Any:
         if not actor.alive:
             raise ActorLost("dead actor")
+        refs: list[Any] = []
+        if self.tokens:
+            batch, refs = split_refs(batch)
         with self.lock:
             self.outstanding[actor.shard] += 1
             self.max_outstanding = max(self.max_outstanding, self.outstanding[actor.shard])
-        return (actor, seq, attempt, list(batch))
+            self.refs_out[actor.shard] += len(refs)
+            self.max_refs_out = max(self.max_refs_out, self.refs_out[actor.shard])
+        # (actor, seq, attempt, batch, refs, parts made by the call once it ran)
+        return [actor, seq, attempt, list(batch), refs, None]
+
+    def parts(self, handle: Any) -> list[Any]:
+        return handle[5]
+
+    def fetch(self, ref: Any) -> list[Any]:
+        with self.lock:
+            self.fetched += 1
+        got: list[Any] = pickle.loads(ref.data)
+        return got
 
     def result(self, handle: Any) -> int | tuple[Any, ...]:
         # The fake runs a batch when its result is asked for: oldest first, as an actor
         # runs the calls of one submitter.
-        actor, seq, attempt, batch = handle
+        actor, seq, attempt, batch, refs = handle[:5]
         with self.lock:
             self.outstanding[actor.shard] -= 1
+            self.refs_out[actor.shard] -= len(refs)
         if not actor.alive:
             raise ActorLost("dead actor")
+        if refs:
+            # What Ray does with the references passed as arguments: resolve them on the
+            # actor (the parts must still exist: the driver holds them until acked).
+            batch = fill_slots(batch, [r.data for r in refs])
         with self.lock:
             self.calls.append((actor.shard, seq, attempt))
         info = ("fake", actor.shard, seq, attempt)
@@ -111,12 +137,22 @@ class FakeRemote(Remote):
         if any(isinstance(x, str) and x == "cannot unpickle" for x in batch):
             raise RuntimeError("the actor could not unpickle its arguments")
         reply = run_batch_here(self.handler, self.per_item, info, batch, self.collect)
+        if self.returns > 1:
+            handle[5] = [_FakeRef(p) for p in take_parts(self.returns - 1)]
         return pickle.loads(pickle.dumps(reply))  # what crosses the wire
 
     def kill(self, actor: Any) -> None:
         with self.lock:
             self.killed += 1
         actor.alive = False
+
+
+class _FakeRef:
+    """A Ray object reference of the fake: the part's bytes, which only an actor reads
+    (``FakeRemote.fetch`` counts the driver's reads)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 class FakeRayBackend(RayBackend):

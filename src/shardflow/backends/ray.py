@@ -46,9 +46,13 @@ the percentiles describe the handler, not Ray; ``RayBackend`` runners' ``stats()
 re-sends and replaced actors.
 
 ``ShardedPool``, ``BatchProcessor``, ``Pipeline`` stages and ``Executor`` take
-``backend=RayBackend(...)`` (a stage's outputs come back to the driver, which hands them
-to the next stage; an ``Executor``'s futures are completed in this process, see
-``shardflow._remote_executor``).
+``backend=RayBackend(...)`` (an ``Executor``'s futures are completed in this process, see
+``shardflow._remote_executor``). Between consecutive pipeline stages on Ray, outputs go
+actor to actor as object references: a call may answer with several objects (the reply,
+then the outputs cut per shard of the next stage, owned by the driver), and a batch may
+hold ``RefToken`` items, sent as call arguments and resolved on the actor (see "object
+references" below and ``Pipeline(object_refs=)``); elsewhere a stage's outputs come back
+to the driver, which hands them to the next stage.
 
 The handler is sent to each actor once, when it starts (cloudpickle). A ``breaker``,
 ``limiter`` or ``rate_limiter`` stays in the driver, around the shipping of batches, one
@@ -58,6 +62,7 @@ driver, an item would run after later items of its key).
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import os
@@ -87,7 +92,10 @@ from shardflow.backends.base import (
 
 __all__ = [
     "BatchInfo",
+    "Forwarded",
+    "Parted",
     "RayBackend",
+    "RefToken",
     "RemoteError",
     "RemoteTraceback",
     "ShardLost",
@@ -294,6 +302,9 @@ def _run_collecting(
             value = handler(batch)
         except BaseException as exc:
             return (_BATCH_FAILED, seq, _pack_exception(exc))
+        if type(value) is Parted:
+            _current.parts = value.parts  # the call's extra return objects
+            value = value.meta
         try:
             return (_VALUES, seq, [], pickle.dumps(value, 5))
         except Exception as exc:
@@ -328,6 +339,136 @@ def _unsendable(value: Any, why: Exception) -> TypeError:
     )
 
 
+# ---------------------------------------------------------------------- object references
+#
+# Pipelines hand a stage's outputs to the next Ray stage as object references (see
+# ``shardflow._remote_stage``, "Hand-off by object reference"). The pieces here are what
+# the backend does for it: an actor call with ``returns > 1`` answers with the usual
+# reply (small: counts, failures, timing) plus ``returns - 1`` separate Ray objects (the
+# outputs, already partitioned for the next stage's shards, each a pickled list). Those
+# objects are return values of a call the driver made, so the driver owns them: they
+# outlive the actor that made them, and stay retrievable while the driver holds their
+# references (until the next stage acknowledged the batch that carried them). The driver
+# only ever holds the references: it passes them as arguments of the next stage's calls
+# (``RefToken`` items of that stage's pool), and Ray resolves them on the actor.
+
+
+class Parted:
+    """What a handler running on a shard actor returns to answer with several Ray
+    objects: ``meta`` (the reply's value, unpickled by the driver) and ``parts``, one
+    ``bytes`` (a pickled list) per extra return object, left in the object store."""
+
+    __slots__ = ("meta", "parts")
+
+    def __init__(self, meta: Any, parts: list[bytes]) -> None:
+        self.meta = meta
+        self.parts = parts
+
+
+class Forwarded:
+    """The driver's side of a ``Parted`` reply, given to ``on_results``: ``meta`` and the
+    references of the parts (``refs``, never fetched), with ``fetch(ref)`` to read a part
+    (only when something failed and the items are needed: dead letters, the report)."""
+
+    __slots__ = ("fetch", "meta", "refs")
+
+    def __init__(self, meta: Any, refs: list[Any], fetch: Callable[[Any], list[Any]]) -> None:
+        self.meta = meta
+        self.refs = refs
+        self.fetch = fetch
+
+
+class RefToken:
+    """One part of an upstream stage's outputs, as an item of the next stage's pool: the
+    object reference, the shard it was cut for, how many pool items (``n``) and values
+    (``values``: items, or the values of ordered units) it holds. It never pickles: a
+    shard link sends the reference as an argument of the actor call, and the actor puts
+    the part's items where the token was in the batch (``split_refs``/``fill_slots``)."""
+
+    __slots__ = ("fetch", "n", "ref", "shard", "values")
+
+    def __init__(
+        self, ref: Any, shard: int, n: int, values: int, fetch: Callable[[Any], list[Any]]
+    ) -> None:
+        self.ref = ref
+        self.shard = shard
+        self.n = n
+        self.values = values
+        self.fetch = fetch
+
+    def read(self) -> list[Any] | None:
+        """The part's items, fetched from the object store (failure paths only); None if
+        the object is gone (lost with its node)."""
+        try:
+            return self.fetch(self.ref)
+        except Exception:
+            return None
+
+    def items(self) -> list[Any]:
+        """``read()``, or the token itself in a one-element list if the object is gone."""
+        got = self.read()
+        return [self] if got is None else got
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("a RefToken is sent as an actor call argument, never pickled")
+
+    def __repr__(self) -> str:
+        return f"RefToken(shard={self.shard}, n={self.n})"
+
+
+class _Slot:
+    """Where a ``RefToken`` was in a shipped batch: the index of its reference among the
+    call's extra arguments."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Slot, (self.i,))
+
+
+def split_refs(batch: list[Any]) -> tuple[list[Any], list[Any]]:
+    """``(batch with every RefToken replaced by a _Slot, the tokens' references)``."""
+    out = batch
+    refs: list[Any] = []
+    for i, x in enumerate(batch):
+        if type(x) is RefToken:
+            if out is batch:
+                out = list(batch)
+            out[i] = _Slot(len(refs))
+            refs.append(x.ref)
+    return out, refs
+
+
+def fill_slots(batch: list[Any], parts: tuple[Any, ...] | list[Any]) -> list[Any]:
+    """On the actor: the batch with each slot replaced by its part's items (Ray resolved
+    the references into the pickled lists)."""
+    if not parts:
+        return batch
+    items: list[Any] = []
+    for x in batch:
+        if type(x) is _Slot:
+            items += pickle.loads(parts[x.i])
+        else:
+            items.append(x)
+    return items
+
+
+_NO_PART = pickle.dumps([], 5)
+
+
+def take_parts(k: int) -> list[bytes]:
+    """The parts a ``Parted`` answer left for this call (``k`` of them; empty lists when
+    the handler gave none, e.g. it raised)."""
+    got: list[bytes] | None = getattr(_current, "parts", None)
+    _current.parts = None
+    if got is None or len(got) != k:
+        return [_NO_PART] * k
+    return got
+
+
 class _ShardActor:
     """The body of a shard actor (``ray.remote`` is applied when a pool starts)."""
 
@@ -344,16 +485,33 @@ class _ShardActor:
         """The actor's process id (tests and tools use it to find the process)."""
         return os.getpid()
 
-    def run(self, call: tuple[int, int, list[Any]]) -> tuple[Any, ...]:
-        """``call`` is ``(seq, attempt, batch)``: one argument, serialized once."""
-        seq, attempt, batch = call
-        return run_batch_here(
-            self._handler,
-            self._per_item,
-            (self._run, self._shard, seq, attempt),
-            batch,
-            self._collect,
+    def run(self, call: tuple[Any, ...], *parts: bytes) -> Any:
+        """``call`` is ``(seq, attempt, batch)``, or ``(seq, attempt, batch, returns)``
+        for a call answering with ``returns`` objects (the reply, then the parts of a
+        ``Parted`` answer); ``parts``: the resolved references of the batch's slots."""
+        return run_call(
+            self._handler, self._per_item, (self._run, self._shard), call, parts, self._collect
         )
+
+
+def run_call(
+    handler: Handler,
+    per_item: bool,
+    where: tuple[str, int],
+    call: tuple[Any, ...],
+    parts: tuple[Any, ...] | list[Any],
+    collect: bool,
+) -> Any:
+    """What a shard actor does with one call (``_ShardActor.run``; the tests' fake
+    remote too): fill the batch's slots, run it, answer with one or ``returns`` objects."""
+    seq, attempt, batch = call[0], call[1], call[2]
+    returns = call[3] if len(call) > 3 else 1
+    if parts:
+        batch = fill_slots(batch, parts)
+    reply = run_batch_here(handler, per_item, (*where, seq, attempt), batch, collect)
+    if returns == 1:
+        return reply
+    return (reply, *take_parts(returns - 1))
 
 
 # ---------------------------------------------------------------------- driver side
@@ -390,6 +548,20 @@ class Remote:
 
     def kill(self, actor: Any) -> None:
         """Stop ``actor`` (dead or alive) without waiting."""
+        raise NotImplementedError
+
+    #: Objects each call answers with: 1 (the reply), or 1 + the parts of a ``Parted``
+    #: answer (a pipeline stage handing its outputs on by reference). Set by the runner.
+    returns: int = 1
+    #: Whether batches may hold ``RefToken`` items (sent as call arguments).
+    tokens: bool = False
+
+    def parts(self, handle: Any) -> list[Any]:
+        """The references of a call's extra return objects (``returns > 1``)."""
+        raise NotImplementedError
+
+    def fetch(self, ref: Any) -> list[Any]:
+        """The items of a part (a failure path: the driver never reads parts otherwise)."""
         raise NotImplementedError
 
 
@@ -622,16 +794,19 @@ class _ShardLink:
         if tag == _BATCH_FAILED:
             raise _unpack_exception(reply[2])
         if tag == _VALUES:
-            return self._deliver(reply, entry.batch)
+            return self._deliver(reply, entry)
         failures = reply[2]
         if not failures:
             return None
         return BatchOutcome([(i, _unpack_exception(p)) for i, p in failures])
 
-    def _deliver(self, reply: tuple[Any, ...], batch: list[Any]) -> BatchOutcome | None:
+    def _deliver(self, reply: tuple[Any, ...], entry: _InFlight) -> BatchOutcome | None:
         assert self.deliver is not None
+        batch = entry.batch
         failures = [(i, _unpack_exception(p)) for i, p in reply[2]]
         values = pickle.loads(reply[3])
+        if self.remote.returns > 1:
+            values = Forwarded(values, self.remote.parts(entry.handle), self.remote.fetch)
         if self.per_item:
             deliver_values(self.deliver, batch, values, failures)
         else:
@@ -716,12 +891,29 @@ class RayRemote(Remote):
         return pid
 
     def submit(self, actor: Any, seq: int, attempt: int, batch: list[Any]) -> Any:
+        refs: list[Any] = []
+        if self.tokens:
+            batch, refs = split_refs(batch)
         try:
-            return actor.run.remote((seq, attempt, batch))
+            if self.returns == 1:
+                return actor.run.remote((seq, attempt, batch), *refs)
+            # A list of references: the reply, then the parts (owned by this process).
+            return actor.run.options(num_returns=self.returns).remote(
+                (seq, attempt, batch, self.returns), *refs
+            )
         except self._lost as exc:
             raise ActorLost(f"{type(exc).__name__}") from exc
 
+    def parts(self, handle: Any) -> list[Any]:
+        return list(handle[1:])
+
+    def fetch(self, ref: Any) -> list[Any]:
+        got: list[Any] = pickle.loads(self._ray.get(ref))
+        return got
+
     def result(self, handle: Any) -> tuple[Any, ...]:
+        if type(handle) is list:
+            handle = handle[0]
         try:
             reply: tuple[Any, ...] = self._ray.get(handle)
         except self._lost as exc:
@@ -787,6 +979,8 @@ class _RayRunner(ShardRunner):
         else:
             remote = self._backend._make_remote(self._handler, self._per_item, True)
         b = self._backend
+        remote.returns = b._returns
+        remote.tokens = b._tokens
         self.links = [
             _ShardLink(
                 remote, i, b.window, b.restart_timeout, self._settle, self._deliver, self._per_item
@@ -909,6 +1103,18 @@ class RayBackend(Backend):
     """
 
     name: ClassVar[str] = "ray"
+    #: Set on a pipeline stage's copy (``for_stage``): objects per call, RefToken items.
+    _returns: int = 1
+    _tokens: bool = False
+
+    def for_stage(self, returns: int, tokens: bool) -> RayBackend:
+        """A copy for one pipeline stage that hands its outputs on by reference
+        (``returns - 1`` parts per call) and/or gets ``RefToken`` items (internal: see
+        ``shardflow._remote_stage``)."""
+        clone = copy.copy(self)
+        clone._returns = returns
+        clone._tokens = tokens
+        return clone
 
     def __init__(
         self,
