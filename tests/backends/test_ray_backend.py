@@ -577,6 +577,78 @@ def test_cluster_return_values_come_back_with_on_results(ray_cluster: Any) -> No
     assert (m.processed, m.failed) == (299, 1)
 
 
+class _Box:
+    """Defined in this module: its instances travel by value (cloudpickle), as Ray sends
+    them, only because the fixture registers the module."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def _open_item(item: tuple[str, Any]) -> tuple[str, Any]:
+    import ray as ray_on_actor
+
+    kind, value = item
+    if kind == "ref":
+        return kind, ray_on_actor.get(value)
+    if kind == "fn":
+        return kind, value(2)
+    if kind == "box":
+        return kind, value.n
+    if kind == "array":
+        return kind, int(value.sum())
+    return kind, value
+
+
+def test_cluster_items_of_every_kind_reach_the_actors(ray_cluster: Any) -> None:
+    """Batches cross as one pickled payload, or through Ray's serializer when they hold
+    Ray references (borrowed, not pinned) or out-of-band buffers: the handler sees the
+    same items either way."""
+    numpy = pytest.importorskip("numpy")
+    items: list[tuple[str, Any]] = []
+    for i in range(40):
+        items += [("int", i), ("fn", lambda x, i=i: x + i), ("box", _Box(i))]
+        if i % 4 == 0:
+            items.append(("ref", ray_cluster.put(i * 10)))
+        if i % 5 == 0:
+            items.append(("array", numpy.arange(i)))
+    got: list[tuple[str, Any]] = []
+    pool = shardflow.ShardedPool(
+        _open_item,
+        workers=2,
+        backend=RayBackend(batch_size=7),
+        on_results=lambda _items, values: got.extend(values),
+    )
+    pool.submit_many(items)
+    pool.shutdown()
+    want = [("int", i) for i in range(40)] + [("fn", i + 2) for i in range(40)]
+    want += [("box", i) for i in range(40)] + [("ref", i * 10) for i in range(0, 40, 4)]
+    want += [("array", sum(range(i))) for i in range(0, 40, 5)]
+    assert sorted(got) == sorted(want)
+    m = pool.metrics()
+    assert (m.processed, m.failed, m.dead_lettered) == (len(items), 0, 0)
+
+
+def test_cluster_calls_are_packed_unless_ray_must_serialize_them(ray_cluster: Any) -> None:
+    from shardflow.backends.ray import _call_pickler, _CallPacker
+
+    packer = _CallPacker(_call_pickler(ray_cluster))
+    call = (3, 1, list(range(100)))
+    for _ in range(2):  # the pickler is reused: each payload stands alone
+        data = packer.pack(call)
+        assert data is not None and pickle.loads(data) == call
+    fn_call = (4, 2, [lambda x: x * 3])
+    data = packer.pack(fn_call)
+    assert data is not None and pickle.loads(data)[2][0](5) == 15
+    # Something that does not pickle: Ray gets the call and reports the error.
+    assert packer.pack((5, 1, [threading.Lock()])) is None
+    # Ray references go through Ray's serializer (borrowed by the actor, not pinned).
+    assert packer.pack((5, 1, [1, ray_cluster.put(1)])) is None
+    numpy = pytest.importorskip("numpy")
+    assert packer.pack((6, 1, [numpy.arange(4)])) is None  # out-of-band: Ray, zero-copy
+    assert packer.pack(call) is not None
+
+
 def _square_or_lock(x: int) -> Any:
     return threading.Lock() if x == 3 else x * x
 
