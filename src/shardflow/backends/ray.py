@@ -893,17 +893,20 @@ def _call_pickler(ray: Any) -> type:
 
     cloudpickle: Any = ray.cloudpickle
     refused: dict[type, Callable[[object], Any]] = {ray.ObjectRef: _refuse}
-    for path in ("ray.actor.ActorHandle", "ray.ObjectRefGenerator",
-                 "ray.DynamicObjectRefGenerator"):
+    for path in (
+        "ray.actor.ActorHandle",
+        "ray.ObjectRefGenerator",
+        "ray.DynamicObjectRefGenerator",
+    ):
         module, _, name = path.rpartition(".")
         cls = getattr(importlib.import_module(module), name, None)
         if isinstance(cls, type):
             refused[cls] = _refuse
 
-    class CallPickler(cloudpickle.Pickler):  # type: ignore[misc,name-defined]
+    class CallPickler(cloudpickle.Pickler):  # type: ignore[misc]
         # Looked up per pickled object (after reducer_override): Ray's registrations
         # in the cloudpickle table stay visible through the chain.
-        dispatch_table = ChainMap(refused, cloudpickle.Pickler.dispatch_table)
+        dispatch_table: ClassVar[Any] = ChainMap(refused, cloudpickle.Pickler.dispatch_table)
 
     return CallPickler
 
@@ -1006,6 +1009,8 @@ class RayRemote(Remote):
         except AttributeError:
             packer = self._local.packer = _CallPacker(self._pickler_type)
         packed = packer.pack(call)
+        if packed is not None and len(packed) > _MIB:
+            del self._local.packer  # let its buffer go with this payload
         arg = call if packed is None else packed
         try:
             if self.returns == 1:
