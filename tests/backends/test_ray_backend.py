@@ -637,6 +637,9 @@ def test_cluster_calls_are_packed_unless_ray_must_serialize_them(ray_cluster: An
     for _ in range(2):  # the pickler is reused: each payload stands alone
         data = packer.pack(call)
         assert data is not None and pickle.loads(data) == call
+    big = (7, 1, [b"x" * (3 << 20), 1])
+    data = packer.pack(big)
+    assert data is not None and pickle.loads(data) == big
     fn_call = (4, 2, [lambda x: x * 3])
     data = packer.pack(fn_call)
     assert data is not None and pickle.loads(data)[2][0](5) == 15
