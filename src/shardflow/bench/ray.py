@@ -17,6 +17,11 @@ store; its start-up time is reported apart) and every contender moves no-op item
   concurrency=2, num_cpus=0)`` consumed with ``iter_batches``; its actors are started by
   every execution, as a user's pipeline would be, so that cost is in its figure.
 
+Beside items/s, each contender's driver CPU per 1,000-item batch (``time.process_time``
+over the run: every thread of this process, Ray's own included; Ray Data and
+``multiprocessing.Pool`` do part of their work elsewhere), the steadier figure on a
+shared machine.
+
 Every actor loops over its list calling ``noop(x)`` per item. Actors ask for no CPU
 (``num_cpus=0``) so that the contenders never wait for each other's reservations. Every
 contender keeps its actors (and the pools their shard actors) across rounds: pool and
@@ -279,8 +284,26 @@ def _measure(
         runners["Ray Data map_batches"] = ray_data
     else:
         print("  (Ray Data not measured: pip install pandas pyarrow to add it)", file=out)
-    rates = interleaved(runners, lambda name: n_items, ctx.repeats)
+    # The driver's CPU per batch (every thread of this process, Ray's own included): on a
+    # shared machine a steadier figure than items/s, which swings with what else runs.
+    cpu_us: dict[str, list[float]] = {name: [] for name in runners}
+
+    def with_cpu(name: str, run: Callable[[int], tuple[int, float]]) -> Callable[..., Any]:
+        def measured(n: int) -> tuple[int, float]:
+            c0 = time.process_time()
+            moved, dt = run(n)
+            cpu_us[name].append((time.process_time() - c0) / max(moved / CHUNK, 1) * 1e6)
+            return moved, dt
+
+        return measured
+
+    rates = interleaved(
+        {name: with_cpu(name, run) for name, run in runners.items()},
+        lambda name: n_items,
+        ctx.repeats,
+    )
     med = {name: statistics.median(r) for name, r in rates.items()}
+    cpu_med = {name: statistics.median(c) for name, c in cpu_us.items()}
     ceiling = med["hand-written ray.wait window"]
 
     print(
@@ -289,9 +312,18 @@ def _measure(
         f"{ACTORS} actors {actors_start:.2f} s, not timed):",
         file=out,
     )
-    rows = [["contender", "items/s", "vs hand-written"]]
+    cpu_ceiling = cpu_med["hand-written ray.wait window"]
+    rows = [["contender", "items/s", "vs hand-written", "driver CPU/batch", "CPU vs hand-written"]]
     for name in runners:
-        rows.append([name, fmt_rate(med[name]), f"{safe_ratio(med[name], ceiling):.2f}x"])
+        rows.append(
+            [
+                name,
+                fmt_rate(med[name]),
+                f"{safe_ratio(med[name], ceiling):.2f}x",
+                f"{cpu_med[name]:.0f} us",
+                f"{safe_ratio(cpu_med[name], cpu_ceiling):.2f}x",
+            ]
+        )
     print_table(rows, out)
     if steady:
         print(
@@ -385,6 +417,9 @@ def _measure(
                 "items_per_s": med[name],
                 "samples": rates[name],
                 "vs_hand_written": safe_ratio(med[name], ceiling),
+                "driver_cpu_us_per_batch": cpu_med[name],
+                "driver_cpu_samples": cpu_us[name],
+                "driver_cpu_vs_hand_written": safe_ratio(cpu_med[name], cpu_ceiling),
             }
             for name in runners
         },
