@@ -362,6 +362,21 @@ def _batch_failures() -> tuple[type[BaseException], ...]:
     return (ShardBroken, ShardLost, RingError)
 
 
+def fail_values(
+    stage: Stage,
+    values: list[Any],
+    exc: BaseException,
+    fail_fast: bool,
+    record: Callable[..., None],
+) -> None:
+    """Count ``values`` as received by ``stage`` and route each as failed with ``exc``
+    (to the dead letters, or the pipeline's error with ``fail_fast``)."""
+    with stage.lock:
+        stage.received += len(values)
+    for value in values:
+        stage.route_error(value, exc, fail_fast, record)
+
+
 class RemoteCallbacks:
     """``on_results`` and ``on_error`` of a remote stage's pool (see the module doc)."""
 
@@ -549,19 +564,13 @@ class RemoteCallbacks:
             self._failed_pieces(batch, exc)
             return
         if not stage.units:
-            with stage.lock:
-                stage.received += len(batch)
-            for item in batch:
-                stage.route_error(item, exc, self.fail_fast, self.record)
+            fail_values(stage, batch, exc, self.fail_fast, self.record)
             return
         # A unit failed as a whole: each of its values is that failure, and the unit goes
         # on emptied, so that the reorder buffer does not wait for it.
         emptied: list[Any] = []
         for seq, count, vals in batch:
-            with stage.lock:
-                stage.received += len(vals)
-            for value in vals:
-                stage.route_error(value, exc, self.fail_fast, self.record)
+            fail_values(stage, vals, exc, self.fail_fast, self.record)
             emptied.append((seq, count, []))
         stage.hand_on(self.emit, emptied, self.record)
 
@@ -1054,18 +1063,11 @@ class RefCallbacks:
                 lost.__cause__ = exc
                 self.record(lost, stage.name)
         if not stage.units:
-            with stage.lock:
-                stage.received += len(flat)
-            for item in flat:
-                stage.route_error(item, exc, self.fail_fast, self.record)
+            fail_values(stage, flat, exc, self.fail_fast, self.record)
             return
         emptied: list[Any] = []
-        for unit in flat:
-            seq, count, vals = unit
-            with stage.lock:
-                stage.received += len(vals)
-            for v in vals:
-                stage.route_error(v, exc, self.fail_fast, self.record)
+        for seq, count, vals in flat:
+            fail_values(stage, vals, exc, self.fail_fast, self.record)
             emptied.append((seq, count, []))
         if emptied and self.last.kind != "sink":
             self.last.hand_on(self.emit, emptied, self.record)

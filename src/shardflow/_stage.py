@@ -372,28 +372,45 @@ class Stage:
             self._start_refs(handler, on_error, prefix, key, on_results, refs)
             return
         if self.backend is not None:
-            self.pool = ShardedPool(
+            self._new_pool(
                 handler,
-                workers=self.workers,
-                key=key,
-                capacity=capacity,
-                on_error=on_error,
-                name=f"{prefix}-{self.name}",
+                key,
+                capacity,
+                on_error,
+                prefix,
                 backend=self.backend,
                 on_results=on_results,
-                **self.pool_options,
             )
             return
+        self._new_pool(
+            handler,
+            key,
+            capacity,
+            on_error,
+            prefix,
+            batch_size=batch_size,
+            batch_timeout=timeout,
+            lists=True,
+        )
+
+    def _new_pool(
+        self,
+        handler: Callable[..., Any],
+        key: Callable[[Any], Hashable] | None,
+        capacity: int,
+        on_error: Callable[[Any, BaseException], object],
+        prefix: str,
+        **options: Any,
+    ) -> None:
+        """The stage's pool: what every kind of stage shares, plus ``options``."""
         self.pool = ShardedPool(
             handler,
             workers=self.workers,
             key=key,
             capacity=capacity,
-            batch_size=batch_size,
-            batch_timeout=timeout,
-            lists=True,
             on_error=on_error,
             name=f"{prefix}-{self.name}",
+            **options,
             **self.pool_options,
         )
 
@@ -426,16 +443,14 @@ class Stage:
                     # are routed by their key, to the shard the actor would have picked.
                     return x.shard if type(x) is RefToken else item_key(x)
 
-        self.pool = ShardedPool(
+        self._new_pool(
             handler,
-            workers=self.workers,
-            key=key,
-            capacity=capacity,
+            key,
+            capacity,
+            on_error,
+            prefix,
             batch_size=batch_size,
             lists=True,
-            on_error=on_error,
-            name=f"{prefix}-{self.name}",
             backend=self.backend.for_stage(returns, tokens),
             on_results=on_results,
-            **self.pool_options,
         )
