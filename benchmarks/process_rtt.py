@@ -11,7 +11,10 @@ worker has parked) and then times one round trip:
 * ``exec``: ``Executor(2, backend=ProcessBackend(...)).submit(noop, x).result()``;
 * ``ring``: the floor: a bare parent/child ping-pong over two ``ShmRing``s (futex park,
   default spin), the child echoing ``[x]``;
-* ``ppe``: ``ProcessPoolExecutor(2).submit(noop, x).result()``.
+* ``ppe``: ``ProcessPoolExecutor(2).submit(noop, x).result()``;
+* ``pool:S``, ``exec:S``: ``pool`` / ``exec`` with ``ProcessBackend(spin_us=S)`` (the
+  busy-poll of the workers and collectors before they park; default 20 us), e.g.
+  ``pool:0,pool:20,pool:500``.
 
 Contenders run interleaved, the order rotating per round; the report gives p50/p99 of all
 trips, the per-round p50, and the context switches per trip of the parent's threads and
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shardflow import Executor
-from shardflow._shmring import RingClosed, ShmRing
+from shardflow._shmring import DEFAULT_SPIN_US, RingClosed, ShmRing
 from shardflow.backends.process import ProcessBackend
 from shardflow.bench.common import noop, quantile
 from shardflow.pool import ShardedPool
@@ -69,31 +72,39 @@ def main() -> None:
     which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["pool", "exec", "ring"]
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
-    got = threading.Event()
     fns: dict[str, Callable[[int], None]] = {}
     pids_of: dict[str, Callable[[], list[int]]] = {}
     closers: list[Callable[[], object]] = []
-    if "pool" in which:
-        pool: ShardedPool[Any] = ShardedPool(
-            noop,
-            workers=2,
-            backend=ProcessBackend(mp_context=ctx),
-            on_results=lambda items, values: got.set(),
-        )
+    for name in which:
+        kind, _, spin = name.partition(":")
+        if kind not in ("pool", "exec"):
+            continue
+        backend = ProcessBackend(mp_context=ctx, spin_us=float(spin) if spin else DEFAULT_SPIN_US)
+        if kind == "pool":
+            got = threading.Event()
 
-        def via_pool(x: int) -> None:
-            got.clear()
-            pool.submit(x)
-            got.wait()
+            def done(items: list[Any], values: list[Any], got: threading.Event = got) -> None:
+                got.set()
 
-        fns["pool"] = via_pool
-        pids_of["pool"] = pool._runner.worker_pids  # type: ignore[attr-defined]
-        closers.append(pool.shutdown)
-    if "exec" in which:
-        ex: Any = Executor(2, backend=ProcessBackend(mp_context=ctx))
-        fns["exec"] = lambda x: ex.submit(noop, x).result()
-        pids_of["exec"] = ex._pool._runner.worker_pids
-        closers.append(ex.shutdown)
+            pool: ShardedPool[Any] = ShardedPool(noop, workers=2, backend=backend, on_results=done)
+
+            def via_pool(x: int, pool: ShardedPool[Any] = pool, got: Any = got) -> None:
+                got.clear()
+                pool.submit(x)
+                got.wait()
+
+            fns[name] = via_pool
+            pids_of[name] = pool._runner.worker_pids  # type: ignore[attr-defined]
+            closers.append(pool.shutdown)
+        else:
+            ex: Any = Executor(2, backend=backend)
+
+            def via_exec(x: int, ex: Any = ex) -> None:
+                ex.submit(noop, x).result()
+
+            fns[name] = via_exec
+            pids_of[name] = ex._pool._runner.worker_pids
+            closers.append(ex.shutdown)
     if "ring" in which:
         tq, rq = ShmRing.create(1 << 16), ShmRing.create(1 << 16)
         child = ctx.Process(target=ring_child, args=(tq, rq))
@@ -150,7 +161,7 @@ def main() -> None:
     for name, lat in samples.items():
         lat.sort()
         print(
-            f"{name:5} p50 {quantile(lat, 0.5):7.1f} us  p99 {quantile(lat, 0.99):8.1f} us  "
+            f"{name:9} p50 {quantile(lat, 0.5):7.1f} us  p99 {quantile(lat, 0.99):8.1f} us  "
             f"per-round p50 {' '.join(f'{v:.1f}' for v in per_round[name])}  "
             f"ctx-switches/trip {' '.join(f'{v:.2f}' for v in switches[name])}"
         )

@@ -203,6 +203,26 @@ def test_a_quiet_put_leaves_a_sleeping_reader_asleep_until_a_waking_put() -> Non
     ring.close()
 
 
+def test_reader_parked_shows_a_waiting_reader_asleep_and_a_served_one_awake() -> None:
+    # A spin of 1 ms, then the park: the flag is observed from the writer's side.
+    ring = ShmRing.create(1024, spin_us=1000, check_interval=30)
+    assert not ring.reader_parked  # nobody waits
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(ring.get_bytes(timeout=WAIT)))
+    reader.start()
+    deadline = time.monotonic() + WAIT
+    while not ring.reader_parked:  # the spin is bounded: the reader ends up parked
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    ring.put(b"x")
+    reader.join(WAIT)
+    assert got == [b"x"]
+    assert not ring.reader_parked  # woken, and the flag cleared on the way out
+    ring.close()
+    with pytest.raises(ValueError, match="closed ShmRing"):
+        ring.reader_parked  # noqa: B018
+
+
 def test_a_writer_that_waits_for_room_wakes_a_reader_asleep_on_quiet_records() -> None:
     # The ring fills with quiet puts while the reader sleeps (long park slices): the
     # writer's next put must wait for room, which only the reader can make. Before it

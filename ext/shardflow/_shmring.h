@@ -579,6 +579,12 @@ static inline int sf_shmring_peek(sf_shmring *r, unsigned char **ptr, uint64_t *
     }
 }
 
+/* 1 while the consumer sleeps on data_word (or is about to: W1-W4), else 0. A snapshot,
+ * for observing that an idle consumer has stopped spinning (tests, diagnostics). */
+static inline int sf_shmring_reader_parked(sf_shmring *r) {
+    return sf_load_acquire_u32(&r->hdr->data_word) != 0;
+}
+
 /* ---------------- closing ---------------- */
 
 /* Set closed flags (SF_SHM_WRITER_CLOSED and/or SF_SHM_READER_CLOSED) and wake whoever

@@ -51,6 +51,7 @@ cdef extern from "shardflow/_shmring.h" nogil:
     int sf_shmring_peek(sf_shmring *r, unsigned char **ptr, uint64_t *len, uint32_t *tag,
                         int64_t spin_ns, int64_t deadline_ns)
     int sf_shmring_release(sf_shmring *r)
+    int sf_shmring_reader_parked(sf_shmring *r)
     void sf_shmring_close(sf_shmring *r, uint32_t flags)
     uint32_t sf_shmring_closed_flags(sf_shmring *r)
     uint64_t sf_shmring_used(sf_shmring *r)

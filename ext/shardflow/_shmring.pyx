@@ -70,6 +70,7 @@ from shardflow._shmring cimport (
     sf_shmring_open,
     sf_shmring_peek,
     sf_shmring_release,
+    sf_shmring_reader_parked,
     sf_shmring_reserve,
     sf_shmring_try_peek,
     sf_shmring_try_reserve,
@@ -546,6 +547,15 @@ cdef class ShmRing:
                 sf_shmring_release(&self.r)
         finally:
             sf_store_release_u32(&self.consuming, 0)
+
+    # ------------------------------------------------------------ either side
+
+    @property
+    def reader_parked(self):
+        """True while the reader is parked on the ring's futex word (or about to be):
+        a snapshot, e.g. to observe that an idle reader stopped polling."""
+        self._check_open()
+        return sf_shmring_reader_parked(&self.r) != 0
 
     # ------------------------------------------------------------ closing
 

@@ -333,6 +333,11 @@ def test_fork_is_refused_while_other_threads_run() -> None:
         ({"mp_context": "spawn"}, "mp_context must be a multiprocessing context"),
         ({"window": 0}, "window"),
         ({"window": 1.5}, "window"),
+        ({"spin_us": -1}, r"spin_us must be a number of microseconds in \[0, 10000\]"),
+        ({"spin_us": 10_001}, "spin_us"),
+        ({"spin_us": float("nan")}, "spin_us"),
+        ({"spin_us": "20"}, "spin_us must be a number of microseconds.*got str"),
+        ({"spin_us": True}, "spin_us"),
     ],
 )
 def test_bad_backend_arguments_name_the_parameter(kwargs: dict[str, Any], words: str) -> None:
@@ -781,3 +786,54 @@ def test_a_batch_being_pickled_does_not_block_settling_the_batches_in_flight() -
     assert _PICKLED_AFTER_SETTLE and all(_PICKLED_AFTER_SETTLE)
     assert sorted((v for _, v in values)) == [0, 1, 2]  # order kept, nothing lost
     assert [item for item, _ in values] == [0, slow, 2]
+
+
+@pytest.mark.parametrize("spin_us", [0, 20, 2000])
+def test_every_spin_window_delivers_every_item_in_key_order(spin_us: int, tmp_path: Path) -> None:
+    # 0: every wait parks at once; 2000: waits poll up to 2 ms first. Idle single items
+    # (the direct ship) and bursts (the ring path) alike.
+    values: list[tuple[int, int]] = []
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.square,
+        workers=2,
+        key=lambda x: x % 5,
+        backend=ProcessBackend(spin_us=spin_us),
+        on_results=lambda items, got: values.extend(zip(items, got, strict=True)),
+        on_error=lambda item, exc: None,
+    )
+    assert pool.backend.spin_us == spin_us  # type: ignore[attr-defined]
+    for x in range(40):
+        pool.submit(x)
+        assert pool.flush(timeout=60)
+    assert pool.submit_many(range(40, 1000)) == 960
+    pool.shutdown()
+    m = accounted(pool)
+    failing = [x for x in range(1000) if x % 7 == 3]  # ph.square raises for those
+    assert (m.submitted, m.processed, m.failed) == (1000, 1000 - len(failing), len(failing))
+    assert sorted(x for x, _ in values) == [x for x in range(1000) if x % 7 != 3]
+    assert all(v == x * x for x, v in values)
+    for k in range(5):  # on_results sees each key's items in submission order
+        seq = [x for x, _ in values if x % 5 == k]
+        assert seq == sorted(seq)
+
+
+def test_an_idle_pool_stops_polling_and_parks_after_its_spin_window() -> None:
+    # A 5 ms spin: after the last item every worker (on its task ring) and every
+    # collector thread (on its result ring) must end up parked on the futex, not polling.
+    pool: shardflow.ShardedPool[int] = shardflow.ShardedPool(
+        ph.noop, workers=2, backend=ProcessBackend(spin_us=5000)
+    )
+    try:
+        assert pool.submit_many(range(500)) == 500
+        assert pool.flush(timeout=60)
+        runner: Any = pool._runner  # type: ignore[attr-defined]
+        rings = [r for s in runner.shards for r in (s.worker.tasks, s.worker.results)]
+        deadline = time.monotonic() + 60
+        while not all(r.reader_parked for r in rings):
+            assert time.monotonic() < deadline, [r.reader_parked for r in rings]
+            time.sleep(0.005)
+        assert pool.submit_many(range(10)) == 10  # parked workers still take work
+        assert pool.flush(timeout=60)
+    finally:
+        pool.shutdown()
+    assert accounted(pool).processed == 510

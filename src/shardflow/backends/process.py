@@ -26,6 +26,9 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
   before it), hands the values to ``on_results`` first, and does everything that replaces
   the worker. It waits on the result ring even with nothing in flight (in park slices of
   ``_IDLE_CHECK``), so that the worker's DONE wakes it directly;
+* every wait on a ring (a worker's for its next batch, a collector's for a result) polls
+  for up to ``ProcessBackend(spin_us=)`` (adaptive), then parks on the ring's futex: an
+  idle pool is parked and costs no CPU;
 * a shard's batches run in the order they were shipped, one after the other, so per-key
   order holds, across crashes too.
 
@@ -86,7 +89,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
-from shardflow._shmring import PeerDead, RingClosed, RingError, RingTimeout, ShmRing
+from shardflow._shmring import (
+    DEFAULT_SPIN_US,
+    PeerDead,
+    RingClosed,
+    RingError,
+    RingTimeout,
+    ShmRing,
+)
 from shardflow.backends import _process_worker as wire
 from shardflow.backends.base import (
     DEFERRED,
@@ -105,6 +115,7 @@ __all__ = ["ProcessBackend", "RemoteError", "Serializer", "ShardBroken", "Worker
 
 RemoteError = wire.RemoteError
 
+_MAX_SPIN_US = 10_000  # a longer busy-poll is a busy worker, not a wait
 _SLICE = 0.05  # seconds between liveness checks while waiting on a worker
 _UNKEYED = (1 << 64) - 1  # direct_ship's tail for an unkeyed pool: no order to keep
 _JOIN_TIMEOUT = 5.0  # seconds a worker gets to exit after "no more batches"
@@ -266,8 +277,8 @@ class _Worker:
 
     def __init__(self, runner: _ProcessRunner, shard: int) -> None:
         ctx = runner.ctx
-        self.tasks = ShmRing.create(runner.ring_bytes)
-        self.results = ShmRing.create(runner.ring_bytes)
+        self.tasks = ShmRing.create(runner.ring_bytes, spin_us=runner.spin_us)
+        self.results = ShmRing.create(runner.ring_bytes, spin_us=runner.spin_us)
         self.progress = ctx.RawArray("q", 2)  # [index, seq]: see _process_worker
         self.mark = memoryview(self.progress).cast("B").cast("q")
         self.mark[0] = -1
@@ -481,6 +492,7 @@ class _ProcessRunner(ShardRunner):
         self.pool_name = pool_name
         self.workers = workers
         self.ring_bytes = backend.ring_bytes
+        self.spin_us = backend.spin_us
         self.ship_batch_size = backend.ship_batch_size
         self.max_attempts = backend.max_attempts
         self.task_timeout = backend.task_timeout
@@ -1326,6 +1338,16 @@ class ProcessBackend(Backend):
             handler and the control records still travel by pickle. Checked here:
             callables, ``loads(dumps([]))`` gives an empty list, and the pair can be
             sent to the workers (``TypeError`` otherwise).
+        spin_us: how long (microseconds, 0 to 10,000) a worker waiting for its next
+            batch, and a collector thread waiting for a result, busy-poll their ring
+            (without the GIL) before they park on its futex. Adaptive below that: a wait
+            whose poll found nothing halves the next ones, down to none (``_shmring.h``),
+            so an idle pool parks at once and costs no CPU; 0 parks at once always.
+            Default 20, the ring's own. Longer polls buy no latency on a busy machine:
+            on the shared 2-core VM, 0, 20 and 200 us gave the same idle round trip and
+            the same throughput within noise (``benchmarks/README.md``), because a
+            poll only helps when the next batch comes within it and a CPU is free for
+            the poller.
 
     Example (a module-level handler; a pool of 2 worker processes)::
 
@@ -1348,6 +1370,7 @@ class ProcessBackend(Backend):
         max_tasks_per_child: int | None = None,
         window: int = 4,
         serializer: Serializer | tuple[Callable[[Any], Any], Callable[[Any], Any]] | Any = None,
+        spin_us: float = DEFAULT_SPIN_US,
     ) -> None:
         from shardflow._validate import check_int, check_seconds
 
@@ -1371,6 +1394,15 @@ class ProcessBackend(Backend):
         if max_tasks_per_child is not None:
             check_int("max_tasks_per_child", max_tasks_per_child, lo=1, hi=1 << 62)
         check_int("window", window, lo=1, hi=1 << 10)
+        if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)):
+            raise TypeError(
+                f"spin_us must be a number of microseconds in [0, {_MAX_SPIN_US}], "
+                f"got {type(spin_us).__name__}"
+            )
+        if not 0 <= spin_us <= _MAX_SPIN_US:  # NaN fails too
+            raise ValueError(
+                f"spin_us must be a number of microseconds in [0, {_MAX_SPIN_US}], got {spin_us!r}"
+            )
         made = _make_serializer(serializer)
         self.mp_context = mp_context
         self.ship_batch_size = ship_batch_size
@@ -1382,6 +1414,7 @@ class ProcessBackend(Backend):
         self.start_timeout = start_timeout
         self.max_tasks_per_child = max_tasks_per_child
         self.window = window
+        self.spin_us = spin_us
         #: The ``Serializer`` of items and values, or None (pickle).
         self.serializer: Serializer | None = None if made is None else made[0]
         self.serializer_pickle = b"" if made is None else made[1]
@@ -1393,6 +1426,7 @@ class ProcessBackend(Backend):
         return (
             f"ProcessBackend(start_method={self.mp_context.get_start_method()!r}, "
             f"max_attempts={self.max_attempts}, task_timeout={self.task_timeout}"
+            + ("" if self.spin_us == DEFAULT_SPIN_US else f", spin_us={self.spin_us:g}")
             + ("" if self.serializer is None else f", serializer={self.serializer!r}")
             + ")"
         )
