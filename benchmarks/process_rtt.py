@@ -12,6 +12,10 @@ worker has parked) and then times one round trip:
 * ``ring``: the floor: a bare parent/child ping-pong over two ``ShmRing``s (futex park,
   default spin), the child echoing ``[x]``;
 * ``ppe``: ``ProcessPoolExecutor(2).submit(noop, x).result()``;
+* ``phases``: ``pool`` with a handler that returns the time it ran (``perf_counter_ns``,
+  CLOCK_MONOTONIC, one clock for every process on Linux); prints, per trip, the medians
+  of when ``submit`` returned, the handler ran (in the worker), ``on_results`` ran (the
+  collector thread) and the caller woke, from the start of the trip: where the time goes;
 * ``pool:S``, ``exec:S``: ``pool`` / ``exec`` with ``ProcessBackend(spin_us=S)`` (the
   busy-poll of the workers and collectors before they park; default 20 us), e.g.
   ``pool:0,pool:20,pool:500``.
@@ -48,6 +52,11 @@ def ring_child(tasks: ShmRing, results: ShmRing) -> None:
             results.put_pickled(tasks.get())
     except RingClosed:
         results.close_writer()
+
+
+def stamp(x: int) -> int:
+    """The ``phases`` handler: when it ran in the worker."""
+    return time.perf_counter_ns()
 
 
 def ctx_switches(pids: list[int]) -> int:
@@ -105,6 +114,30 @@ def main() -> None:
             fns[name] = via_exec
             pids_of[name] = ex._pool._runner.worker_pids
             closers.append(ex.shutdown)
+    phases: list[tuple[int, int, int, int, int]] = []  # start, submitted, handler, cb, woken
+    if "phases" in which:
+        seen = threading.Event()
+        at: list[int] = [0, 0]
+
+        def stamped(items: list[Any], values: list[Any]) -> None:
+            at[0], at[1] = time.perf_counter_ns(), values[0]
+            seen.set()
+
+        staged: ShardedPool[Any] = ShardedPool(
+            stamp, workers=2, backend=ProcessBackend(mp_context=ctx), on_results=stamped
+        )
+
+        def via_phases(x: int) -> None:
+            seen.clear()
+            t0 = time.perf_counter_ns()
+            staged.submit(x)
+            t1 = time.perf_counter_ns()
+            seen.wait()
+            phases.append((t0, t1, at[1], at[0], time.perf_counter_ns()))
+
+        fns["phases"] = via_phases
+        pids_of["phases"] = staged._runner.worker_pids  # type: ignore[attr-defined]
+        closers.append(staged.shutdown)
     if "ring" in which:
         tq, rq = ShmRing.create(1 << 16), ShmRing.create(1 << 16)
         child = ctx.Process(target=ring_child, args=(tq, rq))
@@ -164,6 +197,14 @@ def main() -> None:
             f"{name:9} p50 {quantile(lat, 0.5):7.1f} us  p99 {quantile(lat, 0.99):8.1f} us  "
             f"per-round p50 {' '.join(f'{v:.1f}' for v in per_round[name])}  "
             f"ctx-switches/trip {' '.join(f'{v:.2f}' for v in switches[name])}"
+        )
+    if phases:
+        del phases[:50]  # the warm-up
+        cols = [sorted((row[k] - row[0]) / 1e3 for row in phases) for k in range(1, 5)]
+        print(
+            "phases (p50 us from the start of the trip): submit returned "
+            f"{quantile(cols[0], 0.5):.1f}, handler ran {quantile(cols[1], 0.5):.1f}, "
+            f"on_results ran {quantile(cols[2], 0.5):.1f}, caller woke {quantile(cols[3], 0.5):.1f}"
         )
 
 
