@@ -15,6 +15,7 @@ import sysconfig
 import threading
 import weakref
 from concurrent.futures import (
+    ALL_COMPLETED,
     FIRST_EXCEPTION,
     CancelledError,
     Future,
@@ -291,3 +292,99 @@ def test_no_reference_is_leaked_by_submit_map_or_cancel() -> None:
     del queued, chunks
     gc.collect()
     assert sys.getrefcount(sentinel) == start
+
+
+def _collected(ref: weakref.ref[Any]) -> bool:
+    gc.collect()
+    return ref() is None
+
+
+def test_finished_futures_leave_the_gc_and_cycles_through_them_are_still_collected() -> None:
+    """A future that finished with an atomic result leaves the cyclic GC's lists (a
+    burst of pending or awaited futures is not visited by every collection); anything
+    that can close a cycle through a future keeps it (or puts it back) there, so that
+    such a cycle is still collected."""
+
+    class Box:
+        pass
+
+    def echo(x: object) -> object:
+        return x
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    with shardflow.Executor(max_workers=2) as ex:
+        plain = [ex.submit(abs, -i) for i in range(200)]
+        wait(plain, timeout=WAIT, return_when=ALL_COMPLETED)
+        assert [f.result() for f in plain] == list(range(200))
+        assert not any(gc.is_tracked(f) for f in plain)
+
+        # An attribute set on a finished future: tracked again, its cycle collected.
+        fut = ex.submit(abs, -1)
+        assert fut.result(WAIT) == 1
+        fut.me = fut  # type: ignore[attr-defined]
+        assert gc.is_tracked(fut)
+        ref = weakref.ref(fut)
+        del fut
+        assert _collected(ref)
+
+        # A result that can reference the future: the future stays tracked.
+        fut = ex.submit(echo, [])
+        fut.result(WAIT).append(fut)
+        assert gc.is_tracked(fut)
+        ref = weakref.ref(fut)
+        del fut
+        assert _collected(ref)
+
+        # A done callback that closes over the future, added while it was pending.
+        gate = threading.Event()
+        fut = ex.submit(gate.wait, WAIT)
+        box = Box()
+        box.fut = fut  # type: ignore[attr-defined]
+        fut.add_done_callback(lambda f, box=box: None)
+        gate.set()
+        assert fut.result(WAIT) is True
+        assert gc.is_tracked(fut)
+        ref = weakref.ref(fut)
+        del fut, box
+        assert _collected(ref)
+
+        # An exception (its traceback may reach the future): tracked.
+        fut = ex.submit(boom)
+        assert isinstance(fut.exception(WAIT), ValueError)
+        assert gc.is_tracked(fut)
+
+        # A pending call whose arguments reference its future (untracked while queued):
+        # once it ran, the call is dropped and nothing is left of the cycle.
+        gate = threading.Event()
+        holder: list[Any] = []
+        fut = ex.submit(lambda h: gate.wait(WAIT), holder)
+        holder.append(fut)
+        ref = weakref.ref(fut)
+        gate.set()
+        assert fut.result(WAIT) is True
+        del fut, holder
+        assert _collected(ref)
+
+
+def test_a_cancelled_future_holding_a_cycle_is_collected() -> None:
+    """A future cancelled while queued still holds its call until a worker drops it: it
+    is back in the GC's lists, so a cycle through its arguments is collected."""
+    gate = threading.Event()
+    started = threading.Event()
+    ex = shardflow.Executor(max_workers=1)
+    try:
+        ex.submit(lambda: (started.set(), gate.wait(WAIT)))
+        assert started.wait(WAIT)
+        holder: list[Any] = []
+        fut = ex.submit(len, holder)
+        holder.append(fut)
+        assert fut.cancel()
+        assert gc.is_tracked(fut)
+        ref = weakref.ref(fut)
+        del fut, holder
+        gate.set()
+    finally:
+        ex.shutdown()
+    assert _collected(ref)

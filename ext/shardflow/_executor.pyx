@@ -62,6 +62,10 @@ cdef extern from "Python.h":
     # kwargs may be NULL: no empty dict is built (or copied) for the common call.
     object PyObject_Call_kw "PyObject_Call"(object callable, object args, PyObject *kw)
     int PyErr_CheckSignals() except -1
+    void PyObject_GC_Track(object op)
+    void PyObject_GC_UnTrack(object op)
+    int PyObject_GC_IsTracked(object op)
+    int PyObject_GenericSetAttr(object o, object name, object value) except -1
 
 
 cdef object PENDING = _base.PENDING
@@ -199,6 +203,9 @@ cdef class FutureCore:
     # call it took back from the queue): the call runs at most once.
     cdef bint _taken
     cdef object _halt        # the Halt of the executor that made it (None: not ours)
+    # Set by __setattr__: Python code stored something on this future (its __dict__ or
+    # a field), which could close a reference cycle: never untracked then (see finish).
+    cdef bint _touched
 
     def __cinit__(self, *args, **kwargs):
         self._condition = FutureLock.__new__(FutureLock)
@@ -216,13 +223,68 @@ cdef class FutureCore:
         # making the list here, on first use, is under the lock too.
         if self._waiter_list is None:
             self._waiter_list = []
+            # Kept out of the cyclic GC's lists, as an untracked future is (see
+            # _settle_tracking): wait()/as_completed() remove their waiters before they
+            # return, so no cycle through this list outlives them; one list per future
+            # awaited, each visited by every collection otherwise.
+            PyObject_GC_UnTrack(self._waiter_list)
         return self._waiter_list
 
     @property
     def _done_callbacks(self):
+        # Whoever asks for the list may put callables in it: tracked again (see finish).
+        self._touched = True
+        self._retrack()
         if self._callbacks is None:
             self._callbacks = []
         return self._callbacks
+
+    def __setattr__(self, name, value):
+        # Anything Python code stores on a future may reference it back: such a future
+        # stays (or becomes again) visible to the cyclic GC (see finish).
+        self._touched = True
+        self._retrack()
+        PyObject_GenericSetAttr(self, name, value)
+
+    cdef inline void _retrack(self) noexcept:
+        """Back in the cyclic GC's lists (see ``_settle_tracking``); takes the lock."""
+        cdef FutureLock lock = self._condition
+        lock.enter()
+        if not PyObject_GC_IsTracked(self):
+            PyObject_GC_Track(self)
+        lock.leave()
+
+    cdef inline void _settle_tracking(self, object value, bint failed) noexcept:
+        """Under the lock, once FINISHED: leave the cyclic GC's lists when nothing this
+        future references can lead back to it; be in them otherwise.
+
+        ``submit`` takes its futures out of the GC's lists (see there); a future that
+        finished usually outlives its call by far (a list of them awaited with
+        ``wait()``), and every collection of the generation it sat in visited it: with
+        100k futures alive that was a third of the parent's CPU per ``submit`` of the
+        process executor (perf: gc_collect_main, visit_decref, visit_reachable). Once
+        finished with a result of an atomic type, what it holds are the module's state
+        constants, that result, its lock (no references) and empty lists, and ``_halt``
+        is dropped (only a pending future needs it): none can be part of a cycle (as
+        CPython untracks tuples and dicts of atomic values). Anything that could add a
+        reference later tracks it again (``__setattr__``, ``_done_callbacks``). The
+        waiters ``wait()``/``as_completed()`` put in ``_waiters`` do reference the future
+        (a waiter keeps the futures it was told about), but those functions hold the
+        futures while the waiters are there and remove them before they return (their
+        ``finally``, also when the ``as_completed`` generator is closed or dropped), so
+        a cycle through a waiter never outlives them. Refcounting frees an untracked
+        future."""
+        cdef type t = type(value)
+        if (failed or self._touched or self._callbacks or self._wakeups or self._fn is not None or self._args is not None
+                or self._kwargs is not None
+                or not (value is None or t is int or t is float or t is str
+                        or t is bytes or t is bool or t is complex)):
+            if not PyObject_GC_IsTracked(self):
+                PyObject_GC_Track(self)
+            return
+        self._halt = None
+        if PyObject_GC_IsTracked(self):
+            PyObject_GC_UnTrack(self)
 
     # -- state changes (callers hold no lock)
 
@@ -266,6 +328,7 @@ cdef class FutureCore:
                     else:
                         waiter.add_result(self)
             self._wake()
+            self._settle_tracking(value, failed)
         finally:
             lock.leave()
         if self._callbacks:
@@ -353,6 +416,10 @@ cdef class FutureCore:
                 return True
             self._state = CANCELLED
             self._wake()
+            # Still holding its call (taken later, by whoever drops it from the queue):
+            # visible to the cyclic GC again (see submit).
+            if not PyObject_GC_IsTracked(self):
+                PyObject_GC_Track(self)
         finally:
             lock.leave()
         self._invoke_callbacks()
@@ -577,11 +644,20 @@ def submit(self, fn, /, *args, **kwargs):
     f._args = args
     f._kwargs = kwargs if kwargs else None
     f._halt = halt
+    # Out of the cyclic GC's lists from here on (FutureCore._settle_tracking puts it back
+    # when it finishes with something that could form a cycle): while the call is
+    # attached, the pool's queue (or the worker running it) holds the future, so a
+    # cycle through its arguments cannot become garbage before the call is taken off
+    # it; the collections while a burst of futures is pending then skip them all.
+    PyObject_GC_UnTrack(f)
     try:
         halt.push(f)
     except Closed:
         f._fn = f._args = f._kwargs = None
         halt.refuse()
+        raise
+    except BaseException:
+        f._retrack()  # never queued: dropped with its call attached, maybe in a cycle
         raise
     return f
 

@@ -9,6 +9,7 @@ by the module (a worker process starts in ~0.1-0.5 s)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import sys
@@ -198,6 +199,21 @@ def test_wait_and_as_completed_see_every_future(kind: str) -> None:
     futs.append(ex.submit(tasks.fail_on, 1, 1))
     done, not_done = wait(futs, WAIT, return_when=FIRST_EXCEPTION)
     assert futs[-1] in done and not not_done
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_finished_futures_leave_the_gc_unless_they_may_be_in_a_cycle(kind: str) -> None:
+    """Futures completed in batches (collector, on_results) with atomic results leave
+    the cyclic GC's lists; one with a container result or an exception stays there."""
+    ex = shared(kind)
+    futs = [ex.submit(tasks.square, i) for i in range(300)]
+    wait(futs, WAIT)
+    assert [f.result() for f in futs] == [i * i for i in range(300)]
+    assert not any(gc.is_tracked(f) for f in futs)
+    listed = ex.submit(list, (1, 2))
+    failed = ex.submit(tasks.fail_on, 1, 1)
+    assert listed.result(WAIT) == [1, 2] and failed.exception(WAIT) is not None
+    assert gc.is_tracked(listed) and gc.is_tracked(failed)
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
