@@ -673,6 +673,60 @@ def take_call(FutureCore fut):
     return call
 
 
+def take_calls(list futures, dict registry, tuple cancelled):
+    """The remote executor's hand-over of a batch of futures (``_Shipper``), one compiled
+    loop instead of three Python calls per future: each future is marked running and its
+    call ``(fn, args, kwargs)`` taken off it and registered in ``registry`` by the call
+    tuple's identity; a future cancelled before that is not run (its call becomes
+    ``cancelled``, its arguments dropped). Returns the calls, in batch order. Raises
+    what ``set_running_or_notify_cancel`` raises for a future in an unexpected state."""
+    cdef Py_ssize_t i, n = len(futures)
+    cdef list calls = [None] * n
+    cdef FutureCore fut
+    for i in range(n):
+        fut = <FutureCore?>futures[i]
+        if fut.start() and not fut._taken:
+            call = (fut._fn, fut._args, fut._kwargs)
+            fut._taken = True
+            fut._fn = fut._args = fut._kwargs = None
+            registry[id(call)] = fut
+        else:  # cancelled before it could start (or already taken): not run
+            fut._taken = True
+            fut._fn = fut._args = fut._kwargs = None
+            call = cancelled
+        calls[i] = call
+    return calls
+
+
+def pop_futures(dict registry, list calls):
+    """``[registry.pop(id(call), None) for call in calls]``: the futures of the calls a
+    runner reports values for (None for a call cancelled before it was shipped)."""
+    cdef Py_ssize_t i, n = len(calls)
+    cdef list out = [None] * n
+    for i in range(n):
+        out[i] = registry.pop(id(calls[i]), None)
+    return out
+
+
+def set_results(list futures, list values):
+    """``fut.set_result(value)`` for each pair (None futures skipped), in order: the
+    remote executor's ``on_results``. Raises ``ValueError`` if the lengths differ
+    (nothing is set then) and what ``set_result`` raises (the futures before it are
+    set)."""
+    cdef Py_ssize_t i, n = len(futures)
+    if len(values) != n:
+        raise ValueError(
+            f"set_results: {n} futures and {len(values)} values (one value per future)")
+    for i in range(n):
+        fut = futures[i]
+        if fut is None:
+            continue
+        if type(fut) is not FutureCore and not isinstance(fut, FutureCore):
+            fut.set_result(values[i])
+        else:
+            (<FutureCore>fut).finish(values[i], False)
+
+
 def run_tasks(Halt halt, list tasks, object chunk_type, object halted):
     """Run a list of tasks in order: futures made by ``submit`` (their call attached),
     and map chunks (``chunk.run(halt)``); after shutdown(cancel_futures=True) or a

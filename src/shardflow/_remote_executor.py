@@ -48,7 +48,7 @@ from concurrent.futures import _base
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
-from shardflow._executor import Halt, take_call
+from shardflow._executor import Halt, pop_futures, set_results, take_call, take_calls
 from shardflow._executor import submit as _compiled_submit
 from shardflow._fork import fork_error
 from shardflow.backends import Backend, resolve_backend
@@ -151,17 +151,22 @@ class _Shipper(ShardRunner):
         isolate = self.isolate
 
         def run(batch: list[Any]) -> Any:
-            calls: list[tuple[Any, ...]] = []
-            append = calls.append
-            for fut in batch:
-                taken = take_call(fut) if fut.set_running_or_notify_cancel() else None
-                if taken is not None:
-                    call = taken if isolate is None else _isolate(isolate, taken)
-                    registry[id(call)] = fut
-                else:  # cancelled before it could start: not run
-                    take_call(fut)
-                    call = _CANCELLED_CALL
-                append(call)
+            calls: list[tuple[Any, ...]]
+            if isolate is None:
+                # Compiled: the loop below without its three Python calls per future.
+                calls = take_calls(batch, registry, _CANCELLED_CALL)
+            else:
+                calls = []
+                append = calls.append
+                for fut in batch:
+                    taken = take_call(fut) if fut.set_running_or_notify_cancel() else None
+                    if taken is not None:
+                        call = _isolate(isolate, taken)
+                        registry[id(call)] = fut
+                    else:  # cancelled before it could start: not run
+                        take_call(fut)
+                        call = _CANCELLED_CALL
+                    append(call)
             try:
                 outcome = inner(calls)
             except BaseException:
@@ -184,8 +189,7 @@ class _Shipper(ShardRunner):
         return run
 
     def _deliver(self, calls: list[Any], values: list[Any]) -> None:
-        pop = self.registry.pop
-        futures = [pop(id(call), None) for call in calls]
+        futures = pop_futures(self.registry, calls)
         assert self.deliver is not None
         self.deliver(futures, values)
 
@@ -407,10 +411,8 @@ def _make_callbacks(
     """``on_results`` (futures from ``_Shipper``: None for a call cancelled before it was
     shipped) and ``on_error`` (futures or call tuples) for the executor's pool."""
 
-    def on_results(futures: list[Any], values: list[Any]) -> None:
-        for fut, value in zip(futures, values, strict=True):
-            if fut is not None:
-                fut.set_result(value)
+    # Compiled: set_result of each future (None skipped), as one loop.
+    on_results = set_results
 
     def on_error(item: Any, exc: BaseException) -> None:
         # A list: a batch that failed as a whole (every call in it failed with exc).

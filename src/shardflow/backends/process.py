@@ -908,8 +908,12 @@ class _ProcessRunner(ShardRunner):
                 )
                 return
         if run.values is not None and got is not None:
-            for k, value in enumerate(got):
-                run.values[run.index(run.start + k)] = value
+            if run.offsets is None and run.start + len(got) <= len(run.values):
+                # Payload position == batch index: one slice store, not a call per item.
+                run.values[run.start : run.start + len(got)] = got
+            else:
+                for k, value in enumerate(got):
+                    run.values[run.index(run.start + k)] = value
         elif self.deliver is not None and not self.per_item and run.error is None:
             run.value = got
             run.value_set = True
