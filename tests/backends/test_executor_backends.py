@@ -19,6 +19,7 @@ from concurrent.futures import (
     FIRST_EXCEPTION,
     CancelledError,
     Future,
+    InvalidStateError,
     ProcessPoolExecutor,
     as_completed,
     wait,
@@ -633,3 +634,30 @@ def test_interpreter_exit_runs_every_call_of_an_executor_not_shut_down(tmp_path:
             not Path(f"/proc/{pid}").exists()
             or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]
         ), f"worker {pid} outlived its parent"
+
+
+def test_the_compiled_batch_helpers_of_the_process_executor() -> None:
+    """take_calls / pop_futures / set_results (shardflow._executor): the calls of a batch
+    in order, a cancelled future's call not run, futures found back by call identity,
+    results set in order; a length mismatch is refused before anything is set."""
+    from shardflow._executor import pop_futures, set_results, take_calls
+    from shardflow.executor import _Future
+
+    futs = [_Future() for _ in range(3)]
+    assert futs[1].cancel()
+    registry: dict[int, Any] = {}
+    cancelled = ()
+    calls = take_calls(futs, registry, cancelled)
+    # Futures made by hand carry no call: (None, None, None), registered; the cancelled
+    # one is not run and is now CANCELLED_AND_NOTIFIED.
+    assert calls[0] == (None, None, None) and calls[1] is cancelled
+    assert futs[0].running() and futs[1].cancelled() and len(registry) == 2
+    found = pop_futures(registry, calls)
+    assert found == [futs[0], None, futs[2]] and not registry
+    with pytest.raises(ValueError, match="3 futures and 2 values"):
+        set_results(found, [1, 2])
+    assert not futs[0].done()
+    set_results(found, ["a", "ignored", "c"])
+    assert futs[0].result(0) == "a" and futs[2].result(0) == "c"
+    with pytest.raises(InvalidStateError):
+        set_results([futs[0]], ["again"])
