@@ -275,7 +275,8 @@ cdef class FutureCore:
         a cycle through a waiter never outlives them. Refcounting frees an untracked
         future."""
         cdef type t = type(value)
-        if (failed or self._touched or self._callbacks or self._wakeups or self._fn is not None or self._args is not None
+        if (failed or self._touched or self._callbacks or self._wakeups
+                or self._fn is not None or self._args is not None
                 or self._kwargs is not None
                 or not (value is None or t is int or t is float or t is str
                         or t is bytes or t is bool or t is complex)):
