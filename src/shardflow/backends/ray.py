@@ -9,11 +9,13 @@ What runs where:
   rings and backpressure (``on_full``), size-or-time batching, dead letters, ``on_error``
   and the accounting, all in the compiled core, exactly as with threads. One thread per
   shard ships the shard's batches to its actor, one actor call per batch, keeping up to
-  ``window`` batches in flight (default 2: the actor starts the next batch while the
-  driver reads the previous reply); a collector thread per shard waits for the replies,
-  oldest first, and reports each batch's outcome to the core (``DEFERRED`` and
-  ``settle`` in ``shardflow.backends.base``). A full window blocks the shard's thread,
-  so the ring fills and ``submit`` blocks, raises or drops as with threads.
+  ``window`` batches in flight (default 4: the actor always has the next batches queued
+  while the driver reads replies). With a full window the shard's thread waits once for
+  the oldest half of it and settles those batches, oldest first (one wake-up per two
+  batches by default); a collector thread per shard settles what an idle shard left.
+  Outcomes go to the core with ``DEFERRED`` and ``settle`` (``shardflow.backends.base``).
+  A full window blocks the shard's thread, so the ring fills and ``submit`` blocks,
+  raises or drops as with threads.
   A call crosses as one bytes payload, pickled in the driver with Ray's cloudpickle
   (lambdas, classes registered by value and serializers registered with Ray work as
   usual), and the reply comes back pickled by the actor: Ray's own serializer costs
@@ -114,8 +116,11 @@ _log = logging.getLogger("shardflow")
 #: Items per actor call for per-item pools (a per-item handler still gets one item at a
 #: time, on the actor). An actor call costs about a millisecond; 1,000 items spread it.
 DEFAULT_BATCH_SIZE = 1000
-#: Batches in flight per shard: the next one is queued on the actor while it runs one.
-DEFAULT_WINDOW = 2
+#: Batches in flight per shard. A full window is drained by half (one wait for the oldest
+#: ``window // 2`` replies): with 4, the shard's thread blocks once per two batches while
+#: the actor still has two queued, instead of once per batch with 2 (each blocking wait
+#: costs a thread wake-up and a GIL hand-off).
+DEFAULT_WINDOW = 4
 _MIB = 1024 * 1024
 
 # The actor's answer to one batch: (seq, handler_ns) when every item succeeded, else
@@ -563,6 +568,11 @@ class Remote:
         have run)."""
         raise NotImplementedError
 
+    def wait(self, handles: list[Any]) -> None:
+        """Block until every one of ``handles`` has its reply or failed: a hint (one
+        wait for several replies, whose ``result`` calls then return at once) that
+        raises nothing; ``result`` reports the failures. By default nothing."""
+
     def kill(self, actor: Any) -> None:
         """Stop ``actor`` (dead or alive) without waiting."""
         raise NotImplementedError
@@ -603,9 +613,10 @@ class _ShardLink:
     sequence numbers and the re-sends.
 
     The shard's thread (``ship``) sends each batch at once and returns ``DEFERRED`` while
-    fewer than ``window`` batches are in flight; with a full window it collects the
-    oldest reply itself (like a hand-written ``ray.wait`` loop: no thread hand-off while
-    the shard is busy) and settles that batch with the core. When the shard goes idle,
+    fewer than ``window`` batches are in flight; with a full window it waits once for the
+    oldest ``window // 2`` replies (at least one) and collects them itself (like a
+    hand-written ``ray.wait`` loop: no thread hand-off while the shard is busy), settling
+    each batch with the core, oldest first. When the shard goes idle,
     the link's collector thread settles what is left (after ``IDLE_COLLECT`` seconds, up
     to 16 times that after a busy spell, so that it does not compete with a busy shard's
     thread); ``wait_settled`` (flush) and
@@ -637,6 +648,9 @@ class _ShardLink:
         self.per_item = per_item
         self.shard = shard
         self.window = window
+        # Replies collected per wait once the window is full: half of it, so that the
+        # actor still has batches queued while the driver reads the others.
+        self.group = max(1, window // 2)
         self.restart_timeout = restart_timeout
         self.settle = settle
         self.actor: Any = None
@@ -680,7 +694,16 @@ class _ShardLink:
                     if len(inflight) == 1:
                         self.cond.notify()  # the collector sleeps while nothing is in flight
                     return DEFERRED
-            self.collect_head()
+                group = [inflight[i] for i in range(min(self.group, len(inflight)))]
+            if len(group) > 1:
+                # One blocking wait for the group (one wake-up, one GIL hand-off), then
+                # each reply is read without blocking.
+                handles = [e.handle for e in group if e.handle is not None]
+                if handles:
+                    self.remote.wait(handles)
+            for e in group:
+                # Skips an entry another thread (flush, the collector) settled meanwhile.
+                self.collect_head(e)
 
     def inflight_lost(self) -> bool:
         # An unsent entry ahead means the actor is being replaced: keep the order.
@@ -688,13 +711,16 @@ class _ShardLink:
 
     # -- collecting (the shard's thread, the collector thread, flush, close)
 
-    def collect_head(self) -> bool:
-        """Wait for the oldest batch's reply and settle it; False if none is in flight."""
+    def collect_head(self, expect: _InFlight | None = None) -> bool:
+        """Wait for the oldest batch's reply and settle it; False if none is in flight
+        (or, with ``expect``, if the oldest is not that batch: it was settled already)."""
         with self.collecting:
             with self.lock:
                 if not self.inflight:
                     return False
                 entry = self.inflight[0]
+                if expect is not None and entry is not expect:
+                    return False
             outcome = self._outcome_of(entry)
             # The handler's time on the actor, as threads measure it; the round trip when
             # no reply came (the batch failed as a whole on the way).
@@ -1037,6 +1063,13 @@ class RayRemote(Remote):
         reply: tuple[Any, ...] = pickle.loads(data)
         return reply
 
+    def wait(self, handles: list[Any]) -> None:
+        refs = [h[0] if type(h) is list else h for h in handles]
+        try:
+            self._ray.wait(refs, num_returns=len(refs))
+        except Exception:  # e.g. Ray shutting down: result() says what happened
+            pass
+
     def kill(self, actor: Any) -> None:
         try:
             self._ray.kill(actor, no_restart=True)
@@ -1190,9 +1223,10 @@ class RayBackend(Backend):
             of ``workers`` shards needs ``workers * num_cpus_per_shard`` free CPUs.
         batch_size: items per actor call for per-item pools (``batch_size=1``). Pools
             with ``batch_size > 1`` ship their own batches.
-        window: batches in flight per shard (sent, reply not yet in). 2 lets an actor
-            start the next batch while the driver handles the reply of the previous
-            one; each shard holds at most ``window`` batches beyond its ring.
+        window: batches in flight per shard (sent, reply not yet in); each shard holds
+            at most ``window`` batches beyond its ring. When it is full, the shard waits
+            for the oldest ``window // 2`` replies at once (at least one), so the actor
+            still has batches queued meanwhile; 1 or 2: one reply per wait.
         restart_timeout: seconds a batch may wait for a new actor after its actor died
             before it fails as a whole with ``ShardLost``.
         start_timeout: seconds a pool waits for its actors to start.
