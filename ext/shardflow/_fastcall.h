@@ -13,6 +13,8 @@
 #include <Python.h>
 #include <string.h>
 
+#include "shardflow/_sched.h"
+
 typedef PyObject *(*sf_one_arg_fn)(PyObject *self, PyObject *arg);
 
 static sf_one_arg_fn sf_submit_one = NULL; /* submit(item) */
@@ -86,6 +88,41 @@ static int sf_install_submit(PyObject *type_obj, sf_one_arg_fn one) {
     sf_submit_one = one;
     PyType_Modified(type);
     return 0;
+}
+
+/* The common case of submit(item), for an unkeyed pool with no direct ship: an open ring
+ * with room by the cached head, no earlier claim still publishing, no queue-wait stamp due
+ * at this index, and an uncontended claim. Returns 1 when the item was pushed (its
+ * reference taken, then P2-P4 of sf_sched_after_push: the owner or a thief woken), 0 when
+ * nothing was done: the caller then takes the general path (sf_sched_push1, which handles
+ * every case).
+ *
+ * Why a second path: sf_sched_push1 inlined into the caller has calls on its rare branches
+ * (the stamp's clock read, the wait for an earlier producer's publish) with the ring and
+ * the item live across them, which made the compiler save six registers and set up a
+ * frame on every submit. Here every check that could lead to one comes before the claim,
+ * and the calls left (the wake-ups) have nothing live after them, so the common path runs
+ * without a prologue.
+ *
+ * Same steps and memory orders as sf_sched_push1: the claim is the same seq_cst CAS of
+ * tail, and `t` is the tail index read before it (as sf_sched_push1 reads it for a
+ * stealing pool); commit == t, read with acquire before the claim, stays t once the claim
+ * of t succeeds (only the claimer of t publishes t), so sf_ring_push1's wait loop would
+ * exit at once; then the slot store, the release store of commit, and
+ * sf_sched_after_push itself. */
+SF_ALWAYS_INLINE int sf_submit_try_push1(sf_pool *p, sf_shard *shards, uint64_t s,
+                                         PyObject *item) {
+    sf_ring *r = &shards[s].ring;
+    uint64_t t = sf_load_relaxed_u64(&r->tail);
+    if ((t & SF_RING_CLOSED) || (t & ~r->stamp_high) == 0 ||
+        t - sf_load_acquire_u64(&r->head_cache) >= r->capacity ||
+        sf_load_acquire_u64(&r->commit) != t || !sf_cas_weak_seqcst_u64(&r->tail, &t, t + 1))
+        return 0;
+    Py_INCREF(item); /* the ring's reference */
+    sf_store_relaxed_ptr(&r->slots[t & r->mask], (void *)item);
+    sf_store_release_u64(&r->commit, t + 1);
+    (void)sf_sched_after_push(p, shards, s, t, 1);
+    return 1;
 }
 
 #endif /* SF_FASTCALL_H */

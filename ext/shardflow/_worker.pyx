@@ -129,6 +129,7 @@ cdef extern from "shardflow/_pycompat.h":
 cdef extern from "shardflow/_fastcall.h":
     ctypedef object (*sf_one_arg_fn)(object, object)
     int sf_install_submit(object type_obj, sf_one_arg_fn one) except -1
+    bint sf_submit_try_push1(sf_pool *p, sf_shard *shards, uint64_t s, PyObject *item)
 
 
 cdef extern from "shardflow/_pool.h" nogil:
@@ -451,6 +452,34 @@ cdef class PoolCore:
             return True
         Py_DECREF(item)
         return self._submit_slow(shard, item, timeout, r)
+
+    cdef object _submit_routed(self, object item):
+        """``submit(item)`` with a key function or a direct ship (see ``_submit_one``)."""
+        cdef Py_ssize_t s
+        cdef int64_t r
+        if self.key_fn is None:
+            s = <Py_ssize_t>sf_pool_next_shard(self.st, <uint64_t>self.workers)
+        else:
+            s = self._route(item)
+        if self._direct is not None and _try_direct(self, s, item):
+            return True
+        # _submit_at written out: a keyed submit makes no further call.
+        Py_INCREF(item)
+        r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
+        if r == 1:
+            return True
+        Py_DECREF(item)
+        return self._submit_slow(s, item, None, r)
+
+    cdef object _submit_at(self, Py_ssize_t s, object item):
+        """``submit(item)`` to shard ``s``, routed already, without a timeout."""
+        cdef int64_t r
+        Py_INCREF(item)
+        r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
+        if r == 1:
+            return True
+        Py_DECREF(item)
+        return self._submit_slow(s, item, None, r)
 
     cdef object _submit_slow(self, Py_ssize_t s, object item, object timeout, int64_t r):
         cdef sf_shard *sh = &self.shards[s]
@@ -1005,20 +1034,16 @@ cdef object _submit_one(PoolCore self, object item):
     """``submit(item)``: the per-item hot path, called by the C entry of _fastcall.h (and
     by ``submit`` without a timeout)."""
     cdef Py_ssize_t s
-    cdef int64_t r
-    # The unkeyed route written out (a call to _route is not inlined).
-    if self.key_fn is None:
+    if self.key_fn is None and self._direct is None:
+        # The route written out, and the push's common case without calls on its way
+        # (sf_submit_try_push1): this function then needs no prologue.
         s = <Py_ssize_t>sf_pool_next_shard(self.st, <uint64_t>self.workers)
-    else:
-        s = self._route(item)
-    if self._direct is not None and _try_direct(self, s, item):
-        return True
-    Py_INCREF(item)
-    r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
-    if r == 1:
-        return True
-    Py_DECREF(item)
-    return self._submit_slow(s, item, None, r)
+        if sf_submit_try_push1(self.st, self.shards, s, <PyObject *>item):
+            return True
+        return self._submit_at(s, item)
+    # Calls through the vtable: never inlined here, so their calls and registers stay
+    # out of the path above.
+    return self._submit_routed(item)
 
 
 cdef bint _try_direct(PoolCore self, Py_ssize_t s, object item) except -1:
