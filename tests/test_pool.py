@@ -1021,6 +1021,26 @@ def test_an_idle_pool_sleeps_instead_of_spinning(make_pool: Any) -> None:
     assert pool.join(WAIT)
 
 
+def test_per_item_submits_fill_a_ring_across_its_stamped_indices_in_order(
+    make_pool: Any, gates: Any
+) -> None:
+    # submit(item) takes a fast push for most indices and the general one for every 64th
+    # (a queue-wait stamp is due) and for a full ring: both keep order and accounting.
+    gate = gates()
+    pool = blocked_pool(make_pool, gate, capacity=256, on_full="raise")
+    assert all(pool.submit(i) is True for i in range(256))
+    with pytest.raises(Full) as full:
+        pool.submit(256)
+    assert (full.value.submitted, full.value.unsent) == (0, [256])
+    gate.release.set()
+    pool.close()
+    assert pool.join(WAIT)
+    assert gate.seen == ["first", *range(256)]
+    m = pool.metrics()
+    assert m.submitted == m.processed == accounted(m) == 257
+    assert m.shards[0].queue_wait.count >= 4  # one stamp per 64 indices
+
+
 def test_a_refused_submit_hands_the_item_back_on_the_exception(make_pool: Any) -> None:
     # Full and Closed from submit() carry what submit_many's carry: nothing queued, and the
     # item itself, so a caller can treat both paths alike.
