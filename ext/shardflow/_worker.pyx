@@ -423,35 +423,23 @@ cdef class PoolCore:
         shard was full and ``on_full="drop"``; raises ``Full`` (``on_full="raise"``, or a
         blocking wait that timed out) and ``Closed`` after ``close()``."""
         cdef Py_ssize_t s
-        cdef int64_t r
         if timeout is None:
             return _submit_one(self, item)
         _check_timeout(timeout)
         s = self._route(item)
         if self._direct is not None and _try_direct(self, s, item):
             return True
-        Py_INCREF(item)
-        r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
-        if r == 1:
-            return True
-        Py_DECREF(item)
-        return self._submit_slow(s, item, timeout, r)
+        return self._submit_at(s, item, timeout)
 
     def _submit_to(self, Py_ssize_t shard, item, timeout=None):
         """``submit`` to shard ``shard``, without the key function: ``submit_array``
         routes whole array batches itself (by the partition kernel's hash). Same returns,
         raises and counting as ``submit``."""
-        cdef int64_t r
         if not (0 <= shard < self.workers):
             raise IndexError(f"shard index {shard} out of range(0, {self.workers})")
         if timeout is not None:
             _check_timeout(timeout)
-        Py_INCREF(item)
-        r = sf_sched_push1(self.st, self.shards, shard, <void *><PyObject *>item)
-        if r == 1:
-            return True
-        Py_DECREF(item)
-        return self._submit_slow(shard, item, timeout, r)
+        return self._submit_at(shard, item, timeout)
 
     cdef object _submit_routed(self, object item):
         """``submit(item)`` with a key function or a direct ship (see ``_submit_one``)."""
@@ -471,15 +459,15 @@ cdef class PoolCore:
         Py_DECREF(item)
         return self._submit_slow(s, item, None, r)
 
-    cdef object _submit_at(self, Py_ssize_t s, object item):
-        """``submit(item)`` to shard ``s``, routed already, without a timeout."""
+    cdef object _submit_at(self, Py_ssize_t s, object item, object timeout):
+        """``submit(item, timeout)`` to shard ``s``, routed already (timeout checked)."""
         cdef int64_t r
         Py_INCREF(item)
         r = sf_sched_push1(self.st, self.shards, s, <void *><PyObject *>item)
         if r == 1:
             return True
         Py_DECREF(item)
-        return self._submit_slow(s, item, None, r)
+        return self._submit_slow(s, item, timeout, r)
 
     cdef object _submit_slow(self, Py_ssize_t s, object item, object timeout, int64_t r):
         cdef sf_shard *sh = &self.shards[s]
@@ -1040,7 +1028,7 @@ cdef object _submit_one(PoolCore self, object item):
         s = <Py_ssize_t>sf_pool_next_shard(self.st, <uint64_t>self.workers)
         if sf_submit_try_push1(self.st, self.shards, s, <PyObject *>item):
             return True
-        return self._submit_at(s, item)
+        return self._submit_at(s, item, None)
     # Calls through the vtable: never inlined here, so their calls and registers stay
     # out of the path above.
     return self._submit_routed(item)
