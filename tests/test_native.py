@@ -303,6 +303,33 @@ def test_steal_model_finds_the_old_o2_gap(tmp_path: Path) -> None:
     assert "assertion violated" in report and "errors: 1" in report, report
 
 
+@needs_steal_model
+def test_steal_model_a_gated_thief_steals_once_its_gate_opens(tmp_path: Path) -> None:
+    """A thief whose steal gate is closed (a process runner with a busy window) and opened
+    at any moment: once it is open, a backlog behind a busy owner is still stolen."""
+    for defines in (("-DNPROD=1", "-DITEMS=2"), ("-DNPROD=2", "-DITEMS=1")):
+        report = _verify(tmp_path, *defines, "-DOWNER_STUCK", "-DGATED", model=STEAL_MODEL)
+        assert "errors: 0" in report, (defines, report)
+        assert _states(report) > 10_000, (defines, report)
+
+
+@needs_steal_model
+def test_steal_model_finds_the_missed_opening_without_the_gate_recheck(tmp_path: Path) -> None:
+    """Negative control: without the gate reload after the prepare, an opening between
+    the pass's first look at the gate and its prepare is missed: the thief sleeps through
+    the backlog."""
+    report = _verify(
+        tmp_path,
+        "-DNPROD=1",
+        "-DITEMS=1",
+        "-DOWNER_STUCK",
+        "-DGATED",
+        "-DNO_GATE_RECHECK",
+        model=STEAL_MODEL,
+    )
+    assert "assertion violated" in report and "errors: 1" in report, report
+
+
 # ------------------------------------------------------------------ shmpark.pml
 
 

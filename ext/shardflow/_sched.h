@@ -43,6 +43,19 @@
  * re-checks). Only the first 64 workers take part in thief wake-ups; the others still
  * steal whenever they run dry.
  *
+ * Gated thieves. A runner that ships batches elsewhere (the process backend) returns from
+ * the handler as soon as a batch is in its window, so its loop finds its own ring empty
+ * and would steal while its worker still has batches queued: the stolen items then wait
+ * there, out of reach of any other thief, while the victim's worker runs dry (measured:
+ * 4,000 CPU-bound items split 1,696/2,304 with 8 batches in flight, 1,952/2,048 without
+ * stealing). So such a runner closes its shard's gate while its window is busy
+ * (sf_sched_gate): a gated worker neither steals nor sets its idle bit (producers do not
+ * wake it for nothing). Opening the gate is a seq_cst store, then a notify of the
+ * worker's data_ev (fence, load); the worker loads the gate after its prepare (RMW,
+ * fence): either it sees the gate open and runs its wait again as a thief, or the notify
+ * sees it waiting and wakes it. A gate closed while the worker sleeps with its idle bit
+ * set costs at most one extra wake-up (it re-checks, and sleeps without the bit).
+ *
  * Flush and stealing. flush() promises that every item queued before it was handed to the
  * handler when it returns. Each worker acknowledges a request after handing over what it
  * holds; the owner of a ring only after draining it. The gap: a worker that already
@@ -136,6 +149,12 @@ SF_ALWAYS_INLINE int64_t sf_sched_after_push(sf_pool *p, sf_shard *shards, uint6
 
 static inline void sf_sched_release_hold(sf_pool *p);
 
+/* Close (1) or open (0) shard s's steal gate (see "Gated thieves"); any thread. */
+static inline void sf_sched_gate(sf_shard *s, int closed) {
+    sf_store_seqcst_int(&s->steal_gated, closed);
+    if (!closed) sf_event_notify(&s->data_ev);
+}
+
 /* Take half of the first other shard's published items. Returns how many (0: none). */
 static inline uint64_t sf_sched_steal(sf_shard *shards, uint64_t nshards, uint64_t self,
                                       void **out, uint64_t max) {
@@ -177,13 +196,15 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
         uint64_t n;
         uint32_t key;
         int spins;
+        /* This pass's role: a thief only in a stealing pool with the gate open. */
+        const int thief = p->steal && !sf_load_acquire_int(&s->steal_gated);
         if (sf_load_acquire_int(&p->stop)) return SF_WAIT_TIMEOUT;
         /* A flush request is answered before taking more: what this worker takes from
          * here on was queued after the request it acknowledges. */
         if (sf_load_acquire_u64(&p->flush_seq) != flush_seen) return SF_WAIT_FLUSH;
         n = sf_sched_pop_own(p, shards, self, out, max);
         if (n) return (int64_t)n;
-        if (p->steal) {
+        if (thief) {
             sf_fetch_add_seqcst_u64(&p->flush_holds, 1); /* S1 */
             n = sf_sched_steal(shards, nshards, self, out, max);
             if (n && sf_load_acquire_u64(&p->flush_seq) == flush_seen &&
@@ -205,13 +226,16 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
             sf_thread_yield();
             continue;
         }
-        if (p->steal && bit) sf_fetch_or_seqcst_u64(&p->idle_mask, bit);
+        if (thief && bit) sf_fetch_or_seqcst_u64(&p->idle_mask, bit);
         key = sf_event_prepare(&s->data_ev);
         /* Claims, not published items: see sf_ring_has_claims. */
         if (sf_ring_has_claims(&s->ring) || sf_ring_finished(&s->ring) ||
             sf_load_acquire_int(&p->stop) || sf_load_acquire_u64(&p->flush_seq) != flush_seen) {
             sf_event_cancel(&s->data_ev, key);
-        } else if (p->steal && sf_sched_any_claims(shards, nshards)) {
+        } else if (p->steal && !thief && !sf_load_acquire_int(&s->steal_gated)) {
+            /* The gate opened since this pass began: run it again as a thief. */
+            sf_event_cancel(&s->data_ev, key);
+        } else if (thief && sf_sched_any_claims(shards, nshards)) {
             /* Work elsewhere, perhaps not yet published: retry the steal, but give the
              * CPU away first (with more threads than cores the publisher may be waiting
              * for exactly this core). */
@@ -220,7 +244,7 @@ static inline int64_t sf_sched_wait(sf_pool *p, sf_shard *shards, uint64_t nshar
         } else {
             sf_event_wait(&s->data_ev, key, deadline_ns);
         }
-        if (p->steal && bit) sf_fetch_and_seqcst_u64(&p->idle_mask, ~bit);
+        if (thief && bit) sf_fetch_and_seqcst_u64(&p->idle_mask, ~bit);
     }
 }
 

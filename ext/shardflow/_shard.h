@@ -47,12 +47,17 @@ typedef struct sf_shard {
     sf_hist qwait;
     sf_hist service;
     uint64_t svc_tick; /* per-item handler calls seen, for sampling (worker-private) */
+    /* 1: this shard's worker neither steals nor offers itself as a thief (sf_sched_gate).
+     * Set by a runner that ships batches elsewhere while its own window is busy; written
+     * rarely (on a change), read by the worker at each wait. */
+    sf_atomic_int steal_gated;
     SF_PAD(_pad2);
 } sf_shard;
 
 static inline int sf_shard_init(sf_shard *s, uint64_t capacity) {
     sf_counters_init(&s->ctr);
     s->svc_tick = 0;
+    atomic_init(&s->steal_gated, 0);
     if (sf_hist_init(&s->qwait)) goto fail_q;
     if (sf_hist_init(&s->service)) goto fail_s;
     if (sf_ring_init(&s->ring, capacity)) goto fail_r;

@@ -55,6 +55,7 @@ cdef extern from "shardflow/_shard.h" nogil:
         sf_hist qwait
         sf_hist service
         uint64_t svc_tick
+        sf_atomic_int steal_gated
 
     int sf_shard_init(sf_shard *s, uint64_t capacity)
     void sf_shard_destroy(sf_shard *s)
@@ -98,6 +99,7 @@ cdef extern from "shardflow/_sched.h" nogil:
                           void **out, uint64_t max, int64_t deadline_ns, uint64_t flush_seen,
                           int *hold)
     void sf_sched_release_hold(sf_pool *p)
+    void sf_sched_gate(sf_shard *s, int closed)
     void sf_sched_flush_done(sf_pool *p)
     uint64_t sf_sched_pop_own(sf_pool *p, sf_shard *shards, uint64_t self, void **out,
                               uint64_t max)

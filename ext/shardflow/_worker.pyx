@@ -63,6 +63,7 @@ from shardflow._shard cimport (
     sf_sched_pop_own,
     sf_sched_push,
     sf_sched_push1,
+    sf_sched_gate,
     sf_sched_release_hold,
     sf_sched_request_flush,
     sf_sched_wait,
@@ -849,6 +850,16 @@ cdef class PoolCore:
         if not (0 <= s < self.workers):
             raise IndexError(f"shard index {s} out of range(0, {self.workers})")
         sf_fetch_add_relaxed_u64(&self.shards[s].ctr.direct, 1)
+
+    def _gate_steal(self, Py_ssize_t s, bint closed):
+        """Close (True) or open (False) shard ``s``'s steal gate: while it is closed, the
+        shard's loop does not steal (a runner that ships batches elsewhere closes it while
+        its window is busy: stolen items would wait there while the victim's worker runs
+        dry; ``_sched.h``, "Gated thieves"). Opening it wakes the loop to steal. No effect
+        in a pool that does not steal."""
+        if not (0 <= s < self.workers):
+            raise IndexError(f"shard index {s} out of range(0, {self.workers})")
+        sf_sched_gate(&self.shards[s], closed)
 
     def _check_fork(self):
         if sf_load_relaxed_int(&self.st.forked):

@@ -250,3 +250,23 @@ def slow_zero(x: int) -> int:
 
 def enrich_total(record: dict[str, Any]) -> int:
     return int(record["total"])
+
+
+class HoldUntilOpen:
+    """Items are ``(key, n, hold)``. A held item waits until ``<dir>/open-<key>`` exists
+    (polling; at most 60 s), so a test can keep a shard's worker busy for as long as it
+    needs; every item then appends ``"<monotonic_ns> <pid> <item>"`` to ``<dir>/<pid>``
+    (``read_records`` reads them)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def __call__(self, item: tuple[int, int, bool]) -> None:
+        key, _, hold = item
+        if hold:
+            gate = Path(self.directory) / f"open-{key}"
+            deadline = time.monotonic() + 60
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        with open(Path(self.directory) / str(os.getpid()), "a") as f:
+            f.write(f"{time.monotonic_ns()} {os.getpid()} {item!r}\n")

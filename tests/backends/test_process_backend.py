@@ -23,7 +23,7 @@ import proc_handlers as ph
 import pytest
 
 import shardflow
-from helpers import interrupt
+from helpers import interrupt, wait_until
 from shardflow.backends import ProcessBackend
 from shardflow.backends.process import RemoteError, WorkerLost
 
@@ -837,3 +837,54 @@ def test_an_idle_pool_stops_polling_and_parks_after_its_spin_window() -> None:
     finally:
         pool.shutdown()
     assert accounted(pool).processed == 510
+
+
+def test_a_dispatch_thread_steals_only_once_its_worker_runs_low(tmp_path: Path) -> None:
+    # Stealing among the staging rings stays on for unkeyed (and keyed, unordered) process
+    # pools, but a dispatch thread with batches queued at its worker must not take
+    # another shard's backlog: it would wait there while the victim's worker runs dry.
+    # Key k goes to shard k (hash(k) % 2). Shard 1's worker is held with 3 batches in
+    # flight (its window of 4 has room); shard 0's worker is held with a full window and
+    # a backlog in its staging ring. Only when shard 1's worker runs low may it steal.
+    handler = ph.HoldUntilOpen(str(tmp_path))
+    pool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(
+        handler,
+        workers=2,
+        key=lambda item: item[0],
+        ordered=False,
+        backend=ProcessBackend(ship_batch_size=1, window=4),
+    )
+    try:
+        assert pool.steal is True
+        shards = pool._runner.shards  # type: ignore[attr-defined]
+        # Set-up only: idle shard 0 would (rightly) steal shard 1's held items while they
+        # are queued; close its gate until its own first ship reopens it (_regate).
+        pool._gate_steal(0, True)
+        shards[0].gated = True
+        for n in range(3):
+            pool.submit((1, n, True))
+        assert wait_until(lambda: len(shards[1].inflight) == 3)
+        backlog = [(0, n, n == 0) for n in range(200)]
+        assert pool.submit_many(backlog) == len(backlog)
+        assert wait_until(lambda: len(shards[0].inflight) == 4)
+        # Give shard 1 every chance to (wrongly) steal while its worker is busy.
+        assert not wait_until(lambda: pool.metrics().shards[1].stolen_in > 0, timeout=0.3)
+        (tmp_path / "open-1").touch()  # shard 1's worker runs dry: now it steals
+        assert wait_until(lambda: pool.metrics().shards[1].stolen_in >= 150)
+        (tmp_path / "open-0").touch()
+    finally:
+        (tmp_path / "open-0").touch()
+        (tmp_path / "open-1").touch()
+        pool.shutdown()
+    m = accounted(pool)
+    assert (m.submitted, m.processed) == (203, 203)
+    assert m.shards[1].stolen_in == m.shards[0].stolen_out
+    for s in m.shards:
+        assert s.submitted + s.stolen_in - s.stolen_out == s.processed
+    records = ph.read_records(str(tmp_path))
+    assert sorted(item for _, _, item in records) == sorted(
+        repr(item) for item in backlog + [(1, n, True) for n in range(3)]
+    )  # each exactly once
+    pid_1 = next(pid for _, pid, item in records if item == repr((1, 0, True)))
+    stolen = [item for _, pid, item in records if pid == pid_1 and item.startswith("(0,")]
+    assert len(stolen) == m.shards[1].stolen_in

@@ -32,7 +32,9 @@
  *             sf_sched_push (half of them all to shard 0) blocking in sf_shard_wait_space
  *             when full, and a flusher (sf_sched_request_flush + wait_flushed +
  *             flush_done) checking that every value pushed before its request was handed
- *             over when the flush returns. Then exactly-once (bitmap, count, sum, xor),
+ *             over when the flush returns, and a gater closing and opening the workers'
+ *             steal gates at random (sf_sched_gate, as a process runner does while its
+ *             window is busy). Then exactly-once (bitmap, count, sum, xor),
  *             sum(stolen_in) == sum(stolen_out), no hold, idle bit or announcement left.
  *   hist      a latency histogram (_hist.h): one writer records known values (spread over
  *             the whole range and beyond it) while readers merge the buckets with relaxed
@@ -1084,6 +1086,7 @@ typedef struct sched_ctx {
     sf_atomic_int producers_done;
     sf_atomic_u64 flushes, flush_checked, holds, handovers, waits_space;
     sf_atomic_u64 wait_flush_returns;
+    sf_atomic_u64 gate_flips;
 } sched_ctx;
 
 typedef struct sched_arg {
@@ -1226,6 +1229,22 @@ static void *sched_producer(void *arg) {
     return NULL;
 }
 
+/* Close and open random workers' steal gates until the producers are done, then open
+ * them all (a gated worker must still drain its own ring, and an opened one must steal
+ * again: the final flush and the watchdog catch a worker that does neither). */
+static void *sched_gater(void *arg) {
+    sched_ctx *c = arg;
+    uint64_t seed = opt.seed ^ 0x9a7e5ULL, flips = 0;
+    while (!atomic_load_explicit(&c->producers_done, memory_order_acquire)) {
+        sf_sched_gate(&c->shards[rnd(&seed) % c->nshards], (int)(rnd(&seed) & 1));
+        flips++;
+        if (rnd(&seed) % 4 == 0) usleep((useconds_t)(rnd(&seed) % 50));
+    }
+    for (uint64_t i = 0; i < c->nshards; i++) sf_sched_gate(&c->shards[i], 0);
+    atomic_store_explicit(&c->gate_flips, flips, memory_order_relaxed);
+    return NULL;
+}
+
 static void *sched_flusher(void *arg) {
     sched_ctx *c = arg;
     uint64_t seed = opt.seed ^ 0xf105e5ULL;
@@ -1271,7 +1290,7 @@ static void *sched_flusher(void *arg) {
 static int scenario_sched(uint64_t capacity, uint64_t nshards) {
     sched_ctx *c = xcalloc(1, sizeof *c);
     int P = opt.producers;
-    pthread_t pt[64], wt[SCHED_MAX_WORKERS], ft;
+    pthread_t pt[64], wt[SCHED_MAX_WORKERS], ft, gt;
     sched_arg pa[64], wa[SCHED_MAX_WORKERS];
     int64_t t0 = sf_now_ns();
     int before = atomic_load(&failures);
@@ -1298,6 +1317,7 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
         start(&wt[i], sched_worker, &wa[i]);
     }
     start(&ft, sched_flusher, c);
+    start(&gt, sched_gater, c);
     hist_reader_ctx hr = {.shards = c->shards, .nshards = nshards, .reads = 0};
     pthread_t hrt;
     atomic_init(&hr.stop, 0);
@@ -1309,6 +1329,7 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
     for (int i = 0; i < P; i++) join(pt[i]);
     atomic_store_explicit(&c->producers_done, 1, memory_order_release);
     join(ft);
+    join(gt);
     /* A last flush with every value pushed: it must hand over everything. */
     {
         uint64_t seq = sf_sched_request_flush(c->pool, c->shards, nshards);
@@ -1350,10 +1371,12 @@ static int scenario_sched(uint64_t capacity, uint64_t nshards) {
     CHECK(atomic_load(&c->pool->live) == 0, "sched: live != 0 at the end");
     printf("sched     capacity=%-6" PRIu64 " shards=%" PRIu64 " producers=%d items=%" PRIu64
            " stolen=%" PRIu64 " flushes=%" PRIu64 " (items checked %" PRIu64
-           ") held_steals=%" PRIu64 " handovers=%" PRIu64 " producer_waits=%" PRIu64 " %.2fs %s\n",
+           ") held_steals=%" PRIu64 " handovers=%" PRIu64 " producer_waits=%" PRIu64
+           " gate_flips=%" PRIu64 " %.2fs %s\n",
            capacity, nshards, P, c->led.n, in, (uint64_t)atomic_load(&c->flushes),
            (uint64_t)atomic_load(&c->flush_checked), (uint64_t)atomic_load(&c->holds),
            (uint64_t)atomic_load(&c->handovers), (uint64_t)atomic_load(&c->waits_space),
+           (uint64_t)atomic_load(&c->gate_flips),
            (double)(sf_now_ns() - t0) / 1e9, atomic_load(&failures) == before ? "OK" : "FAILED");
     fflush(stdout);
     ledger_free(&c->led);

@@ -45,6 +45,16 @@
  *   -DNO_O3      negative control: the owner never wakes a thief after a drain (the state
  *                of the code before O1-O3 were added); with OWNER_STUCK the backlog built
  *                behind a woken owner is lost even under SC_COMMIT.
+ *   -DGATED      the thief starts with its steal gate closed (_sched.h, "Gated thieves":
+ *                a process runner whose window is busy) and an Opener opens it at any
+ *                moment (seq_cst store, then sf_event_notify: fence, load, notify_slow).
+ *                A gated pass neither steals nor sets the idle bit; after its prepare it
+ *                reloads the gate and, found open, runs its wait again as a thief. The
+ *                check is unchanged: once the gate is open, no backlog waits while the
+ *                thief sleeps (with OWNER_STUCK only the gate's wake-up can ensure it).
+ *   -DNO_GATE_RECHECK  negative control (with GATED): no gate reload after the prepare;
+ *                an opening that lands between the pass's gate load and its prepare is
+ *                missed, and the thief sleeps through the backlog.
  *   -DNPROD=1|2, -DITEMS=1|2, -DOWNER_STUCK.
  *
  * Not covered: flush requests and flush holds (S1-S3), deadlines, stop, close, space_ev
@@ -76,6 +86,11 @@ byte waiters[2];
 byte epoch[2];
 
 bool idle1 = false;          /* idle_mask bit 1 */
+#ifdef GATED
+bool gate1 = true;           /* the thief's steal gate: closed until the Opener runs */
+#else
+bool gate1 = false;
+#endif
 
 byte taken[TOTAL + 1];
 byte ntaken = 0;
@@ -237,11 +252,13 @@ end_sleep:
 /* Worker 1: idle; its own ring stays empty; it steals from ring 0. */
 proctype Thief() {
     byte h, c, n, key;
+    bool thief;
 top:
     atomic { h = 0; c = 0; n = 0; key = 0 };
+    thief = !gate1;                          /* this pass's role */
     /* (pop own: empty) S1; sf_sched_steal: has_items, then sf_ring_pop_part(divisor 2) */
     if
-    :: commit != head ->
+    :: thief && commit != head ->
         h = head;
         c = commit;
         if
@@ -265,16 +282,34 @@ top:
     fi;
     /* S3 release; own ring never finished; the spin on its own (empty) ring */
     d_step { h = 0; c = 0; n = 0 };
-    idle1 = true;                            /* T1 */
+    if
+    :: thief -> idle1 = true                 /* T1 */
+    :: else -> skip
+    fi;
     d_step { key = epoch[1]; waiters[1]++ }; /* T2 */
     if
-    :: tail != head -> cancel(1, key)        /* T3: sf_sched_any_claims */
+#ifndef NO_GATE_RECHECK
+    :: !thief && !gate1 -> cancel(1, key)    /* the gate opened: again, as a thief */
+#endif
+    :: thief && tail != head -> cancel(1, key) /* T3: sf_sched_any_claims */
     :: else ->
 end_sleep:
         epoch[1] != key                      /* T4 */
     fi;
-    idle1 = false;                           /* T5 */
+    if
+    :: thief -> idle1 = false                /* T5 */
+    :: else -> skip
+    fi;
     goto top
+}
+
+/* Opens the thief's gate (sf_sched_gate(s, 0)): a seq_cst store, then sf_event_notify. */
+proctype Opener() {
+    gate1 = false;
+    if
+    :: waiters[1] != 0 -> notify_slow(1)
+    :: else -> skip
+    fi
 }
 
 /* When nothing can move any more, nothing may be left queued. */
@@ -290,6 +325,9 @@ init {
     atomic {
         run Owner();
         run Thief();
+#ifdef GATED
+        run Opener();
+#endif
         for (i : 0 .. NPROD - 1) { run Producer(i); run Flusher(i) }
         run Monitor()
     }

@@ -393,6 +393,8 @@ class _Shard:
         # there): equal to the ring's tail index once nothing is between the two, which
         # is when a keyed item may be shipped directly (direct_ship).
         self.from_ring = 0
+        # The core's steal gate of this shard is closed (see _ProcessRunner._regate).
+        self.gated = False
 
 
 class _Run:
@@ -515,6 +517,8 @@ class _ProcessRunner(ShardRunner):
         self.ending: str | None = None  # set by end_workers(): no more recovery
         # The core's _count_direct, set by the pool when it enables direct_ship.
         self.count_direct: Callable[[int], None] | None = None
+        # The core's _gate_steal, set by the pool when it steals (see _regate).
+        self.gate_steal: Callable[[int, bool], None] | None = None
 
     # ------------------------------------------------------------ set-up (seam order)
 
@@ -667,6 +671,20 @@ class _ProcessRunner(ShardRunner):
         finally:
             shard.cond.release()
 
+    def _regate(self, shard: _Shard) -> None:
+        """Under ``shard.cond``, after the window changed: in a stealing pool, let the
+        shard's dispatch thread steal only while its worker runs low (at most one batch
+        in flight), as a thread worker steals only when idle. With more in flight the
+        dispatch thread's loop finds its own ring empty as soon as it shipped, and what it
+        stole would wait behind its worker's queued batches, out of reach of other
+        thieves, while the victim's worker runs dry (``_sched.h``, "Gated thieves").
+        The core is told only on a change: closing costs a store, opening also a notify
+        (the dispatch thread may sleep on its own ring: it is woken to steal)."""
+        gate = self.gate_steal
+        if gate is not None and shard.gated != (len(shard.inflight) > 1):
+            shard.gated = not shard.gated
+            gate(shard.index, shard.gated)
+
     def _encode(self, seq: int, items: list[Any]) -> bytes:
         """Batch ``seq``'s task record (``_process_worker`` has the protocol): pickled, or
         with a serializer, its ``dumps`` of the list inside. Raises what they raise."""
@@ -748,6 +766,7 @@ class _ProcessRunner(ShardRunner):
                     run.reported = len(run.failures)
                     run.t0 = time.monotonic_ns()
                     shard.inflight.append(run)
+                    self._regate(shard)
                     return None
 
     # ------------------------------------------------------------ the collector thread
@@ -773,6 +792,7 @@ class _ProcessRunner(ShardRunner):
                     pass
             with shard.cond:
                 shard.inflight.clear()
+                self._regate(shard)
                 shard.hold = False
                 shard.cond.notify_all()
             raise
@@ -849,6 +869,7 @@ class _ProcessRunner(ShardRunner):
             self._settle_run(shard, head)
             with shard.cond:
                 shard.inflight.popleft()
+                self._regate(shard)
                 # A dispatch thread that found the window full waits until half of it
                 # is free (wait_settled and join until it is empty): one wake-up per
                 # window/2 batches instead of one per batch.
@@ -973,6 +994,7 @@ class _ProcessRunner(ShardRunner):
                 self._settle_run(shard, run)
                 with shard.cond:
                     shard.inflight.popleft()
+                    self._regate(shard)
                     shard.cond.notify_all()
         finally:
             with shard.cond:
@@ -1025,6 +1047,7 @@ class _ProcessRunner(ShardRunner):
                 self._settle_run(shard, run)
                 with shard.cond:
                     shard.inflight.popleft()
+                    self._regate(shard)
                     shard.cond.notify_all()
         finally:
             with shard.cond:
