@@ -248,6 +248,11 @@ class _ShipperBackend(Backend):
 
     def runner(self, *, pool_name: str, workers: int) -> ShardRunner:
         inner = self.inner.runner(pool_name=pool_name, workers=workers)
+        if self.inner.name == "process" and getattr(self.inner, "window", 0) is None:
+            from shardflow.backends.process import EXECUTOR_WINDOW
+
+            # Calls of the batches in flight can no longer be cancelled: keep it shallow.
+            inner.window = EXECUTOR_WINDOW  # type: ignore[attr-defined]
         self.state.shipper = shipper = _Shipper(inner, self.registry, self.isolate)
         return shipper
 

@@ -826,9 +826,13 @@ class Pipeline(Generic[T]):
             ring = 1
             while ring < s.capacity:
                 ring <<= 1
-            # A remote stage may have several shipped lists in flight per shard (Ray's
-            # window), each of up to batch_size items.
+            # A remote stage may have several shipped lists in flight per shard (its
+            # backend's window), each of up to batch_size items.
             shipped = getattr(s.backend, "window", 1) if s.backend is not None else 1
+            if shipped is None:  # ProcessBackend(window=None): the pools' default
+                from shardflow.backends.process import DEFAULT_WINDOW
+
+                shipped = DEFAULT_WINDOW
             total += s.workers * (ring + WORKER_DRAIN + (1 + shipped) * s.batch_size)
         if self.ordered:
             total += self.window

@@ -319,7 +319,7 @@ class ShardedPool(PoolCore, Generic[T]):
         # (the process backend: only while its worker runs low; _sched.h, "Gated
         # thieves").
         if steal and hasattr(runner, "gate_steal"):
-            runner.gate_steal = self._gate_steal  # type: ignore[attr-defined]
+            runner.gate_steal = self._gate_steal
         direct = getattr(type(runner), "direct_ship", None)
         if direct is not None and per_item and driver_guards is None and not arrays:
             runner.count_direct = self._count_direct  # type: ignore[attr-defined]

@@ -275,13 +275,14 @@ def test_shutdown_with_cancel_returns_what_did_not_start(tmp_path: Path) -> None
         workers=1,
         backend="process",
     )
-    pool.submit_many(range(2000))
+    # More than the window holds (8 batches of 256), so that some are still queued.
+    pool.submit_many(range(5000))
     time.sleep(0.1)
     returned = pool.shutdown(cancel=True)
     m = accounted(pool)
     ran = {int(r[2]) for r in ph.read_records(str(tmp_path))}
     assert ran.isdisjoint(returned)
-    assert ran | set(returned) == set(range(2000))
+    assert ran | set(returned) == set(range(5000))
     assert m.returned == len(returned) > 0
 
 
@@ -888,3 +889,21 @@ def test_a_dispatch_thread_steals_only_once_its_worker_runs_low(tmp_path: Path) 
     pid_1 = next(pid for _, pid, item in records if item == repr((1, 0, True)))
     stolen = [item for _, pid, item in records if pid == pid_1 and item.startswith("(0,")]
     assert len(stolen) == m.shards[1].stolen_in
+
+
+def test_the_default_window_is_8_batches_for_pools_and_4_for_executors() -> None:
+    # An Executor's calls in flight can no longer be cancelled: it keeps the shallower
+    # window unless the user asks for one.
+    from shardflow.backends.process import DEFAULT_WINDOW, EXECUTOR_WINDOW
+
+    assert (DEFAULT_WINDOW, EXECUTOR_WINDOW) == (8, 4)
+    assert ProcessBackend().window is None
+    pool: shardflow.ShardedPool[Any] = shardflow.ShardedPool(ph.noop, workers=1, backend="process")
+    try:
+        assert pool._runner.window == DEFAULT_WINDOW  # type: ignore[attr-defined]
+    finally:
+        pool.shutdown()
+    for backend, window in (("process", EXECUTOR_WINDOW), (ProcessBackend(window=6), 6)):
+        with shardflow.Executor(1, backend=backend) as ex:
+            assert ex.submit(ph.square, 4).result(timeout=60) == 16
+            assert ex._pool._runner.inner.window == window  # type: ignore[attr-defined]

@@ -11,7 +11,8 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
 * a parent thread per shard (its dispatch thread) runs the compiled shard loop and, for
   each batch, pickles it once (before taking the shard's lock, which the collector needs
   to settle batches) into the task ring and returns at once (``DEFERRED``):
-  up to ``window`` batches (default 4) are in flight per shard, so the worker starts the
+  up to ``window`` batches (default 8; 4 for an ``Executor``) are in flight per shard, so
+  the worker starts the
   next batch as soon as it finished one while the parent pickles the ones after it. A
   full window is refilled once half of it came back. Per-item pools are shipped in lists
   of up to ``ship_batch_size`` items (whatever is queued, no waiting), and the worker calls
@@ -120,6 +121,16 @@ _SLICE = 0.05  # seconds between liveness checks while waiting on a worker
 _UNKEYED = (1 << 64) - 1  # direct_ship's tail for an unkeyed pool: no order to keep
 _JOIN_TIMEOUT = 5.0  # seconds a worker gets to exit after "no more batches"
 _IDLE_CHECK = 1.0  # seconds between health checks of a worker with nothing in flight
+
+#: Batches in flight per shard of a pool (``ProcessBackend(window=None)``). A full window
+#: is refilled once half of it came back, so the dispatch thread blocks once per
+#: ``window // 2`` batches: no-op items shipped 1,000 per message ran at 12-14M/s with 4
+#: and 17-18M/s with 8 in A/B runs (benchmarks/README.md), CPU-bound items at the same
+#: rate (the dispatch thread's stealing is gated: depth no longer unbalances workers).
+DEFAULT_WINDOW = 8
+#: An Executor's default instead: the calls of the batches in flight are running and can
+#: no longer be cancelled, so it keeps the shallower window.
+EXECUTOR_WINDOW = 4
 
 
 class WorkerLost(ShardflowError):
@@ -502,7 +513,7 @@ class _ProcessRunner(ShardRunner):
         self.crash_window = backend.crash_window
         self.start_timeout = backend.start_timeout
         self.max_tasks_per_child = backend.max_tasks_per_child
-        self.window = backend.window
+        self.window: int = DEFAULT_WINDOW if backend.window is None else backend.window
         self.serializer: Serializer | None = backend.serializer
         self.serializer_pickle = backend.serializer_pickle
         self._settle: Settle | None = None
@@ -1351,7 +1362,11 @@ class ProcessBackend(Backend):
             one, so that the worker does not wait for the parent; a full window is
             refilled once half of it came back (fewer thread wake-ups). Each shard holds
             at most ``window`` batches beyond its ring (and its task ring at most
-            ``ring_bytes`` of them). 1: one batch at a time.
+            ``ring_bytes`` of them). 1: one batch at a time. None (the default):
+            ``DEFAULT_WINDOW`` (8) for pools; 4 for an ``Executor``, whose calls in
+            flight can no longer be cancelled (up to ``window`` x ``ship_batch_size``
+            per worker). In a stealing pool a shard's dispatch thread steals only while
+            at most one batch is in flight: deeper windows do not unbalance the workers.
         serializer: None (pickle, the default) or a ``Serializer(dumps, loads)`` (a
             ``(dumps, loads)`` tuple, or an object with ``dumps``/``loads`` such as the
             ``orjson`` or ``marshal`` module): encodes the items of each shipped batch,
@@ -1395,7 +1410,7 @@ class ProcessBackend(Backend):
         crash_window: float = 10.0,
         start_timeout: float = 60.0,
         max_tasks_per_child: int | None = None,
-        window: int = 4,
+        window: int | None = None,
         serializer: Serializer | tuple[Callable[[Any], Any], Callable[[Any], Any]] | Any = None,
         spin_us: float = DEFAULT_SPIN_US,
     ) -> None:
@@ -1420,7 +1435,8 @@ class ProcessBackend(Backend):
         check_seconds("start_timeout", start_timeout)
         if max_tasks_per_child is not None:
             check_int("max_tasks_per_child", max_tasks_per_child, lo=1, hi=1 << 62)
-        check_int("window", window, lo=1, hi=1 << 10)
+        if window is not None:
+            check_int("window", window, lo=1, hi=1 << 10)
         if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)):
             raise TypeError(
                 f"spin_us must be a number of microseconds in [0, {_MAX_SPIN_US}], "
