@@ -81,6 +81,43 @@ def test_every_item_of_a_sequence_is_handled_once_and_shards_share_them(
     assert accounted(m) == m.submitted == 5000
 
 
+def _noop(x: Any) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    "make_items",
+    [list, tuple, ListSubclass, lambda r: r, lambda r: iter(list(r))],
+    ids=["list", "tuple", "list-subclass", "range", "list-iterator"],
+)
+@pytest.mark.parametrize(
+    ("workers", "n", "split"),
+    [
+        (2, 4000, [2000, 2000]),
+        (3, 1000, [332, 334, 334]),
+        (2, 100, [50, 50]),
+        (2, 10, [0, 10]),  # runs of at least 32: a small call is not cut up
+        (1, 700, [700]),
+    ],
+)
+def test_unkeyed_items_are_split_evenly_across_the_shards(
+    pools: list[ShardedPool[Any]],
+    make_items: Callable[[range], Any],
+    workers: int,
+    n: int,
+    split: list[int],
+) -> None:
+    # Runs of one size (32 to 256), so that no shard gets an extra full run: a process
+    # pool cannot rebalance what it shipped. Sized by len() or the length hint (a
+    # generator has none: runs of 256).
+    pool: ShardedPool[Any] = ShardedPool(_noop, workers=workers, steal=False)
+    pools.append(pool)
+    assert pool.submit_many(make_items(range(n))) == n
+    pool.close()
+    assert pool.join(WAIT)
+    assert sorted(s.submitted for s in pool.metrics().shards) == split
+
+
 @pytest.mark.parametrize("make_seq", SEQUENCES)
 def test_one_worker_handles_a_sequence_in_order(
     pools: list[ShardedPool[Any]], make_seq: Callable[[list[Any]], Any]
