@@ -17,6 +17,10 @@ process boundary is "run this batch over there" (``_process_worker`` has the pro
   full window is refilled once half of it came back. Per-item pools are shipped in lists
   of up to ``ship_batch_size`` items (whatever is queued, no waiting), and the worker calls
   the handler once per item (a compiled loop, ``shardflow._procloop``);
+* in a stealing pool (unkeyed, or ``ordered=False``) a dispatch thread steals from the
+  other shards' staging rings only while its own worker is down to its last batch
+  (``_ProcessRunner._regate``): what it stole earlier would wait behind its worker's
+  queued batches, out of reach of any other thief, while the victim's worker ran dry;
 * an item submitted to an idle shard (staging ring empty, nothing in flight) is shipped
   by the submitting thread itself, as a batch of one (``_ProcessRunner.direct_ship``: a
   per-item pool without driver guards), so an idle round trip does not pay for waking
