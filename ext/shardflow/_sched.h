@@ -47,8 +47,8 @@
  * the handler as soon as a batch is in its window, so its loop finds its own ring empty
  * and would steal while its worker still has batches queued: the stolen items then wait
  * there, out of reach of any other thief, while the victim's worker runs dry (measured:
- * 4,000 CPU-bound items split 1,696/2,304 with 8 batches in flight, 1,952/2,048 without
- * stealing). So such a runner closes its shard's gate while its window is busy
+ * 4,000 CPU-bound items submitted 2,048/1,952 were handled 1,696/2,304 with 8 batches in
+ * flight). So such a runner closes its shard's gate while its window is busy
  * (sf_sched_gate): a gated worker neither steals nor sets its idle bit (producers do not
  * wake it for nothing). Opening the gate is a seq_cst store, then a notify of the
  * worker's data_ev (fence, load); the worker loads the gate after its prepare (RMW,

@@ -309,17 +309,17 @@ class ShardedPool(PoolCore, Generic[T]):
             not runner.shares_guards,
         )
         runner.attach(settle if driver_guards is None else driver_guards.wrap_settle(settle))
+        # A runner that keeps batches in flight elsewhere gates its shard's stealing
+        # (the process backend: only while its worker runs low; _sched.h, "Gated
+        # thieves").
+        if steal and hasattr(runner, "gate_steal"):
+            runner.gate_steal = self._gate_steal
         # A runner that can ship one item from the submitting thread (the process backend:
         # one record into an idle worker's task ring, no dispatch-thread wake-up) gets
         # the items of an idle shard directly; only for per-item handlers without driver
         # guards (those admit and count per shipped batch, in the dispatch thread) and
         # without arrays. Looked up on the type: the executor's runner wraps the process
         # runner and its items (futures) need its own hand-over, so it has none.
-        # A runner that keeps batches in flight elsewhere gates its shard's stealing
-        # (the process backend: only while its worker runs low; _sched.h, "Gated
-        # thieves").
-        if steal and hasattr(runner, "gate_steal"):
-            runner.gate_steal = self._gate_steal
         direct = getattr(type(runner), "direct_ship", None)
         if direct is not None and per_item and driver_guards is None and not arrays:
             runner.count_direct = self._count_direct  # type: ignore[attr-defined]
